@@ -1,0 +1,3 @@
+from protloc.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,103 @@
+"""protloc's own model file: the network's weights with everything needed to use them.
+
+A model file is a ``torch.save`` dict with ``format == "protloc-model/1"``:
+
+- ``model``: registry name (``gapnet-pl``, ...), ``model_options``: kwargs for ``create_model``
+- ``state_dict``: the network's weights (canonical channel order nucleus, microtubules, ER, protein)
+- ``classes``: class names in output order, ``label_set``: its name
+- ``channels``: the input channel order (always ``CHANNELS``)
+- ``normalization``: how inputs are normalised (``{"kind": "per-channel-zscore", "eps": 1e-7}``)
+- ``crop_size``: the training crop size (default patch size at prediction)
+- ``thresholds``: optional per-class decision thresholds (else 0.5)
+- ``source``: free-form provenance (training run, imported checkpoint with sha256 of its inputs, ...)
+
+Files are written atomically (temporary file, fsync, rename) so a crash never leaves a corrupt one.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from protloc.data.channels import CHANNELS
+from protloc.errors import ProtlocError
+
+FORMAT = "protloc-model/1"
+NORMALIZATION = {"kind": "per-channel-zscore", "eps": 1e-7}
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """torch.save to a temporary file in the same folder, fsync, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_model_file(
+    path: str | Path,
+    network: torch.nn.Module,
+    *,
+    model_name: str,
+    classes: list[str] | tuple[str, ...],
+    label_set: str,
+    model_options: dict | None = None,
+    crop_size: int | None = None,
+    thresholds: list[float] | None = None,
+    source: dict | None = None,
+) -> None:
+    payload = {
+        "format": FORMAT,
+        "model": model_name,
+        "model_options": dict(model_options or {}),
+        "state_dict": {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()},
+        "classes": list(classes),
+        "label_set": label_set,
+        "channels": list(CHANNELS),
+        "normalization": dict(NORMALIZATION),
+        "crop_size": crop_size,
+        "thresholds": list(thresholds) if thresholds is not None else None,
+        "source": dict(source or {}),
+    }
+    atomic_torch_save(payload, path)
+
+
+def read_model_file(path: str | Path) -> dict:
+    """Load and validate a protloc model file; ProtlocError on anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise ProtlocError(f"model file not found: {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many kinds for a damaged file
+        raise ProtlocError(f"cannot read model file {path}: {type(exc).__name__}: {exc}".splitlines()[0]) from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ProtlocError(f"{path} is not a protloc model file (format {FORMAT})")
+    return payload
+
+
+def build_network(payload: dict) -> torch.nn.Module:
+    """The network described by a model file, with its weights loaded, in eval mode."""
+    from protloc.models import create_model
+
+    network = create_model(
+        payload["model"], num_classes=len(payload["classes"]), in_channels=len(payload["channels"]),
+        **payload.get("model_options", {}),
+    )
+    try:
+        network.load_state_dict(payload["state_dict"])
+    except RuntimeError as exc:
+        raise ProtlocError(f"model file weights do not fit {payload['model']}: {str(exc).splitlines()[0]}") from None
+    return network.eval()

@@ -1,0 +1,1 @@
+"""CLI subcommands; every module here has ``register(subparsers)`` and is picked up by ``protloc.cli``."""
