@@ -1,3 +1,14 @@
 """protloc: where in a human cell a protein sits, from four-channel fluorescence microscopy images."""
 
 __version__ = "0.1.0"
+
+__all__ = ["__version__", "load_model"]
+
+
+def __getattr__(name: str):
+    # Lazy, so that `protloc --help` does not pay for importing torch.
+    if name == "load_model":
+        from protloc.predictor import load_model
+
+        return load_model
+    raise AttributeError(f"module 'protloc' has no attribute {name!r}")

@@ -1,0 +1,150 @@
+"""The prediction API shared by the CLI, the web platform and the expert study.
+
+``load_model("pretrained" | FILE | RUN_DIR)`` returns a ``Predictor``: the network (canonical channel
+order in, logits out) with its classes, decision thresholds and training crop size, and methods that
+take a canonical float32 [4, H, W] sample of any size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from protloc.checkpoint import build_network, read_model_file
+from protloc.errors import ProtlocError
+
+DEFAULT_PATCH_SIZE = 1024
+
+
+def resolve_model_file(spec: str | Path) -> Path:
+    """A model spec to a protloc model file: ``pretrained``, a model file, or a training run folder."""
+    if str(spec) == "pretrained":
+        from protloc.pretrained.fetch import resolve_pretrained
+
+        return resolve_pretrained()
+    path = Path(spec)
+    if path.is_dir():
+        candidate = path / "model.pt"
+        if not candidate.is_file():
+            raise ProtlocError(f"{path} is a folder without model.pt: not a finished training run")
+        return candidate
+    if not path.exists():
+        raise ProtlocError(f"no model {str(spec)!r}: give 'pretrained', a model file or a training run folder")
+    return path
+
+
+def _dihedral_views(image: torch.Tensor):
+    """The eight flips and 90° rotations of an image tensor [..., H, W]."""
+    for k in range(4):
+        rotated = torch.rot90(image, k, dims=(-2, -1))
+        yield rotated
+        yield torch.flip(rotated, dims=(-1,))
+
+
+@dataclass
+class Predictor:
+    network: torch.nn.Module
+    classes: list[str]
+    thresholds: np.ndarray
+    patch_size: int
+    model_name: str
+    source: dict = field(default_factory=dict)
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    name: str = ""
+
+    @property
+    def fully_convolutional(self) -> bool:
+        return not self.network.paper.fixed_input_size
+
+    def predict_proba(
+        self, image: np.ndarray, *, whole_image: bool = False, tta: bool = False, batch_size: int = 4
+    ) -> np.ndarray:
+        """Class probabilities [num_classes] for one raw canonical sample [4, H, W] of any size.
+
+        Default: the paper's covering patches of the training crop size, sigmoid outputs averaged.
+        ``whole_image``: one pass over the whole normalised image (fully convolutional models only).
+        ``tta``: average over the eight flips and 90° rotations.
+        """
+        from protloc.inference import predict_image, predict_whole
+
+        image = self._check_image(image)
+        if whole_image and not self.fully_convolutional:
+            raise ProtlocError(f"{self.model_name} has fixed-size dense layers: whole-image prediction needs patches")
+        views = _dihedral_views(torch.from_numpy(image)) if tta else [torch.from_numpy(image)]
+        results = []
+        for view in views:
+            view = np.ascontiguousarray(view.numpy())
+            if whole_image:
+                results.append(predict_whole(self.network, view, device=self.device))
+            else:
+                results.append(
+                    predict_image(self.network, view, self.patch_size, batch_size=batch_size, device=self.device)
+                )
+        return np.mean(results, axis=0).astype(np.float32)
+
+    def predict(self, image: np.ndarray, **options) -> dict[str, float]:
+        probs = self.predict_proba(image, **options)
+        return {cls: float(p) for cls, p in zip(self.classes, probs)}
+
+    def predicted(self, probs: np.ndarray) -> list[str]:
+        return [cls for cls, p, t in zip(self.classes, probs, self.thresholds) if p >= t]
+
+    def localization_maps(self, image: np.ndarray, classes: list[str] | None = None) -> dict[str, np.ndarray]:
+        """Where the evidence for each class lies: [H, W] float32 maps in [0, 1].
+
+        GapNet-PL: class activation maps through its global-average features (gradient of the class
+        logit with respect to each averaged feature, times that feature's map, summed over the three
+        blocks). Other models: patch probabilities on a sliding grid of half-patch stride.
+        """
+        from protloc.localization import class_activation_maps, sliding_window_maps
+
+        image = self._check_image(image)
+        wanted = list(classes) if classes is not None else list(self.classes)
+        unknown = [c for c in wanted if c not in self.classes]
+        if unknown:
+            raise ProtlocError(f"unknown class {unknown[0]!r} for this model")
+        indices = [self.classes.index(c) for c in wanted]
+        if hasattr(self.network, "blocks") and hasattr(self.network, "head"):
+            maps = class_activation_maps(self.network, image, indices, device=self.device)
+        else:
+            maps = sliding_window_maps(self.network, image, indices, self.patch_size, device=self.device)
+        return dict(zip(wanted, maps))
+
+    def _check_image(self, image: np.ndarray) -> np.ndarray:
+        image = np.asarray(image)
+        if image.ndim != 3 or image.shape[0] != len(self.network_channels):
+            raise ProtlocError(
+                f"expected a sample [{len(self.network_channels)}, height, width], got shape {list(image.shape)}"
+            )
+        return image.astype(np.float32, copy=False)
+
+    @property
+    def network_channels(self) -> list[str]:
+        return list(self.source.get("channels") or ["nucleus", "microtubules", "er", "protein"])
+
+
+def load_model(spec: str | Path = "pretrained", device: str | torch.device = "cpu") -> Predictor:
+    """A ready-to-use predictor from ``pretrained``, a protloc model file or a training run folder."""
+    path = resolve_model_file(spec)
+    payload = read_model_file(path)
+    device = torch.device(device)
+    network = build_network(payload).to(device)
+    classes = list(payload["classes"])
+    thresholds = payload.get("thresholds") or [0.5] * len(classes)
+    if len(thresholds) != len(classes):
+        raise ProtlocError(f"{path}: {len(thresholds)} thresholds for {len(classes)} classes")
+    label = "pretrained" if str(spec) == "pretrained" else Path(spec).name
+    return Predictor(
+        network=network,
+        classes=classes,
+        thresholds=np.asarray(thresholds, dtype=np.float32),
+        patch_size=int(payload.get("crop_size") or network.paper.input_size or DEFAULT_PATCH_SIZE),
+        model_name=payload["model"],
+        source={**payload.get("source", {}), "channels": payload["channels"], "file": str(path)},
+        device=device,
+        name=f"{payload['model']} ({label})",
+    )
