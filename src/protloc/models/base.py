@@ -60,3 +60,8 @@ class LocalizationNet(nn.Module):
                     f"{x.shape[-2]}x{x.shape[-1]}; crop or patch to {size}x{size}, or create it with input_size="
                     f"{x.shape[-2]} (square inputs only)"
                 )
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Number of learned parameters (works on the ``meta`` device, where nothing is allocated)."""
+    return sum(parameter.numel() for parameter in module.parameters() if parameter.requires_grad)
