@@ -1,0 +1,175 @@
+"""Reference logits of the authors' GapNet-PL, computed with TensorFlow (NOT part of protloc or its tests).
+
+Run it in a throw-away environment outside the repository, never in protloc's own:
+
+    python3 -m venv /tmp/tfenv && /tmp/tfenv/bin/pip install tensorflow-cpu numpy
+    /tmp/tfenv/bin/python tools/tf_reference_logits.py ../shared/pretrained/gapnet-pl \
+        --out tests/fixtures/gapnet_pl_reference.json
+
+It loads the published checkpoint with TensorFlow's own reader (tf.train.load_checkpoint) and
+builds the network with TensorFlow ops the way the authors' code does (tensorflow_models/
+architectures.py and TeLL/layers.py in ml-jku/gapnet-pl): NHWC; every 3x3 convolution zero-pads the
+input by one pixel on each side ("ZEROPAD": tf.pad then VALID, here as explicit padding
+[[0,0],[1,1],[1,1],[0,0]]) at stride 1 and 2 alike, adds the bias, applies SELU; 2x2/2 max pooling
+(padding SAME, identical to VALID for even sizes); global averages of block 1 (after its max pool),
+block 2 (after its max pool) and block 3; concatenation; two dense SELU layers and a linear output.
+Dropout is the identity at inference and is left out.
+
+The input is deterministic: see ``make_input`` (the fixture records the recipe, and protloc's test
+rebuilds it with numpy alone, permutes it into the canonical channel order and compares).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import time
+
+import numpy as np
+
+SEED = 20190611
+SIZE = 1024
+EPS = 1e-7
+# The checkpoint's input channel order that protloc's importer assumes (see protloc.pretrained.importer).
+CHECKPOINT_CHANNEL_ORDER = ["nucleus", "protein", "microtubules", "er"]
+CLASSES = ["Actin filaments", "Centrosome", "Cytosol", "Endoplasmic reticulum", "Golgi apparatus",
+           "Intermediate filaments", "Microtubules", "Mitochondria", "Nuclear membrane", "Nucleoli",
+           "Nucleus", "Plasma membrane", "Vesicles"]
+
+RECIPE = {
+    "generator": "numpy.random.default_rng(seed) (PCG64)",
+    "seed": SEED,
+    "draw": "rng.random((1024, 1024, 4)) in float64, shape [height, width, channel]",
+    "transform": "x = u**3 + 0.5 * smooth, smooth[i, j, c] = 1 + sin(2*pi*(c+1)*i/1024) * cos(2*pi*(c+2)*j/1024)",
+    "normalization": "per channel over height and width, in float64: (x - mean) / (std + 1e-7) with the "
+                     "population std (ddof=0); then cast to float32",
+    "channel_order": CHECKPOINT_CHANNEL_ORDER,
+    "layout": "NHWC [1, 1024, 1024, 4] as fed to the TensorFlow graph",
+}
+
+
+def make_input(seed: int = SEED, size: int = SIZE) -> np.ndarray:
+    """The normalised input [size, size, 4] (float32), channels in the checkpoint's order."""
+    rng = np.random.default_rng(seed)
+    u = rng.random((size, size, 4))
+    i = np.arange(size, dtype=np.float64)[:, None, None]
+    j = np.arange(size, dtype=np.float64)[None, :, None]
+    c = np.arange(4, dtype=np.float64)[None, None, :]
+    smooth = 1.0 + np.sin(2 * np.pi * (c + 1) * i / size) * np.cos(2 * np.pi * (c + 2) * j / size)
+    x = u**3 + 0.5 * smooth
+    mean = x.mean(axis=(0, 1), keepdims=True)
+    std = x.std(axis=(0, 1), keepdims=True)
+    return ((x - mean) / (std + EPS)).astype(np.float32)
+
+
+BUNDLE_DTYPES = ["float32", "float64", "int32", "int64", "uint8", "int8", "int16", "float16", "bool"]
+
+
+def bundle_fixture_values() -> dict[str, np.ndarray]:
+    """Small, exactly representable tensors of many dtypes, with long shared-prefix names.
+
+    The names exercise prefix compression and restart points; TensorFlow writes 256 KiB table
+    blocks, so the index stays a single data block.
+    """
+    values = {}
+    for k in range(64):
+        dtype = BUNDLE_DTYPES[k % len(BUNDLE_DTYPES)]
+        shape = [(1,), (3,), (2, 3), (2, 1, 2), ()][k % 5]
+        count = int(np.prod(shape))
+        raw = (np.arange(count) * (k + 1) - k) % 50
+        name = f"scope-{k // 10:02d}/a_rather_long_variable_name_to_fill_blocks_{k:03d}/{dtype}"
+        values[name] = (raw % 2).astype(bool).reshape(shape) if dtype == "bool" else raw.astype(dtype).reshape(shape)
+    return values
+
+
+def write_bundle_fixture(tf, folder: str) -> None:
+    import os
+
+    os.makedirs(folder, exist_ok=True)
+    values = bundle_fixture_values()
+    names = sorted(values)
+    tf.raw_ops.SaveV2(prefix=f"{folder}/small.ckpt", tensor_names=names, shape_and_slices=[""] * len(names),
+                      tensors=[tf.constant(values[n]) for n in names])
+    expected = {n: {"dtype": str(values[n].dtype), "shape": list(values[n].shape),
+                    "values": values[n].ravel().tolist()} for n in names}
+    with open(f"{folder}/expected.json", "w") as handle:
+        json.dump({"written_by": f"tools/tf_reference_logits.py, TensorFlow {tf.__version__} SaveV2",
+                   "variables": expected}, handle, indent=0)
+        handle.write("\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint_dir")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--bundle-fixture", metavar="DIR", default=None,
+                        help="also write a small TensorFlow-written bundle with many variables and dtypes "
+                             "(several table blocks) and its expected values, for the reader's tests")
+    args = parser.parse_args()
+
+    import tensorflow as tf
+
+    if args.bundle_fixture:
+        write_bundle_fixture(tf, args.bundle_fixture)
+
+    reader = tf.train.load_checkpoint(f"{args.checkpoint_dir.rstrip('/')}/gapnet-pl.ckpt")
+
+    def var(name):
+        return tf.constant(reader.get_tensor(name))
+
+    pad = [[0, 0], [1, 1], [1, 1], [0, 0]]
+
+    def conv(x, layer, stride):
+        y = tf.nn.conv2d(x, var(f"ConvLayer-{layer}/W_conv"), strides=[1, stride, stride, 1], padding=pad)
+        return tf.nn.selu(y + var(f"ConvLayer-{layer}/b_conv"))
+
+    def maxpool(x):
+        return tf.nn.max_pool2d(x, ksize=[1, 2, 2, 1], strides=[1, 2, 2, 1], padding="SAME")
+
+    def dense(x, layer, activation):
+        return activation(tf.matmul(x, var(f"FC-{layer}/W_dense")) + var(f"FC-{layer}/b_dense"))
+
+    image = make_input()
+    x = tf.constant(image[None])
+    started = time.perf_counter()
+    block1 = maxpool(conv(x, 1, 2))
+    h = conv(block1, 2, 2)
+    h = conv(h, 3, 1)
+    h = conv(h, 4, 1)
+    h = conv(h, 5, 1)
+    block2 = maxpool(h)
+    h = conv(block2, 6, 1)
+    h = conv(h, 7, 1)
+    block3 = conv(h, 8, 1)
+    features = tf.concat([tf.reduce_mean(b, axis=[1, 2]) for b in (block1, block2, block3)], axis=1)
+    h = dense(features, 1, tf.nn.selu)
+    h = dense(h, 2, tf.nn.selu)
+    logits = dense(h, 3, tf.identity).numpy()[0]
+    seconds = time.perf_counter() - started
+
+    kernel = reader.get_tensor("ConvLayer-1/W_conv").astype(np.float64)
+    norms = np.sqrt((kernel**2).sum(axis=(0, 1, 3)))
+    fixture = {
+        "description": "Logits of the authors' GapNet-PL (published checkpoint) computed with TensorFlow "
+                       "by tools/tf_reference_logits.py; protloc's tests rebuild the input without TensorFlow.",
+        "tensorflow_version": tf.__version__,
+        "numpy_version": np.__version__,
+        "checkpoint": {"files_sha256": {
+            name: hashlib.sha256(open(f"{args.checkpoint_dir}/{name}", "rb").read()).hexdigest()
+            for name in ("gapnet-pl.ckpt.index", "gapnet-pl.ckpt.data-00000-of-00001")},
+            "training_step": int(reader.get_tensor("TeLL/tell_global_step"))},
+        "input": dict(RECIPE, sha256_float32=hashlib.sha256(image.tobytes()).hexdigest()),
+        "first_conv_input_l2_norms": [float(v) for v in norms],
+        "classes": CLASSES,
+        "logits": [float(v) for v in logits],
+        "tensorflow_seconds": round(seconds, 3),
+    }
+    with open(args.out, "w") as handle:
+        json.dump(fixture, handle, indent=2)
+        handle.write("\n")
+    print(json.dumps({"logits": fixture["logits"], "seconds": seconds}))
+
+
+if __name__ == "__main__":
+    main()
