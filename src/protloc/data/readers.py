@@ -129,8 +129,10 @@ def _to_plane(array: np.ndarray, colour: str | None, name: str) -> np.ndarray:
     if planes is not None:
         chosen = rgb[..., list(planes)]
         # A file coloured other than its name says (e.g. ER drawn in green) keeps its signal: fall back
-        # to the brightest plane when the expected planes are empty but another one is not.
-        if chosen.any() or not rgb.any():
+        # to the maximum over planes when the expected planes hold much less than another plane (JPEG
+        # leaks a little of the signal into every plane, so "empty" cannot mean exactly zero).
+        plane_means = rgb.reshape(-1, 3).mean(axis=0, dtype=np.float64)
+        if plane_means[list(planes)].min() >= 0.5 * plane_means.max():
             if len(planes) == 1:
                 return np.ascontiguousarray(chosen[..., 0])
             return chosen.astype(np.float32).mean(axis=-1)
