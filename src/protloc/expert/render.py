@@ -1,0 +1,75 @@
+"""What the expert sees (paper Appendix Figure 7): four PNGs per sample at full resolution.
+
+The images come from ``protloc.render.expert_views`` (protein alone; protein in green over each
+reference channel in red; contrast stretched). They are cached in the study's ``views/`` folder, so
+the annotation pages render each sample once.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+VIEWS = ("protein", "protein+nucleus", "protein+microtubules", "protein+er")
+VIEW_TITLES = {
+    "protein": "Protein",
+    "protein+nucleus": "Protein + nucleus",
+    "protein+microtubules": "Protein + microtubules",
+    "protein+er": "Protein + ER",
+}
+
+
+def safe_name(sample_id: str) -> str:
+    """A file-system-safe, still readable name for a sample id (ids may contain '/' and spaces)."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", sample_id).strip("._") or "sample"
+    if cleaned != sample_id:
+        import hashlib
+
+        cleaned = f"{cleaned}-{hashlib.sha1(sample_id.encode()).hexdigest()[:8]}"
+    return cleaned
+
+
+def view_file(folder: Path, sample_id: str, view: str) -> Path:
+    return Path(folder) / safe_name(sample_id) / f"{view}.png"
+
+
+def render_views(study, sample_id: str, folder: Path | None = None, overwrite: bool = False) -> dict[str, Path]:
+    """Write (or reuse) the four view PNGs of one sample; returns view name -> path."""
+    from protloc.render import expert_views, save_png
+
+    folder = Path(folder) if folder is not None else study.views_dir
+    paths = {view: view_file(folder, sample_id, view) for view in VIEWS}
+    if overwrite or not all(p.is_file() for p in paths.values()):
+        images = expert_views(study.load_image(sample_id))
+        for view, path in paths.items():
+            tmp = path.with_name(f".{path.name}.tmp.png")
+            save_png(images[view], tmp)
+            tmp.replace(path)  # atomic: a concurrent reader never sees half a PNG
+    return paths
+
+
+def export_study(study, out: Path) -> int:
+    """All samples' views as PNG files in ``out`` (one folder per sample) plus an index CSV; labels not included."""
+    import csv
+
+    from tqdm import tqdm
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for sample_id in tqdm(study.sample_ids, desc="export", unit="sample", disable=not sys.stderr.isatty(), file=sys.stderr):
+        paths = render_views(study, sample_id, folder=out, overwrite=True)
+        rows.append([sample_id] + [str(paths[v].relative_to(out)) for v in VIEWS])
+    with open(out / "samples.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id"] + list(VIEWS))
+        writer.writerows(rows)
+    # An answer sheet in the import format, so offline experts fill in the label column.
+    with open(out / "answers-template.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "expert", "label"])
+        writer.writerows([[sample_id, "", ""] for sample_id in study.sample_ids])
+    with open(out / "classes.txt", "w") as handle:
+        handle.write("\n".join(study.classes) + "\n")
+    return len(rows)

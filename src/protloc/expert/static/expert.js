@@ -1,0 +1,176 @@
+// protloc expert study page: sign in, answer one sample at a time, zoom/pan the four views.
+// All URLs are relative, so the page works at "/" and mounted under a prefix ("/expert/").
+"use strict";
+
+const state = { session: null, position: 0, item: null, busy: false, view: { scale: 1, x: 0, y: 0 }, natural: null };
+const $ = (id) => document.getElementById(id);
+
+async function api(method, url, body) {
+  const response = await fetch(url, {
+    method, credentials: "same-origin",
+    headers: body ? { "Content-Type": "application/json" } : {},
+    body: body ? JSON.stringify(body) : undefined,
+  });
+  if (response.status === 401) { showSignIn(); throw new Error("not signed in"); }
+  const data = await response.json().catch(() => ({}));
+  if (!response.ok) throw new Error(data.detail ? (typeof data.detail === "string" ? data.detail : JSON.stringify(data.detail)) : response.statusText);
+  return data;
+}
+
+function showSignIn() {
+  $("study-view").hidden = true; $("who").hidden = true; $("signin-view").hidden = false;
+  $("name").focus();
+}
+
+function setStatus(text, error) {
+  $("status").textContent = text;
+  $("status").style.color = error ? "#f77" : "#8f8";
+}
+
+async function start(session) {
+  state.session = session;
+  $("signin-view").hidden = true; $("study-view").hidden = false; $("who").hidden = false;
+  $("expert-name").textContent = session.expert;
+  buildAnswerButtons(session.classes);
+  await show(session.resume);
+  if (session.done) setStatus(`All ${session.total} samples answered — thank you. You can still go back and change answers.`);
+}
+
+function buildAnswerButtons(classes) {
+  const box = $("answers");
+  box.replaceChildren();
+  for (const cls of classes) {
+    const button = document.createElement("button");
+    button.type = "button"; button.dataset.label = cls.name;
+    button.innerHTML = (cls.key ? `<kbd>${cls.key}</kbd> ` : "") + cls.name.replace(/&/g, "&amp;").replace(/</g, "&lt;");
+    button.addEventListener("click", () => answer(cls.name));
+    box.appendChild(button);
+  }
+}
+
+function renderProgress() {
+  const s = state.session;
+  $("progress").textContent = `Sample ${state.position + 1} of ${s.total} · ${s.answered} answered`;
+  document.body.dataset.position = String(state.position);
+  $("prev").disabled = state.position <= 0;
+  $("next").disabled = state.position >= s.total - 1;
+  for (const button of $("answers").children) {
+    const chosen = state.item && button.dataset.label === state.item.answer;
+    button.classList.toggle("chosen", chosen);
+    button.setAttribute("aria-pressed", chosen ? "true" : "false");
+  }
+}
+
+async function show(position) {
+  const item = await api("GET", `api/items/${position}`);
+  state.position = position; state.item = item;
+  const box = $("views");
+  box.replaceChildren();
+  state.natural = null;
+  for (const view of item.views) {
+    const frame = document.createElement("div");
+    frame.className = "view"; frame.dataset.view = view.name;
+    const label = document.createElement("span"); label.className = "label"; label.textContent = view.title;
+    const img = document.createElement("img"); img.alt = view.title; img.draggable = false; img.src = view.url;
+    img.addEventListener("load", () => { if (!state.natural) { state.natural = [img.naturalWidth, img.naturalHeight]; fitView(); } });
+    frame.append(label, img);
+    attachZoomPan(frame);
+    box.appendChild(frame);
+  }
+  renderProgress();
+  document.body.dataset.ready = "1";
+}
+
+// One transform for all four views: what you zoom into in one, you see in all.
+function applyView() {
+  const { scale, x, y } = state.view;
+  for (const img of document.querySelectorAll(".view img")) img.style.transform = `translate(${x}px, ${y}px) scale(${scale})`;
+}
+
+function fitView() {
+  const frame = document.querySelector(".view");
+  if (!frame || !state.natural) return;
+  const [w, h] = state.natural;
+  const scale = Math.min(frame.clientWidth / w, frame.clientHeight / h);
+  state.view = { scale, x: (frame.clientWidth - w * scale) / 2, y: (frame.clientHeight - h * scale) / 2 };
+  applyView();
+}
+
+function attachZoomPan(frame) {
+  frame.addEventListener("wheel", (event) => {
+    event.preventDefault();
+    const rect = frame.getBoundingClientRect();
+    const cx = event.clientX - rect.left, cy = event.clientY - rect.top;
+    const factor = Math.exp(-event.deltaY * 0.0015);
+    const v = state.view;
+    const scale = Math.min(64, Math.max(0.05, v.scale * factor));
+    const k = scale / v.scale;
+    state.view = { scale, x: cx - (cx - v.x) * k, y: cy - (cy - v.y) * k };
+    applyView();
+  }, { passive: false });
+  let drag = null;
+  frame.addEventListener("pointerdown", (event) => {
+    drag = { x: event.clientX, y: event.clientY, vx: state.view.x, vy: state.view.y };
+    frame.setPointerCapture(event.pointerId); frame.classList.add("dragging");
+  });
+  frame.addEventListener("pointermove", (event) => {
+    if (!drag) return;
+    state.view = { ...state.view, x: drag.vx + event.clientX - drag.x, y: drag.vy + event.clientY - drag.y };
+    applyView();
+  });
+  const end = () => { drag = null; frame.classList.remove("dragging"); };
+  frame.addEventListener("pointerup", end);
+  frame.addEventListener("pointercancel", end);
+  frame.addEventListener("dblclick", fitView);
+}
+
+async function answer(label) {
+  if (state.busy || !state.session) return;
+  state.busy = true;
+  const position = state.position;
+  try {
+    const result = await api("PUT", `api/answers/${position}`, { label });
+    state.session = { ...state.session, answered: result.answered, done: result.done };
+    state.item.answer = result.label;
+    renderProgress();
+    setStatus(`Saved: sample ${position + 1} = ${result.label}`);
+    if (position < state.session.total - 1) await show(position + 1);
+    else if (result.done) setStatus(`Saved. All ${state.session.total} samples answered — thank you.`);
+    document.body.dataset.saved = `${position}:${result.label}`;
+  } catch (error) {
+    setStatus(`Not saved: ${error.message}`, true);
+  } finally {
+    state.busy = false;
+  }
+}
+
+async function move(delta) {
+  if (state.busy || !state.session) return;
+  const target = state.position + delta;
+  if (target < 0 || target >= state.session.total) return;
+  state.busy = true;
+  try { await show(target); setStatus(""); } catch (error) { setStatus(error.message, true); } finally { state.busy = false; }
+}
+
+document.addEventListener("keydown", (event) => {
+  if ($("study-view").hidden || event.ctrlKey || event.metaKey || event.altKey) return;
+  if (event.target instanceof HTMLInputElement) return;
+  if (event.key === "ArrowLeft") { event.preventDefault(); move(-1); return; }
+  if (event.key === "ArrowRight") { event.preventDefault(); move(1); return; }
+  if (event.key === "Escape") { fitView(); return; }
+  const cls = (state.session?.classes || []).find((c) => c.key === event.key.toLowerCase());
+  if (cls) { event.preventDefault(); answer(cls.name); }
+});
+
+$("signin-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  $("signin-error").textContent = "";
+  try { await start(await api("POST", "api/signin", { name: $("name").value })); }
+  catch (error) { $("signin-error").textContent = error.message; }
+});
+$("signout").addEventListener("click", async () => { await api("POST", "api/signout"); state.session = null; showSignIn(); });
+$("prev").addEventListener("click", () => move(-1));
+$("next").addEventListener("click", () => move(1));
+window.addEventListener("resize", fitView);
+
+api("GET", "api/session").then(start).catch(() => {});
