@@ -1,0 +1,90 @@
+"""`protloc serve`: the web platform and HTTP API (FastAPI under uvicorn)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "serve",
+        help="run the web platform: upload HTI images, get them annotated",
+        description="Serve the upload/result/history pages and the HTTP API (/api/v1, OpenAPI at /docs). "
+        "Submissions and results live in a database (SQLite file in --data-dir by default), uploaded "
+        "images on disk under content-addressed names.",
+    )
+    parser.add_argument("--model", action="append", dest="models", metavar="pretrained|RUN_DIR|FILE",
+                        help="a model to offer; repeat for several (the user picks one per submission). "
+                        "Default: pretrained")
+    parser.add_argument("--db", dest="database_url", metavar="URL",
+                        help="SQLAlchemy database URL, e.g. postgresql+psycopg://user@host/protloc "
+                        "(default: sqlite file protloc.db in --data-dir)")
+    parser.add_argument("--data-dir", default="protloc-data", help="folder for uploads and rendered images (default: %(default)s)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
+    parser.add_argument("--auth-token", action="append", dest="auth_tokens", metavar="TOKEN",
+                        help="require this bearer token (repeatable; tokens from the database's tokens table work too). "
+                        "Also read from PROTLOC_AUTH_TOKEN")
+    parser.add_argument("--require-auth", action="store_true",
+                        help="require a token from the tokens table even without --auth-token")
+    parser.add_argument("--create-token", metavar="NAME",
+                        help="add a token for NAME to the database's tokens table, print it and exit")
+    parser.add_argument("--max-upload-mb", type=float, default=512, help="upload limit per sample in MB (default: %(default)s)")
+    parser.add_argument("--max-batch-mb", type=float, default=8192,
+                        help="limit for a batch zip and its uncompressed contents in MB (default: %(default)s)")
+    parser.add_argument("--max-pixels", type=int, default=50_000_000,
+                        help="largest image plane in pixels; larger ones are refused before decoding (default: %(default)s)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    parser.set_defaults(handler=run)
+
+
+def settings_from_args(args):
+    from pathlib import Path
+
+    from protloc.errors import ProtlocError
+    from protloc.web.app import MB, WebSettings
+
+    if args.max_upload_mb <= 0 or args.max_batch_mb <= 0 or args.max_pixels <= 0:
+        raise ProtlocError("--max-upload-mb, --max-batch-mb and --max-pixels must be positive")
+    tokens = list(args.auth_tokens or [])
+    if os.environ.get("PROTLOC_AUTH_TOKEN"):
+        tokens.append(os.environ["PROTLOC_AUTH_TOKEN"])
+    return WebSettings(
+        models=list(args.models or ["pretrained"]),
+        data_dir=Path(args.data_dir),
+        database_url=args.database_url,
+        auth_tokens=tokens,
+        require_auth=args.require_auth,
+        max_upload_bytes=int(args.max_upload_mb * MB),
+        max_batch_bytes=int(args.max_batch_mb * MB),
+        max_pixels=args.max_pixels,
+        device=args.device,
+    )
+
+
+def run(args) -> int:
+    import uvicorn
+
+    from protloc.errors import ProtlocError
+    from protloc.web import db
+    from protloc.web.app import create_app
+
+    settings = settings_from_args(args)
+    if args.create_token:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        sessions = db.open_database(settings.resolved_database_url())
+        print(db.create_token(sessions, args.create_token))
+        return 0
+    try:
+        app = create_app(settings)
+    except ProtlocError:
+        raise
+    except Exception as exc:  # a database URL that cannot be reached, a driver not installed
+        raise ProtlocError(f"cannot start the server: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+    auth = "on" if settings.auth_enabled else "off"
+    print(f"protloc: serving {', '.join(app.state.platform.predictors)} on http://{args.host}:{args.port}/ "
+          f"(data in {settings.data_dir}, auth {auth})", file=sys.stderr)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    return 0

@@ -1,0 +1,194 @@
+// protloc pages: drag-and-drop upload with channel inference, progress, polling. No build step.
+"use strict";
+const protloc = (() => {
+  const COLOURS = { blue: "nucleus", red: "microtubules", yellow: "er", green: "protein" };
+  const $ = (id) => document.getElementById(id);
+
+  function channelOf(name) {
+    const stem = name.toLowerCase().replace(/\.(tiff?|png|jpe?g|npz)$/, "");
+    const token = stem.split(/[_-]/).pop();
+    if (token in COLOURS) return COLOURS[token];
+    if (Object.values(COLOURS).includes(token)) return token;
+    return "";
+  }
+
+  function showError(el, message) {
+    el.textContent = message;
+    el.hidden = !message;
+  }
+
+  async function reasonOf(response) {
+    try { const body = await response.json(); return body.detail || response.statusText; }
+    catch (e) { return response.statusText || ("HTTP " + response.status); }
+  }
+
+  // XMLHttpRequest rather than fetch: it reports upload progress.
+  function postForm(url, form, onProgress) {
+    return new Promise((resolve, reject) => {
+      const xhr = new XMLHttpRequest();
+      xhr.open("POST", url);
+      xhr.responseType = "json";
+      xhr.upload.onprogress = (e) => { if (e.lengthComputable) onProgress(e.loaded / e.total); };
+      xhr.onload = () => {
+        if (xhr.status >= 200 && xhr.status < 300) resolve(xhr.response);
+        else reject(new Error((xhr.response && xhr.response.detail) || ("HTTP " + xhr.status)));
+      };
+      xhr.onerror = () => reject(new Error("the server could not be reached"));
+      xhr.send(form);
+    });
+  }
+
+  function setProgress(fill, text, fraction, message) {
+    fill.style.width = Math.round(fraction * 100) + "%";
+    text.textContent = message;
+  }
+
+  function initUpload(channels) {
+    let files = [];
+    const zone = $("drop-zone"), input = $("file-input"), table = $("file-table");
+    const body = table.querySelector("tbody"), button = $("submit-button"), error = $("upload-error");
+
+    function render() {
+      body.innerHTML = "";
+      files.forEach((item, index) => {
+        const row = document.createElement("tr");
+        const name = document.createElement("td"); name.textContent = item.file.name;
+        const size = document.createElement("td"); size.textContent = (item.file.size / 1024).toFixed(1) + " KB";
+        const cell = document.createElement("td");
+        if (files.length === 1) {
+          cell.textContent = "all four (multi-channel file)";
+        } else {
+          const select = document.createElement("select");
+          select.className = "channel-select";
+          select.setAttribute("aria-label", "channel of " + item.file.name);
+          select.innerHTML = '<option value="">? choose</option>' +
+            channels.map((c) => `<option value="${c}">${c}</option>`).join("");
+          select.value = item.channel;
+          select.addEventListener("change", () => { item.channel = select.value; validate(); });
+          cell.appendChild(select);
+        }
+        const remove = document.createElement("td");
+        const x = document.createElement("button"); x.type = "button"; x.textContent = "remove"; x.className = "link";
+        x.addEventListener("click", () => { files.splice(index, 1); render(); });
+        remove.appendChild(x);
+        row.append(name, size, cell, remove);
+        body.appendChild(row);
+      });
+      table.hidden = files.length === 0;
+      validate();
+    }
+
+    function validate() {
+      let message = "";
+      if (files.length === 0) message = "";
+      else if (files.length !== 1 && files.length !== channels.length)
+        message = `Give ${channels.length} channel files or one multi-channel file (you gave ${files.length}).`;
+      else if (files.length === channels.length) {
+        const chosen = files.map((f) => f.channel);
+        const missing = channels.filter((c) => !chosen.includes(c));
+        if (missing.length) message = "Choose a channel for each file; missing: " + missing.join(", ") + ".";
+      }
+      showError(error, message);
+      button.disabled = files.length === 0 || message !== "";
+    }
+
+    function add(list) {
+      for (const file of list) files.push({ file, channel: channelOf(file.name) });
+      render();
+    }
+
+    input.addEventListener("change", () => { add(input.files); input.value = ""; });
+    ["dragenter", "dragover"].forEach((type) => zone.addEventListener(type, (e) => {
+      e.preventDefault(); zone.classList.add("over");
+    }));
+    ["dragleave", "drop"].forEach((type) => zone.addEventListener(type, (e) => {
+      e.preventDefault(); zone.classList.remove("over");
+    }));
+    zone.addEventListener("drop", (e) => add(e.dataTransfer.files));
+
+    $("upload-form").addEventListener("submit", async (e) => {
+      e.preventDefault();
+      const form = new FormData();
+      form.append("model", $("model").value);
+      for (const item of files) {
+        form.append("files", item.file, item.file.name);
+        if (files.length > 1) form.append("channels", item.channel);
+      }
+      const fill = $("progress-fill"), text = $("progress-text");
+      $("progress").hidden = false; button.disabled = true; showError(error, "");
+      try {
+        const created = await postForm("/api/v1/predictions", form,
+          (f) => setProgress(fill, text, f * 0.5, `uploading… ${Math.round(f * 100)}%`));
+        setProgress(fill, text, 0.6, "queued for prediction…");
+        await waitFor(created.id, (status) =>
+          setProgress(fill, text, status === "running" ? 0.8 : 0.6, status + "…"));
+        setProgress(fill, text, 1, "done");
+        window.location.href = "/submissions/" + created.id;
+      } catch (err) {
+        $("progress").hidden = true; showError(error, err.message); button.disabled = false;
+      }
+    });
+
+    $("batch-form").addEventListener("submit", async (e) => {
+      e.preventDefault();
+      const zip = $("batch-input").files[0], batchError = $("batch-error");
+      if (!zip) { showError(batchError, "Choose a zip file first."); return; }
+      const form = new FormData();
+      form.append("model", $("model").value);
+      form.append("file", zip, zip.name);
+      $("batch-progress").hidden = false; showError(batchError, "");
+      try {
+        const created = await postForm("/api/v1/batches", form,
+          (f) => setProgress($("batch-fill"), $("batch-text"), f, `uploading… ${Math.round(f * 100)}%`));
+        window.location.href = "/batches/" + created.id;
+      } catch (err) {
+        $("batch-progress").hidden = true; showError(batchError, err.message);
+      }
+    });
+  }
+
+  async function waitFor(id, onStatus) {
+    for (;;) {
+      const response = await fetch("/api/v1/predictions/" + id);
+      if (!response.ok) throw new Error(await reasonOf(response));
+      const data = await response.json();
+      if (data.status === "done") return data;
+      if (data.status === "failed") throw new Error("prediction failed: " + data.error);
+      onStatus(data.status);
+      await new Promise((r) => setTimeout(r, 400));
+    }
+  }
+
+  function pollSubmission(id) {
+    waitFor(id, (status) => { const el = $("status"); if (el) el.textContent = status; })
+      .then(() => window.location.reload())
+      .catch(() => window.location.reload());
+  }
+
+  async function pollBatch(id) {
+    for (;;) {
+      const response = await fetch("/api/v1/batches/" + id);
+      if (!response.ok) return;
+      const b = await response.json();
+      const finished = b.done + b.failed;
+      const total = Math.max(b.total, b.submitted, 1);
+      $("batch-fill").style.width = Math.round((finished / total) * 100) + "%";
+      $("batch-summary").textContent =
+        `${b.status}: ${b.done} done, ${b.failed} failed, ${b.pending} waiting of ${b.total || b.submitted} samples` +
+        (b.skipped.length ? `, ${b.skipped.length} skipped` : "");
+      showError($("batch-error"), b.error || "");
+      $("batch-rows").innerHTML = b.submissions.map((s) =>
+        `<tr><td><a href="/submissions/${s.id}">${escapeHtml(s.name)}</a></td><td class="status ${s.status}">${s.status}</td>` +
+        `<td>${(s.predicted || []).map((c) => `<span class="tag">${escapeHtml(c)}</span>`).join("")}</td></tr>`).join("");
+      $("batch-skipped").innerHTML = b.skipped.map((s) => `<li>${escapeHtml(s.name)}: ${escapeHtml(s.reason)}</li>`).join("") || "<li>none</li>";
+      if (b.status === "finished" || b.status === "failed") return;
+      await new Promise((r) => setTimeout(r, 700));
+    }
+  }
+
+  function escapeHtml(text) {
+    return String(text).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
+  }
+
+  return { initUpload, pollSubmission, pollBatch, channelOf };
+})();

@@ -1,0 +1,533 @@
+"""Uploaded files on disk: streamed in chunks, size-limited while streaming, stored under their sha256.
+
+Nothing here trusts an upload. A request body is parsed as it arrives (``stream_multipart``) and each
+file part is written to a temporary file in chunks while its sha256 is computed and the request's
+byte count checked against the limit, so an oversized upload is cut off after ``limit`` bytes, not
+after it has been read into memory. Images are inspected before they are decoded (``inspect_image``):
+TIFF page shapes and strip offsets, PNG/JPEG headers and NPZ array headers are checked against the
+pixel limit (decompression bombs) and the file size (truncated files). Zip archives are checked for
+members escaping the extraction folder and for their total uncompressed size (zip bombs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import AsyncIterator
+
+import numpy as np
+
+from protloc.data.channels import CHANNELS, HPA_COLOURS
+from protloc.errors import DataError
+
+CHUNK_SIZE = 1 << 20
+KIND_SUFFIX = {"tiff": ".tif", "png": ".png", "jpeg": ".jpg", "npz": ".npz", "zip": ".zip"}
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".npz")
+
+
+class UploadError(Exception):
+    """Bad input from a client: an HTTP status and one line saying why."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+@dataclass
+class ReceivedFile:
+    field: str
+    filename: str
+    path: Path  # temporary file until ``BlobStore.keep`` moves it
+    sha256: str
+    size: int
+    kind: str = ""  # tiff | png | jpeg | npz | zip, from the file's content once inspected
+
+    @property
+    def suffix(self) -> str:
+        return KIND_SUFFIX.get(self.kind, "")
+
+    def take_suffix(self) -> None:
+        """Give the temporary file the suffix of its content: decoders go by the suffix."""
+        target = self.path.with_suffix(self.suffix)
+        if target != self.path:
+            os.replace(self.path, target)
+            self.path = target
+
+
+@dataclass
+class ReceivedForm:
+    files: list[ReceivedFile] = field(default_factory=list)
+    fields: dict[str, list[str]] = field(default_factory=dict)
+
+    def value(self, name: str, default: str | None = None) -> str | None:
+        values = self.fields.get(name)
+        return values[-1] if values else default
+
+    def discard(self) -> None:
+        for received in self.files:
+            received.path.unlink(missing_ok=True)
+
+
+class BlobStore:
+    """Files under ``root/blobs/ab/<sha256>.<ext>``; identical uploads share one file.
+
+    The suffix follows the content (``.tif`` for any TIFF), so readers that go by suffix can open it.
+    """
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.blobs = self.root / "blobs"
+        self.tmp = self.root / "tmp"
+        self.renders = self.root / "renders"
+        for folder in (self.blobs, self.tmp, self.renders):
+            folder.mkdir(parents=True, exist_ok=True)
+
+    def path_of(self, sha256: str, suffix: str = "") -> Path:
+        if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+            raise ValueError(f"not a sha256: {sha256!r}")
+        if suffix not in KIND_SUFFIX.values() and suffix != "":
+            raise ValueError(f"unexpected suffix {suffix!r}")
+        return self.blobs / sha256[:2] / f"{sha256}{suffix}"
+
+    def temp_file(self, suffix: str = "") -> tuple[int, Path]:
+        fd, name = tempfile.mkstemp(dir=self.tmp, suffix=suffix)
+        return fd, Path(name)
+
+    def keep(self, received: ReceivedFile) -> Path:
+        """Move a received temporary file to its content address (or drop it if already stored)."""
+        target = self.path_of(received.sha256, received.suffix)
+        if target.exists():
+            received.path.unlink(missing_ok=True)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(received.path, target)
+        received.path = target
+        return target
+
+    def receive_file(self, source: Path) -> ReceivedFile:
+        """Copy a local file (e.g. an extracted zip member) to a temporary file, hashing it."""
+        digest = hashlib.sha256()
+        fd, tmp = self.temp_file()
+        with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
+            while chunk := src.read(CHUNK_SIZE):
+                digest.update(chunk)
+                out.write(chunk)
+        return ReceivedFile("", source.name, tmp, digest.hexdigest(), source.stat().st_size)
+
+    def render_dir(self, submission_id: str) -> Path:
+        return self.renders / submission_id
+
+    def clean_tmp(self) -> None:
+        """Temporary files left by a crash mid-upload are garbage."""
+        for leftover in self.tmp.iterdir():
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
+
+
+async def stream_multipart(
+    content_type: str | None,
+    body: AsyncIterator[bytes],
+    store: BlobStore,
+    limit_bytes: int,
+    max_files: int = 8,
+) -> ReceivedForm:
+    """Parse a multipart body as it arrives; file parts go to temporary files in ``store``.
+
+    Raises UploadError (413) as soon as more than ``limit_bytes`` of file data have arrived, and
+    (400) for a body that is not multipart. On any error every temporary file is removed.
+    """
+    import asyncio
+
+    from python_multipart.multipart import MultipartParser, parse_options_header
+
+    if not content_type:
+        raise UploadError(400, "send the sample as multipart/form-data")
+    mime, params = parse_options_header(content_type)
+    boundary = params.get(b"boundary")
+    if mime != b"multipart/form-data" or not boundary:
+        raise UploadError(400, "send the sample as multipart/form-data with a boundary")
+
+    form = ReceivedForm()
+    state: dict = {"headers": [], "name": b"", "value": b"", "part": None, "total": 0, "pending": []}
+
+    class Part:
+        def __init__(self) -> None:
+            self.disposition = b""
+            self.field = ""
+            self.filename: str | None = None
+            self.handle = None
+            self.path: Path | None = None
+            self.digest = hashlib.sha256()
+            self.size = 0
+            self.data = bytearray()
+
+    def on_part_begin() -> None:
+        state["part"] = Part()
+
+    def on_header_field(data: bytes, start: int, end: int) -> None:
+        state["name"] += data[start:end]
+
+    def on_header_value(data: bytes, start: int, end: int) -> None:
+        state["value"] += data[start:end]
+
+    def on_header_end() -> None:
+        if state["name"].lower() == b"content-disposition":
+            state["part"].disposition = state["value"]
+        state["name"], state["value"] = b"", b""
+
+    def on_headers_finished() -> None:
+        part = state["part"]
+        _, options = parse_options_header(part.disposition)
+        part.field = options.get(b"name", b"").decode("utf-8", "replace")
+        if b"filename" in options:
+            if len(form.files) >= max_files:
+                raise UploadError(400, f"too many files in one request (at most {max_files})")
+            # Only the base name: a client's folder structure means nothing here.
+            raw = options[b"filename"].decode("utf-8", "replace")
+            part.filename = PurePosixPath(raw.replace("\\", "/")).name or "upload"
+            fd, part.path = store.temp_file()
+            part.handle = os.fdopen(fd, "wb")
+            form.files.append(ReceivedFile(part.field, part.filename, part.path, "", 0))
+
+    def on_part_data(data: bytes, start: int, end: int) -> None:
+        part = state["part"]
+        chunk = data[start:end]
+        if part.handle is None:
+            if len(part.data) + len(chunk) > 64 * 1024:
+                raise UploadError(400, f"form field {part.field!r} is too long")
+            part.data.extend(chunk)
+            return
+        state["total"] += len(chunk)
+        if state["total"] > limit_bytes:
+            raise UploadError(413, f"upload exceeds the limit of {limit_bytes / 2**20:g} MB per sample")
+        part.digest.update(chunk)
+        part.size += len(chunk)
+        state["pending"].append((part.handle, chunk))
+
+    def on_part_end() -> None:
+        part = state["part"]
+        if part.handle is None:
+            form.fields.setdefault(part.field, []).append(part.data.decode("utf-8", "replace"))
+        else:
+            received = form.files[-1]
+            received.sha256 = part.digest.hexdigest()
+            received.size = part.size
+            state["pending"].append((part.handle, None))  # close after the pending writes
+
+    callbacks = {
+        "on_part_begin": on_part_begin, "on_part_data": on_part_data, "on_part_end": on_part_end,
+        "on_header_field": on_header_field, "on_header_value": on_header_value,
+        "on_header_end": on_header_end, "on_headers_finished": on_headers_finished,
+    }
+
+    def flush(pending: list) -> None:
+        for handle, chunk in pending:
+            if chunk is None:
+                handle.close()
+            else:
+                handle.write(chunk)
+
+    open_handles = []
+    try:
+        parser = MultipartParser(boundary, callbacks)
+        async for chunk in body:
+            try:
+                parser.write(chunk)
+            except UploadError:
+                raise
+            except Exception as exc:
+                raise UploadError(400, f"malformed multipart body: {exc}") from None
+            pending, state["pending"] = state["pending"], []
+            open_handles.extend(h for h, c in pending if c is not None)
+            if pending:
+                # Disk writes in a worker thread: the event loop keeps serving other requests.
+                await asyncio.to_thread(flush, pending)
+        parser.finalize()
+        flush(state["pending"])
+        state["pending"] = []
+    except BaseException:
+        for handle in open_handles:
+            if not handle.closed:
+                handle.close()
+        part = state["part"]
+        if part is not None and part.handle is not None and not part.handle.closed:
+            part.handle.close()
+        form.discard()
+        raise
+    return form
+
+
+# --------------------------------------------------------------------------------------------------
+# image inspection and decoding
+
+
+def channel_from_filename(filename: str) -> str | None:
+    """HPA-style channel of a file name: ``..._blue.tif`` -> nucleus; a channel name works too."""
+    stem = PurePosixPath(filename).name.lower()
+    for suffix in (".gz",) + IMAGE_SUFFIXES:
+        if stem.endswith(suffix):
+            stem = stem[: -len(suffix)]
+    token = stem.replace("-", "_").split("_")[-1]
+    if token in HPA_COLOURS:
+        return HPA_COLOURS[token]
+    if token in CHANNELS:
+        return token
+    return None
+
+
+def normalise_channel_name(value: str) -> str | None:
+    value = value.strip().lower()
+    if value in CHANNELS:
+        return value
+    return HPA_COLOURS.get(value)
+
+
+def _sniff(path: Path) -> str:
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        return "tiff"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if head[:3] == b"\xff\xd8\xff":
+        return "jpeg"
+    if head[:4] == b"PK\x03\x04":
+        return "zip"
+    return "unknown"
+
+
+def _check_pixels(shape: tuple[int, ...], max_pixels: int, name: str) -> None:
+    """Pixels per plane: the two largest dimensions (channels/samples are the small ones)."""
+    dims = sorted((int(d) for d in shape), reverse=True)
+    if len(dims) >= 2 and dims[0] * dims[1] > max_pixels:
+        raise UploadError(413, f"{name}: image of {dims[0]}x{dims[1]} pixels exceeds the limit of {max_pixels} pixels")
+
+
+def inspect_image(path: Path, name: str, max_pixels: int) -> str:
+    """Check an upload's headers before decoding anything; returns its kind (tiff/png/jpeg/npz)."""
+    kind = _sniff(path)
+    size = path.stat().st_size
+    if kind == "tiff":
+        import tifffile
+
+        try:
+            with tifffile.TiffFile(path) as tif:
+                if not tif.pages:
+                    raise UploadError(422, f"{name}: TIFF without images")
+                for page in tif.pages:
+                    _check_pixels(tuple(page.shape), max_pixels, name)
+                    # A truncated file: the image data is said to lie beyond the end of the file.
+                    for offset, count in zip(page.dataoffsets, page.databytecounts):
+                        if offset + count > size:
+                            raise UploadError(422, f"{name}: truncated TIFF (image data ends after the file)")
+        except UploadError:
+            raise
+        except Exception as exc:
+            raise UploadError(422, f"{name}: unreadable TIFF ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+        return kind
+    if kind in ("png", "jpeg"):
+        from PIL import Image
+
+        try:
+            with Image.open(path) as image:  # reads the header only
+                width, height = image.size
+        except Exception as exc:
+            raise UploadError(422, f"{name}: unreadable {kind.upper()} ({exc})") from None
+        _check_pixels((height, width), max_pixels, name)
+        return kind
+    if kind == "zip":  # an NPZ is a zip of .npy arrays
+        try:
+            with zipfile.ZipFile(path) as archive:
+                for info in archive.infolist():
+                    if info.file_size > 64 * max_pixels:  # 4 float64 planes at the pixel limit and more
+                        raise UploadError(413, f"{name}: array {info.filename} unpacks to {info.file_size} bytes")
+                    if info.filename.endswith(".npy"):
+                        with archive.open(info) as member:
+                            version = np.lib.format.read_magic(member)
+                            shape, _, _ = np.lib.format._read_array_header(member, version)
+                        _check_pixels(tuple(shape), max_pixels, name)
+        except UploadError:
+            raise
+        except Exception as exc:
+            raise UploadError(422, f"{name}: unreadable NPZ ({exc})") from None
+        return "npz"
+    raise UploadError(415, f"{name}: not an image (expected TIFF, PNG, JPEG or a multi-channel TIFF/NPZ)")
+
+
+def decode_channel(received: ReceivedFile, channel: str, max_pixels: int) -> np.ndarray:
+    """One channel file as a 2-D float32 array, after the header checks."""
+    from protloc.data.channels import COLOUR_OF_CHANNEL
+    from protloc.data.readers import read_channel_file
+
+    name = received.filename
+    received.kind = inspect_image(received.path, name, max_pixels)
+    received.take_suffix()
+    try:
+        # The colour picks the RGB plane(s) of an HPA colour-encoded file.
+        plane = read_channel_file(received.path, colour=COLOUR_OF_CHANNEL[channel])
+    except UploadError:
+        raise
+    except Exception as exc:  # DataError or a decoder's own error on damaged data
+        reason = _one_line(exc).replace(received.path.name, name)
+        raise UploadError(422, f"{name}: cannot decode image ({reason})") from None
+    plane = np.asarray(plane)
+    if plane.ndim != 2:
+        raise UploadError(422, f"{name}: expected a single-channel image, got shape {list(plane.shape)}")
+    return plane.astype(np.float32, copy=False)
+
+
+def decode_multichannel(received: ReceivedFile, max_pixels: int) -> np.ndarray:
+    """One multi-channel TIFF/NPZ as float32 [4, H, W], after the header checks."""
+    from protloc.data.readers import read_multichannel_file
+
+    name = received.filename
+    received.kind = inspect_image(received.path, name, max_pixels)
+    if received.kind not in ("tiff", "npz"):
+        raise UploadError(422, f"{name}: a single file must be a four-channel TIFF or NPZ, or send four channel files")
+    received.take_suffix()
+    try:
+        image = read_multichannel_file(received.path)
+    except Exception as exc:
+        raise UploadError(422, f"{name}: {_one_line(exc).replace(received.path.name, name)}") from None
+    image = np.asarray(image, dtype=np.float32)
+    if image.ndim != 3 or image.shape[0] != len(CHANNELS):
+        raise UploadError(422, f"{name}: expected {len(CHANNELS)} channels, got shape {list(image.shape)}")
+    return image
+
+
+def load_stored_sample(store: BlobStore, input_kind: str, files: list[dict]) -> np.ndarray:
+    """A submission's sample, decoded again from its stored files (the worker's view)."""
+    from protloc.data.channels import COLOUR_OF_CHANNEL
+    from protloc.data.readers import read_channel_file, read_multichannel_file
+
+    def path(entry: dict) -> Path:
+        return store.path_of(entry["sha256"], KIND_SUFFIX.get(entry["kind"], ""))
+
+    if input_kind == "multichannel":
+        return np.asarray(read_multichannel_file(path(files[0])), dtype=np.float32)
+    by_channel = {entry["channel"]: entry for entry in files}
+    planes = [
+        np.asarray(read_channel_file(path(by_channel[c]), colour=COLOUR_OF_CHANNEL[c]), dtype=np.float32)
+        for c in CHANNELS
+    ]
+    return np.stack(planes)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def assemble_sample(planes: dict[str, np.ndarray], names: dict[str, str]) -> np.ndarray:
+    """Four decoded channel planes as float32 [4, H, W]; 422 when their sizes differ."""
+    shapes = {channel: planes[channel].shape for channel in CHANNELS}
+    if len(set(shapes.values())) != 1:
+        described = ", ".join(f"{names[c]} {shapes[c][0]}x{shapes[c][1]}" for c in CHANNELS)
+        raise UploadError(422, f"channels differ in size: {described}")
+    return np.stack([planes[channel] for channel in CHANNELS]).astype(np.float32, copy=False)
+
+
+# --------------------------------------------------------------------------------------------------
+# zip archives
+
+
+def check_zip(path: Path, max_total_bytes: int, max_members: int = 100_000) -> list[zipfile.ZipInfo]:
+    """The members of a zip that is safe to extract; UploadError for escaping paths or a zip bomb."""
+    if _sniff(path) != "zip":
+        raise UploadError(415, "batch upload must be a zip archive")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+    except zipfile.BadZipFile as exc:
+        raise UploadError(422, f"damaged zip archive ({exc})") from None
+    if len(members) > max_members:
+        raise UploadError(413, f"zip has {len(members)} members (at most {max_members})")
+    total = 0
+    for info in members:
+        name = info.filename.replace("\\", "/")
+        pure = PurePosixPath(name)
+        if pure.is_absolute() or ".." in pure.parts or (len(name) > 1 and name[1] == ":"):
+            raise UploadError(400, f"zip member {info.filename!r} escapes the archive's folder")
+        if (info.external_attr >> 16) & 0o170000 == 0o120000:
+            raise UploadError(400, f"zip member {info.filename!r} is a symbolic link")
+        total += info.file_size
+        if total > max_total_bytes:
+            raise UploadError(413, f"zip unpacks to more than {max_total_bytes / 2**20:g} MB")
+    return members
+
+
+def extract_zip(path: Path, dest: Path, max_total_bytes: int) -> list[Path]:
+    """Extract a checked zip under ``dest``; every file provably inside it, sizes enforced on the fly."""
+    members = check_zip(path, max_total_bytes)
+    dest = dest.resolve()
+    written = 0
+    files = []
+    with zipfile.ZipFile(path) as archive:
+        for info in members:
+            if info.is_dir():
+                continue
+            target = (dest / info.filename.replace("\\", "/")).resolve()
+            if not target.is_relative_to(dest):
+                raise UploadError(400, f"zip member {info.filename!r} escapes the archive's folder")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with archive.open(info) as src, open(target, "wb") as out:
+                while chunk := src.read(CHUNK_SIZE):
+                    written += len(chunk)
+                    if written > max_total_bytes:  # declared sizes can lie
+                        raise UploadError(413, f"zip unpacks to more than {max_total_bytes / 2**20:g} MB")
+                    out.write(chunk)
+            files.append(target)
+    return files
+
+
+def group_samples(files: list[Path], root: Path) -> tuple[list[dict], list[dict]]:
+    """Samples in an extracted batch: HPA-style channel files sharing a prefix, or multi-channel files.
+
+    Returns (samples, skipped); a sample is {"name", "kind": "channels"|"multichannel", "files":
+    {channel: Path} or {"image": Path}}.
+    """
+    samples: list[dict] = []
+    skipped: list[dict] = []
+    groups: dict[str, dict[str, Path]] = {}
+    for file in sorted(files):
+        relative = file.relative_to(root).as_posix()
+        if any(part.startswith(".") or part == "__MACOSX" for part in PurePosixPath(relative).parts):
+            continue
+        lower = file.name.lower()
+        if not lower.endswith(IMAGE_SUFFIXES):
+            skipped.append({"name": relative, "reason": "not an image file"})
+            continue
+        channel = channel_from_filename(file.name)
+        if channel is None:
+            samples.append({"name": relative, "kind": "multichannel", "files": {"image": file}})
+            continue
+        stem = file.name[: file.name.lower().rfind("_")]
+        key = (PurePosixPath(relative).parent / stem).as_posix()
+        group = groups.setdefault(key, {})
+        if channel in group:
+            skipped.append({"name": relative, "reason": f"second {channel} file for sample {key}"})
+            continue
+        group[channel] = file
+    for key, group in groups.items():
+        missing = [c for c in CHANNELS if c not in group]
+        if missing:
+            skipped.append({"name": key, "reason": f"missing channel(s): {', '.join(missing)}"})
+            continue
+        samples.append({"name": key, "kind": "channels", "files": group})
+    samples.sort(key=lambda s: s["name"])
+    return samples, skipped
+
+
+__all__ = [
+    "BlobStore", "DataError", "ReceivedFile", "ReceivedForm", "UploadError", "assemble_sample",
+    "channel_from_filename", "check_zip", "decode_channel", "decode_multichannel", "extract_zip",
+    "group_samples", "inspect_image", "normalise_channel_name", "stream_multipart",
+]
