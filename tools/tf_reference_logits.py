@@ -40,8 +40,8 @@ CLASSES = ["Actin filaments", "Centrosome", "Cytosol", "Endoplasmic reticulum", 
 RECIPE = {
     "generator": "numpy.random.default_rng(seed) (PCG64)",
     "seed": SEED,
-    "draw": "rng.random((1024, 1024, 4)) in float64, shape [height, width, channel]",
-    "transform": "x = u**3 + 0.5 * smooth, smooth[i, j, c] = 1 + sin(2*pi*(c+1)*i/1024) * cos(2*pi*(c+2)*j/1024)",
+    "draw": "u = rng.random((H, W, 4)) in float64, shape [height, width, channel], H = W = 1024",
+    "transform": "x = u**3 + 0.5 * smooth, smooth[i, j, c] = 1 + sin(2*pi*(c+1)*i/H) * cos(2*pi*(c+2)*j/W)",
     "normalization": "per channel over height and width, in float64: (x - mean) / (std + 1e-7) with the "
                      "population std (ddof=0); then cast to float32",
     "channel_order": CHECKPOINT_CHANNEL_ORDER,
@@ -49,14 +49,20 @@ RECIPE = {
 }
 
 
-def make_input(seed: int = SEED, size: int = SIZE) -> np.ndarray:
-    """The normalised input [size, size, 4] (float32), channels in the checkpoint's order."""
+# A second input whose sides are not multiples of 16: there the two 2x2 max pools meet odd sizes, and
+# TensorFlow's SAME pooling keeps the last row/column (output ceil(n/2)) where a floor-mode pool drops it.
+ODD_SEED = 7
+ODD_SHAPE = (301, 457)
+
+
+def make_input(seed: int = SEED, height: int = SIZE, width: int = SIZE) -> np.ndarray:
+    """The normalised input [height, width, 4] (float32), channels in the checkpoint's order."""
     rng = np.random.default_rng(seed)
-    u = rng.random((size, size, 4))
-    i = np.arange(size, dtype=np.float64)[:, None, None]
-    j = np.arange(size, dtype=np.float64)[None, :, None]
+    u = rng.random((height, width, 4))
+    i = np.arange(height, dtype=np.float64)[:, None, None]
+    j = np.arange(width, dtype=np.float64)[None, :, None]
     c = np.arange(4, dtype=np.float64)[None, None, :]
-    smooth = 1.0 + np.sin(2 * np.pi * (c + 1) * i / size) * np.cos(2 * np.pi * (c + 2) * j / size)
+    smooth = 1.0 + np.sin(2 * np.pi * (c + 1) * i / height) * np.cos(2 * np.pi * (c + 2) * j / width)
     x = u**3 + 0.5 * smooth
     mean = x.mean(axis=(0, 1), keepdims=True)
     std = x.std(axis=(0, 1), keepdims=True)
@@ -130,23 +136,27 @@ def main() -> None:
     def dense(x, layer, activation):
         return activation(tf.matmul(x, var(f"FC-{layer}/W_dense")) + var(f"FC-{layer}/b_dense"))
 
+    def network(image):
+        block1 = maxpool(conv(tf.constant(image[None]), 1, 2))
+        h = conv(block1, 2, 2)
+        h = conv(h, 3, 1)
+        h = conv(h, 4, 1)
+        h = conv(h, 5, 1)
+        block2 = maxpool(h)
+        h = conv(block2, 6, 1)
+        h = conv(h, 7, 1)
+        block3 = conv(h, 8, 1)
+        features = tf.concat([tf.reduce_mean(b, axis=[1, 2]) for b in (block1, block2, block3)], axis=1)
+        h = dense(features, 1, tf.nn.selu)
+        h = dense(h, 2, tf.nn.selu)
+        return dense(h, 3, tf.identity).numpy()[0]
+
     image = make_input()
-    x = tf.constant(image[None])
     started = time.perf_counter()
-    block1 = maxpool(conv(x, 1, 2))
-    h = conv(block1, 2, 2)
-    h = conv(h, 3, 1)
-    h = conv(h, 4, 1)
-    h = conv(h, 5, 1)
-    block2 = maxpool(h)
-    h = conv(block2, 6, 1)
-    h = conv(h, 7, 1)
-    block3 = conv(h, 8, 1)
-    features = tf.concat([tf.reduce_mean(b, axis=[1, 2]) for b in (block1, block2, block3)], axis=1)
-    h = dense(features, 1, tf.nn.selu)
-    h = dense(h, 2, tf.nn.selu)
-    logits = dense(h, 3, tf.identity).numpy()[0]
+    logits = network(image)
     seconds = time.perf_counter() - started
+    odd_image = make_input(ODD_SEED, *ODD_SHAPE)
+    odd_logits = network(odd_image)
 
     kernel = reader.get_tensor("ConvLayer-1/W_conv").astype(np.float64)
     norms = np.sqrt((kernel**2).sum(axis=(0, 1, 3)))
@@ -164,6 +174,12 @@ def main() -> None:
         "classes": CLASSES,
         "logits": [float(v) for v in logits],
         "tensorflow_seconds": round(seconds, 3),
+        "odd_size": {
+            "description": "same recipe with another seed and shape; sides not multiples of 16",
+            "seed": ODD_SEED, "height": ODD_SHAPE[0], "width": ODD_SHAPE[1],
+            "sha256_float32": hashlib.sha256(odd_image.tobytes()).hexdigest(),
+            "logits": [float(v) for v in odd_logits],
+        },
     }
     with open(args.out, "w") as handle:
         json.dump(fixture, handle, indent=2)
