@@ -11,6 +11,7 @@ from protloc.data.channels import CHANNELS, COLOUR_OF_CHANNEL
 from protloc.data.readers import (
     NPZ_CHANNEL_ORDER,
     discover_inputs,
+    load_entry,
     read_channel_file,
     read_multichannel_file,
     read_npz_sample,
@@ -208,13 +209,28 @@ def test_discover_inputs_mixes_files_folders_and_multichannel(tmp_path):
     for channel, array in planes.items():
         Image.fromarray(array).save(per_sample / f"{COLOUR_OF_CHANNEL[channel]}.png")
     tifffile.imwrite(tmp_path / "c.tif", np.stack([planes[c] for c in CHANNELS]), photometric="minisblack")
-    index = discover_inputs([flat / "a_blue.png", flat / "a_red.png", per_sample, tmp_path / "c.tif"])
-    assert [e.id for e in index.samples] == ["a", "b", "c"]
-    for entry in index.samples:
-        assert (entry.height, entry.width) == (16, 24)
-        np.testing.assert_array_equal(index.load_image(entry)[3], planes["protein"])
+    dataset = tmp_path / "dataset"
+    dataset.mkdir()
+    write_sample(dataset, "d1", planes)
+    broken = dict(planes)
+    del broken["er"]
+    write_sample(dataset, "d2", broken)
+    (dataset / "labels.csv").write_text("id,labels\nd1,Nucleus\n")
+    entries = discover_inputs([flat / "a_blue.png", flat / "a_red.png", per_sample, tmp_path / "c.tif", dataset,
+                               flat])
+    assert [e.id for e in entries] == ["a", "b", "c", "d1", "d2", "a#2"]
+    assert entries[3].labels == (10,) and entries[0].labels is None
+    for entry in entries[:4]:
+        image = load_entry(entry)
+        assert image.shape == (4, 16, 24)
+        np.testing.assert_array_equal(image[3], planes["protein"])
+    with pytest.raises(DataError, match="missing channel yellow"):  # reported when decoded, not hidden
+        load_entry(entries[4])
     with pytest.raises(ProtlocError, match="no such file"):
         discover_inputs([tmp_path / "nope.png"])
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(ProtlocError, match="not a channel file"):
+        discover_inputs([tmp_path / "notes.txt"])
 
 
 # ---- the real HPA field in its two published formats ------------------------------------------------

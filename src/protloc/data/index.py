@@ -368,22 +368,22 @@ def _default_workers() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
-def scan_dataset(
-    root,
-    format: str | None = None,
-    labels=None,
-    label_set=None,
-    progress: bool = False,
-    workers: int | None = None,
-) -> DatasetIndex:
-    """List, decode and index a data folder; never stops at the first bad sample.
+@dataclass
+class DatasetListing:
+    """A data folder listed and matched with its labels, before any image is decoded."""
 
-    ``format`` None detects it (``detect_format``). ``labels`` is a labels file, or None to use the
-    folder's own (labels.csv for channels, train.csv for kaggle-hpa, labels.txt / the only *.txt for
-    npz) when there is one. ``label_set`` is a LabelSet, a built-in name or a JSON file; None means
-    ``kaggle28`` for kaggle-hpa and ``hpa13`` otherwise. ProtlocError for a wrong path or a folder
-    without any sample.
-    """
+    root: Path
+    format: str
+    label_set: LabelSet
+    sources: dict[str, dict[str, str]]  # id -> sources relative to root
+    labels: dict[str, tuple[int, ...]] | None  # None when the data set has no labels file
+    labels_path: Path | None
+    problems: dict[str, str]  # id -> reason it cannot be used, found without decoding
+    orphan_label_ids: list[str]  # label rows for ids without image files
+
+
+def list_dataset(root, format: str | None = None, labels=None, label_set=None) -> DatasetListing:
+    """List a data folder and match it with its labels without decoding any image (see scan_dataset)."""
     root_path = Path(root).expanduser()
     if not root_path.exists():
         raise ProtlocError(f"no such folder: {root}")
@@ -416,27 +416,50 @@ def scan_dataset(
         }[format]
         raise ProtlocError(f"no samples in {root} (format {format}: expected {what})")
 
-    excluded: dict[str, str] = {}
-    to_read: list[str] = []
+    problems: dict[str, str] = {}
     for sample_id in sorted(listing.sources):
         sources = listing.sources[sample_id]
         if sample_id in listing.problems:
-            excluded[sample_id] = listing.problems[sample_id]
+            problems[sample_id] = listing.problems[sample_id]
         elif format != "npz" and len(sources) < len(CHANNELS):
             missing = [c for c in CHANNELS if c not in sources]
-            excluded[sample_id] = "missing channel " + ", ".join(f"{COLOUR_OF_CHANNEL[c]} ({c})" for c in missing)
+            problems[sample_id] = "missing channel " + ", ".join(f"{COLOUR_OF_CHANNEL[c]} ({c})" for c in missing)
         elif sample_id in label_problems:
-            excluded[sample_id] = label_problems[sample_id]
+            problems[sample_id] = label_problems[sample_id]
         elif label_map is not None and sample_id not in label_map:
-            excluded[sample_id] = f"unlabeled: no row for this id in {labels_path.name}"
-        else:
-            to_read.append(sample_id)
+            problems[sample_id] = f"unlabeled: no row for this id in {labels_path.name}"
+    orphans = []
+    if label_map is not None:
+        orphans = sorted((set(label_map) | set(label_problems)) - set(listing.sources))
+    return DatasetListing(root_path, format, labelset, listing.sources, label_map, labels_path, problems, orphans)
+
+
+def scan_dataset(
+    root,
+    format: str | None = None,
+    labels=None,
+    label_set=None,
+    progress: bool = False,
+    workers: int | None = None,
+) -> DatasetIndex:
+    """List, decode and index a data folder; never stops at the first bad sample.
+
+    ``format`` None detects it (``detect_format``). ``labels`` is a labels file, or None to use the
+    folder's own (labels.csv for channels, train.csv for kaggle-hpa, labels.txt / the only *.txt for
+    npz) when there is one. ``label_set`` is a LabelSet, a built-in name or a JSON file; None means
+    ``kaggle28`` for kaggle-hpa and ``hpa13`` otherwise. ProtlocError for a wrong path or a folder
+    without any sample.
+    """
+    plan = list_dataset(root, format=format, labels=labels, label_set=label_set)
+    root_path, format, labelset, label_map = plan.root, plan.format, plan.label_set, plan.labels
+    excluded = dict(plan.problems)
+    to_read = [sample_id for sample_id in sorted(plan.sources) if sample_id not in excluded]
 
     shapes: dict[str, tuple[int, int]] = {}
     from tqdm import tqdm
 
     with ThreadPoolExecutor(max_workers=workers or _default_workers()) as pool:
-        futures = {sample_id: pool.submit(_check_sample, root_path, listing.sources[sample_id]) for sample_id in to_read}
+        futures = {sample_id: pool.submit(_check_sample, root_path, plan.sources[sample_id]) for sample_id in to_read}
         bar = tqdm(total=len(futures), desc="scanning", unit="sample", disable=not progress, file=sys.stderr,
                    dynamic_ncols=True)
         with bar:
@@ -454,13 +477,11 @@ def scan_dataset(
         if sample_id in shapes:
             height, width = shapes[sample_id]
             sample_labels = label_map[sample_id] if label_map is not None else None
-            samples.append(SampleEntry(sample_id, dict(listing.sources[sample_id]), sample_labels, height, width))
+            samples.append(SampleEntry(sample_id, dict(plan.sources[sample_id]), sample_labels, height, width))
 
     excluded_list = [{"id": sample_id, "reason": excluded[sample_id]} for sample_id in sorted(excluded)]
-    if label_map is not None:
-        orphans = sorted((set(label_map) | set(label_problems)) - set(listing.sources))
-        excluded_list += [{"id": sample_id, "reason": f"label row in {labels_path.name} but no image files"}
-                          for sample_id in orphans]
+    excluded_list += [{"id": sample_id, "reason": f"label row in {plan.labels_path.name} but no image files"}
+                      for sample_id in plan.orphan_label_ids]
     return DatasetIndex(root=str(root_path), format=format, label_set=labelset, samples=samples,
                         excluded=excluded_list)
 

@@ -269,61 +269,57 @@ def _is_multichannel_candidate(path: Path) -> bool:
     )
 
 
-def discover_inputs(paths, label_set=None):
-    """Collect prediction inputs into a DatasetIndex (labels optional).
+def load_entry(entry) -> np.ndarray:
+    """Decode a SampleEntry whose sources are absolute paths (as ``discover_inputs`` gives them)."""
+    return read_sample(entry.sources)
+
+
+def discover_inputs(paths, format: str | None = None, label_set=None) -> list:
+    """Collect prediction inputs as a list of SampleEntry with absolute source paths; nothing is decoded.
 
     Each path may be a channel file (``<id>_<colour>.<ext>``; its sibling channel files are found next
-    to it), a folder of one sample's channel files, a multichannel file (4-plane TIFF or ``.npz``), or a
-    data set folder (scanned like ``protloc data scan``). Paths are stored absolute. Samples that cannot
-    be read are listed in ``excluded``; a path that does not exist or holds nothing usable is a
-    ProtlocError.
+    to it), a folder holding one sample's channel files (``<colour>.<ext>`` or ``<x>_<colour>.<ext>``),
+    a multichannel file (4-plane TIFF or ``.npz``) or a data set folder (listed like ``protloc data
+    scan``, in ``format`` or the detected one; its labels are attached when it has a labels file).
+    ``height``/``width`` are 0 (not read yet); ``load_entry`` decodes an entry and raises DataError for
+    a sample that cannot be used (missing channel, damaged file), so one bad input never hides the rest.
+    A path that does not exist, or inputs without any image, are a ProtlocError. Ids are made unique
+    by appending ``#2``, ``#3``, ... .
     """
-    from protloc.data.index import DatasetIndex, SampleEntry, scan_dataset
-    from protloc.labels import load_label_set
+    from protloc.data.index import SampleEntry, list_dataset
 
-    labels = load_label_set(label_set or "hpa13")
-    samples: list[SampleEntry] = []
-    excluded: list[dict] = []
+    entries: list = []
     used_ids: set[str] = set()
 
-    def unique(sample_id: str) -> str:
+    def add(sample_id: str, sources: dict[str, str], labels=None) -> None:
         candidate, n = sample_id, 1
         while candidate in used_ids:
             n += 1
             candidate = f"{sample_id}#{n}"
         used_ids.add(candidate)
-        return candidate
-
-    def add(sample_id: str, sources: dict[str, str], entry_labels=None) -> None:
-        sample_id = unique(sample_id)
-        try:
-            image = read_sample(sources)
-        except DataError as exc:
-            excluded.append({"id": sample_id, "reason": str(exc)})
-            return
-        samples.append(SampleEntry(sample_id, sources, entry_labels, int(image.shape[1]), int(image.shape[2])))
+        entries.append(SampleEntry(candidate, sources, labels, 0, 0))
 
     seen_channel_ids: set[tuple[str, str]] = set()
     for raw in paths:
-        path = Path(raw).expanduser().resolve()
+        path = Path(raw).expanduser()
         if not path.exists():
             raise ProtlocError(f"no such file or folder: {raw}")
+        path = path.resolve()
         if path.is_file():
             parsed = channel_file_id(path)
             if parsed is not None:
                 key = (str(path.parent), parsed[0])
                 if key in seen_channel_ids:
-                    continue  # another channel file of a sample already collected
+                    continue  # a sibling channel file of a sample already collected
                 seen_channel_ids.add(key)
-                sources = {}
+                sources: dict[str, str] = {}
                 for sibling in sorted(path.parent.iterdir()):
                     sib = channel_file_id(sibling)
                     if sib is not None and sib[0] == parsed[0]:
                         sources.setdefault(sib[1], str(sibling))
                 add(parsed[0], sources)
             elif _is_multichannel_candidate(path):
-                key = "npz" if path.suffix.lower() == ".npz" else "multichannel"
-                add(path.stem, {key: str(path)})
+                add(path.stem, {"npz" if path.suffix.lower() == ".npz" else "multichannel": str(path)})
             else:
                 raise ProtlocError(
                     f"{raw}: not a channel file (<id>_<blue|red|yellow|green>.<ext>), 4-plane TIFF or .npz"
@@ -336,17 +332,17 @@ def discover_inputs(paths, label_set=None):
             match = FOLDER_CHANNEL_FILE_RE.match(file.name)
             if match:
                 folder_channels.setdefault(HPA_COLOURS[match.group("colour").lower()], str(file))
-        ids = {channel_file_id(f)[0] for f in files if channel_file_id(f) is not None}
-        if len(folder_channels) == len(CHANNELS) and len(ids) <= 1:
-            add(path.name, folder_channels)
+        prefixes = {channel_file_id(f)[0] for f in files if channel_file_id(f) is not None}
+        if format in (None, "channels") and len(folder_channels) == len(CHANNELS) and len(prefixes) <= 1 and not any(
+            f.suffix.lower() == ".npz" for f in files
+        ):
+            add(path.name if not prefixes else next(iter(prefixes)), folder_channels)
             continue
-        index = scan_dataset(path, label_set=label_set)
-        for entry in index.samples:
-            sources = {k: str(Path(index.root) / v) for k, v in entry.sources.items()}
-            samples.append(SampleEntry(unique(entry.id), sources, entry.labels, entry.height, entry.width))
-        excluded.extend(index.excluded)
-        if label_set is None:
-            labels = index.label_set
-    if not samples and not excluded:
+        listing = list_dataset(path, format=format, label_set=label_set)
+        for sample_id in sorted(listing.sources):
+            sources = {k: str(listing.root / v) for k, v in listing.sources[sample_id].items()}
+            labels = listing.labels.get(sample_id) if listing.labels is not None else None
+            add(sample_id, sources, labels)
+    if not entries:
         raise ProtlocError("no input images found")
-    return DatasetIndex(root="/", format="inputs", label_set=labels, samples=samples, excluded=excluded)
+    return entries
