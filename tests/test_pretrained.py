@@ -372,9 +372,18 @@ def _files_in(folder: Path) -> list[Path]:
     return [p for p in folder.rglob("*") if p.is_file()] if folder.exists() else []
 
 
-def test_resolve_pretrained_without_cache_says_what_to_run(cache):
+def test_resolve_pretrained_without_cache_says_what_to_run(cache, capsys):
     with pytest.raises(ProtlocError, match="run `protloc pretrained fetch`"):
         resolve_pretrained()
+    assert cli_main(["pretrained", "info"]) == 2
+    assert "protloc pretrained fetch" in capsys.readouterr().err
+
+
+@needs_checkpoint
+def test_cli_import_without_out_fills_the_cache(cache):
+    assert cli_main(["pretrained", "import", str(CKPT_DIR / INDEX)]) == 0
+    assert resolve_pretrained() == cache / "pretrained" / "gapnet-pl.pt"
+    assert read_model_file(resolve_pretrained())["model"] == "gapnet-pl"
 
 
 @needs_checkpoint
