@@ -1,0 +1,68 @@
+"""``protloc train``: train a network with the paper's protocol into a run directory."""
+
+from __future__ import annotations
+
+import sys
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="train a network with the paper's protocol",
+        description="Train one of the five networks on labelled images with the paper's protocol "
+        "(random crops, SGD momentum 0.9, clipping at norm 5, L1/L2 penalties, plateau halving, whole-image "
+        "validation). Defaults: the model's paper settings; a YAML --config and the flags override them. "
+        "Run the same command under torchrun for several GPUs or machines.",
+    )
+    parser.add_argument("--model", help="network: gapnet-pl, densenet-121, m-cnn, deeploc, conv-mil")
+    parser.add_argument("--data", help="data folder (channels, npz or kaggle-hpa layout) or its index.json")
+    parser.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory to create (or resume)")
+    parser.add_argument("--config", metavar="YAML", help="options file, or a shipped config name (e.g. gapnet-pl)")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--crop-size", type=int, help="training crop and validation patch size (paper: 1024)")
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--lr", type=float, help="initial learning rate")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--devices", help="devices per node (default: torchrun's, else 1)")
+    parser.add_argument("--workers", type=int, help="data loader worker processes")
+    parser.add_argument("--patience", type=int, help="epochs without validation-F1 improvement before halving the lr")
+    parser.add_argument("--precision", help="auto, 32-true, bf16-mixed, 16-mixed")
+    parser.add_argument("--limit-train", type=int, metavar="N", help="use only the first N training samples")
+    cache = parser.add_mutually_exclusive_group()
+    cache.add_argument("--cache", metavar="DIR", help="prepared-data cache folder (default DATA/.protloc/cache)")
+    cache.add_argument("--no-cache", action="store_true", help="decode the image files every epoch instead")
+    parser.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from its last checkpoint")
+    parser.set_defaults(handler=run)
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    from protloc.errors import ProtlocError
+    from protloc.training.config import load_config
+    from protloc.training.run import resume_config, train
+
+    overrides = {
+        "model": args.model, "data": args.data, "out": args.out, "epochs": args.epochs,
+        "crop_size": args.crop_size, "batch_size": args.batch_size, "learning_rate": args.lr, "seed": args.seed,
+        "device": args.device, "devices": args.devices, "workers": args.workers, "plateau_patience": args.patience,
+        "precision": args.precision, "limit_train": args.limit_train,
+        "cache": "none" if args.no_cache else args.cache,
+    }
+    if args.resume:
+        if args.config:
+            raise ProtlocError("--resume uses the run's own config.yaml; drop --config")
+        config = resume_config(Path(args.out), overrides)
+    else:
+        if not args.model and not args.config:
+            raise ProtlocError("choose a network with --model (or a --config that names one)")
+        config = load_config(args.config, overrides)
+    result = train(config, resume=args.resume)
+    if result.status != "completed":
+        print(f"protloc: error: {result.message}", file=sys.stderr)
+        return 1
+    if result.model_path is not None:
+        print(result.message)
+        print(f"model: {result.model_path}")
+    return 0
