@@ -278,8 +278,6 @@ def test_imported_network_gives_tensorflow_logits(imported):
 
 
 @needs_checkpoint
-@pytest.mark.xfail(strict=True, reason="gapnet_pl.py pools in floor mode; TensorFlow's SAME max pool keeps the "
-                   "last odd row/column (F.max_pool2d(..., ceil_mode=True) matches it)")
 def test_imported_network_gives_tensorflow_logits_when_sides_are_not_multiples_of_16(imported):
     """Whole-image prediction at any size: 301x457 makes both 2x2 max pools meet odd sizes."""
     odd = json.loads((FIXTURES / "gapnet_pl_reference.json").read_text())["odd_size"]

@@ -68,13 +68,17 @@ class GapNetPL(LocalizationNet):
         selu_init_(self)
 
     def blocks(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The three blocks' feature maps, each the input of one global average."""
-        block1 = F.max_pool2d(F.selu(self.conv1(x)), 2)
+        """The three blocks' feature maps, each the input of one global average.
+
+        Max pools keep a last odd row/column (ceil mode) as the authors' TensorFlow 'SAME' pooling does,
+        so whole images of any size give the original network's outputs.
+        """
+        block1 = F.max_pool2d(F.selu(self.conv1(x)), 2, ceil_mode=True)
         x = F.selu(self.conv2(block1))
         x = F.selu(self.conv3(x))
         x = F.selu(self.conv4(x))
         x = F.selu(self.conv5(x))
-        block2 = F.max_pool2d(x, 2)
+        block2 = F.max_pool2d(x, 2, ceil_mode=True)
         x = F.selu(self.conv6(block2))
         x = F.selu(self.conv7(x))
         block3 = F.selu(self.conv8(x))
