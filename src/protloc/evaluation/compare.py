@@ -293,8 +293,11 @@ def plot_f1_comparison(path: Path, tables: dict) -> None:
     ax = figure.subplots()
     for i, row in enumerate(rows):
         values = [row["f1"][name] if row["f1"][name] is not None else 0.0 for name in classes]
-        ax.bar(x - 0.4 + width * (i + 0.5), values, width, label=f"{row['method']} (mean {format_value(row['mean'])})",
-               color=f"C{i % 10}")
+        positions = x - 0.4 + width * (i + 0.5)
+        ax.bar(positions, values, width, label=f"{row['method']} (mean {format_value(row['mean'])})", color=f"C{i % 10}")
+        for position, name in zip(positions, classes):
+            if row["f1"][name] is None:  # an empty slot would read as F1 = 0
+                ax.text(position, 0.02, "undefined", rotation=90, ha="center", va="bottom", fontsize=6, color="0.4")
     ax.set_xticks(x)
     ax.set_xticklabels(classes, rotation=45, ha="right", fontsize=8)
     ax.set_ylim(0, 1.2)

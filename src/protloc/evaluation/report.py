@@ -26,6 +26,7 @@ import numpy as np
 
 from protloc.evaluation.metrics import (
     DEFAULT_THRESHOLD,
+    NO_POSITIVES,
     binarize,
     check_inputs,
     evaluate_predictions,
@@ -122,6 +123,9 @@ def render_markdown(metrics: dict) -> str:
     rows = []
     for name in classes:
         entry = metrics["per_class"][name]
+        if entry["positives"] == 0:  # say it once per row, not in every column
+            rows.append([name, 0, NO_POSITIVES, "–", "–", "–", format_value(entry["threshold"], 2), "–"])
+            continue
         rows.append([
             name, entry["positives"], _cell(entry, "f1"), _cell(entry, "precision"), _cell(entry, "recall"),
             _cell(entry, "auc"), format_value(entry["threshold"], 2), _cell(entry, "f1_tuned"),
