@@ -1,0 +1,240 @@
+"""`protloc synth`: determinism, the labels file, label statistics, and that each class's protein
+pattern sits where its compartment is."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from protloc.cli import main
+from protloc.data import synth
+from protloc.data.channels import CHANNELS, COLOUR_OF_CHANNEL
+from protloc.errors import ProtlocError
+from protloc.labels import HPA13
+
+SIZE = 160
+
+
+def digest(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def read_labels(folder: Path) -> list[dict[str, str]]:
+    with open(folder / "labels.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.fixture(scope="module")
+def small_set(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("synth") / "set"
+    assert main(["synth", str(out), "--samples", "6", "--size", str(SIZE), "--seed", "3", "--workers", "2"]) == 0
+    return out
+
+
+def test_layout_and_labels_csv(small_set: Path) -> None:
+    rows = read_labels(small_set)
+    assert (small_set / "labels.csv").read_text().splitlines()[0] == "id,labels"
+    assert [r["id"] for r in rows] == [f"synth-{i:05d}" for i in range(6)]
+    for row in rows:
+        indices = HPA13.parse(row["labels"])  # raises on an unknown class name
+        assert 1 <= len(indices) <= 4
+        assert row["labels"] == ";".join(HPA13.names(indices))
+        for channel in CHANNELS:
+            image = tifffile.imread(small_set / f"{row['id']}_{COLOUR_OF_CHANNEL[channel]}.tif")
+            assert image.dtype == np.uint16 and image.shape == (SIZE, SIZE)
+            assert image.std() > 0
+    assert len(list(small_set.iterdir())) == 6 * 4 + 1
+
+
+def test_tiffs_carry_no_varying_tags(small_set: Path) -> None:
+    with tifffile.TiffFile(small_set / "synth-00000_green.tif") as tif:
+        tags = {tag.name for tag in tif.pages[0].tags}
+    assert not tags & {"DateTime", "Software", "ImageDescription"}
+
+
+def test_same_seed_same_bytes_whatever_the_workers(small_set: Path, tmp_path: Path) -> None:
+    again = tmp_path / "again"
+    synth.generate_dataset(again, 6, SIZE, 3, workers=1, progress=False)
+    assert digest(again) == digest(small_set)
+
+
+def test_different_seed_different_data(small_set: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    synth.generate_dataset(other, 6, SIZE, 4, workers=1, progress=False)
+    ours, theirs = digest(small_set), digest(other)
+    assert ours.keys() == theirs.keys()
+    assert all(ours[name] != theirs[name] for name in ours if name.endswith(".tif"))
+
+
+def test_sample_does_not_depend_on_data_set_size(small_set: Path, tmp_path: Path) -> None:
+    # sample i comes from its own generator: a shorter set repeats the first samples exactly
+    fewer = tmp_path / "fewer"
+    synth.generate_dataset(fewer, 2, SIZE, 3, workers=1, progress=False)
+    for name in (p.name for p in fewer.iterdir() if p.suffix == ".tif"):
+        assert (fewer / name).read_bytes() == (small_set / name).read_bytes()
+
+
+def test_non_square(tmp_path: Path) -> None:
+    out = tmp_path / "wide"
+    assert main(["synth", str(out), "--samples", "2", "--height", "96", "--width", "176", "--seed", "0",
+                 "--workers", "1"]) == 0
+    for colour in COLOUR_OF_CHANNEL.values():
+        image = tifffile.imread(out / f"synth-00001_{colour}.tif")
+        assert image.dtype == np.uint16 and image.shape == (96, 176)
+
+
+def test_label_statistics() -> None:
+    draws = [synth.sample_labels(np.random.default_rng([11, i])) for i in range(600)]
+    multi = np.mean([len(d) > 1 for d in draws])
+    assert 0.35 <= multi <= 0.65
+    counts = np.zeros(len(HPA13))
+    for d in draws:
+        assert list(d) == sorted(set(d))
+        counts[list(d)] += 1
+    assert (counts > 0).all()
+    # unbalanced the paper's way: the common classes clearly outnumber the rare ones
+    count = dict(zip(HPA13.classes, counts))
+    for common in ("Nucleus", "Cytosol", "Nucleoli"):
+        for rare in ("Nuclear membrane", "Microtubules", "Actin filaments"):
+            assert count[common] > 1.5 * count[rare]
+
+
+# ---------------------------------------------------------------------------------------------------
+# morphology: the protein lies in the compartments its labels name
+
+
+def noiseless(labels, seed=5, height=SIZE, width=SIZE):
+    """Signal maps of one sample without camera noise: (field, references, protein, expression)."""
+    rng = np.random.default_rng(seed)
+    field = synth.make_field(rng, height, width)
+    refs = synth.draw_references(rng, field)
+    expr = np.ones(field.n)
+    protein = sum(synth.COMPARTMENT_DRAWERS[name](rng, field, refs, expr) for name in labels)
+    return field, refs, protein
+
+
+def rendered(labels, seed=5):
+    image = synth.render_sample(np.random.default_rng(seed), [HPA13.index(n) for n in labels], SIZE, SIZE)
+    return image.astype(np.float64)
+
+
+def corr(a, b) -> float:
+    return float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
+
+
+def test_nucleus_protein_follows_nucleus_channel_unlike_plasma_membrane() -> None:
+    for seed in (1, 2):
+        nucleus = rendered(["Nucleus"], seed)
+        membrane = rendered(["Plasma membrane"], seed)
+        assert corr(nucleus[3], nucleus[0]) > 0.6
+        assert corr(membrane[3], membrane[0]) < 0.2
+
+
+def test_microtubule_and_er_proteins_follow_their_reference_channels() -> None:
+    mt = rendered(["Microtubules"], 3)
+    er = rendered(["Endoplasmic reticulum"], 3)
+    assert corr(mt[3], mt[1]) > 0.5 and corr(mt[3], mt[1]) > corr(mt[3], mt[2])
+    assert corr(er[3], er[2]) > 0.5 and corr(er[3], er[2]) > corr(er[3], er[1])
+
+
+def test_nucleoli_are_sparse_spots_inside_nuclei() -> None:
+    field, _, protein = noiseless(["Nucleoli"])
+    nucleus = field.nucleus > 0.5
+    assert protein[nucleus].sum() > 0.95 * protein.sum()
+    bright = protein > 0.3 * protein.max()
+    assert bright.mean() < 0.25 * nucleus.mean()
+
+
+def test_cytosol_lies_outside_nuclei() -> None:
+    field, _, protein = noiseless(["Cytosol"])
+    nucleus = field.nucleus > 0.5
+    assert protein[~nucleus].sum() > 0.9 * protein.sum()
+    # diffuse: it fills most of the cytoplasm
+    cytoplasm = (field.owner >= 0) & ~nucleus
+    assert (protein[cytoplasm] > 0.3 * protein.max()).mean() > 0.8
+
+
+def test_nuclear_membrane_is_a_rim_and_plasma_membrane_an_outline() -> None:
+    field, _, rim = noiseless(["Nuclear membrane"])
+    assert rim[np.abs(field.dn) < 2].mean() > 5 * rim[np.abs(field.dn) > 5].mean()
+    field, _, outline = noiseless(["Plasma membrane"])
+    inner = (field.owner >= 0) & (field.rc < 0.5)
+    assert outline[inner].max() < 0.05 * outline.max()
+
+
+def test_centrosome_golgi_and_vesicles_are_dots_outside_the_nucleus() -> None:
+    areas = {}
+    for name in ("Centrosome", "Golgi apparatus", "Vesicles", "Mitochondria"):
+        field, _, protein = noiseless([name])
+        assert protein[field.dn < -2].sum() < 0.05 * protein.sum(), name
+        areas[name] = (protein > 0.25 * protein.max()).sum()
+    # one or two dots per cell, a cluster per cell, many dots per cell
+    assert areas["Centrosome"] < areas["Golgi apparatus"] < areas["Vesicles"]
+
+
+def test_filaments_differ_in_orientation() -> None:
+    """Actin fibres within a cell run parallel; microtubules radiate in all directions."""
+
+    def orientation_coherence(image, mask):
+        gy, gx = np.gradient(image)
+        jxx, jyy, jxy = (gx * gx)[mask].sum(), (gy * gy)[mask].sum(), (gx * gy)[mask].sum()
+        return np.hypot(jxx - jyy, 2 * jxy) / (jxx + jyy)
+
+    field, _, actin = noiseless(["Actin filaments"], seed=8)
+    _, _, tubules = noiseless(["Microtubules"], seed=8)
+    cells = [i for i in range(field.n) if (field.owner == i).sum() > 2000]
+    assert cells
+    actin_coh = np.mean([orientation_coherence(actin, field.owner == i) for i in cells])
+    tubule_coh = np.mean([orientation_coherence(tubules, field.owner == i) for i in cells])
+    assert actin_coh > 0.5 > tubule_coh
+
+
+def test_every_class_renders_a_distinct_protein_image() -> None:
+    images = {name: rendered([name], 9)[3] for name in HPA13.classes}
+    for name, image in images.items():
+        assert image.dtype == np.float64 and image.max() > image.mean() * 2, name
+    # the reference channels are the same for every label (same seed): only the protein differs
+    base = rendered(["Nucleus"], 9)
+    other = rendered(["Vesicles"], 9)
+    assert corr(base[0], other[0]) > 0.95
+
+
+# ---------------------------------------------------------------------------------------------------
+# bad input
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--samples", "0"], "--samples"),
+    (["--size", "8"], "height"),
+    (["--width", "-3"], "width"),
+    (["--seed", "-1"], "--seed"),
+    (["--workers", "0"], "--workers"),
+])
+def test_bad_options_are_one_line_errors(tmp_path: Path, capsys, argv, message) -> None:
+    assert main(["synth", str(tmp_path / "x"), *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("protloc: error:") and message in err and "\n" not in err
+
+
+def test_refuses_a_non_empty_folder_unless_overwrite(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "set"
+    synth.generate_dataset(out, 2, 64, 0, workers=1, progress=False)
+    assert main(["synth", str(out), "--samples", "1", "--size", "64"]) == 2
+    assert "not empty" in capsys.readouterr().err
+    assert main(["synth", str(out), "--samples", "1", "--size", "64", "--overwrite", "--workers", "1"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["labels.csv"] + [f"synth-00000_{c}.tif" for c in
+                                                                      sorted(COLOUR_OF_CHANNEL.values())]
+    # --overwrite never deletes files that are not a synthetic set
+    (out / "notes.txt").write_text("mine")
+    assert main(["synth", str(out), "--samples", "1", "--size", "64", "--overwrite"]) == 2
+    assert (out / "notes.txt").exists()
+
+
+def test_unknown_class_for_render_sample() -> None:
+    with pytest.raises(ProtlocError):
+        synth.render_sample(0, ["Ribosomes"], 64, 64)
