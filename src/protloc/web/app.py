@@ -133,7 +133,11 @@ class TokenAuth:
         bearer = header[7:].strip() if header.lower().startswith("bearer ") else None
         query_token = request.query_params.get("token")
         candidates = [bearer, request.cookies.get("protloc_token"), query_token]
-        token = next((t for t in candidates if t and await run_in_threadpool(self.valid, t)), None)
+        token = None
+        for candidate in candidates:
+            if candidate and await run_in_threadpool(self.valid, candidate):
+                token = candidate
+                break
         if token is None:
             response = JSONResponse(
                 {"detail": "a valid API token is required: send 'Authorization: Bearer TOKEN' (or open a page with ?token=TOKEN)"},

@@ -352,7 +352,9 @@ def inspect_image(path: Path, name: str, max_pixels: int) -> str:
                     if info.filename.endswith(".npy"):
                         with archive.open(info) as member:
                             version = np.lib.format.read_magic(member)
-                            shape, _, _ = np.lib.format._read_array_header(member, version)
+                            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                                           else np.lib.format.read_array_header_2_0)
+                            shape, _, _ = read_header(member)
                         _check_pixels(tuple(shape), max_pixels, name)
         except UploadError:
             raise
