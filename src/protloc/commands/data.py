@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 FORMAT_CHOICES = ("channels", "npz", "kaggle-hpa")
+MAX_LISTED = 50  # excluded samples listed in the human summary
 
 
 def register(subparsers) -> None:
@@ -61,8 +62,11 @@ def _format_summary(index, summary: dict, splits: dict, single: dict, written: P
     )
     if summary["excluded"]:
         lines.append("excluded samples:")
-        for item in summary["excluded"]:
+        for item in summary["excluded"][:MAX_LISTED]:
             lines.append(f"  {item['id']}: {item['reason']}")
+        if len(summary["excluded"]) > MAX_LISTED:
+            lines.append(f"  ... and {len(summary['excluded']) - MAX_LISTED} more (all of them: --json, or "
+                         "'excluded' in index.json)")
     if written is not None:
         lines.append(f"wrote {written / 'index.json'} and {written / 'splits.json'}")
     return "\n".join(lines)

@@ -23,6 +23,7 @@ from protloc.data.channels import CHANNELS, COLOUR_OF_CHANNEL, HPA_COLOURS
 from protloc.data.readers import (
     CHANNEL_FILE_RE,
     FOLDER_CHANNEL_FILE_RE,
+    check_sample,
     read_sample,
 )
 from protloc.errors import DataError, ProtlocError
@@ -358,8 +359,7 @@ def read_labels_file(path: Path, format: str, label_set: LabelSet) -> tuple[dict
 
 
 def _check_sample(root: Path, sources: dict[str, str]) -> tuple[int, int]:
-    image = read_sample({k: str(root / v) for k, v in sources.items()})
-    return int(image.shape[1]), int(image.shape[2])
+    return check_sample({k: str(root / v) for k, v in sources.items()})
 
 
 def _default_workers() -> int:

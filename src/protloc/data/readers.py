@@ -111,6 +111,8 @@ def _read_pillow(path: Path) -> np.ndarray:
 
 def _to_plane(array: np.ndarray, colour: str | None, name: str) -> np.ndarray:
     """A decoded image as one 2-D plane: grayscale as is, colour-encoded RGB(A) by its signal planes."""
+    if array.size == 0:
+        raise DataError(f"{name}: empty image")
     array = np.squeeze(array)
     if array.ndim == 2:
         return array
@@ -127,15 +129,18 @@ def _to_plane(array: np.ndarray, colour: str | None, name: str) -> np.ndarray:
     rgb = array[..., :3]  # alpha carries no signal
     planes = COLOUR_PLANES.get(colour or "")
     if planes is not None:
-        chosen = rgb[..., list(planes)]
         # A file coloured other than its name says (e.g. ER drawn in green) keeps its signal: fall back
         # to the maximum over planes when the expected planes hold much less than another plane (JPEG
         # leaks a little of the signal into every plane, so "empty" cannot mean exactly zero).
-        plane_means = rgb.reshape(-1, 3).mean(axis=0, dtype=np.float64)
+        # A 4x4-subsampled grid estimates the plane means well enough and costs 1/16 of the full pass.
+        plane_means = np.array([rgb[::4, ::4, k].mean(dtype=np.float64) for k in range(3)])
         if plane_means[list(planes)].min() >= 0.5 * plane_means.max():
             if len(planes) == 1:
-                return np.ascontiguousarray(chosen[..., 0])
-            return chosen.astype(np.float32).mean(axis=-1)
+                return np.ascontiguousarray(rgb[..., planes[0]])
+            total = rgb[..., planes[0]].astype(np.float32)
+            for k in planes[1:]:
+                total += rgb[..., k]
+            return total / np.float32(len(planes))
     # Unknown colour: the signal sits in one or more planes, the others are (near) zero.
     return rgb.max(axis=-1)
 
@@ -226,33 +231,48 @@ def read_multichannel_file(path: str | Path) -> np.ndarray:
     return _canonical_from_hwc(np.squeeze(array), CHANNELS, path.name)
 
 
+def _read_planes(sources: dict[str, str]) -> list[np.ndarray]:
+    """The four channel planes in CHANNELS order, native dtype, checked for presence and equal shapes."""
+    missing = [c for c in CHANNELS if c not in sources]
+    if missing:
+        raise DataError("missing channel " + ", ".join(f"{COLOUR_OF_CHANNEL[c]} ({c})" for c in missing))
+    planes = [read_channel_file(sources[c], colour=COLOUR_OF_CHANNEL[c]) for c in CHANNELS]
+    shapes = {channel: plane.shape for channel, plane in zip(CHANNELS, planes)}
+    if len(set(shapes.values())) > 1:
+        described = ", ".join(f"{COLOUR_OF_CHANNEL[c]} {s[0]}x{s[1]}" for c, s in shapes.items())
+        raise DataError(f"channels of different shapes: {described}")
+    return planes
+
+
 def read_sample(sources: dict[str, str], format: str | None = None) -> np.ndarray:
     """Read one sample from its sources into float32 [4, H, W] (CHANNELS order).
 
     ``sources`` maps each channel name to its file (``channels`` and ``kaggle-hpa`` formats), or is
     ``{'npz': path}`` / ``{'multichannel': path}``. DataError names the first problem: a missing
-    channel, an unreadable file, or channels of different shapes.
+    channel, an unreadable file, or channels of different shapes. ``format`` is informational: the
+    sources' keys say how to read them.
     """
     if "npz" in sources:
         return read_npz_sample(sources["npz"])
     if "multichannel" in sources:
         return read_multichannel_file(sources["multichannel"])
-    missing = [c for c in CHANNELS if c not in sources]
-    if missing:
-        raise DataError(
-            "missing channel " + ", ".join(f"{COLOUR_OF_CHANNEL[c]} ({c})" for c in missing)
-        )
-    planes = []
-    for channel in CHANNELS:
-        planes.append(read_channel_file(sources[channel], colour=COLOUR_OF_CHANNEL[channel]))
-    shapes = {channel: plane.shape for channel, plane in zip(CHANNELS, planes)}
-    if len(set(shapes.values())) > 1:
-        described = ", ".join(f"{COLOUR_OF_CHANNEL[c]} {s[0]}x{s[1]}" for c, s in shapes.items())
-        raise DataError(f"channels of different shapes: {described}")
+    planes = _read_planes(sources)
     out = np.empty((len(CHANNELS),) + planes[0].shape, dtype=np.float32)
     for i, plane in enumerate(planes):
         out[i] = plane
     return out
+
+
+def check_sample(sources: dict[str, str]) -> tuple[int, int]:
+    """Decode every file of a sample fully and return its (height, width); DataError like read_sample.
+
+    Cheaper than read_sample for channel files: the planes are not converted to one float32 array.
+    """
+    if "npz" in sources or "multichannel" in sources:
+        image = read_sample(sources)
+        return int(image.shape[1]), int(image.shape[2])
+    planes = _read_planes(sources)
+    return int(planes[0].shape[0]), int(planes[0].shape[1])
 
 
 def channel_file_id(path: str | Path) -> tuple[str, str] | None:
