@@ -274,3 +274,22 @@ def test_cli_scans_the_real_hpa_folders_without_labels(folder, shape, tmp_path, 
     summary = json.loads(capsys.readouterr().out)
     assert summary["valid"] == 1 and summary["excluded"] == [] and summary["shapes"] == {shape: 1}
     assert not (REAL_HPA / folder / ".protloc").exists()
+    assert detect_format(REAL_HPA / folder) == "channels"  # no train.csv: id-suffix names are channels
+
+
+def test_progress_bar_on_stderr_when_asked(tmp_path, capsys):
+    write_channels(tmp_path, "a", planes((16, 16), seed=1))
+    scan_dataset(tmp_path, progress=True)
+    assert "scanning" in capsys.readouterr().err
+    scan_dataset(tmp_path, progress=False)
+    assert capsys.readouterr().err == ""
+
+
+def test_open_dataset_rescans_for_another_label_set(tmp_path):
+    write_channels(tmp_path, "a", planes((16, 16), seed=1))
+    (tmp_path / "labels.csv").write_text("id,labels\na,0 1\n")
+    assert open_dataset(tmp_path).label_set.name == "hpa13"
+    other = open_dataset(tmp_path, label_set="kaggle28")
+    assert other.label_set.classes == KAGGLE28.classes
+    assert KAGGLE28.names(other.entry("a").labels) == list(KAGGLE28.classes[:2])
+    assert DatasetIndex.load(default_index_path(tmp_path)).label_set.name == "kaggle28"
