@@ -272,6 +272,8 @@ def test_bad_options_are_clear_errors():
         create_model("conv-mil", head="max")
     with pytest.raises(ProtlocError, match="unknown model"):
         create_model("resnet-50")
+    with pytest.raises(ProtlocError, match="at least 32x32"):
+        create_model("densenet-121").eval()(torch.randn(1, 4, 16, 40))
 
 
 def test_models_command_prints_all_five_with_counts(capsys):

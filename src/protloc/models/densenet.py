@@ -10,7 +10,8 @@ for convolutions, BN weight 1 and bias 0, linear bias 0).
 
 4 input channels and 13 outputs give 6,970,317 parameters, as in the paper's Table 7; the network
 is fully convolutional up to the global average, so the count does not depend on the input size
-and any input size of at least 32×32 works.
+and any input of at least 32×32 works (training on a batch of one needs 64×64, where the last
+batch norm still sees more than one value per channel).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from protloc.errors import ProtlocError
 from protloc.models.base import LocalizationNet, PaperDefaults
 from protloc.models.registry import register_model
 
@@ -27,6 +29,7 @@ BOTTLENECK_WIDTH = 4 * GROWTH_RATE
 BLOCK_LAYERS = (6, 12, 24, 16)
 STEM_FEATURES = 64
 COMPRESSION = 0.5
+MIN_INPUT = 32  # the network downsamples by 32 before the global average
 
 
 class DenseLayer(nn.Module):
@@ -110,6 +113,10 @@ class DenseNet121(LocalizationNet):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
+        if min(x.shape[-2:]) < MIN_INPUT:
+            raise ProtlocError(
+                f"densenet-121 needs inputs of at least {MIN_INPUT}x{MIN_INPUT}; got {x.shape[-2]}x{x.shape[-1]}"
+            )
         return self.classifier(self.features(x).mean(dim=(2, 3)))
 
 
