@@ -423,3 +423,74 @@ def test_restart_keeps_finished_results_and_reruns_unfinished(models, tmp_path):
             assert wait_done(client, running_id)["status"] == "done"
             with third.platform.sessions() as session:
                 assert session.get(db.Submission, finished_id).attempts == 1
+
+
+def test_expert_study_pages_are_mounted_behind_the_same_tokens(models, tmp_path):
+    expert_data = pytest.importorskip("test_expert_data", reason="expert-study test helpers not present")
+    from protloc.expert.study import select_study
+
+    select_study(expert_data.build_dataset(tmp_path / "data", size=40), tmp_path / "study", n=4, seed=1)
+    settings = WebSettings(predictors=models, data_dir=tmp_path / "web", expert_study=tmp_path / "study",
+                           expert_db_url=f"sqlite:///{tmp_path / 'answers.db'}", auth_tokens=["tok"])
+    with LiveServer(settings) as live:
+        with httpx.Client(base_url=live.url, timeout=30) as anonymous:
+            assert anonymous.get("/expert/").status_code == 401
+        with httpx.Client(base_url=live.url, timeout=30, headers={"Authorization": "Bearer tok"}) as user:
+            page = user.get("/expert/")
+            assert page.status_code == 200 and "<html" in page.text.lower()
+            assert user.get("/expert/api/health").status_code == 200
+            assert 'href="/expert/"' in user.get("/").text
+
+
+def test_protloc_serve_command(tmp_path, capsys):
+    """The command line as the README shows it: a model file, a data folder, a token; then a clean stop."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    model = make_model_file(tmp_path / "served.pt")
+    data_dir = tmp_path / "served-data"
+    from protloc.cli import main
+
+    assert main(["serve", "--data-dir", str(data_dir), "--create-token", "bob"]) == 0
+    token = capsys.readouterr().out.strip()
+    assert len(token) >= 24
+    assert main(["serve", "--model", str(tmp_path / "missing.pt"), "--data-dir", str(data_dir)]) == 2
+    assert "no model" in capsys.readouterr().err
+    cli = [sys.executable, "-m", "protloc", "serve"]
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen(
+        [*cli, "--model", str(model), "--model", str(model), "--data-dir", str(data_dir), "--port", str(port),
+         "--require-auth", "--max-upload-mb", "1", "--log-level", "warning"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert process.poll() is None and time.monotonic() < deadline, process.stdout.read() if process.poll() is not None else "timeout"
+            time.sleep(0.2)
+        assert httpx.get(url + "/").status_code == 401
+        headers = {"Authorization": f"Bearer {token}"}
+        assert "<form" in httpx.get(url + "/", headers=headers).text
+        keys = [m["key"] for m in httpx.get(url + "/api/v1/models", headers=headers).json()["models"]]
+        assert keys == ["served", "served-2"]  # the same file twice gets two keys
+        big = httpx.post(url + "/api/v1/predictions", headers=headers,
+                         files=[("files", ("x.tif", b"\0" * (2 * 1024 * 1024)))])
+        assert big.status_code == 413
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            os.kill(process.pid, signal.SIGKILL)
+    assert process.returncode == 0

@@ -35,6 +35,8 @@ def register(subparsers) -> None:
                         help="limit for a batch zip and its uncompressed contents in MB (default: %(default)s)")
     parser.add_argument("--max-pixels", type=int, default=50_000_000,
                         help="largest image plane in pixels; larger ones are refused before decoding (default: %(default)s)")
+    parser.add_argument("--expert-study", metavar="STUDY",
+                        help="also serve the annotation pages of this expert study at /expert/")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     parser.set_defaults(handler=run)
@@ -61,6 +63,7 @@ def settings_from_args(args):
         max_batch_bytes=int(args.max_batch_mb * MB),
         max_pixels=args.max_pixels,
         device=args.device,
+        expert_study=Path(args.expert_study) if args.expert_study else None,
     )
 
 

@@ -66,6 +66,8 @@ class WebSettings:
     max_batch_patches: int = 64
     linger_seconds: float = 0.02
     device: str = "cpu"
+    expert_study: Path | None = None  # an expert-study folder: its annotation pages are mounted at /expert
+    expert_db_url: str | None = None  # its answer database (default: the study's own)
 
     @property
     def auth_enabled(self) -> bool:
@@ -499,7 +501,14 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
     app.add_middleware(TokenAuth, settings=settings, sessions=platform.sessions)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     templates = Jinja2Templates(directory=str(HERE / "templates"))
-    templates.env.globals.update(channels=CHANNELS, colour_of=COLOUR_OF_CHANNEL, version=__version__)
+    templates.env.globals.update(channels=CHANNELS, colour_of=COLOUR_OF_CHANNEL, version=__version__,
+                                 expert=settings.expert_study is not None)
+    if settings.expert_study is not None:
+        # The expert-study pages use relative URLs only, so they work under a prefix; the token
+        # middleware above guards them like every other page.
+        from protloc.expert.web import create_expert_app
+
+        app.mount("/expert", create_expert_app(settings.expert_study, settings.expert_db_url), name="expert")
 
     @app.exception_handler(UploadError)
     async def upload_error(_request: Request, exc: UploadError):
