@@ -363,6 +363,7 @@ def test_compare_runs_tables_winners_and_cli(tmp_path, capsys):
     for i, run in enumerate(runs):
         _make_run(run, tmp_path / "data", seed=i, epoch_seconds=seconds[run.name], with_data=False)
         f1[run.name] = _write_evaluation(run, hits[run.name], seed=i)
+    (runs[1] / "environment.json").write_text(json.dumps({"device": "cuda", "device_name": "NVIDIA H100", "world_size": 2}))
 
     tables = compare_runs(runs)
     methods = [row["method"] for row in tables["table1"]]
@@ -382,6 +383,7 @@ def test_compare_runs_tables_winners_and_cli(tmp_path, capsys):
     t7 = {row["method"]: row for row in tables["table7"]}
     assert t7["gapnet-pl (beta)"]["epoch_seconds_mean"] == pytest.approx(12.0)
     assert t7["gapnet-pl (beta)"]["epochs"] == 3
+    assert t7["gapnet-pl (beta)"]["device"] == "cuda: NVIDIA H100 x2" and t7["gapnet-pl (alpha)"]["device"] is None
     expected_parameters = sum(p.numel() for p in create_model("gapnet-pl").parameters())
     assert all(row["parameters"] == expected_parameters for row in tables["table7"])
 

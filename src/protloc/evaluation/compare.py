@@ -115,6 +115,23 @@ def training_time(run: Path) -> dict:
     }
 
 
+def training_device(run: Path) -> str | None:
+    """Where the run trained, from environment.json ("cpu", "cuda: NVIDIA H100 x2"); None if unknown."""
+    try:
+        env = json.loads((run / "environment.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(env, dict) or not env.get("device"):
+        return None
+    text = str(env["device"])
+    if text != "cpu" and env.get("device_name"):
+        text += f": {env['device_name']}"
+    world = env.get("world_size")
+    if isinstance(world, int) and world > 1:
+        text += f" x{world}"
+    return text
+
+
 def count_parameters(payload: dict) -> int:
     """Trainable parameters of the network a model file describes (built on the meta device: no memory)."""
     import torch
@@ -205,7 +222,8 @@ def compare_runs(run_dirs: Sequence, split: str = "test", wilcoxon_method: str =
 
     table7 = []
     for run, label, payload in zip(runs, labels, payloads):
-        row = {"method": label, "run": str(run), **training_time(run), "parameters": count_parameters(payload)}
+        row = {"method": label, "run": str(run), **training_time(run), "device": training_device(run),
+               "parameters": count_parameters(payload)}
         if row["epoch_seconds_mean"] is None:
             notes.append(f"{label}: no training times (metrics.csv missing or without epoch_seconds)")
         table7.append(row)
@@ -253,9 +271,9 @@ def render_markdown(tables: dict) -> str:
         rows2.append([row["method"], *cells, format_value(row["mean"]), row["wins"]])
     t2 = markdown_table(["Method", *classes, "Mean", "Wins"], rows2)
     t7 = markdown_table(
-        ["Method", "Training Time/Epoch (sec)", "Epochs", "Samples/s", "Parameters"],
+        ["Method", "Training Time/Epoch (sec)", "Epochs", "Samples/s", "Device", "Parameters"],
         [[r["method"], format_value(r["epoch_seconds_mean"], 1), r["epochs"], format_value(r["samples_per_second_mean"], 1),
-          f"{r['parameters']:,}"] for r in tables["table7"]],
+          r["device"] or "–", f"{r['parameters']:,}"] for r in tables["table7"]],
     )
     parts = [
         f"# Method comparison on the {tables['split']} split",
