@@ -159,6 +159,21 @@ def tiff_bomb(path: Path) -> Path:
     return path
 
 
+def png_bomb(path: Path) -> Path:
+    """A small PNG whose IHDR then claims 60000 x 60000 pixels (CRC fixed, so the header is valid)."""
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(path)
+    raw = bytearray(path.read_bytes())
+    struct.pack_into(">II", raw, 16, 60000, 60000)
+    struct.pack_into(">I", raw, 29, zlib.crc32(bytes(raw[12:29])))
+    path.write_bytes(bytes(raw))
+    return path
+
+
 def bad_inputs(tmp: Path) -> dict:
     good = write_channel_files(tmp / "good", "g", cell_like_sample(96, 96, seed=4))
     cases = {}
@@ -177,6 +192,7 @@ def bad_inputs(tmp: Path) -> dict:
     wide = write_channel_files(tmp / "wide", "w", cell_like_sample(96, 400, seed=6))
     cases["over the pixel limit"] = (wide, 413, "400x96 pixels exceeds the limit of 25600 pixels")
     cases["decompression bomb"] = ([*good[:3], tiff_bomb(tmp / "bomb_green.tif")], 413, "60000x60000")
+    cases["png decompression bomb"] = ([*good[:3], png_bomb(tmp / "bomb_green.png")], 413, "exceeds limit")
     truncated = tmp / "cut_green.tif"
     full = (tmp / "good" / "g_green.tif").read_bytes()
     truncated.write_bytes(full[: len(full) // 2])
@@ -187,7 +203,7 @@ def bad_inputs(tmp: Path) -> dict:
 
 
 BAD_CASES = ["non-image", "different sizes", "wrong channel count", "three-plane tiff", "over the size limit",
-             "over the pixel limit", "decompression bomb", "truncated tiff", "a channel twice"]
+             "over the pixel limit", "decompression bomb", "png decompression bomb", "truncated tiff", "a channel twice"]
 
 
 @pytest.mark.parametrize("case", BAD_CASES)

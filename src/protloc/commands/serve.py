@@ -75,6 +75,11 @@ def run(args) -> int:
     from protloc.web.app import create_app
 
     settings = settings_from_args(args)
+    # Pillow's own decompression-bomb guard, process-wide, as a second line behind the header checks
+    # made before any upload is decoded (it errors above twice this many pixels).
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = settings.max_pixels
     if args.create_token:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         sessions = db.open_database(settings.resolved_database_url())

@@ -595,8 +595,10 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
         allowed = {"composite.png"} | {f"channel-{c}.png" for c in CHANNELS}
         if name not in allowed and not (name.startswith("map-") and name.endswith(".png") and name[4:-4].isdigit()):
             raise HTTPException(404, f"no image {name!r}")
+        if not submission_id.isalnum():
+            raise HTTPException(404, f"no submission {submission_id!r}")
         path = platform.store.render_dir(submission_id) / name
-        if "/" in submission_id or not path.is_file():
+        if not path.is_file():
             raise HTTPException(404, "image not available (yet)")
         return FileResponse(path, media_type="image/png")
 

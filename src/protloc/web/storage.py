@@ -339,6 +339,8 @@ def inspect_image(path: Path, name: str, max_pixels: int) -> str:
         try:
             with Image.open(path) as image:  # reads the header only
                 width, height = image.size
+        except Image.DecompressionBombError as exc:  # Pillow's own guard fired on the header
+            raise UploadError(413, f"{name}: {exc}") from None
         except Exception as exc:
             raise UploadError(422, f"{name}: unreadable {kind.upper()} ({exc})") from None
         _check_pixels((height, width), max_pixels, name)
