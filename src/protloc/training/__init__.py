@@ -9,7 +9,7 @@ from protloc.training.config import TrainConfig, load_config
 __all__ = ["TrainConfig", "load_config", "train"]
 
 
-def train(config):
+def train(config, resume: bool = False):
     from protloc.training.run import train as _train
 
-    return _train(config)
+    return _train(config, resume=resume)

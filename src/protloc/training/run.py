@@ -109,6 +109,8 @@ def _existing_run(run_dir: Path) -> bool:
 
 def resume_config(run_dir: Path, overrides: dict | None = None) -> TrainConfig:
     """The run's saved config with ``overrides`` (e.g. more epochs, another device) applied."""
+    if not (run_dir / "config.yaml").is_file() or not (run_dir / "checkpoints" / "last.ckpt").is_file():
+        raise ProtlocError(f"nothing to resume in {run_dir}: no config.yaml and checkpoints/last.ckpt")
     saved = read_yaml(run_dir / "config.yaml")
     saved = {k: v for k, v in saved.items() if k in {f.name for f in dataclasses.fields(TrainConfig)}}
     config = TrainConfig().merged(saved, source=str(run_dir / "config.yaml"))
@@ -283,10 +285,19 @@ def train(config: TrainConfig, resume: bool = False) -> RunResult:
         workers=config.workers, pin_memory=cuda, cache_dir=_cache_dir(config, index, run_dir), progress=progress,
     )
     module = LocalizationModule(network, config, index.label_set.classes, run_dir=run_dir)
-    checkpoints = ModelCheckpoint(
+    # Two callbacks: Lightning's save_last only writes last.ckpt when the monitored top-k file is
+    # written, i.e. not after an epoch that did not improve; the resume point must follow every epoch.
+    # Both save after validation (so after the plateau step); "best" comes first so that last.ckpt
+    # carries the best-tracker's updated state.
+    best_checkpoint = ModelCheckpoint(
         dirpath=run_dir / "checkpoints", filename="best", monitor="val_mean_f1", mode="max", save_top_k=1,
-        save_last=True, enable_version_counter=False, auto_insert_metric_name=False, save_on_train_epoch_end=False,
+        save_last=False, enable_version_counter=False, auto_insert_metric_name=False, save_on_train_epoch_end=False,
     )
+    last_checkpoint = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints", filename="last", monitor=None, save_top_k=1, save_last=False,
+        enable_version_counter=False, auto_insert_metric_name=False, save_on_train_epoch_end=False,
+    )
+    checkpoints = [best_checkpoint, last_checkpoint]
     steps_per_epoch = max(1, -(-len(train_ids) // (config.batch_size * world)))
     trainer = pl.Trainer(
         accelerator="cuda" if cuda else "cpu",
@@ -297,7 +308,7 @@ def train(config: TrainConfig, resume: bool = False) -> RunResult:
         max_epochs=config.epochs,
         gradient_clip_val=config.grad_clip_norm,
         gradient_clip_algorithm="norm",
-        callbacks=[checkpoints, RateProgressBar()] if progress else [checkpoints],
+        callbacks=[*checkpoints, RateProgressBar()] if progress else checkpoints,
         plugins=[AtomicCheckpointIO()],
         logger=TensorBoardLogger(str(run_dir), name="tensorboard", version="", default_hp_metric=False),
         enable_progress_bar=progress,
