@@ -5,9 +5,11 @@ from __future__ import annotations
 import socket
 import threading
 import time
+import json
 from pathlib import Path
 
 import pytest
+import torch
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
@@ -75,6 +77,12 @@ def test_app_mounts_under_a_prefix(study_dir, tmp_path):
     assert client.get("/expert/api/items/0").status_code == 200
 
 
+def answer_with_key_on(page, key: str, position: int, label: str) -> None:
+    page.wait_for_function("document.body.dataset.busy === '0'")  # keys are ignored while a sample loads
+    page.keyboard.press(key)
+    page.wait_for_function(f"document.body.dataset.saved === {f'{position}:{label}'!r}")
+
+
 class ServerThread:
     """uvicorn on a loopback port in a thread; stop() and start again simulate a server restart."""
 
@@ -127,8 +135,7 @@ def test_browser_sign_in_answer_change_reload_resume_restart(study_dir, tmp_path
                                    "[...document.querySelectorAll('.view img')].every(i => i.naturalWidth === 40)")
 
             def answer_with_key(key: str, position: int, label: str) -> None:
-                page.keyboard.press(key)
-                page.wait_for_function(f"document.body.dataset.saved === {f'{position}:{label}'!r}")
+                answer_with_key_on(page, key, position, label)
 
             answer_with_key("1", 0, classes[0])  # key 1: first class
             assert store.answers_of("Grace") == {order[0]: classes[0]}
@@ -168,14 +175,54 @@ def test_browser_sign_in_answer_change_reload_resume_restart(study_dir, tmp_path
             page.click("#signin")
             progress = page.locator("#progress")
             sync_api.expect(progress).to_have_text("Sample 3 of 6 · 2 answered")
-            page.click("#prev")
-            page.click("#prev")
+            for _ in range(2):
+                page.wait_for_function("document.body.dataset.busy === '0'")
+                page.click("#prev")
             sync_api.expect(progress).to_have_text("Sample 1 of 6 · 2 answered")
             sync_api.expect(page.locator("#answers button.chosen")).to_have_attribute("data-label", classes[0])
             page.locator("#answers button", has_text=classes[4]).click()  # change by clicking a button
             page.wait_for_function(f"document.body.dataset.saved === {f'0:{classes[4]}'!r}")
+            assert store.answers_of("Grace") == {order[0]: classes[4], order[1]: classes[9]}
+            # Finish the study: forward to the first open sample, answer the rest by keys.
+            sync_api.expect(progress).to_have_text("Sample 2 of 6 · 2 answered")  # answering moved on
+            page.wait_for_function("document.body.dataset.busy === '0'")
+            page.click("#next")
+            for position, key in zip(range(2, 6), "2345"):
+                sync_api.expect(progress).to_have_text(f"Sample {position + 1} of 6 · {position} answered")
+                answer_with_key_on(page, key, position, classes["1234567890qwe".index(key)])
+            sync_api.expect(page.locator("#status")).to_contain_text("All 6 samples answered")
+            page.screenshot(path=str(tmp_path / "expert-page.png"))
             browser.close()
-        assert store.answers_of("Grace") == {order[0]: classes[4], order[1]: classes[9]}
+        answers = store.answers_of("Grace")
+        assert len(answers) == 6 and answers[order[5]] == classes[4]
     finally:
         server.stop()
         store.close()
+
+    # The browser expert joins two simulated (CSV) experts and the fine-tuned model in the report.
+    from protloc.cli import main
+    from test_expert_workflow import make_run, simulated_expert
+
+    torch.set_num_threads(1)
+    run = make_run(tmp_path / "run")
+    data = study.data["root"]
+    assert main(["finetune-multiclass", str(run), "--data", data, "--steps", "100"]) == 0
+    assert main(["expert", "predict", str(study_dir), "--model", str(run)]) == 0
+    truth = {s["id"]: s["label"] for s in study.samples}
+    sheet = tmp_path / "answers.csv"
+    lines = ["id,expert,label"]
+    for seed, name in ((1, "Sim A"), (2, "Sim B")):
+        lines += [f"{s},{name},{label}" for s, label in simulated_expert(truth, classes, 0.7, seed).items()]
+    sheet.write_text("\n".join(lines) + "\n")
+    assert main(["expert", "import", str(study_dir), str(sheet), "--db", db_url]) == 0
+    assert main(["expert", "report", str(study_dir), "--db", db_url, "--out", str(tmp_path / "report")]) == 0
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert set(report["raters"]) == {"model", "Grace", "Sim A", "Sim B"}
+    assert report["raters"]["Grace"]["answered"] == 6
+    grace_accuracy = sum(answers[s] == truth[s] for s in answers) / 6
+    assert report["raters"]["Grace"]["accuracy"] == pytest.approx(grace_accuracy)
+    assert {r["expert"] for r in report["model_vs_expert"]} == {"Grace", "Sim A", "Sim B"}
+    assert all(r["method"] == "exact binomial" for r in report["model_vs_expert"])  # 6 samples: few discordant
+    assert len(report["agreement"]["cohen"]) == 3 and report["agreement"]["fleiss"]["n"] == 6
+    for rater in report["raters"].values():
+        assert (tmp_path / "report" / rater["figure"]).is_file()

@@ -7,8 +7,11 @@ the annotation pages render each sample once.
 
 from __future__ import annotations
 
+import os
 import re
 import sys
+import threading
+import uuid
 from pathlib import Path
 
 VIEWS = ("protein", "protein+nucleus", "protein+microtubules", "protein+er")
@@ -34,18 +37,28 @@ def view_file(folder: Path, sample_id: str, view: str) -> Path:
     return Path(folder) / safe_name(sample_id) / f"{view}.png"
 
 
+_render_locks: dict[str, threading.Lock] = {}
+_locks_guard = threading.Lock()
+
+
 def render_views(study, sample_id: str, folder: Path | None = None, overwrite: bool = False) -> dict[str, Path]:
     """Write (or reuse) the four view PNGs of one sample; returns view name -> path."""
     from protloc.render import expert_views, save_png
 
     folder = Path(folder) if folder is not None else study.views_dir
     paths = {view: view_file(folder, sample_id, view) for view in VIEWS}
-    if overwrite or not all(p.is_file() for p in paths.values()):
-        images = expert_views(study.load_image(sample_id))
-        for view, path in paths.items():
-            tmp = path.with_name(f".{path.name}.tmp.png")
-            save_png(images[view], tmp)
-            tmp.replace(path)  # atomic: a concurrent reader never sees half a PNG
+    if not overwrite and all(p.is_file() for p in paths.values()):
+        return paths
+    # The page asks for the four views at once: render a sample once, not four times in parallel.
+    with _locks_guard:
+        lock = _render_locks.setdefault(str(paths["protein"].parent), threading.Lock())
+    with lock:
+        if overwrite or not all(p.is_file() for p in paths.values()):
+            images = expert_views(study.load_image(sample_id))
+            for view, path in paths.items():
+                tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+                save_png(images[view], tmp)
+                os.replace(tmp, path)  # atomic: a concurrent reader never sees half a PNG
     return paths
 
 

@@ -4,6 +4,9 @@
 
 const state = { session: null, position: 0, item: null, busy: false, view: { scale: 1, x: 0, y: 0 }, natural: null };
 const $ = (id) => document.getElementById(id);
+// While a sample loads or an answer is being saved, keys and clicks are ignored: an answer must never
+// land on a sample other than the one on screen. body[data-busy] tells tests (and styles) when.
+function setBusy(busy) { state.busy = busy; document.body.dataset.busy = busy ? "1" : "0"; }
 
 async function api(method, url, body) {
   const response = await fetch(url, {
@@ -32,7 +35,8 @@ async function start(session) {
   $("signin-view").hidden = true; $("study-view").hidden = false; $("who").hidden = false;
   $("expert-name").textContent = session.expert;
   buildAnswerButtons(session.classes);
-  await show(session.resume);
+  setBusy(true);
+  try { await show(session.resume); } finally { setBusy(false); }
   if (session.done) setStatus(`All ${session.total} samples answered — thank you. You can still go back and change answers.`);
 }
 
@@ -126,7 +130,7 @@ function attachZoomPan(frame) {
 
 async function answer(label) {
   if (state.busy || !state.session) return;
-  state.busy = true;
+  setBusy(true);
   const position = state.position;
   try {
     const result = await api("PUT", `api/answers/${position}`, { label });
@@ -136,11 +140,12 @@ async function answer(label) {
     setStatus(`Saved: sample ${position + 1} = ${result.label}`);
     if (position < state.session.total - 1) await show(position + 1);
     else if (result.done) setStatus(`Saved. All ${state.session.total} samples answered — thank you.`);
+    else { await show(result.resume); setStatus(`Saved. ${state.session.total - result.answered} sample(s) still open: here is the first.`); }
     document.body.dataset.saved = `${position}:${result.label}`;
   } catch (error) {
     setStatus(`Not saved: ${error.message}`, true);
   } finally {
-    state.busy = false;
+    setBusy(false);
   }
 }
 
@@ -148,8 +153,8 @@ async function move(delta) {
   if (state.busy || !state.session) return;
   const target = state.position + delta;
   if (target < 0 || target >= state.session.total) return;
-  state.busy = true;
-  try { await show(target); setStatus(""); } catch (error) { setStatus(error.message, true); } finally { state.busy = false; }
+  setBusy(true);
+  try { await show(target); setStatus(""); } catch (error) { setStatus(error.message, true); } finally { setBusy(false); }
 }
 
 document.addEventListener("keydown", (event) => {
