@@ -402,8 +402,10 @@ def test_auth_tokens(models, tmp_path):
                 assert response.status_code == 202
                 assert wait_done(user, response.json()["id"])["status"] == "done"
         with httpx.Client(base_url=live.url, timeout=30) as browser:
-            first = browser.get("/history", params={"token": stored})
-            assert first.status_code == 200 and "protloc_token" in first.headers["set-cookie"]
+            link = browser.get("/history", params={"q": "a b", "token": stored})
+            assert link.status_code == 303 and "protloc_token" in link.headers["set-cookie"]
+            assert link.headers["location"] == "/history?q=a+b"  # the token leaves the address
+            assert browser.get(link.headers["location"]).status_code == 200
             assert browser.get("/api/v1/models").status_code == 200  # the cookie now signs in
 
 
@@ -422,12 +424,27 @@ def test_restart_keeps_finished_results_and_reruns_unfinished(models, tmp_path):
         with httpx.Client(base_url=second.url, timeout=30) as client:
             queued_id = upload_channels(client, write_channel_files(tmp_path / "b", "b", other)).json()["id"]
             running_id = upload_channels(client, write_channel_files(tmp_path / "c", "c", image)).json()["id"]
+            lost_id = upload_channels(client, write_channel_files(tmp_path / "d", "d", cell_like_sample(64, 64, seed=52))).json()["id"]
+            members = {}
+            for index in range(2):
+                for path in write_channel_files(tmp_path / f"z{index}", f"well{index}", cell_like_sample(64, 64, seed=60 + index)):
+                    members[path.name] = path.read_bytes()
+            batch_id = client.post("/api/v1/batches", files={"file": ("b.zip", make_zip(tmp_path / "b.zip", members).read_bytes())}).json()["id"]
+            deadline = time.monotonic() + 30
+            while client.get(f"/api/v1/batches/{batch_id}").json()["status"] == "extracting":
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
             time.sleep(0.3)
             assert client.get(f"/api/v1/predictions/{queued_id}").json()["status"] == "queued"
             assert client.get(f"/api/v1/predictions/{finished_id}").json() == finished
-        # As if a worker had died mid-prediction: the row says "running".
         with second.platform.sessions.begin() as session:
+            # As if a worker had died mid-prediction: the row says "running".
             session.execute(update(db.Submission).where(db.Submission.id == running_id).values(status=db.RUNNING))
+            # As if the process had died while unpacking the zip: its extraction runs again on start.
+            session.execute(update(db.BatchJob).where(db.BatchJob.id == batch_id).values(status="extracting"))
+            lost = session.get(db.Submission, lost_id)
+        for entry in lost.files:  # a stored file gone from disk: the rerun fails with a reason
+            second.platform.store.path_of(entry["sha256"], ".tif").unlink()
     with LiveServer(WebSettings(predictors=models, data_dir=data_dir, database_url=database)) as third:
         with httpx.Client(base_url=third.url, timeout=30) as client:
             assert client.get(f"/api/v1/predictions/{finished_id}").json() == finished  # untouched
@@ -437,6 +454,14 @@ def test_restart_keeps_finished_results_and_reruns_unfinished(models, tmp_path):
             got = np.array([rerun["probabilities"][c] for c in models["tiny"].classes])
             np.testing.assert_allclose(got, expected_probs(models["tiny"], other), atol=1e-5)
             assert wait_done(client, running_id)["status"] == "done"
+            failed = wait_done(client, lost_id)
+            assert failed["status"] == "failed" and "cannot read the stored sample" in failed["error"]
+            assert "Prediction failed" in client.get(f"/submissions/{lost_id}").text
+            deadline = time.monotonic() + 30
+            while (batch := client.get(f"/api/v1/batches/{batch_id}").json())["status"] != "finished":
+                assert time.monotonic() < deadline, batch
+                time.sleep(0.05)
+            assert (batch["total"], batch["submitted"], batch["done"]) == (2, 2, 2)  # resumed, nothing twice
             with third.platform.sessions() as session:
                 assert session.get(db.Submission, finished_id).attempts == 1
 

@@ -15,9 +15,10 @@ import threading
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlencode
 
 from fastapi import FastAPI, HTTPException, Query, Request
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from sqlalchemy import func, or_, select
@@ -148,15 +149,14 @@ class TokenAuth:
             )
             await response(scope, receive, send)
             return
-        if token == query_token and token != request.cookies.get("protloc_token"):
-
-            async def send_with_cookie(message) -> None:
-                if message["type"] == "http.response.start":
-                    cookie = f"protloc_token={token}; Path=/; HttpOnly; SameSite=Strict"
-                    message["headers"] = list(message.get("headers", [])) + [(b"set-cookie", cookie.encode())]
-                await send(message)
-
-            await self.app(scope, receive, send_with_cookie)
+        if token == query_token and scope["method"] in ("GET", "HEAD"):
+            # Signed in by a link: keep the token in a cookie and take it out of the address bar
+            # (and out of browser history and later access-log lines).
+            remaining = [(k, v) for k, v in request.query_params.multi_items() if k != "token"]
+            target = request.url.replace(query=urlencode(remaining))
+            response = RedirectResponse(str(target.path) + (f"?{target.query}" if target.query else ""), status_code=303)
+            response.set_cookie("protloc_token", token, httponly=True, samesite="strict", path="/")
+            await response(scope, receive, send)
             return
         await self.app(scope, receive, send)
 
