@@ -153,7 +153,10 @@ def _quiet_lightning() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     for pattern in (r".*does not have many workers.*", r".*smaller than the logging interval.*",
                     r".*LeafSpec.*", r".*is deprecated.*TreeSpec.*", r".*`isinstance\(treespec, LeafSpec\)`.*",
-                    r".*Checkpoint directory .* exists and is not empty.*"):
+                    r".*Checkpoint directory .* exists and is not empty.*",
+                    # validation metrics are computed from predictions gathered from every rank, so
+                    # each rank logs the same value: no further reduction is needed
+                    r".*when logging on epoch level in distributed setting.*"):
         warnings.filterwarnings("ignore", message=pattern)
 
 
