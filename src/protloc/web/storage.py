@@ -23,7 +23,6 @@ from typing import AsyncIterator
 import numpy as np
 
 from protloc.data.channels import CHANNELS, HPA_COLOURS
-from protloc.errors import DataError
 
 CHUNK_SIZE = 1 << 20
 KIND_SUFFIX = {"tiff": ".tif", "png": ".png", "jpeg": ".jpg", "npz": ".npz", "zip": ".zip"}
@@ -531,7 +530,7 @@ def group_samples(files: list[Path], root: Path) -> tuple[list[dict], list[dict]
 
 
 __all__ = [
-    "BlobStore", "DataError", "ReceivedFile", "ReceivedForm", "UploadError", "assemble_sample",
+    "BlobStore", "ReceivedFile", "ReceivedForm", "UploadError", "assemble_sample",
     "channel_from_filename", "check_zip", "decode_channel", "decode_multichannel", "extract_zip",
-    "group_samples", "inspect_image", "normalise_channel_name", "stream_multipart",
+    "group_samples", "inspect_image", "load_stored_sample", "normalise_channel_name", "stream_multipart",
 ]
