@@ -69,6 +69,7 @@ def test_workflow_select_to_report(workflow, capsys):
     assert main(["expert", "predict", str(study_dir), "--model", str(run)]) == 0
     predictions = json.loads((study_dir / "predictions.json").read_text())
     assert predictions["task"] == "multiclass" and predictions["model"].endswith("multiclass/model.pt")
+    assert predictions["training_overlap"] == []  # study from the test split, fine-tuning on the training split
     assert set(predictions["predictions"]) == set(study.sample_ids)
     for record in predictions["predictions"].values():
         assert record["label"] in study.classes and abs(sum(record["probabilities"]) - 1) < 1e-4
@@ -158,3 +159,42 @@ def test_import_bad_input_gives_one_line_errors(workflow, tmp_path, capsys):
         assert err.startswith("protloc: error:") and err.count("\n") == 1
     assert main(["expert", "report", str(study_dir)]) == 2  # nothing to report yet
     assert "nothing to report" in capsys.readouterr().err
+
+
+def test_finetune_uses_the_runs_own_index_and_splits(workflow, tmp_path, capsys):
+    """A training run folder carries index.json and splits.json: fine-tuning needs no --data then."""
+    import shutil
+
+    from protloc.checkpoint import read_model_file
+    from protloc.data.index import default_index_path, default_splits_path, open_dataset
+    from protloc.data.splits import load_splits, single_label_ids
+
+    _, data, _ = workflow
+    run = make_run(tmp_path / "run", seed=1)
+    shutil.copy(default_index_path(data), run / "index.json")
+    shutil.copy(default_splits_path(data), run / "splits.json")
+    assert main(["finetune-multiclass", str(run), "--steps", "20"]) == 0
+    source = read_model_file(run / "multiclass" / "model.pt")["source"]
+    assert source["splits"] == str((run / "splits.json").resolve())
+    index = open_dataset(run / "index.json")
+    assert source["train_samples"] == len(single_label_ids(index, load_splits(run / "splits.json")["train"]))
+    # Fine-tuning a fine-tuned model, or a folder without a model, is a one-line error.
+    capsys.readouterr()
+    assert main(["finetune-multiclass", str(run / "multiclass" / "model.pt")]) == 2
+    assert "already a single-label" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["finetune-multiclass", str(tmp_path / "empty")]) == 2
+    assert "without model.pt" in capsys.readouterr().err
+
+
+def test_select_from_a_runs_splits_file(workflow, tmp_path):
+    from protloc.data.index import default_splits_path
+    from protloc.data.splits import load_splits
+    from protloc.expert.study import load_study
+
+    _, data, _ = workflow
+    assert main(["expert", "select", "--data", str(data), "--n", "4", "--splits", str(default_splits_path(data)),
+                 "--out", str(tmp_path / "s")]) == 0
+    assert set(load_study(tmp_path / "s").sample_ids) <= set(load_splits(default_splits_path(data))["test"])
+    assert main(["expert", "select", "--data", str(data), "--splits", str(tmp_path / "no.json"),
+                 "--out", str(tmp_path / "t")]) == 2

@@ -42,6 +42,9 @@ def register(subparsers) -> None:
     select.add_argument("--seed", type=int, default=0, help="seed of the draw")
     select.add_argument("--split-seed", type=int,
                         help="make the splits with this seed instead of using the data set's saved splits.json")
+    select.add_argument("--splits", metavar="SPLITS.json",
+                        help="splits file to draw the test split from, e.g. RUN_DIR/splits.json of the model's training run "
+                        "(default: the data set's .protloc/splits.json)")
     select.add_argument("--out", required=True, metavar="STUDY", help="study folder to create (or STUDY/study.json)")
     select.set_defaults(handler=run_select)
 
@@ -91,7 +94,8 @@ def run_finetune(args) -> int:
 def run_select(args) -> int:
     from protloc.expert.study import select_study
 
-    study = select_study(args.data, args.out, n=args.n, seed=args.seed, split_seed=args.split_seed)
+    study = select_study(args.data, args.out, n=args.n, seed=args.seed, split_seed=args.split_seed,
+                         splits_file=args.splits)
     per_class = ", ".join(f"{name} {count}" for name, count in study.extra["per_class"].items())
     short = "" if len(study.samples) == args.n else f" (only {len(study.samples)} single-label test samples exist)"
     print(f"study {study.study_id}: {len(study.samples)} samples{short} -> {study.path}")
@@ -108,6 +112,9 @@ def run_predict(args) -> int:
     if record["task"] != "multiclass":
         print("warning: the model is not fine-tuned for single labels (run protloc finetune-multiclass); "
               "using the argmax of its multi-task outputs", file=sys.stderr)
+    if record["training_overlap"]:
+        print(f"warning: {len(record['training_overlap'])} study sample(s) were in the fine-tuning's training split "
+              f"(e.g. {record['training_overlap'][0]}); the study and the model use different splits", file=sys.stderr)
     truth = study.truth()
     correct = sum(study.label_set.index(p["label"]) == truth[s] for s, p in record["predictions"].items())
     print(f"predicted {len(record['predictions'])} samples (accuracy {correct / len(truth):.3f}) -> {study.predictions_path}")

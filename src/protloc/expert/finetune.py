@@ -122,8 +122,7 @@ def finetune_multiclass(run_dir: str | Path, data: str | Path | None = None, *, 
                         out: str | Path | None = None) -> FinetuneResult:
     """Fine-tune the run's model for single-label samples; writes RUN_DIR/multiclass/model.pt."""
     from protloc.checkpoint import atomic_torch_save, build_network, read_model_file
-    from protloc.data.index import open_dataset
-    from protloc.data.index import default_splits_path
+    from protloc.data.index import default_splits_path, open_dataset
     from protloc.data.splits import load_splits, make_splits, single_label_ids
     from protloc.predictor import resolve_model_file
 
@@ -133,12 +132,22 @@ def finetune_multiclass(run_dir: str | Path, data: str | Path | None = None, *, 
     payload = read_model_file(model_path)
     if payload.get("task") == TASK:
         raise ProtlocError(f"{model_path} is already a single-label (multiclass) model; give the multi-task run")
-    data = data or _run_data(run_dir)
-    index = open_dataset(data)
+    # A training run keeps the index and splits it used: fine-tune on exactly its training samples.
+    run_files = run_dir if run_dir.is_dir() else model_path.parent
+    if data is not None:
+        index = open_dataset(data)
+    elif (run_files / "index.json").is_file():
+        index = open_dataset(run_files / "index.json")
+    else:
+        index = open_dataset(_run_data(run_dir))
     if list(index.label_set.classes) != list(payload["classes"]):
         raise ProtlocError(f"the data set's classes ({index.label_set.name}) differ from the model's; cannot fine-tune")
-    splits_path = Path(default_splits_path(index.root))
+    splits_path = run_files / "splits.json"
+    if not splits_path.is_file():
+        splits_path = Path(default_splits_path(index.root))
     splits = load_splits(splits_path) if splits_path.is_file() else make_splits(index)
+    known = {entry.id for entry in index.samples}
+    splits = {name: [i for i in ids if i in known] for name, ids in splits.items()}
     train_ids = single_label_ids(index, splits["train"])
     val_ids = single_label_ids(index, splits.get("val", []))
     if not train_ids:
@@ -169,6 +178,7 @@ def finetune_multiclass(run_dir: str | Path, data: str | Path | None = None, *, 
             "kind": "single-label fine-tuning of the last layer",
             "base_model": str(model_path.resolve()), "base_sha256": sha256_of(model_path),
             "layer": layer_name, "data": str(Path(index.root).resolve()),
+            "splits": str(splits_path.resolve()) if splits_path.is_file() else "make_splits(seed=0)",
             "features": "whole image" if patch_size is None else f"mean over {patch_size}px covering patches",
             "train_samples": len(train_ids), "val_samples": len(val_ids),
             "train_accuracy": train_acc, "val_accuracy": val_acc,
@@ -235,7 +245,9 @@ def predict_study(study, spec: str | Path, whole_image: bool = False) -> dict:
             probs = (torch.softmax(logits, 0) if task == TASK else torch.sigmoid(logits)).numpy()
             predictions[sample_id] = {"label": study.classes[int(np.argmax(probs))],
                                       "probabilities": [round(float(p), 6) for p in probs]}
+    overlap = _training_overlap(payload, study.sample_ids)
     record = {
+        "training_overlap": overlap,
         "model": str(path.resolve()), "model_sha256": sha256_of(path), "task": task,
         "method": "argmax of softmax (fine-tuned last layer)" if task == TASK
         else "argmax of multi-task sigmoid outputs (model not fine-tuned for single labels)",
@@ -245,3 +257,17 @@ def predict_study(study, spec: str | Path, whole_image: bool = False) -> dict:
     }
     atomic_write_text(study.predictions_path, json.dumps(record, indent=1) + "\n")
     return record
+
+
+def _training_overlap(payload: dict, sample_ids: list[str]) -> list[str]:
+    """Study samples the fine-tuning trained on (should be none: the study comes from the test split)."""
+    from protloc.data.splits import load_splits
+
+    splits_file = (payload.get("source") or {}).get("splits")
+    if not splits_file or not Path(splits_file).is_file():
+        return []
+    try:
+        train = set(load_splits(splits_file).get("train", []))
+    except ProtlocError:
+        return []
+    return sorted(set(sample_ids) & train)

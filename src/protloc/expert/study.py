@@ -217,10 +217,9 @@ def allocate(counts: dict[int, int], n: int) -> dict[int, int]:
 
 
 def select_study(data: str | Path, out: str | Path, n: int = 200, seed: int = 0, split_seed: int | None = None,
-                 overwrite: bool = False) -> Study:
+                 overwrite: bool = False, splits_file: str | Path | None = None) -> Study:
     """Draw ``n`` single-label samples of the data set's test split, stratified by class, into a study."""
-    from protloc.data.index import open_dataset
-    from protloc.data.index import default_splits_path
+    from protloc.data.index import default_index_path, default_splits_path, open_dataset
     from protloc.data.splits import load_splits, make_splits, single_label_ids
 
     if n < 1:
@@ -233,12 +232,15 @@ def select_study(data: str | Path, out: str | Path, n: int = 200, seed: int = 0,
         raise ProtlocError(f"no data set at {data}")
     index = open_dataset(data_path)
     root = Path(index.root)
-    splits_path = Path(default_splits_path(root))
+    splits_path = Path(splits_file) if splits_file else Path(default_splits_path(root))
+    if splits_file and not splits_path.is_file():
+        raise ProtlocError(f"no splits file {splits_file}")
     if split_seed is None and splits_path.is_file():
         splits, split_source = load_splits(splits_path), str(splits_path.resolve())
     else:
         splits, split_source = make_splits(index, seed=split_seed or 0), f"make_splits(seed={split_seed or 0})"
-    test_ids = single_label_ids(index, splits["test"])
+    known = {entry.id for entry in index.samples}
+    test_ids = single_label_ids(index, [i for i in splits.get("test", []) if i in known])
     if not test_ids:
         raise ProtlocError(f"the test split of {data} has no labelled single-label samples to draw a study from")
     by_class: dict[int, list[str]] = {}
@@ -252,8 +254,6 @@ def select_study(data: str | Path, out: str | Path, n: int = 200, seed: int = 0,
         chosen += [(by_class[c][i], c) for i in sorted(picks)]
     order = rng.permutation(len(chosen))
     samples = [{"id": chosen[i][0], "label": index.label_set.classes[chosen[i][1]]} for i in order]
-    from protloc.data.index import default_index_path
-
     index_path = Path(default_index_path(root))
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     study_id = hashlib.sha256(f"{root.resolve()}|{seed}|{n}|{created}".encode()).hexdigest()[:16]
