@@ -8,9 +8,14 @@ from torch.nn import functional as F
 
 
 def _normalise_map(heat: np.ndarray) -> np.ndarray:
+    # Scale by a high percentile of the positive evidence, not its single peak, so that a few hot
+    # pixels do not make the rest of the evidence invisible.
     heat = np.maximum(heat, 0.0)
-    peak = heat.max()
-    return (heat / peak).astype(np.float32) if peak > 0 else heat.astype(np.float32)
+    positive = heat[heat > 0]
+    if positive.size == 0:
+        return heat.astype(np.float32)
+    scale = np.percentile(positive, 99.0)
+    return np.clip(heat / scale, 0.0, 1.0).astype(np.float32)
 
 
 def class_activation_maps(network, image: np.ndarray, class_indices: list[int], device=None) -> list[np.ndarray]:

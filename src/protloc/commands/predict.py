@@ -1,0 +1,45 @@
+"""`protloc predict`: class probabilities for images, folders and data sets in any supported format."""
+
+from __future__ import annotations
+
+import sys
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "predict",
+        help="predict protein locations for images, folders or data sets",
+        description="Predict the 13 class probabilities of each sample. Output format by extension: "
+        ".csv, .jsonl or .parquet. An interrupted run resumes without redoing finished images.",
+    )
+    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help="channel files of one sample, a multi-channel TIFF/NPZ, a folder or a data set")
+    parser.add_argument("--model", default="pretrained", help="'pretrained', a model file or a training run folder")
+    parser.add_argument("--out", default="predictions.csv", help="output file (.csv, .jsonl, .parquet)")
+    parser.add_argument("--format", dest="input_format", choices=["channels", "npz", "kaggle-hpa"],
+                        help="input format (detected when omitted)")
+    parser.add_argument("--whole-image", action="store_true",
+                        help="one pass over the whole image (GapNet-PL) instead of averaging covering patches")
+    parser.add_argument("--patch-size", type=int, help="patch size (default: the model's training crop)")
+    parser.add_argument("--tta", action="store_true", help="average over flips and 90° rotations")
+    parser.add_argument("--maps", metavar="DIR", help="write localisation-map overlays (PNG) to DIR")
+    parser.add_argument("--batch-size", type=int, default=4, help="patches per forward pass")
+    parser.add_argument("--workers", type=int, default=2, help="image-decoding worker processes")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.set_defaults(handler=run)
+
+
+def run(args) -> int:
+    from protloc.batch_predict import run_batch_prediction
+
+    result = run_batch_prediction(
+        args.inputs, args.model, args.out, whole_image=args.whole_image, tta=args.tta, maps_dir=args.maps,
+        patch_size=args.patch_size, batch_size=args.batch_size, workers=args.workers, device=args.device,
+        input_format=args.input_format, progress=sys.stderr.isatty(),
+    )
+    print(f"predicted {result.predicted} image(s), {result.already_done} already done -> {result.out}")
+    if result.failures:
+        print(f"skipped {len(result.failures)} unreadable image(s), reasons in {result.errors_file}:", file=sys.stderr)
+        for failure in result.failures[:10]:
+            print(f"  {failure['id']}: {failure['reason']}", file=sys.stderr)
+    return 0
