@@ -170,7 +170,8 @@ def run_batch_prediction(
     if world > 1:
         journal = journal.with_name(f"{journal.name}.rank{rank}")
     columns = ["id", *predictor.classes, "predicted"]
-    writer = _RowWriter(journal, "csv" if journal.suffix == ".csv" else "jsonl", columns)
+    row_format = "csv" if fmt == "csv" else "jsonl"
+    writer = _RowWriter(journal, row_format, columns)
     my_entries = [e for i, e in enumerate(entries) if i % world == rank]
     todo = [e for e in my_entries if e.id not in writer.done]
     result = BatchResult(already_done=len(my_entries) - len(todo), out=final_out)
@@ -215,8 +216,7 @@ def _merge_ranks(out: Path, journal: Path, fmt: str, columns: list[str], rank: i
     if rank == 0:
         parts = [journal.with_name(journal.name.rsplit(".rank", 1)[0] + f".rank{r}") for r in range(world)]
         merged = journal.with_name(journal.name.rsplit(".rank", 1)[0])
-        rows_out = merged if fmt != "parquet" else merged
-        with open(rows_out, "w", newline="") as target:
+        with open(merged, "w", newline="") as target:
             if fmt == "csv":
                 target.write(",".join(columns) + "\n")
             for part in parts:
