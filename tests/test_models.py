@@ -169,15 +169,17 @@ def test_conv_mil_loss_is_output_bce_plus_noisy_and_bce():
     model = build("conv-mil").eval()
     outputs = model.forward_with_aux(torch.randn(2, 4, 64, 64))
     targets = torch.tensor([[1.0, 0.0] * 6 + [1.0], [0.0, 1.0] * 6 + [0.0]])
-    expected = F.binary_cross_entropy_with_logits(outputs["logits"], targets) + F.binary_cross_entropy(
-        outputs["noisy_and"], targets
+    classes = targets.shape[1]
+    # the authors' scale: per-class losses averaged over the batch, summed over the 13 classes
+    expected = classes * (
+        F.binary_cross_entropy_with_logits(outputs["logits"], targets) + F.binary_cross_entropy(outputs["noisy_and"], targets)
     )
     torch.testing.assert_close(model.loss(outputs, targets), expected)
     # the default loss of the other networks is the output BCE alone
     gapnet = build("gapnet-pl").eval()
     gap_outputs = gapnet.forward_with_aux(torch.randn(2, 4, 64, 64))
     torch.testing.assert_close(
-        gapnet.loss(gap_outputs, targets), F.binary_cross_entropy_with_logits(gap_outputs["logits"], targets)
+        gapnet.loss(gap_outputs, targets), classes * F.binary_cross_entropy_with_logits(gap_outputs["logits"], targets)
     )
 
 

@@ -39,7 +39,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from protloc.errors import ProtlocError
-from protloc.models.base import LocalizationNet, PaperDefaults
+from protloc.models.base import LocalizationNet, PaperDefaults, multitask_bce
 from protloc.models.registry import register_model
 
 HEADS = ("noisy-and", "class-maps")
@@ -166,13 +166,13 @@ class ConvMIL(LocalizationNet):
         (The authors' TensorFlow code feeds the noisyAND probability to a logits-BCE; this is the
         cross-entropy of the probability itself, as Kraus et al. define it.)
         """
-        output_loss = F.binary_cross_entropy_with_logits(outputs["logits"], targets)
+        output_loss = multitask_bce(outputs["logits"], targets)
         # Written out rather than F.binary_cross_entropy, which autocast (mixed precision) refuses;
         # logs clamped at -100 as PyTorch's BCE does.
         probability, targets = outputs["noisy_and"].float(), targets.float()
         log_p = torch.log(probability).clamp(min=-100.0)
         log_not_p = torch.log1p(-probability).clamp(min=-100.0)
-        mil_loss = -(targets * log_p + (1 - targets) * log_not_p).mean()
+        mil_loss = -(targets * log_p + (1 - targets) * log_not_p).mean(dim=0).sum()
         return output_loss + mil_loss
 
 
