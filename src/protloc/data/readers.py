@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from protloc.data.channels import CHANNELS, COLOUR_OF_CHANNEL, HPA_COLOURS
+from protloc.data.channels import AUTHORS_CHANNEL_ORDER, CHANNELS, COLOUR_OF_CHANNEL, HPA_COLOURS
 from protloc.errors import DataError, ProtlocError
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
@@ -35,13 +35,8 @@ TIFF_EXTENSIONS: tuple[str, ...] = (".tif", ".tiff")
 # averages out their independent JPEG noise where they do not.
 COLOUR_PLANES: dict[str, tuple[int, ...]] = {"red": (0,), "green": (1,), "blue": (2,), "yellow": (0, 1)}
 
-# Channel order inside the authors' ``sample`` arrays (H x W x 4). ASSUMPTION: neither the paper nor the
-# authors' loader (ml-jku/gapnet-pl, datasets.py, which feeds ``sample`` to the network unchanged)
-# states the order. We take the order in which the paper lists and shows the channels (Figure 1:
-# nucleus, microtubules, ER, protein), which is also our canonical order. If the released files turn
-# out to be stored differently (e.g. in the CMYK-like order of the original colour images), change this
-# constant: it is the only place that knows.
-NPZ_CHANNEL_ORDER: tuple[str, ...] = ("nucleus", "microtubules", "er", "protein")
+# The authors' ``sample`` arrays (H x W x 4) are in their network's input order (see channels.py).
+NPZ_CHANNEL_ORDER: tuple[str, ...] = AUTHORS_CHANNEL_ORDER
 
 _COLOUR_ALTERNATION = "|".join(HPA_COLOURS)
 _EXT_ALTERNATION = "|".join(ext.lstrip(".") for ext in IMAGE_EXTENSIONS)

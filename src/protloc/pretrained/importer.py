@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from protloc.data.channels import CHANNELS
+from protloc.data.channels import AUTHORS_CHANNEL_ORDER, CHANNELS
 from protloc.errors import ProtlocError
 from protloc.pretrained.tensorbundle import TensorBundle, read_tensor_bundle
 
@@ -36,13 +36,8 @@ PUBLISHED_FILES: dict[str, tuple[int, str]] = {
         968, "8abd2697748cc1b83b54227dc780e68b7680b00516a3c8cc34140b016f3d604d"),
 }
 
-# The order of the four input channels in the authors' checkpoint. Neither the release nor the paper
-# states it; this is an inference (PROVENANCE.md): (1) the first convolution's weights have per-input-
-# channel L2 norms 4.42, 9.42, 5.25, 5.37, so input 2 carries about twice the weight of the others, as
-# the protein channel, the only one that differs between classes, would; (2) the challenge's HPA files
-# are named by colour (blue = nucleus, green = protein, red = microtubules, yellow = ER), and read in
-# alphabetical order of colour they give exactly nucleus, protein, microtubules, ER, with protein second.
-CHECKPOINT_CHANNEL_ORDER: tuple[str, ...] = ("nucleus", "protein", "microtubules", "er")
+# The order of the four input channels in the authors' checkpoint: an inference, see AUTHORS_CHANNEL_ORDER.
+CHECKPOINT_CHANNEL_ORDER: tuple[str, ...] = AUTHORS_CHANNEL_ORDER
 CHANNEL_ORDER_REASON = (
     "inferred, not stated by the authors: HPA colour files read in alphabetical order of colour "
     "(blue=nucleus, green=protein, red=microtubules, yellow=ER); the first convolution's per-input "
