@@ -23,6 +23,7 @@ import math
 import os
 import sys
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -102,14 +103,18 @@ class Field:
     def n(self) -> int:
         return len(self.centre)
 
-    @property
+    @cached_property
     def cell(self) -> np.ndarray:
         return (self.owner >= 0).astype(np.float32)
 
-    @property
+    @cached_property
     def nucleus(self) -> np.ndarray:
         """Soft nucleus mask (about 1.2 px edge)."""
-        return np.clip(0.5 - self.dn / 1.2, 0.0, 1.0) * (self.owner >= 0)
+        return np.clip(0.5 - self.dn / np.float32(1.2), 0.0, 1.0) * self.cell
+
+    @cached_property
+    def cytoplasm(self) -> np.ndarray:
+        return self.cell * (1.0 - self.nucleus)
 
     def per_cell(self, values: np.ndarray, background: float = 0.0) -> np.ndarray:
         """Broadcast one value per cell to the pixels each cell owns."""
@@ -160,12 +165,12 @@ def _interpolate_axis(values: np.ndarray, n: int, step: float, axis: int) -> np.
 def _place_centres(rng: np.random.Generator, height: int, width: int, radius: float) -> np.ndarray:
     """Cell centres by dart throwing with a minimum distance; cells may be cut by the border."""
     margin = 0.35 * radius
-    target = max(1, int(round(height * width / (math.pi * radius**2) * rng.uniform(0.65, 0.95))))
+    target = max(1, int(round(height * width / (math.pi * radius**2) * rng.uniform(0.8, 1.1))))
     candidates = np.column_stack([
         rng.uniform(-margin, height + margin, 30 * target),
         rng.uniform(-margin, width + margin, 30 * target),
     ])
-    min_dist = 1.45 * radius
+    min_dist = 1.3 * radius
     accepted: list[np.ndarray] = []
     for point in candidates:
         if accepted and np.min(np.hypot(*(np.asarray(accepted) - point).T)) < min_dist:
@@ -195,7 +200,7 @@ def make_field(rng: np.random.Generator, height: int, width: int) -> Field:
     nuc_centre = centre + np.column_stack([np.sin(offset_angle), np.cos(offset_angle)]) * offset[:, None]
     golgi_angle = rng.uniform(0, 2 * math.pi, n)
     # the centrosome sits just outside the nuclear envelope on the Golgi side
-    mtoc_dist = _ellipse_radius(nuc_axes, nuc_angle, golgi_angle) + rng.uniform(2.5, 5.0, n)
+    mtoc_dist = _ellipse_radius(nuc_axes, nuc_angle, golgi_angle) + rng.uniform(3.5, 6.0, n)
     mtoc = nuc_centre + np.column_stack([np.sin(golgi_angle), np.cos(golgi_angle)]) * mtoc_dist[:, None]
 
     shape_noise = smooth_noise(rng, height, width, 14.0)
@@ -341,15 +346,15 @@ class References:
 
 
 def draw_nucleoli(rng: np.random.Generator, field: Field) -> np.ndarray:
-    counts = rng.integers(1, 5, field.n)
+    counts = rng.integers(2, 6, field.n)
     cells = np.repeat(np.arange(field.n), counts)
-    r = rng.uniform(0.0, 0.55, len(cells)) * field.nuc_axes[cells, 1]
+    r = rng.uniform(0.0, 0.6, len(cells)) * field.nuc_axes[cells, 1]
     phi = rng.uniform(0, 2 * math.pi, len(cells))
     ys = field.nuc_centre[cells, 0] + r * np.sin(phi)
     xs = field.nuc_centre[cells, 1] + r * np.cos(phi)
     canvas = Canvas(field.height, field.width)
     ok = field.keep(ys, xs, cells)
-    canvas.add(ys[ok], xs[ok], rng.uniform(0.8, 1.0, ok.sum()), 2.8, "dot")
+    canvas.add(ys[ok], xs[ok], rng.uniform(0.8, 1.0, ok.sum()), 3.0, "dot")
     return np.clip(canvas.render(), 0, 1.2) * field.nucleus
 
 
@@ -370,7 +375,7 @@ def draw_microtubules(rng: np.random.Generator, field: Field) -> np.ndarray:
     canvas = Canvas(field.height, field.width)
     canvas.add(ys[ok], xs[ok], weight[ok] * 0.55, 0.8, "line", spacing)
     network = canvas.render()
-    cytoplasm = field.cell * (1.0 - field.nucleus)
+    cytoplasm = field.cytoplasm
     return np.clip(network + 0.12 * cytoplasm, 0, 1.5)
 
 
@@ -378,7 +383,7 @@ def draw_er(rng: np.random.Generator, field: Field) -> np.ndarray:
     """A reticular network (zero crossings of a smooth random field), densest around the nucleus."""
     # the field's texture turned round: a fresh-looking pattern without drawing another noise image
     net = np.exp(-((field.texture[::-1, ::-1] / 0.35) ** 2))
-    cytoplasm = field.cell * (1.0 - field.nucleus)
+    cytoplasm = field.cytoplasm
     perinuclear = np.clip(1.15 - field.rc, 0.15, 1.0) * np.exp(-np.maximum(field.dn, 0) / 35.0)
     envelope = np.exp(-((field.dn / 1.6) ** 2)) * field.cell
     return (0.25 + 0.85 * net) * cytoplasm * perinuclear + 0.6 * envelope
@@ -408,11 +413,11 @@ def _nucleoli(rng, field, refs, expr):
 
 
 def _nuclear_membrane(rng, field, refs, expr):
-    return np.exp(-((field.dn / 1.3) ** 2)) * field.cell * field.per_cell(expr)
+    return np.exp(-((field.dn / 1.8) ** 2)) * field.cell * field.per_cell(expr)
 
 
 def _cytosol(rng, field, refs, expr):
-    cytoplasm = field.cell * (1.0 - field.nucleus)
+    cytoplasm = field.cytoplasm
     return cytoplasm * (0.75 + 0.08 * field.texture) * field.per_cell(expr)
 
 
@@ -506,13 +511,14 @@ def _centrosome(rng, field, refs, expr):
     """One or two bright dots at the centrosome, beside the nucleus."""
     two = rng.random(field.n) < 0.5
     ys, xs, ws = [field.mtoc[:, 0]], [field.mtoc[:, 1]], [expr]
-    jitter = rng.normal(0, 1.0, (field.n, 2))
-    jitter = jitter / np.linalg.norm(jitter, axis=1, keepdims=True) * rng.uniform(2.5, 4.0, (field.n, 1))
+    # the second centriole sits beside the first, along the nuclear envelope
+    tangent = np.column_stack([np.cos(field.golgi_angle), -np.sin(field.golgi_angle)])
+    jitter = tangent * rng.choice([-1.0, 1.0], (field.n, 1)) * rng.uniform(3.0, 4.5, (field.n, 1))
     ys.append(field.mtoc[two, 0] + jitter[two, 0])
     xs.append(field.mtoc[two, 1] + jitter[two, 1])
     ws.append(expr[two])
     canvas = Canvas(field.height, field.width)
-    canvas.add(np.concatenate(ys), np.concatenate(xs), np.concatenate(ws), 1.5, "dot")
+    canvas.add(np.concatenate(ys), np.concatenate(xs), np.concatenate(ws), 2.0, "dot")
     return np.minimum(canvas.render(), 1.2)
 
 
@@ -537,12 +543,12 @@ def _er(rng, field, refs, expr):
 
 def _vesicles(rng, field, refs, expr):
     """Many small dots scattered over the cytoplasm."""
-    counts = rng.integers(35, 80, field.n)
+    counts = rng.integers(60, 120, field.n)
     r_min = field.nuc_axes.mean(1) + 1.0
     ys, xs, cells = _random_points_in_cells(rng, field, counts, r_min, field.cell_radius * 1.1)
     ok = field.keep(ys, xs, cells)
     canvas = Canvas(field.height, field.width)
-    canvas.add(ys[ok], xs[ok], rng.uniform(0.5, 1.0, ok.sum()) * expr[cells[ok]], 1.1, "dot")
+    canvas.add(ys[ok], xs[ok], rng.uniform(0.5, 1.0, ok.sum()) * expr[cells[ok]], 1.3, "dot")
     return np.minimum(canvas.render(), 1.2)
 
 
