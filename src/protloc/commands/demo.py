@@ -24,6 +24,8 @@ def register(subparsers) -> None:
     parser.add_argument("--epochs", type=int, default=defaults.epochs)
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--lr", type=float, default=defaults.learning_rate)
+    parser.add_argument("--patience", type=int, default=defaults.patience,
+                        help="epochs without a validation F1 gain before the learning rate is halved")
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--fresh", action="store_true", help="retrain even where finished runs exist")
@@ -36,11 +38,11 @@ def run(args) -> int:
 
     models = ALL_MODELS if args.models.strip() == "all" else tuple(m.strip() for m in args.models.split(",") if m.strip())
     for name, value in (("--samples", args.samples), ("--size", args.size), ("--crop-size", args.crop_size),
-                        ("--epochs", args.epochs), ("--batch-size", args.batch_size)):
+                        ("--epochs", args.epochs), ("--batch-size", args.batch_size), ("--patience", args.patience)):
         if value < 1:
             raise ProtlocError(f"{name} must be at least 1, got {value}")
     settings = DemoSettings(samples=args.samples, size=args.size, crop_size=args.crop_size, epochs=args.epochs,
-                            batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed)
+                            batch_size=args.batch_size, learning_rate=args.lr, patience=args.patience, seed=args.seed)
     result = run_demo(args.out, models, settings, device=args.device, fresh=args.fresh)
     print(format_results(result))
     return 0
