@@ -146,6 +146,7 @@ def run_batch_prediction(
     device: str = "cpu",
     input_format: str | None = None,
     progress: bool = True,
+    precision: str = "fp32",
 ) -> BatchResult:
     import torch
     from tqdm import tqdm
@@ -186,7 +187,8 @@ def run_batch_prediction(
             if failure is not None:
                 result.failures.append({"id": sample_id, "reason": failure})
                 continue
-            probs = predictor.predict_proba(image, whole_image=whole_image, tta=tta, batch_size=batch_size)
+            probs = predictor.predict_proba(image, whole_image=whole_image, tta=tta, batch_size=batch_size,
+                                            precision=precision)
             predicted = predictor.predicted(probs)
             if maps_dir is not None:
                 write_maps(predictor, sample_id, image, probs, predicted, Path(maps_dir))

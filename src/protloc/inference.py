@@ -62,12 +62,27 @@ def _check_image(image) -> np.ndarray:
     return image.astype(np.float32, copy=False)
 
 
-def _forward_probs(network: torch.nn.Module, batch: torch.Tensor, device: torch.device) -> torch.Tensor:
+def _forward_probs(
+    network: torch.nn.Module, batch: torch.Tensor, device: torch.device, precision: str | None = None
+) -> torch.Tensor:
+    """Sigmoid outputs of a raw batch. ``precision`` None: the plain forward (inheriting the caller's
+    autocast); "fp32"/"bf16": GapNet-PL's fast path (``protloc.fast_inference``), for other networks
+    the plain forward, under bf16 autocast for "bf16"."""
     batch = batch.to(device, non_blocking=True)
+    if precision is not None:
+        from protloc.fast_inference import check_precision, fast_network
+
+        fast = fast_network(network, precision=check_precision(precision))
+        if fast is not None:
+            return torch.sigmoid(fast(batch).float())
     if device.type == "cuda":
         # Training on CUDA runs channels-last; feeding the same layout avoids a conversion per layer.
         batch = batch.contiguous(memory_format=torch.channels_last)
-    logits = network(normalize_batch(batch))
+    if precision == "bf16":
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            logits = network(normalize_batch(batch))
+    else:
+        logits = network(normalize_batch(batch))
     return torch.sigmoid(logits.float())
 
 
@@ -77,8 +92,12 @@ def predict_image(
     patch_size: int,
     batch_size: int = 8,
     device=None,
+    precision: str | None = None,
 ) -> np.ndarray:
-    """Class probabilities [num_classes] of one raw image [C, H, W]: mean of its patches' sigmoids."""
+    """Class probabilities [num_classes] of one raw image [C, H, W]: mean of its patches' sigmoids.
+
+    ``precision`` (None, "fp32", "bf16"): see ``_forward_probs``.
+    """
     from protloc.data.patches import extract_patches
 
     image = _check_image(image)
@@ -89,14 +108,17 @@ def predict_image(
     outputs = []
     with _eval_mode(network), torch.no_grad():
         for start in range(0, patches.shape[0], max(1, batch_size)):
-            outputs.append(_forward_probs(network, patches[start : start + batch_size], device))
+            outputs.append(_forward_probs(network, patches[start : start + batch_size], device, precision))
     return torch.cat(outputs).mean(dim=0).cpu().numpy().astype(np.float32)
 
 
-def predict_whole(network: torch.nn.Module, image: np.ndarray, device=None) -> np.ndarray:
+def predict_whole(
+    network: torch.nn.Module, image: np.ndarray, device=None, precision: str | None = None
+) -> np.ndarray:
     """Class probabilities [num_classes] from one pass over the whole normalised image.
 
     Only for fully convolutional networks (global pooling before the dense part), e.g. GapNet-PL.
+    ``precision`` (None, "fp32", "bf16"): see ``_forward_probs``.
     """
     paper = getattr(network, "paper", None)
     if paper is not None and paper.fixed_input_size:
@@ -104,7 +126,7 @@ def predict_whole(network: torch.nn.Module, image: np.ndarray, device=None) -> n
     image = _check_image(image)
     device = _resolve_device(network, device)
     with _eval_mode(network), torch.no_grad():
-        probs = _forward_probs(network, torch.from_numpy(np.ascontiguousarray(image))[None], device)
+        probs = _forward_probs(network, torch.from_numpy(np.ascontiguousarray(image))[None], device, precision)
     return probs[0].cpu().numpy().astype(np.float32)
 
 

@@ -1,0 +1,253 @@
+"""A faster, numerically equivalent GapNet-PL forward for CPU inference (and the same code on CUDA).
+
+``FastGapNetPL(network)`` wraps a trained ``GapNetPL`` (it shares its parameters; nothing is copied
+that is not re-derived when the parameters change) and computes the same logits from a *raw* batch
+[N, 4, H, W]: the per-image, per-channel normalisation of ``protloc.inference.normalize_batch`` is
+part of it. What makes it faster, each exact in real arithmetic (measured effects in BENCHMARKS.md):
+
+* channels-last (NHWC) activations, the layout oneDNN's convolutions are fastest in on CPU, with
+  the weights converted once (not at every call) and re-derived only when a parameter changes;
+* SELU after max pooling instead of before it: SELU is strictly increasing, so
+  ``max_pool(selu(x)) == selu(max_pool(x))``, and the exponential runs on a quarter of the values
+  of the two largest feature maps; every other SELU runs in place (no new feature map allocated);
+* the normalisation statistics in two cheap passes over the raw image (mean, then the sum of squared
+  deviations in chunks, so no image-sized temporary exists), the division by the per-channel std
+  folded into the first convolution's weights (zero padding of the centred image equals zero
+  padding of the normalised one, so borders stay exact);
+* the first block (centring, convolution, pooling, SELU) computed in horizontal strips: neither the
+  centred channels-last copy of the image nor the 128 MiB pre-pooling map of a 2048² image ever
+  exists as a whole. Large fresh buffers cost page faults on every call (glibc returns allocations
+  above 32 MiB to the system when freed); small strip buffers stay in cache and are reused;
+* optionally bfloat16 arithmetic (``precision="bf16"``, on CPUs with AVX512-BF16/AMX, or CUDA):
+  logits then differ in the second or third digit, the predicted classes on the synthetic set do not.
+
+``fast_network(network, precision=...)`` returns the wrapper for a GapNet-PL and ``None`` for any
+other network (callers then use the plain forward, under bf16 autocast for ``precision="bf16"``).
+Levers that were measured and lost (torch.compile, oneDNN weight pre-packing) are in BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from protloc.errors import ProtlocError
+
+EPS = 1e-7
+PRECISIONS = ("fp32", "bf16")
+# Conv-output rows of the first convolution per strip. 32 rows of a 2048-wide image: a 65 x 2048 x 4
+# centred input strip (2 MiB) and a 32 x 1024 x 32 output strip (4 MiB), both reused from strip to
+# strip and cache-resident.
+DEFAULT_STRIP_ROWS = 32
+# Pixels per chunk in the variance pass (a 4 MiB temporary for four channels).
+_STATS_CHUNK = 1 << 18
+
+
+def is_gapnet(network: nn.Module) -> bool:
+    return all(hasattr(network, name) for name in ("blocks", "head", "conv1", "conv8", "fc1"))
+
+
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise ProtlocError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    return precision
+
+
+def bf16_supported(device: torch.device | str = "cpu") -> bool:
+    """Whether bfloat16 convolutions run natively (AVX512-BF16/AMX on CPU; Ampere or newer on CUDA)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def image_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image, per-channel mean and population std of [N, C, H, W] float32, as [N, C, 1, 1].
+
+    Two passes (mean, then squared deviations from it), the second in chunks: as stable as
+    ``torch.std_mean`` (which takes ~6x longer on a 2048² image) without an image-sized temporary.
+    """
+    n, c = x.shape[:2]
+    flat = x.reshape(n, c, -1)
+    count = flat.shape[2]
+    mean = flat.mean(dim=2, keepdim=True)
+    squares = torch.zeros((n, c), dtype=torch.float64, device=x.device)
+    offset = torch.zeros((n, c), dtype=torch.float64, device=x.device)
+    for chunk in flat.split(_STATS_CHUNK, dim=2):
+        deviation = chunk - mean
+        squares += torch.linalg.vector_norm(deviation, dim=2).double().square()
+        offset += deviation.sum(dim=2, dtype=torch.float64)
+    variance = (squares / count - (offset / count).square()).clamp_min(0.0)
+    return mean.reshape(n, c, 1, 1), variance.sqrt().float().reshape(n, c, 1, 1)
+
+
+class FastGapNetPL(nn.Module):
+    """GapNet-PL logits from raw images [N, 4, H, W], fast path; see the module docstring.
+
+    The keyword options switch single levers off for the benchmark (``channels_last``,
+    ``pool_first``, ``strip_rows=None`` for one whole first convolution).
+    """
+
+    def __init__(
+        self,
+        network: nn.Module,
+        *,
+        precision: str = "fp32",
+        channels_last: bool = True,
+        pool_first: bool = True,
+        strip_rows: int | None = DEFAULT_STRIP_ROWS,
+    ) -> None:
+        super().__init__()
+        if not is_gapnet(network):
+            raise ProtlocError(f"the fast inference path is for GapNet-PL, not {getattr(network, 'name', network)}")
+        check_precision(precision)
+        if strip_rows is not None and (strip_rows < 2 or strip_rows % 2):
+            raise ProtlocError(f"strip_rows must be an even number >= 2, got {strip_rows}")
+        self.network = network
+        self.precision = precision
+        self.channels_last = channels_last
+        self.pool_first = pool_first
+        self.strip_rows = strip_rows
+        self.num_classes = network.num_classes
+        self.in_channels = network.in_channels
+        self._weights_key = None
+        self._weights: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    # -- layout and weights ---------------------------------------------------------------------
+    @property
+    def _memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
+
+    @property
+    def _dtype(self) -> torch.dtype:
+        return torch.bfloat16 if self.precision == "bf16" else torch.float32
+
+    def _converted(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """conv2..conv8 weights in the working dtype and layout, re-derived when a parameter changes."""
+        layers = [getattr(self.network, f"conv{i}") for i in range(2, 9)]
+        key = tuple((p.data_ptr(), p._version, p.device) for layer in layers for p in (layer.weight, layer.bias))
+        if key != self._weights_key:
+            with torch.no_grad():
+                weights = {
+                    f"conv{i}": (
+                        layer.weight.detach().to(self._dtype).contiguous(memory_format=self._memory_format),
+                        layer.bias.detach().to(self._dtype),
+                    )
+                    for i, layer in zip(range(2, 9), layers)
+                }
+            self._weights, self._weights_key = weights, key
+        return self._weights
+
+    # -- the network ----------------------------------------------------------------------------
+    def _pool_selu(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pool_first:
+            return F.selu(F.max_pool2d(x, 2, ceil_mode=True), inplace=True)
+        return F.max_pool2d(F.selu(x), 2, ceil_mode=True)
+
+    def _block1(self, x: torch.Tensor, mean: torch.Tensor, inv_std: torch.Tensor) -> torch.Tensor:
+        """max_pool(selu(conv1(normalised))) for raw x [N, C, H, W], optionally in strips."""
+        conv = self.network.conv1
+        batch, channels, height, width = x.shape
+        out_h, out_w = (height + 1) // 2, (width + 1) // 2  # conv 3x3, stride 2, padding 1
+        pooled_h, pooled_w = (out_h + 1) // 2, (out_w + 1) // 2
+        rows = out_h if self.strip_rows is None else min(self.strip_rows, out_h)
+        if rows % 2 and rows != out_h:
+            rows -= 1
+        # Per-image input scaling folded into the weights: conv(W, x / s) == conv(W / s, x).
+        weights = (conv.weight.detach().float()[None] * inv_std.reshape(batch, 1, channels, 1, 1)).to(self._dtype)
+        bias = conv.bias.detach().to(self._dtype)
+        result = torch.empty((batch, conv.out_channels, pooled_h, pooled_w), dtype=self._dtype, device=x.device,
+                             memory_format=self._memory_format)
+        # Input strip buffer: conv-output rows r read input rows 2r-1 .. 2r+1 (row -1 and row H are
+        # the zero padding), so `rows` output rows need 2 * rows + 1 input rows.
+        strip = torch.empty((1, channels, 2 * rows + 1, width), dtype=self._dtype, device=x.device,
+                            memory_format=self._memory_format)
+        for n in range(batch):
+            weight = weights[n].contiguous(memory_format=self._memory_format)
+            for start in range(0, out_h, rows):
+                stop = min(out_h, start + rows)
+                top, bottom = 2 * start - 1, 2 * (stop - 1) + 1
+                buffer = strip[:, :, : bottom - top + 1]
+                first, last = max(top, 0), min(bottom, height - 1)
+                if top < 0:
+                    buffer[:, :, 0].zero_()
+                if bottom >= height:
+                    buffer[:, :, -1].zero_()
+                target = buffer[:, :, first - top : last - top + 1]
+                torch.sub(x[n : n + 1, :, first : last + 1], mean[n : n + 1], out=target)
+                y = F.conv2d(buffer, weight, bias, stride=2, padding=(0, 1))
+                result[n : n + 1, :, start // 2 : (stop + 1) // 2] = self._pool_selu(y)
+        return result
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The 224 global-average features (float32) of raw images [N, 4, H, W]."""
+        weights = self._converted()
+        x = x.float().contiguous()
+        mean, std = image_moments(x)
+        block1 = self._block1(x, mean, 1.0 / (std + EPS))
+
+        def conv(name: str, h: torch.Tensor, stride: int = 1) -> torch.Tensor:
+            weight, bias = weights[name]
+            return F.conv2d(h, weight, bias, stride=stride, padding=1)
+
+        h = F.selu(conv("conv2", block1, stride=2), inplace=True)
+        h = F.selu(conv("conv3", h), inplace=True)
+        h = F.selu(conv("conv4", h), inplace=True)
+        block2 = self._pool_selu(conv("conv5", h))
+        h = F.selu(conv("conv6", block2), inplace=True)
+        h = F.selu(conv("conv7", h), inplace=True)
+        block3 = F.selu(conv("conv8", h), inplace=True)
+        return torch.cat([b.mean(dim=(2, 3), dtype=torch.float32) for b in (block1, block2, block3)], dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ProtlocError(
+                f"gapnet-pl expects input [batch, {self.in_channels}, height, width], got {list(x.shape)}"
+            )
+        with torch.no_grad():
+            features = self.features(x)
+            return self.network.head(features.to(self.network.fc1.weight.dtype))
+
+
+_LOCK = threading.Lock()
+_CACHE_ATTRIBUTE = "_protloc_fast_paths"
+
+
+def fast_network(network: nn.Module, *, precision: str = "fp32", **options) -> nn.Module | None:
+    """The fast wrapper of a GapNet-PL (``None`` for other networks), one per network and options.
+
+    The wrapper takes raw images (it normalises them itself) and keeps converted weights between
+    calls, so it is reused: repeated calls with the same network return the same object. It is kept
+    in the network's ``__dict__`` (not as a submodule, so ``state_dict`` is unchanged) and goes away
+    with the network.
+    """
+    check_precision(precision)
+    if not is_gapnet(network):
+        return None
+    key = (precision, tuple(sorted(options.items())))
+    with _LOCK:
+        wrappers = network.__dict__.get(_CACHE_ATTRIBUTE)
+        if wrappers is None:
+            wrappers = {}
+            object.__setattr__(network, _CACHE_ATTRIBUTE, wrappers)
+        fast = wrappers.get(key)
+        if fast is None:
+            fast = wrappers[key] = FastGapNetPL(network, precision=precision, **options)
+        return fast
+
+
+def gflop(height: int, width: int) -> float:
+    """Multiply-adds x 2 of GapNet-PL's convolutions on one H x W image (7.85 GFLOP at 1024²)."""
+    h1, w1 = math.ceil(height / 2), math.ceil(width / 2)
+    p1h, p1w = math.ceil(h1 / 2), math.ceil(w1 / 2)
+    h2, w2 = math.ceil(p1h / 2), math.ceil(p1w / 2)
+    h3, w3 = math.ceil(h2 / 2), math.ceil(w2 / 2)
+    macs = h1 * w1 * 32 * 4 * 9 + h2 * w2 * (64 * 32 + 3 * 64 * 64) * 9 + h3 * w3 * (128 * 64 + 2 * 128 * 128) * 9
+    return 2 * macs / 1e9
