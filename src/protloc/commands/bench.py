@@ -1,0 +1,92 @@
+"""`protloc bench`: speed benchmarks with ratios against baselines measured in the same run.
+
+The benchmark code lives in ``benchmarks/run.py`` of a source checkout (it is not installed with the
+package); this command finds it beside ``src/``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+from protloc.errors import ProtlocError
+
+SECTIONS = ("inference", "training", "data", "platform", "scaling")
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "bench",
+        help="benchmark inference, training, data path, platform and scaling (ratios vs baselines)",
+        description="Measure GapNet-PL inference (patches and whole image, fp32 and bf16, each speed lever), "
+        "a training step per network, random crops from the prepared cache against TIFF decoding, the web "
+        "platform under concurrent requests, and how time and memory grow with image and batch size. "
+        "Every figure comes with a baseline measured in the same run. Results go to a JSON file; "
+        "the Markdown tables are printed.",
+    )
+    parser.add_argument("--quick", action="store_true", help="small sizes (well under a minute; for tests)")
+    parser.add_argument("--out", default="bench-results.json", help="JSON results file (default bench-results.json)")
+    parser.add_argument("--sections", default=",".join(SECTIONS),
+                        help=f"comma-separated subset of {','.join(SECTIONS)} (default: all)")
+    parser.add_argument("--model", default=None,
+                        help="GapNet-PL model file for realistic weights (default: the imported pretrained "
+                        "weights when present, else random weights)")
+    parser.add_argument("--tf-result", default=None, metavar="FILE",
+                        help="JSON written by tools/tf_benchmark.py: the authors' TensorFlow graph in the table")
+    parser.add_argument("--repeats", default=None, help="timed rounds per variant (default 7, --quick 2)")
+    parser.add_argument("--threads", default=None, help="torch threads (default: torch's own choice)")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time torch.compile variants (minutes of compilation on a small CPU)")
+    parser.add_argument("--markdown", default=None, metavar="FILE", help="also write the tables to FILE")
+    parser.set_defaults(handler=run)
+
+
+def _positive_int(value, option: str) -> int | None:
+    if value is None:
+        return None
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise ProtlocError(f"{option} must be a positive integer, got {value!r}")
+    return number
+
+
+def load_benchmarks():
+    """The ``benchmarks/run.py`` module of the source checkout this package runs from."""
+    path = Path(__file__).resolve().parents[3] / "benchmarks" / "run.py"
+    if not path.is_file():
+        raise ProtlocError("protloc bench runs from a source checkout: benchmarks/run.py is not beside src/")
+    spec = importlib.util.spec_from_file_location("protloc_benchmarks_run", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def run(args) -> int:
+    repeats = _positive_int(args.repeats, "--repeats")
+    threads = _positive_int(args.threads, "--threads")
+    out = Path(args.out)
+    if out.suffix.lower() != ".json":
+        raise ProtlocError(f"--out must name a .json file, got {out.name}")
+    if args.tf_result is not None and not Path(args.tf_result).is_file():
+        raise ProtlocError(f"no TensorFlow result file {args.tf_result}")
+    if args.model is not None and not Path(args.model).is_file():
+        raise ProtlocError(f"no model file {args.model}")
+    bench = load_benchmarks()
+    sections = bench.parse_sections(args.sections)
+    settings = bench.Settings(quick=args.quick, model=args.model, tf_result=args.tf_result, repeats=repeats,
+                              compile=args.compile, progress=sys.stderr.isatty(), threads=threads)
+    results = bench.run(sections, settings)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1) + "\n")
+    text = bench.markdown(results)
+    if args.markdown:
+        Path(args.markdown).write_text(text + "\n")
+    print(text)
+    print(f"\nresults -> {out}")
+    return 0

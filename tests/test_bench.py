@@ -1,0 +1,85 @@
+"""`protloc bench`: the quick run writes valid JSON with ratios; bad options are one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from protloc.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_quick_inference_and_data_write_valid_json(tmp_path, capsys):
+    out = tmp_path / "results.json"
+    markdown = tmp_path / "tables.md"
+    assert main(["bench", "--quick", "--sections", "inference,data", "--out", str(out),
+                 "--markdown", str(markdown)]) == 0
+    results = json.loads(out.read_text())
+    assert results["quick"] is True and set(results["sections"]) == {"inference", "data"}
+    assert results["machine"]["cores"] >= 1 and "torch" in results["machine"]
+    inference = results["sections"]["inference"]
+    rows = {(r["variant"], r["mode"]): r for r in inference["rows"]}
+    baseline = rows[("eager NCHW fp32 (baseline)", "patches")]
+    assert baseline["ratio_vs_baseline"] == 1.0 and baseline["max_logit_diff_rel"] == 0.0
+    for (variant, mode), row in rows.items():
+        assert row["best_s"] > 0 and row["best_s"] <= row["median_s"] and row["ratio_vs_baseline"] > 0
+        # the fast fp32 path is exact; bf16 is close
+        if "fp32" in variant:
+            assert row["max_logit_diff_rel"] <= 1e-4, (variant, mode)
+        else:
+            assert row["max_logit_diff_rel"] <= 0.05, (variant, mode)
+    assert inference["bf16_classes"]["samples"] > 0
+    data = {r["variant"]: r for r in results["sections"]["data"]["rows"]}
+    assert set(data) == {"decode TIFFs (baseline)", "prepared cache (memmap)"}
+    assert all(r["crops_per_s"] > 0 for r in data.values())
+    printed = capsys.readouterr().out
+    assert "| fast fp32 | whole |" in printed and str(out) in printed
+    assert "### Data path" in markdown.read_text()
+
+
+def test_quick_scaling_child_reports_time_and_memory(tmp_path):
+    bench = __import__("protloc.commands.bench", fromlist=["load_benchmarks"]).load_benchmarks()
+    row = bench.run_child({"kind": "inference", "size": 64, "variant": "fast fp32", "rounds": 1})
+    assert "error" not in row, row
+    assert row["best_s"] > 0 and row["peak_rss_mib"] >= row["rss_before_mib"] * 0.5 > 0
+
+
+def test_tf_result_is_put_beside_the_baseline(tmp_path):
+    tf = tmp_path / "tf.json"
+    tf.write_text(json.dumps({"tensorflow_version": "x", "modes": {"patches": {
+        "seconds_best": 0.5, "seconds_median": 0.6, "probabilities": [0.5] * 13}}}))
+    out = tmp_path / "r.json"
+    assert main(["bench", "--quick", "--sections", "inference", "--out", str(out), "--tf-result", str(tf),
+                 "--repeats", "1"]) == 0
+    tf_rows = json.loads(out.read_text())["sections"]["inference"]["tensorflow"]["rows"]
+    assert tf_rows[0]["variant"] == "TensorFlow, authors' graph" and tf_rows[0]["best_s"] == 0.5
+    assert tf_rows[0]["max_probability_diff_vs_torch"] is None  # quick size: not the same input as TF's
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--sections", "inference,gpu"], "unknown section 'gpu'"),
+        (["--sections", ","], "unknown section"),
+        (["--repeats", "0"], "--repeats must be a positive integer"),
+        (["--threads", "two"], "--threads must be a positive integer"),
+        (["--out", "results.txt"], "--out must name a .json file"),
+        (["--tf-result", "missing.json"], "no TensorFlow result file"),
+        (["--model", "missing.pt"], "no model file"),
+    ],
+)
+def test_bad_options_are_one_line_errors(args, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["bench", "--quick", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("protloc: error:") and message in err and err.count("\n") == 1
+    assert not (tmp_path / "bench-results.json").exists()
+
+
+def test_benchmark_results_in_the_repository_are_valid():
+    for path in sorted((REPO / "benchmarks" / "results").glob("*.json")):
+        results = json.loads(path.read_text())
+        assert "machine" in results and results["sections"], path.name
