@@ -84,12 +84,13 @@ def test_strips_cover_every_row_once():
     fast = FastGapNetPL(network, strip_rows=2)
     expected_block1 = network.blocks(normalize_batch(x))[0]
     mean, std = image_moments(x)
-    block1 = fast._block1(x, mean, 1.0 / (std + 1e-7))
+    block1, average = fast._block1(x, mean, 1.0 / (std + 1e-7))
+    torch.testing.assert_close(average, expected_block1.mean(dim=(2, 3)), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(block1, expected_block1, rtol=1e-5, atol=1e-5)
     # one perturbed input pixel changes exactly the pooled outputs whose window sees it
     y = x.clone()
     y[0, 2, 20, 16] += 5000.0
-    changed = (fast._block1(y, mean, 1.0 / (std + 1e-7)) - block1).abs().amax(dim=1)[0] > 1e-6
+    changed = (fast._block1(y, mean, 1.0 / (std + 1e-7))[0] - block1).abs().amax(dim=1)[0] > 1e-6
     assert changed.any() and changed.sum() <= 4
 
 
