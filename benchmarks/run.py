@@ -222,8 +222,10 @@ def inference_section(settings: Settings, progress: Progress) -> dict:
         "fp32 no strips": FastGapNetPL(network, strip_rows=None),
         "fp32 NCHW": FastGapNetPL(network, channels_last=False),
         "fp32 SELU before pool": FastGapNetPL(network, pool_first=False),
+        "fp32 compiled SELU": FastGapNetPL(network, compile_selu=True),
         "bf16": FastGapNetPL(network, precision="bf16"),
         "bf16 no strips": FastGapNetPL(network, precision="bf16", strip_rows=None),
+        "bf16 compiled SELU": FastGapNetPL(network, precision="bf16", compile_selu=True),
     }
     rows = [  # (name, mode, function, input, lever description)
         ("eager NCHW fp32 (baseline)", "patches", plain, patches, "network(normalize_batch(x)) on 4 patches, batch 4"),
@@ -235,10 +237,16 @@ def inference_section(settings: Settings, progress: Progress) -> dict:
         ("fast fp32, no strips", "whole", fast["fp32 no strips"], image, "first block in one piece"),
         ("fast fp32, NCHW", "whole", fast["fp32 NCHW"], image, "contiguous (NCHW) activations"),
         ("fast fp32, SELU before pool", "whole", fast["fp32 SELU before pool"], image, "SELU on the full maps"),
+        ("fast fp32 + compiled SELU", "patches", fast["fp32 compiled SELU"], patches, "SELU as one inductor kernel"),
+        ("fast fp32 + compiled SELU", "whole", fast["fp32 compiled SELU"], image, "SELU as one inductor kernel"),
         ("fast bf16", "patches", fast["bf16"], patches, "bf16 fast path on the 4 patches"),
         ("fast bf16", "whole", fast["bf16"], image, "all levers, bfloat16"),
         ("fast bf16, no strips", "whole", fast["bf16 no strips"], image, "first block in one piece"),
+        ("fast bf16 + compiled SELU", "patches", fast["bf16 compiled SELU"], patches, "SELU as one inductor kernel"),
+        ("fast bf16 + compiled SELU", "whole", fast["bf16 compiled SELU"], image, "SELU as one inductor kernel"),
     ]
+    if settings.quick and not settings.compile:  # no inductor compilation in the quick run
+        rows = [row for row in rows if "compiled" not in row[0]]
     compile_seconds = {}
     if settings.compile:
         import torch._inductor.config as inductor_config
@@ -608,7 +616,8 @@ def child(task: dict) -> dict:
         if task["variant"] == "eager NCHW fp32":
             fn = lambda: network(normalize_batch(x))  # noqa: E731
         else:
-            fast = FastGapNetPL(network, precision="bf16" if "bf16" in task["variant"] else "fp32")
+            fast = FastGapNetPL(network, precision="bf16" if "bf16" in task["variant"] else "fp32",
+                                compile_selu="compiled" in task["variant"])
             fn = lambda: fast(x)  # noqa: E731
         before = _status_mib("VmRSS")
         reset = _reset_peak()
@@ -655,7 +664,8 @@ def scaling_section(settings: Settings, progress: Progress) -> dict:
     rounds = 1 if settings.quick else 3
     inference_rows = []
     for size in sizes:
-        for variant in ("eager NCHW fp32", "fast fp32", "fast bf16"):
+        variants = ("eager NCHW fp32", "fast fp32", "fast bf16") + (() if settings.quick else ("fast bf16 + compiled SELU",))
+        for variant in variants:
             inference_rows.append(run_child({"kind": "inference", "size": size, "variant": variant, "rounds": rounds}))
             progress.step(f"scaling {variant} {size}")
     training_rows = []

@@ -77,6 +77,13 @@ def test_fp32_fast_path_equals_plain_forward(shape):
         assert relative_difference(logits, expected) <= 1e-5, options
 
 
+def test_compiled_selu_gives_the_same_logits():
+    network = random_gapnet(2)
+    x = raw_images((2, 4, 75, 62))
+    logits = FastGapNetPL(network, compile_selu=True, strip_rows=8)(x)
+    assert relative_difference(logits, plain_logits(network, x)) <= 1e-5
+
+
 def test_strips_cover_every_row_once():
     """Strips of 2 conv rows on an odd height: each strip boundary and the bottom padding row."""
     network = random_gapnet(3)
