@@ -61,8 +61,18 @@ CLASS_WEIGHTS: dict[str, float] = {
 # Number of classes per sample: about half the samples are multi-label (as in the paper).
 LABEL_COUNT_PROBS = (0.50, 0.33, 0.13, 0.04)
 
+# A protein packed into a small compartment is brighter per pixel than the same protein spread over the
+# cytosol or the nucleoplasm: puncta (centrosome, Golgi) are drawn this many times brighter than a
+# diffuse stain's plateau, which keeps a dot visible when it co-occurs with a diffuse class.
+DIFFUSE_LEVEL = 0.5
+PUNCTA_LEVEL = 2.0
+
 CELL_RADIUS = 44.0  # mean cell radius in pixels
-EXPRESSION_PROB = 0.8  # chance that a cell of a field expresses the protein
+EXPRESSION_PROB = 0.8
+# Photons at a channel's brightest structure: dim to bright stainings (the dimmest still above the
+# read noise, as an HTI screen's acquisition settings would ensure).
+MIN_PEAK_PHOTONS = 300.0
+MAX_PEAK_PHOTONS = 2500.0  # chance that a cell of a field expresses the protein
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -405,7 +415,7 @@ Drawer = Callable[[np.random.Generator, Field, References, np.ndarray], np.ndarr
 
 
 def _nucleus(rng, field, refs, expr):
-    return field.nucleus * (0.85 + 0.1 * field.texture) * (1.0 - 0.3 * np.minimum(refs.nucleoli, 1.0)) * field.per_cell(expr)
+    return field.nucleus * (DIFFUSE_LEVEL + 0.06 * field.texture) * (1.0 - 0.3 * np.minimum(refs.nucleoli, 1.0)) * field.per_cell(expr)
 
 
 def _nucleoli(rng, field, refs, expr):
@@ -418,7 +428,7 @@ def _nuclear_membrane(rng, field, refs, expr):
 
 def _cytosol(rng, field, refs, expr):
     cytoplasm = field.cytoplasm
-    return cytoplasm * (0.75 + 0.08 * field.texture) * field.per_cell(expr)
+    return cytoplasm * (DIFFUSE_LEVEL + 0.05 * field.texture) * field.per_cell(expr)
 
 
 def _plasma_membrane(rng, field, refs, expr):
@@ -441,12 +451,12 @@ def _cell_expr(cells: np.ndarray, expr: np.ndarray) -> np.ndarray:
 
 
 def _mitochondria(rng, field, refs, expr):
-    """Short tubules (5-14 px), many, concentrated around the nucleus."""
+    """Short tubules (6-16 px), many, concentrated around the nucleus."""
     counts = rng.integers(45, 80, field.n)
     r_min = field.nuc_axes.mean(1) + 2.0
     ys0, xs0, cells = _random_points_in_cells(rng, field, counts, r_min, field.cell_radius * 1.05, power=1.5)
-    steps = 12
-    length = rng.uniform(4.0, 12.0, len(cells))
+    steps = 16
+    length = rng.uniform(6.0, 16.0, len(cells))
     ys, xs = polylines(np.column_stack([ys0, xs0]), rng.uniform(0, 2 * math.pi, len(cells)), steps,
                        rng.normal(0, 0.12, len(cells)), 0.08, rng)
     within = np.arange(steps)[None, :] < length[:, None]
@@ -518,8 +528,9 @@ def _centrosome(rng, field, refs, expr):
     xs.append(field.mtoc[two, 1] + jitter[two, 1])
     ws.append(expr[two])
     canvas = Canvas(field.height, field.width)
-    canvas.add(np.concatenate(ys), np.concatenate(xs), np.concatenate(ws), 2.0, "dot")
-    return np.minimum(canvas.render(), 1.2)
+    # centrioles are the brightest and tightest puncta of all
+    canvas.add(np.concatenate(ys), np.concatenate(xs), 1.5 * PUNCTA_LEVEL * np.concatenate(ws), 1.6, "dot")
+    return np.minimum(canvas.render(), 1.8 * PUNCTA_LEVEL)
 
 
 def _golgi(rng, field, refs, expr):
@@ -533,8 +544,8 @@ def _golgi(rng, field, refs, expr):
     xs = field.nuc_centre[cells, 1] + r * np.cos(phi)
     ok = field.keep(ys, xs, cells)
     canvas = Canvas(field.height, field.width)
-    canvas.add(ys[ok], xs[ok], 0.45 * rng.uniform(0.6, 1.0, ok.sum()) * expr[cells[ok]], 2.0, "dot")
-    return np.minimum(canvas.render(), 1.2)
+    canvas.add(ys[ok], xs[ok], 0.5 * PUNCTA_LEVEL * rng.uniform(0.6, 1.0, ok.sum()) * expr[cells[ok]], 2.0, "dot")
+    return np.minimum(canvas.render(), 1.2 * PUNCTA_LEVEL)
 
 
 def _er(rng, field, refs, expr):
@@ -548,8 +559,8 @@ def _vesicles(rng, field, refs, expr):
     ys, xs, cells = _random_points_in_cells(rng, field, counts, r_min, field.cell_radius * 1.1)
     ok = field.keep(ys, xs, cells)
     canvas = Canvas(field.height, field.width)
-    canvas.add(ys[ok], xs[ok], rng.uniform(0.5, 1.0, ok.sum()) * expr[cells[ok]], 1.3, "dot")
-    return np.minimum(canvas.render(), 1.2)
+    canvas.add(ys[ok], xs[ok], 0.75 * PUNCTA_LEVEL * rng.uniform(0.5, 1.0, ok.sum()) * expr[cells[ok]], 1.3, "dot")
+    return np.minimum(canvas.render(), 0.9 * PUNCTA_LEVEL)
 
 
 COMPARTMENT_DRAWERS: dict[str, Drawer] = {
@@ -636,7 +647,7 @@ def render_sample(rng: np.random.Generator | int, labels: Sequence[int | str], h
     illumination = _illumination(rng, height, width)
     out = np.empty((4, height, width), dtype=np.uint16)
     for channel, signal in enumerate((refs.nucleus, refs.microtubules, refs.er, protein)):
-        peak = float(np.exp(rng.uniform(np.log(150.0), np.log(2500.0))))
+        peak = float(np.exp(rng.uniform(np.log(MIN_PEAK_PHOTONS), np.log(MAX_PEAK_PHOTONS))))
         out[channel] = _camera(rng, signal, illumination, peak, background=peak * rng.uniform(0.01, 0.05))
     return out
 
