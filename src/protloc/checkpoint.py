@@ -16,8 +16,6 @@ Files are written atomically (temporary file, fsync, rename) so a crash never le
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +23,7 @@ import torch
 
 from protloc.data.channels import CHANNELS
 from protloc.errors import ProtlocError
+from protloc.files import atomic_write
 
 FORMAT = "protloc-model/1"
 NORMALIZATION = {"kind": "per-channel-zscore", "eps": 1e-7}
@@ -32,18 +31,7 @@ NORMALIZATION = {"kind": "per-channel-zscore", "eps": 1e-7}
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
     """torch.save to a temporary file in the same folder, fsync, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda handle: torch.save(obj, handle))
 
 
 def save_model_file(

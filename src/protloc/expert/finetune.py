@@ -229,7 +229,7 @@ def predict_study(study, spec: str | Path, whole_image: bool = False) -> dict:
     import json
     from datetime import datetime, timezone
 
-    from protloc.expert.study import atomic_write_text
+    from protloc.files import atomic_write_text
 
     network, payload, path = load_multiclass_network(spec)
     if list(payload["classes"]) != study.classes:

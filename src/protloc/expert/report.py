@@ -18,7 +18,8 @@ from protloc.errors import ProtlocError
 from protloc.expert import stats
 from protloc.expert.db import AnswerStore
 from protloc.expert.render import safe_name
-from protloc.expert.study import Study, atomic_write_text
+from protloc.expert.study import Study
+from protloc.files import atomic_write_text
 
 MODEL = "model"
 

@@ -23,7 +23,7 @@ from typing import Sequence
 import numpy as np
 
 from protloc.errors import ProtlocError
-from protloc.training.files import atomic_save_npy
+from protloc.files import atomic_save_npy
 
 
 def compact(image: np.ndarray) -> np.ndarray:

@@ -249,7 +249,7 @@ def check(config: TrainConfig) -> None:
 def save_yaml(config: TrainConfig, path: Path, extra: dict | None = None) -> None:
     import yaml
 
-    from protloc.training.files import atomic_write_text
+    from protloc.files import atomic_write_text
 
     content = {**config.to_dict(), **(extra or {})}
     atomic_write_text(path, yaml.safe_dump(content, sort_keys=False))

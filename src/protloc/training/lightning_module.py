@@ -250,7 +250,7 @@ class LocalizationModule(pl.LightningModule):
         if self.trainer.is_global_zero and self.run_dir is not None:
             append_metrics_row(self.run_dir / "metrics.csv", row)
             if is_best:
-                from protloc.training.files import atomic_save_npz
+                from protloc.files import atomic_save_npz
 
                 atomic_save_npz(self.run_dir / "checkpoints" / "best_val_predictions.npz",
                                 positions=np.array([p for p, _ in outputs], dtype=np.int64),
@@ -288,7 +288,7 @@ def truncate_metrics(path: Path, keep_epochs: int) -> None:
         return
     with path.open(newline="", encoding="utf-8") as handle:
         rows = [r for r in csv.DictReader(handle) if r.get("epoch", "").isdigit() and int(r["epoch"]) <= keep_epochs]
-    from protloc.training.files import atomic_write_text
+    from protloc.files import atomic_write_text
     import io
 
     buffer = io.StringIO()

@@ -272,7 +272,7 @@ def train(config: TrainConfig, resume: bool = False) -> RunResult:
             index.save(run_dir / "index.json")
             save_splits(splits, run_dir / "splits.json", seed=config.split_seed,
                         fractions=tuple(config.split_fractions), index=index)
-        from protloc.training.files import atomic_write_text
+        from protloc.files import atomic_write_text
 
         save_yaml(config, run_dir / "config.yaml", extra={"model_options": options})
         atomic_write_text(run_dir / "environment.json", json.dumps(env, indent=1) + "\n")

@@ -1,4 +1,4 @@
-"""Small atomic file writers for the run directory: temporary file, fsync, rename."""
+"""Atomic file writers (temporary file in the same folder, fsync, rename): a crash never leaves a half-written file."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: str | Path, write) -> None:
+    """Write `path` through `write(binary_handle)` atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -25,12 +26,12 @@ def _atomic_write(path: Path, write) -> None:
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
-    _atomic_write(Path(path), lambda handle: handle.write(text.encode("utf-8")))
+    atomic_write(Path(path), lambda handle: handle.write(text.encode("utf-8")))
 
 
 def atomic_save_npy(path: str | Path, array: np.ndarray) -> None:
-    _atomic_write(Path(path), lambda handle: np.save(handle, array, allow_pickle=False))
+    atomic_write(Path(path), lambda handle: np.save(handle, array, allow_pickle=False))
 
 
 def atomic_save_npz(path: str | Path, **arrays) -> None:
-    _atomic_write(Path(path), lambda handle: np.savez(handle, **arrays))
+    atomic_write(Path(path), lambda handle: np.savez(handle, **arrays))
