@@ -225,6 +225,7 @@ def inference_section(settings: Settings, progress: Progress) -> dict:
         "fp32 compiled SELU": FastGapNetPL(network, compile_selu=True),
         "bf16": FastGapNetPL(network, precision="bf16"),
         "bf16 no strips": FastGapNetPL(network, precision="bf16", strip_rows=None),
+        "bf16 first block bf16": FastGapNetPL(network, precision="bf16", first_block_fp32=False),
         "bf16 compiled SELU": FastGapNetPL(network, precision="bf16", compile_selu=True),
     }
     rows = [  # (name, mode, function, input, lever description)
@@ -240,8 +241,10 @@ def inference_section(settings: Settings, progress: Progress) -> dict:
         ("fast fp32 + compiled SELU", "patches", fast["fp32 compiled SELU"], patches, "SELU as one inductor kernel"),
         ("fast fp32 + compiled SELU", "whole", fast["fp32 compiled SELU"], image, "SELU as one inductor kernel"),
         ("fast bf16", "patches", fast["bf16"], patches, "bf16 fast path on the 4 patches"),
-        ("fast bf16", "whole", fast["bf16"], image, "all levers, bfloat16"),
+        ("fast bf16", "whole", fast["bf16"], image, "all levers, bfloat16 (first convolution float32)"),
         ("fast bf16, no strips", "whole", fast["bf16 no strips"], image, "first block in one piece"),
+        ("fast bf16, first conv in bf16", "whole", fast["bf16 first block bf16"], image,
+         "the first convolution in bf16 too (default: float32)"),
         ("fast bf16 + compiled SELU", "patches", fast["bf16 compiled SELU"], patches, "SELU as one inductor kernel"),
         ("fast bf16 + compiled SELU", "whole", fast["bf16 compiled SELU"], image, "SELU as one inductor kernel"),
     ]
@@ -409,7 +412,7 @@ def training_section(settings: Settings, progress: Progress) -> dict:
             "bf16 autocast NCHW": lambda: step(network, x, True),
             "bf16 autocast channels-last": lambda: step_cl(True),
         }
-        rounds = max(2, settings.rounds // 2) if size >= 512 else settings.rounds
+        rounds = settings.repeats or (2 if settings.quick else 3)
         timings = interleaved(variants, rounds, progress=progress)
         base = timings["eager NCHW fp32 (baseline)"]["best_s"]
         for variant, t in timings.items():
@@ -435,7 +438,7 @@ def data_section(settings: Settings, progress: Progress) -> dict:
     from protloc.data.synth import generate_dataset
     from protloc.training.cache import SampleCache
 
-    samples, size, crop = (4, 256, 64) if settings.quick else (12, 2048, 1024)
+    samples, size, crop = (4, 256, 64) if settings.quick else (8, 2048, 1024)
     crops = 8 if settings.quick else 24
     with tempfile.TemporaryDirectory(prefix="protloc-bench-data-") as tmp:
         root = Path(tmp) / "synth"
@@ -661,7 +664,7 @@ def scaling_section(settings: Settings, progress: Progress) -> dict:
     sizes = (128, 256) if settings.quick else (1024, 2048, 3072, 4096)
     batches = (1, 2) if settings.quick else (1, 2, 4, 8)
     crop = 64 if settings.quick else 256
-    rounds = 1 if settings.quick else 3
+    rounds = 1 if settings.quick else 5
     inference_rows = []
     for size in sizes:
         variants = ("eager NCHW fp32", "fast fp32", "fast bf16") + (() if settings.quick else ("fast bf16 + compiled SELU",))
