@@ -108,7 +108,8 @@ def test_four_channel_upload_gives_the_predictors_result(client, models, tmp_pat
 def test_multichannel_tiff_npz_and_model_choice(client, models, tmp_path):
     image = cell_like_sample(100, 100, seed=2)
     tifffile.imwrite(tmp_path / "sample.tif", image, photometric="minisblack")  # [4, H, W]
-    np.savez(tmp_path / "sample.npz", sample=np.moveaxis(image, 0, -1))  # the authors' H x W x 4
+    # the authors' release: H x W x 4 in their channel order nucleus, protein, microtubules, ER
+    np.savez(tmp_path / "sample.npz", sample=np.moveaxis(image[[0, 3, 1, 2]], 0, -1))
     ids = []
     for name, model in (("sample.tif", "tiny"), ("sample.npz", "tiny-b")):
         response = client.post("/api/v1/predictions", files=[("files", (name, (tmp_path / name).read_bytes()))],
