@@ -253,7 +253,9 @@ def write_maps(predictor, sample_id: str, image: np.ndarray, probs: np.ndarray, 
     classes = predicted or [predictor.classes[int(np.argmax(probs))]]
     maps = predictor.localization_maps(image, classes)
     stem = _safe_name(sample_id)
-    written = [render.save_png(render.composite(image), folder / f"{stem}__composite.png")]
+    composite = render.composite(image)
+    written = [render.save_png(composite, folder / f"{stem}__composite.png")]
     for cls, heat in maps.items():
-        written.append(render.save_png(render.overlay_map(image, heat), folder / f"{stem}__{_safe_name(cls)}.png"))
+        written.append(render.save_png(render.overlay_map(image, heat, base=composite),
+                                       folder / f"{stem}__{_safe_name(cls)}.png"))
     return written

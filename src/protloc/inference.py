@@ -62,7 +62,7 @@ def _check_image(image) -> np.ndarray:
     return image.astype(np.float32, copy=False)
 
 
-def _forward_probs(
+def forward_probabilities(
     network: torch.nn.Module, batch: torch.Tensor, device: torch.device, precision: str | None = None
 ) -> torch.Tensor:
     """Sigmoid outputs of a raw batch. ``precision`` None: the plain forward (inheriting the caller's
@@ -96,7 +96,7 @@ def predict_image(
 ) -> np.ndarray:
     """Class probabilities [num_classes] of one raw image [C, H, W]: mean of its patches' sigmoids.
 
-    ``precision`` (None, "fp32", "bf16"): see ``_forward_probs``.
+    ``precision`` (None, "fp32", "bf16"): see ``forward_probabilities``.
     """
     from protloc.data.patches import extract_patches
 
@@ -108,7 +108,7 @@ def predict_image(
     outputs = []
     with _eval_mode(network), torch.no_grad():
         for start in range(0, patches.shape[0], max(1, batch_size)):
-            outputs.append(_forward_probs(network, patches[start : start + batch_size], device, precision))
+            outputs.append(forward_probabilities(network, patches[start : start + batch_size], device, precision))
     return torch.cat(outputs).mean(dim=0).cpu().numpy().astype(np.float32)
 
 
@@ -118,7 +118,7 @@ def predict_whole(
     """Class probabilities [num_classes] from one pass over the whole normalised image.
 
     Only for fully convolutional networks (global pooling before the dense part), e.g. GapNet-PL.
-    ``precision`` (None, "fp32", "bf16"): see ``_forward_probs``.
+    ``precision`` (None, "fp32", "bf16"): see ``forward_probabilities``.
     """
     paper = getattr(network, "paper", None)
     if paper is not None and paper.fixed_input_size:
@@ -126,7 +126,7 @@ def predict_whole(
     image = _check_image(image)
     device = _resolve_device(network, device)
     with _eval_mode(network), torch.no_grad():
-        probs = _forward_probs(network, torch.from_numpy(np.ascontiguousarray(image))[None], device, precision)
+        probs = forward_probabilities(network, torch.from_numpy(np.ascontiguousarray(image))[None], device, precision)
     return probs[0].cpu().numpy().astype(np.float32)
 
 

@@ -61,11 +61,15 @@ def expert_views(image: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
-def overlay_map(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.6) -> np.ndarray:
-    """A localisation map ([H, W] in [0, 1]) as a heat overlay on a dimmed grey composite."""
+def overlay_map(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.6,
+                base: np.ndarray | None = None) -> np.ndarray:
+    """A localisation map ([H, W] in [0, 1]) as a heat overlay on a dimmed grey composite.
+
+    ``base``: the image's ``composite`` when the caller has it already (several maps of one image).
+    """
     from matplotlib import colormaps
 
-    base = composite(image).astype(np.float32) / 255.0
+    base = (composite(image) if base is None else base).astype(np.float32) / 255.0
     grey = base.mean(axis=-1, keepdims=True) * 0.6
     heat = colormaps["inferno"](np.clip(heatmap, 0.0, 1.0))[..., :3].astype(np.float32)
     weight = alpha * np.clip(heatmap, 0.0, 1.0)[..., None]
@@ -77,5 +81,6 @@ def save_png(array: np.ndarray, path: str | Path) -> Path:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.ascontiguousarray(array)).save(path, format="PNG")
+    # zlib level 1: about twice as fast to encode as the default 6 on microscopy content, files ~7% larger
+    Image.fromarray(np.ascontiguousarray(array)).save(path, format="PNG", compress_level=1)
     return path

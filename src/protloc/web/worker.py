@@ -52,7 +52,7 @@ def batched_probabilities(predictor, images: list[np.ndarray], max_batch_patches
     import torch
 
     from protloc.data.patches import extract_patches
-    from protloc.inference import normalize_batch
+    from protloc.inference import forward_probabilities
 
     patch_sets = [np.ascontiguousarray(extract_patches(image, predictor.patch_size)) for image in images]
     owners = np.concatenate([np.full(len(p), i) for i, p in enumerate(patch_sets)])
@@ -65,7 +65,8 @@ def batched_probabilities(predictor, images: list[np.ndarray], max_batch_patches
         with torch.no_grad():
             for start in range(0, len(patches), max(1, max_batch_patches)):
                 chunk = patches[start : start + max_batch_patches].to(predictor.device)
-                outputs.append(torch.sigmoid(network(normalize_batch(chunk)).float()).cpu())
+                # fp32: GapNet-PL's fast path (the plain forward's logits within 1e-6), others plain
+                outputs.append(forward_probabilities(network, chunk, predictor.device, "fp32").cpu())
                 if stats is not None:
                     stats.forward_passes += 1
                     stats.patches += len(chunk)
@@ -87,14 +88,15 @@ def render_submission(predictor, image: np.ndarray, predicted: list[str], probs:
     from protloc import render
 
     folder.mkdir(parents=True, exist_ok=True)
-    render.save_png(render.composite(image), folder / "composite.png")
+    composite = render.composite(image)
+    render.save_png(composite, folder / "composite.png")
     for channel in CHANNELS:
         render.save_png(render.channel_image(image, channel), folder / f"channel-{channel}.png")
     map_classes = list(predicted) or [predictor.classes[int(np.argmax(probs))]]
     maps = predictor.localization_maps(image, map_classes)
     for cls in map_classes:
         index = predictor.classes.index(cls)
-        render.save_png(render.overlay_map(image, maps[cls]), folder / f"map-{index}.png")
+        render.save_png(render.overlay_map(image, maps[cls], base=composite), folder / f"map-{index}.png")
     return map_classes
 
 
