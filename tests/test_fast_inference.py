@@ -229,3 +229,23 @@ def test_predictor_and_cli_reject_unknown_precision(tmp_path, capsys):
     assert err.startswith("protloc: error: unknown precision 'fp16'") and err.count("\n") == 1
     assert main(["predict", str(folder / "a.npz"), "--model", str(model), "--out", str(tmp_path / "p.csv"),
                  "--precision", "bf16", "--workers", "0", "--whole-image"]) == 0
+
+
+def test_predict_with_compiled_selu_gives_the_same_probabilities(tmp_path, monkeypatch):
+    import protloc.fast_inference as fast_inference
+
+    monkeypatch.setattr(fast_inference, "DEFAULT_OPTIONS", {})
+    torch.manual_seed(0)
+    model = tmp_path / "tiny.pt"
+    save_model_file(model, random_gapnet(), model_name="gapnet-pl", classes=HPA13.classes, label_set="hpa13",
+                    crop_size=32, thresholds=[0.5] * 13)
+    image = raw_images((1, 4, 40, 40))[0].numpy()
+    np.savez(tmp_path / "a.npz", sample=(image.transpose(1, 2, 0) % 256).astype(np.uint8))
+    rows = {}
+    for name, extra in (("plain", []), ("compiled", ["--compile-selu"])):
+        out = tmp_path / f"{name}.csv"
+        assert main(["predict", str(tmp_path / "a.npz"), "--model", str(model), "--out", str(out),
+                     "--workers", "0", "--whole-image", *extra]) == 0
+        rows[name] = np.array(out.read_text().splitlines()[1].split(",")[1:14], dtype=np.float64)
+    assert fast_inference.DEFAULT_OPTIONS == {"compile_selu": True}
+    np.testing.assert_allclose(rows["compiled"], rows["plain"], rtol=0, atol=1e-5)

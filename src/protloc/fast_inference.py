@@ -322,6 +322,22 @@ _LOCK = threading.Lock()
 _CACHE_ATTRIBUTE = "_protloc_fast_paths"
 
 
+# Options every new wrapper gets unless the caller passes its own (``use_compiled_selu``).
+DEFAULT_OPTIONS: dict[str, object] = {}
+
+
+def use_compiled_selu(enabled: bool = True) -> None:
+    """Make new fast wrappers run SELU as one compiled kernel (see ``FastGapNetPL(compile_selu=)``).
+
+    Worth it for runs of many images: the first call compiles for 1-5 s, later ones are 5-10% faster
+    (the bf16 path reaches twice the authors' TensorFlow graph only with it; BENCHMARKS.md).
+    """
+    if enabled:
+        DEFAULT_OPTIONS["compile_selu"] = True
+    else:
+        DEFAULT_OPTIONS.pop("compile_selu", None)
+
+
 def fast_network(network: nn.Module, *, precision: str = "fp32", **options) -> nn.Module | None:
     """The fast wrapper of a GapNet-PL (``None`` for other networks), one per network and options.
 
@@ -333,6 +349,7 @@ def fast_network(network: nn.Module, *, precision: str = "fp32", **options) -> n
     check_precision(precision)
     if not is_gapnet(network):
         return None
+    options = {**DEFAULT_OPTIONS, **options}
     key = (precision, tuple(sorted(options.items())))
     with _LOCK:
         wrappers = network.__dict__.get(_CACHE_ATTRIBUTE)
