@@ -36,37 +36,13 @@ EPS = 1e-7
 
 
 def build(tf, checkpoint_dir: str):
-    reader = tf.train.load_checkpoint(f"{checkpoint_dir.rstrip('/')}/gapnet-pl.ckpt")
-    variables = {name: tf.constant(reader.get_tensor(name)) for name in reader.get_variable_to_shape_map()
-                 if name.startswith(("ConvLayer-", "FC-"))}
-    pad = [[0, 0], [1, 1], [1, 1], [0, 0]]
+    from tf_gapnet import gapnet_pl_graph
 
-    def conv(x, layer, stride):
-        y = tf.nn.conv2d(x, variables[f"ConvLayer-{layer}/W_conv"], strides=[1, stride, stride, 1], padding=pad)
-        return tf.nn.selu(y + variables[f"ConvLayer-{layer}/b_conv"])
-
-    def maxpool(x):
-        return tf.nn.max_pool2d(x, ksize=[1, 2, 2, 1], strides=[1, 2, 2, 1], padding="SAME")
-
-    def dense(x, layer, activation):
-        return activation(tf.matmul(x, variables[f"FC-{layer}/W_dense"]) + variables[f"FC-{layer}/b_dense"])
+    graph = gapnet_pl_graph(tf, checkpoint_dir)
 
     def network(images):  # raw [N, H, W, 4] float32
         mean, variance = tf.nn.moments(images, axes=[1, 2], keepdims=True)
-        x = (images - mean) / (tf.sqrt(variance) + EPS)
-        block1 = maxpool(conv(x, 1, 2))
-        h = conv(block1, 2, 2)
-        h = conv(h, 3, 1)
-        h = conv(h, 4, 1)
-        h = conv(h, 5, 1)
-        block2 = maxpool(h)
-        h = conv(block2, 6, 1)
-        h = conv(h, 7, 1)
-        block3 = conv(h, 8, 1)
-        features = tf.concat([tf.reduce_mean(b, axis=[1, 2]) for b in (block1, block2, block3)], axis=1)
-        h = dense(features, 1, tf.nn.selu)
-        h = dense(h, 2, tf.nn.selu)
-        return dense(h, 3, tf.identity)
+        return graph((images - mean) / (tf.sqrt(variance) + EPS))
 
     @tf.function(jit_compile=False)
     def patches(image):  # [1, 2048, 2048, 4]

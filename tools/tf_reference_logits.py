@@ -119,37 +119,13 @@ def main() -> None:
     if args.bundle_fixture:
         write_bundle_fixture(tf, args.bundle_fixture)
 
+    from tf_gapnet import gapnet_pl_graph
+
+    graph = gapnet_pl_graph(tf, args.checkpoint_dir)
     reader = tf.train.load_checkpoint(f"{args.checkpoint_dir.rstrip('/')}/gapnet-pl.ckpt")
 
-    def var(name):
-        return tf.constant(reader.get_tensor(name))
-
-    pad = [[0, 0], [1, 1], [1, 1], [0, 0]]
-
-    def conv(x, layer, stride):
-        y = tf.nn.conv2d(x, var(f"ConvLayer-{layer}/W_conv"), strides=[1, stride, stride, 1], padding=pad)
-        return tf.nn.selu(y + var(f"ConvLayer-{layer}/b_conv"))
-
-    def maxpool(x):
-        return tf.nn.max_pool2d(x, ksize=[1, 2, 2, 1], strides=[1, 2, 2, 1], padding="SAME")
-
-    def dense(x, layer, activation):
-        return activation(tf.matmul(x, var(f"FC-{layer}/W_dense")) + var(f"FC-{layer}/b_dense"))
-
     def network(image):
-        block1 = maxpool(conv(tf.constant(image[None]), 1, 2))
-        h = conv(block1, 2, 2)
-        h = conv(h, 3, 1)
-        h = conv(h, 4, 1)
-        h = conv(h, 5, 1)
-        block2 = maxpool(h)
-        h = conv(block2, 6, 1)
-        h = conv(h, 7, 1)
-        block3 = conv(h, 8, 1)
-        features = tf.concat([tf.reduce_mean(b, axis=[1, 2]) for b in (block1, block2, block3)], axis=1)
-        h = dense(features, 1, tf.nn.selu)
-        h = dense(h, 2, tf.nn.selu)
-        return dense(h, 3, tf.identity).numpy()[0]
+        return graph(tf.constant(image[None])).numpy()[0]
 
     image = make_input()
     started = time.perf_counter()
