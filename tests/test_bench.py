@@ -86,3 +86,13 @@ def test_benchmark_results_in_the_repository_are_valid():
             assert all(mode["seconds_best"] > 0 for mode in results["modes"].values()), path.name
         else:
             assert "machine" in results and results["sections"], path.name
+
+
+def test_quick_platform_runs_protloc_serve_and_measures_every_level(tmp_path, capsys):
+    out = tmp_path / "platform.json"
+    assert main(["bench", "--quick", "--sections", "platform", "--out", str(out)]) == 0
+    platform = json.loads(out.read_text())["sections"]["platform"]
+    assert "skipped" not in platform, platform
+    assert [row["concurrent_clients"] for row in platform["rows"]] == [1, 2]
+    assert all(row["requests"] == 4 and row["throughput_per_s"] > 0 for row in platform["rows"])
+    assert platform["worker"]["samples"] >= 9 and platform["worker"]["failures"] == 0  # warm-up + 2 x 4

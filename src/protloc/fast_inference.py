@@ -11,7 +11,7 @@ part of it. What makes it faster, each exact in real arithmetic (measured effect
   ``max_pool(selu(x)) == selu(max_pool(x))``, and the exponential runs on a quarter of the values
   of the two largest feature maps; every other SELU runs in place (no new feature map allocated);
 * the normalisation statistics in one chunked pass over the raw image (shifted sums, no image-sized
-  temporary; ``torch.std_mean`` takes ~6x longer on a 2048² image), the division by the per-channel std
+  temporary; ``torch.std_mean`` takes ~25x longer on a 2048² image: 92 against 3.6 ms), the division by the per-channel std
   folded into the first convolution's weights (zero padding of the centred image equals zero
   padding of the normalised one, so borders stay exact);
 * the first block (centring, convolution, pooling, SELU) computed in horizontal strips: neither the
@@ -139,7 +139,7 @@ def image_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     Fast case: the sum and the sum of squares of the raw values (two vectorised reductions without
     temporaries). Where the mean is large against the std (mean² > 15 var, so E[x²] - E[x]² would lose
     digits), the statistics are recomputed from x - K in chunks, K the mean: as stable as
-    ``torch.std_mean``, which takes ~10x longer on a 2048² image.
+    ``torch.std_mean``, which takes ~25x longer on a 2048² image.
     """
     n, c = x.shape[:2]
     flat = x.reshape(n, c, -1)

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from protloc.errors import ProtlocError
+from protloc.files import atomic_write_text
 
 SECTIONS = ("inference", "training", "data", "platform", "scaling")
 
@@ -82,11 +83,11 @@ def run(args) -> int:
     settings = bench.Settings(quick=args.quick, model=args.model, tf_result=args.tf_result, repeats=repeats,
                               compile=args.compile, progress=sys.stderr.isatty(), threads=threads)
     results = bench.run(sections, settings)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=1) + "\n")
+    # atomic: an interrupted run never leaves a half-written results file over an earlier one
+    atomic_write_text(out, json.dumps(results, indent=1) + "\n")
     text = bench.markdown(results)
     if args.markdown:
-        Path(args.markdown).write_text(text + "\n")
+        atomic_write_text(args.markdown, text + "\n")
     print(text)
     print(f"\nresults -> {out}")
     return 0

@@ -25,8 +25,8 @@ def register(subparsers) -> None:
     parser.add_argument("--maps", metavar="DIR", help="write localisation-map overlays (PNG) to DIR")
     parser.add_argument("--batch-size", type=int, default=4, help="patches per forward pass")
     parser.add_argument("--precision", default="fp32", metavar="{fp32,bf16}",
-                        help="fp32 (default; GapNet-PL runs its fast exact path) or bf16 (about twice as fast "
-                        "on CPUs with AVX512-BF16/AMX and on CUDA; probabilities within about 0.01)")
+                        help="fp32 (default; GapNet-PL runs its fast exact path) or bf16 (1.7x faster on CPUs "
+                        "with AVX512-BF16; probabilities within a few hundredths, same top class)")
     parser.add_argument("--compile-selu", action="store_true",
                         help="GapNet-PL: SELU as one compiled kernel (the first image pays 1-5 s of compiling, "
                         "later ones run 5-10%% faster; for runs of many images)")

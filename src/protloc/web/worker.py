@@ -64,7 +64,7 @@ def batched_probabilities(predictor, images: list[np.ndarray], max_batch_patches
     try:
         with torch.no_grad():
             for start in range(0, len(patches), max(1, max_batch_patches)):
-                chunk = patches[start : start + max_batch_patches].to(predictor.device)
+                chunk = patches[start : start + max_batch_patches]
                 # fp32: GapNet-PL's fast path (the plain forward's logits within 1e-6), others plain
                 outputs.append(forward_probabilities(network, chunk, predictor.device, "fp32").cpu())
                 if stats is not None:
