@@ -5,7 +5,8 @@ sample, ``load_entry`` decodes it into the canonical float32 [4, H, W]): a chann
 ``<id>_<blue|red|yellow|green>.<ext>`` (its three siblings are found beside it), the four channel
 files selected together, a folder holding one sample's channel files, the authors' ``.npz`` with
 ``sample``, or a 4-plane TIFF. Each channel becomes an image layer in HPA's colour (blue nucleus, red
-microtubules, yellow ER, green protein), blended additively, with contrast limits from the data.
+microtubules, yellow ER, green protein), named ``<channel> · <sample id>``, blended additively, with
+contrast limits from the data.
 
 Every layer carries ``metadata["protloc"] = {"sample_id", "channel", "source"}``: the widget finds a
 sample's four layers by it, whatever the user renamed them to.
