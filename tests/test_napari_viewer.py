@@ -86,6 +86,24 @@ def test_viewer_opens_the_real_field_in_hpa_colours(make_napari_viewer):
         assert layer.data.min() <= low < high <= layer.data.max()
 
 
+def test_napari_open_of_the_folder_offers_protloc_and_opens_with_it(make_napari_viewer, monkeypatch):
+    """What `napari FOLDER` and File > Open Folder do: napari's built-in reader also takes folders, so
+    napari asks which reader; protloc is among the choices and, chosen, opens the field."""
+    from napari._qt.dialogs import qt_reader_dialog
+
+    offered = []
+
+    def choose_protloc(dialog):
+        offered.extend(button.text() for button in dialog.reader_btn_group.buttons())
+        return "protloc", False
+
+    monkeypatch.setattr(qt_reader_dialog.QtReaderDialog, "get_user_choices", choose_protloc)
+    viewer = make_napari_viewer()
+    viewer.window._qt_viewer._qt_open([str(shared_path("real-hpa", "hpa-download"))], stack=False)
+    assert "protloc" in offered
+    assert [layer.colormap.name for layer in viewer.layers] == ["blue", "red", "yellow", "green"]
+
+
 def test_sample_data_opens_offline(make_napari_viewer):
     viewer = make_napari_viewer()
     viewer.open_sample(PLUGIN, "real-hpa-field")
