@@ -19,8 +19,6 @@ import os
 import zipfile
 from pathlib import Path
 
-import numpy as np
-
 from protloc.errors import DataError, ProtlocError
 
 DEFAULT_MAX_PIXELS = 50_000_000  # a 7071 x 7071 plane; HPA fields are 2048 x 2048 (4.2 M), large scans 20-40 M
@@ -128,6 +126,8 @@ def _check_pillow(path: Path, name: str, kind: str, limit: int) -> None:
 
 
 def _check_npz(path: Path, name: str, limit: int) -> None:
+    import numpy as np
+
     with zipfile.ZipFile(path) as archive:
         for info in archive.infolist():
             if info.file_size > 16 * MAX_PLANES * limit:  # float32/64 planes at the limit and more
