@@ -14,12 +14,13 @@ from pathlib import Path
 
 import pytest
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+from conftest import in_ci, shared_dir
+
 ARTIFACTS = Path(__file__).parent / "artifacts"
 
 
 def missing(reason: str, module_level: bool = False) -> None:
-    if os.environ.get("CI"):
+    if in_ci():
         pytest.fail(reason, pytrace=False)
     pytest.skip(reason, allow_module_level=module_level)
 
@@ -35,7 +36,7 @@ def require_napari_and_display() -> None:
 
 
 def shared_path(*parts: str) -> Path:
-    path = SHARED.joinpath(*parts)
+    path = shared_dir().joinpath(*parts)
     if not path.exists():
         missing(f"{path} not found: ../shared must sit beside the repository")
     return path

@@ -15,7 +15,7 @@ from PIL import Image
 
 from napari_helpers import shared_path
 from protloc.data.channels import AUTHORS_CHANNEL_ORDER, CHANNELS
-from protloc.data.readers import discover_inputs, load_entry
+from protloc.data.inputs import discover_inputs, load_entry
 from protloc.errors import DataError, ProtlocError
 from protloc.napari.reader import contrast_limits, get_reader, read_samples
 

@@ -1,8 +1,9 @@
 """napari reader: HPA channel sets and the authors' NPZ as one image layer per channel.
 
-What it opens is what ``protloc predict`` opens (``protloc.data.readers.discover_inputs`` finds the
+What it opens is what ``protloc predict`` opens (``protloc.data.inputs.discover_inputs`` finds the
 sample, ``load_entry`` decodes it into the canonical float32 [4, H, W]): a channel file
-``<id>_<blue|red|yellow|green>.<ext>`` (its three siblings are found beside it), the four channel
+``<id>_<blue|red|yellow|green>.<ext>`` or ``<id>_<nucleus|microtubules|er|protein>.<ext>`` (its three
+siblings are found beside it), the four channel
 files selected together, a folder holding one sample's channel files, the authors' ``.npz`` with
 ``sample``, or a 4-plane TIFF. Each channel becomes an image layer in HPA's colour (blue nucleus, red
 microtubules, yellow ER, green protein), named ``<channel> · <sample id>``, blended additively, with
@@ -20,12 +21,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from protloc.data.channels import CHANNELS, COLOUR_OF_CHANNEL
-from protloc.data.readers import (
-    TIFF_EXTENSIONS,
-    channel_file_id,
-    discover_inputs,
-    load_entry,
-)
+from protloc.data.filenames import TIFF_EXTENSIONS, channel_file_id
+from protloc.data.inputs import discover_inputs, load_entry
 from protloc.errors import ProtlocError
 
 METADATA_KEY = "protloc"

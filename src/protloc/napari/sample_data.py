@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from protloc.data.readers import discover_inputs, load_entry
+from protloc.data.inputs import discover_inputs, load_entry
 from protloc.napari.reader import channel_layers
 
 DATA_DIR = Path(__file__).parent / "data"
