@@ -41,6 +41,7 @@ from qtpy.QtWidgets import (
 
 from protloc.data.channels import CHANNELS
 from protloc.errors import ProtlocError
+from protloc.napari.chart import probability_chart
 from protloc.napari.reader import METADATA_KEY
 
 MODEL_KINDS = {
@@ -51,8 +52,6 @@ MODEL_KINDS = {
 MODES = {"whole": "whole image", "patches": "patches (the paper's protocol)"}
 PRECISIONS = ("fp32", "bf16")
 MAP_COLORMAP = "inferno"
-# napari's dark theme, so that the chart does not glare beside it
-CHART_BACKGROUND, CHART_TEXT = "#262930", "#d6d6d6"
 
 
 @dataclass
@@ -87,35 +86,6 @@ def stack_sample(channel_layers: dict[str, object]) -> np.ndarray:
     if len({p.shape for p in planes}) != 1 or planes[0].ndim != 2:
         raise ProtlocError("the four channel layers must be 2-D images of one shape")
     return np.stack(planes).astype(np.float32, copy=False)
-
-
-def _probability_chart(figure, classes, probabilities, thresholds, title: str) -> None:
-    """Horizontal bars, most probable on top; predicted classes (p >= threshold) bright, thresholds ticked."""
-    figure.clear()
-    axes = figure.add_subplot(111)
-    order = np.argsort(probabilities)
-    probabilities, thresholds = np.asarray(probabilities)[order], np.asarray(thresholds)[order]
-    names = [classes[i] for i in order]
-    colours = ["#f0c43c" if p >= t else "#5b7fa6" for p, t in zip(probabilities, thresholds)]
-    y = np.arange(len(names))
-    axes.barh(y, probabilities, color=colours)
-    axes.scatter(thresholds, y, marker="|", s=120, color=CHART_TEXT, label="threshold")
-    for yi, p in zip(y, probabilities):
-        inside = p > 0.85  # a long bar carries its value inside, in dark text
-        axes.text(p - 0.02 if inside else p + 0.02, yi, f"{p:.2f}", va="center", ha="right" if inside else "left",
-                  fontsize=7, color=CHART_BACKGROUND if inside else CHART_TEXT)
-    axes.set_yticks(y, names, fontsize=8)
-    axes.set_xlim(0, 1)
-    axes.set_xlabel("probability", fontsize=8)
-    axes.set_title(title, fontsize=9, color=CHART_TEXT)
-    figure.patch.set_facecolor(CHART_BACKGROUND)
-    axes.set_facecolor(CHART_BACKGROUND)
-    axes.tick_params(colors=CHART_TEXT, labelsize=8)
-    axes.xaxis.label.set_color(CHART_TEXT)
-    for spine in axes.spines.values():
-        spine.set_color("#555a66")
-    figure.tight_layout()
-    figure.canvas.draw_idle()
 
 
 class PredictionWidget(QWidget):
@@ -264,7 +234,9 @@ class PredictionWidget(QWidget):
         self.progress.setRange(0, steps)
         self.progress.setValue(0)
         self.run_button.setEnabled(False)
-        self.status.setText(f"predicting {sample_id} …")
+        # Say what is assumed: channels by the layers' protloc metadata, pixels as they are (not rescaled).
+        self.status.setText(f"predicting {sample_id}: channels {', '.join(CHANNELS)} from its layers, "
+                            f"{image.shape[2]}x{image.shape[1]} px at the file's pixel size (not rescaled) …")
         self._worker = create_worker(
             self._predict, sample_id, image, spec, options, self.maps.isChecked(), self.cell_predictor,
             _progress={"total": steps, "desc": f"protloc: {sample_id}"}, _ignore_errors=True,
@@ -316,7 +288,7 @@ class PredictionWidget(QWidget):
         answer = ", ".join(f"{c} (p = {p:.2f})" for c, p in zip(result.classes, result.probabilities)
                            if c in result.predicted) or "no class above its threshold"
         self.status.setText(f"{result.sample_id}: {answer} — {result.model_name}, {result.seconds:.1f} s")
-        _probability_chart(self.figure, result.classes, result.probabilities, result.thresholds,
+        probability_chart(self.figure, result.classes, result.probabilities, result.thresholds,
                            f"{result.sample_id}")
         if result.cells is not None:
             labels, table = result.cells
@@ -381,7 +353,7 @@ class PredictionWidget(QWidget):
             return
         result = self.last_result
         probabilities = np.array([float(row[c]) for c in result.classes])
-        _probability_chart(self.figure, result.classes, probabilities, result.thresholds,
+        probability_chart(self.figure, result.classes, probabilities, result.thresholds,
                            f"{result.sample_id}, cell {cell_id}")
         if self._cells_layer is not None:
             self._cells_layer.selected_label = int(cell_id)
