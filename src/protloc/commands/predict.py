@@ -39,13 +39,13 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from protloc.batch_predict import run_batch_prediction
-    from protloc.fast_inference import check_precision
+    from protloc.inference.batch import run_batch_prediction
+    from protloc.inference.precision import check_precision
 
     check_precision(args.precision)
     set_max_pixels(args.max_pixels)  # the readers, in the decoding workers too
     if args.compile_selu:
-        from protloc.fast_inference import use_compiled_selu
+        from protloc.models.gapnet_pl_fast import use_compiled_selu
 
         use_compiled_selu()
     result = run_batch_prediction(

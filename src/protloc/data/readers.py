@@ -292,12 +292,3 @@ def _limit(max_pixels: int | None) -> int:
 
     return limit_in_force() if max_pixels is None else int(max_pixels)
 
-
-def __getattr__(name: str):
-    # Batch prediction imported the input listing from here before it had its own module; kept until
-    # it imports protloc.data.inputs (imported lazily, so this module does not depend on the listing).
-    if name in ("discover_inputs", "load_entry"):
-        from protloc.data import inputs
-
-        return getattr(inputs, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
