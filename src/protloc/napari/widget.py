@@ -1,6 +1,6 @@
 """The protloc dock widget: predict the active image's localisation, show probabilities and maps.
 
-A thin layer over the library: ``protloc.load_model`` gives the predictor (``pretrained``, a model
+A thin layer over the library: ``protloc.inference.load_model`` gives the predictor (``pretrained``, a model
 file or a training run folder), ``Predictor.predict_proba`` the 13 probabilities (whole image or the
 paper's patches, fp32 or bf16, optional flips/rotations), ``Predictor.localization_maps`` the maps.
 The work runs in napari's thread worker, with a progress bar in the widget and in napari's activity
@@ -249,7 +249,7 @@ class PredictionWidget(QWidget):
         return self._worker
 
     def _predictor(self, spec: str):
-        from protloc import load_model
+        from protloc.inference import load_model
 
         if spec not in self._predictors:  # loading takes seconds; a second run reuses it
             self._predictors[spec] = load_model(spec)
