@@ -1,7 +1,7 @@
 """The protloc dock widget: predict the active image's localisation, show probabilities and maps.
 
-A thin layer over the library: ``protloc.inference.load_model`` gives the predictor (``pretrained``, a model
-file or a training run folder), ``Predictor.predict_proba`` the 13 probabilities (whole image or the
+A thin layer over the library: ``protloc.inference.load_model`` gives the predictor (``pretrained``,
+a model file or a training run folder), ``Predictor.predict_proba`` the 13 probabilities (whole image or the
 paper's patches, fp32 or bf16, optional flips/rotations), ``Predictor.localization_maps`` the maps.
 The work runs in napari's thread worker, with a progress bar in the widget and in napari's activity
 dock; the result lands on the main thread as a sorted bar chart and one map layer per predicted class.
@@ -209,7 +209,7 @@ class PredictionWidget(QWidget):
     def _follow_active_layer(self, *_):
         active = self.viewer.layers.selection.active
         info = getattr(active, "metadata", {}).get(METADATA_KEY) if active is not None else None
-        if info and info.get("sample_id") in [self.sample_combo.itemText(i) for i in range(self.sample_combo.count())]:
+        if info and self.sample_combo.findText(info.get("sample_id", "")) >= 0:
             self.sample_combo.setCurrentText(info["sample_id"])
 
     # --------------------------------------------------------------------------------------------
