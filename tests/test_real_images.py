@@ -1,14 +1,14 @@
 """Real images: pixel size, label-set mappings, `protloc evaluate --model --data`, transfer learning, crossval.
 
 The real files are ../shared/real-hpa/kaggle2018-train-101 (Kaggle 2018 layout, 512² PNGs) and the
-published weights in ../shared/pretrained/gapnet-pl; under CI=true a missing one fails the test.
+published weights in ../shared/pretrained/gapnet-pl; under CI=true a missing one fails the test
+(conftest turns the skip into a failure).
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -28,19 +28,17 @@ from protloc.errors import ProtlocError
 from protloc.labels import HPA13, KAGGLE28, load_label_mapping
 from protloc.models import create_model
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+from conftest import shared_dir
+
+SHARED = shared_dir()
 KAGGLE101 = SHARED / "real-hpa" / "kaggle2018-train-101"
 CHECKPOINT_DIR = SHARED / "pretrained" / "gapnet-pl"
-# Fields with mapped labels Nucleus, Cytosol and Golgi among them (ids from train.csv)
-FEW = 4
+FEW = 4  # the first fields of train.csv
 
 
 def require(path: Path) -> Path:
     if not path.exists():
-        message = f"{path} is missing (../shared beside the repository)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        pytest.skip(f"{path} is missing (../shared beside the repository)")
     return path
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 
+from protloc.data.limits import add_max_pixels_argument, set_max_pixels
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -30,24 +32,30 @@ def register(subparsers) -> None:
     parser.add_argument("--compile-selu", action="store_true",
                         help="GapNet-PL: SELU as one compiled kernel (the first image pays 1-5 s of compiling, "
                         "later ones run 5-10%% faster; for runs of many images)")
+    parser.add_argument("--pixel-size", type=float, metavar="UM",
+                        help="µm per pixel of the inputs (default: stated by the files, e.g. TIFF resolution tags, "
+                        "or implied by the layout, e.g. Kaggle 2018 PNGs); inputs are rescaled to the model's")
     parser.add_argument("--workers", type=int, default=2, help="image-decoding worker processes")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    add_max_pixels_argument(parser)
     parser.set_defaults(handler=run)
 
 
 def run(args) -> int:
-    from protloc.batch_predict import run_batch_prediction
-    from protloc.fast_inference import check_precision
+    from protloc.inference.batch import run_batch_prediction
+    from protloc.inference.precision import check_precision
 
     check_precision(args.precision)
+    set_max_pixels(args.max_pixels)  # the readers, in the decoding workers too
     if args.compile_selu:
-        from protloc.fast_inference import use_compiled_selu
+        from protloc.models.gapnet_pl_fast import use_compiled_selu
 
         use_compiled_selu()
     result = run_batch_prediction(
         args.inputs, args.model, args.out, whole_image=args.whole_image, tta=args.tta, maps_dir=args.maps,
         patch_size=args.patch_size, batch_size=args.batch_size, workers=args.workers, device=args.device,
         input_format=args.input_format, progress=sys.stderr.isatty(), precision=args.precision,
+        pixel_size=args.pixel_size,
     )
     print(f"predicted {result.predicted} image(s), {result.already_done} already done -> {result.out}")
     if result.failures:

@@ -47,6 +47,9 @@ def add_training_arguments(parser, out_help: str = "run directory to create (or 
     parser.add_argument("--head-lr", type=float, help="learning rate of the head (default: --lr)")
     parser.add_argument("--pixel-size", type=float, metavar="UM", help="µm per pixel of the data (default: stated by "
                         "the files or implied by the layout); with --init the data is rescaled to the model's")
+    from protloc.data.limits import add_max_pixels_argument
+
+    add_max_pixels_argument(parser)
 
 
 def overrides_from(args) -> dict:
@@ -63,10 +66,12 @@ def overrides_from(args) -> dict:
 def run(args) -> int:
     from pathlib import Path
 
+    from protloc.data.limits import set_max_pixels
     from protloc.errors import ProtlocError
     from protloc.training.config import load_config
     from protloc.training.run import resume_config, train
 
+    set_max_pixels(args.max_pixels)
     overrides = overrides_from(args)
     if args.folds is not None:
         from protloc.commands.crossval import run_folds

@@ -95,19 +95,41 @@ def tiff_pixel_size(path: str | Path) -> float | None:
         return None
 
 
-def sample_pixel_size(index, entry) -> PixelSize:
-    """The pixel size a sample's files state or its layout implies; ``UNKNOWN`` otherwise."""
-    entry = index.entry(entry)
-    files = [index.resolve(value) for value in entry.sources.values()]
+KAGGLE_COLOURS = ("blue", "red", "yellow", "green")
+
+
+def is_kaggle2018_layout(files, height: int, width: int) -> bool:
+    """Four ``<id>_<colour>.png`` files (HPA colours) of 512x512: the Kaggle 2018 PNG layout."""
+    names = sorted(Path(f).name.lower() for f in files)
+    if len(names) != 4 or (height, width) != (KAGGLE2018_SIZE, KAGGLE2018_SIZE):
+        return False
+    return sorted(colour for name in names for colour in KAGGLE_COLOURS
+                  if name.endswith(f"_{colour}.png")) == sorted(KAGGLE_COLOURS)
+
+
+def pixel_size_of(files, height: int, width: int, override: float | None = None) -> PixelSize:
+    """The pixel size of one sample: ``override``, else its TIFF metadata, else its layout; else unknown.
+
+    ``files``: the sample's source files; ``height``/``width``: its decoded size.
+    """
+    if override is not None:
+        return PixelSize(check_pixel_size(override), "--pixel-size")
+    files = [Path(f) for f in files]
     for path in files:
         if path.suffix.lower() in (".tif", ".tiff"):
             value = tiff_pixel_size(path)
             if value is not None:
                 return PixelSize(value, f"TIFF metadata of {path.name}")
-    if index.format == "kaggle-hpa" and (entry.height, entry.width) == (KAGGLE2018_SIZE, KAGGLE2018_SIZE) and \
-            all(path.suffix.lower() == ".png" for path in files):
+    if is_kaggle2018_layout(files, height, width):
         return PixelSize(KAGGLE2018_PIXEL_SIZE_UM, KAGGLE2018_SOURCE)
     return UNKNOWN
+
+
+def sample_pixel_size(index, entry) -> PixelSize:
+    """The pixel size a data-set sample's files state or its layout implies; ``UNKNOWN`` otherwise."""
+    entry = index.entry(entry)
+    files = [index.resolve(value) for value in entry.sources.values()]
+    return pixel_size_of(files, entry.height, entry.width)
 
 
 def data_pixel_size(index, override: float | None = None) -> PixelSize:

@@ -83,12 +83,11 @@ def model_predictions(predictor, index, ids, *, pixel_size=None, whole_image=Fal
     """
     from tqdm.auto import tqdm
 
-    from protloc.checkpoint import model_pixel_size, read_model_file
     from protloc.data.pixel_size import (
-        PixelSize, check_pixel_size, describe, rescale, sample_pixel_size, scale_factor, warn_unknown_once,
+        PixelSize, check_pixel_size, describe, sample_pixel_size, scale_factor, warn_unknown_once,
     )
 
-    model_um, _ = model_pixel_size(read_model_file(predictor.source["file"]))
+    model_um = predictor.pixel_size_um
     override = None if pixel_size is None else PixelSize(check_pixel_size(pixel_size), "--pixel-size")
     rows, results, statement = [], [], None
     for sample_id in tqdm(ids, desc=description, unit="image", disable=not progress, leave=False):
@@ -98,10 +97,13 @@ def model_predictions(predictor, index, ids, *, pixel_size=None, whole_image=Fal
         if not data.known:
             warn_unknown_once(model_um)
         factor = scale_factor(data.um, model_um)
-        image = rescale(index.load_image(sample_id), factor)
-        results.append(predictor.predict_proba(image, whole_image=whole_image, batch_size=batch_size))
+        image = index.load_image(sample_id)
+        # the one inferer brings the image to the model's pixel size (Inferer.model_input)
+        results.append(predictor.predict_proba(image, whole_image=whole_image, batch_size=batch_size,
+                                               pixel_size_um=data.um))
         rows.append({"id": sample_id, "data_pixel_size_um": data.um, "pixel_size_source": data.source,
-                     "model_pixel_size_um": model_um, "scale": factor, "network_input": list(image.shape[-2:])})
+                     "model_pixel_size_um": model_um, "scale": factor,
+                     "network_input": [max(1, round(n * factor)) for n in image.shape[-2:]]})
     probs = np.stack(results) if results else np.zeros((0, len(predictor.classes)), np.float32)
     return np.clip(probs.astype(np.float64), 0.0, 1.0), rows, statement or describe(PixelSize(None, ""), model_um)
 
@@ -128,7 +130,7 @@ def evaluate_model(
 
     from protloc.data.index import DatasetIndex, open_dataset
     from protloc.labels import LabelSet
-    from protloc.predictor import load_model
+    from protloc.inference.predictor import load_model
 
     if data is None:
         raise ProtlocError("no data given (--data DIR)")

@@ -201,7 +201,7 @@ def run_crossval(config, k: int, out, *, mapping=None, min_positives: int = 3, b
     rows = []
 
     if baseline and config.init:
-        from protloc.predictor import load_model
+        from protloc.inference.predictor import load_model
 
         predictor = load_model(config.init)
         log(f"fold scores of {config.init} as it is (no training), labels mapped onto its classes")
@@ -280,7 +280,8 @@ def _train_head_fold(config, index, splits, fold_dir: Path, features, progress: 
     scale = prepare_transfer(network, config, index, announce=features is None)
     if features is None:  # the frozen encoder is the same for every fold: one pass over every image
         ids = [entry.id for entry in index.samples]
-        features = compute_features(network, index, ids, config.crop_size, scale.factor, progress=progress)
+        features = _cached_features(config, scale, ids, lambda todo: compute_features(
+            network, index, todo, config.crop_size, scale.factor, progress=progress))
     labels = {entry.id: index.label_set.vector(entry.labels) for entry in index.samples}
     result = train_head(network, config, features, labels, splits["train"], splits["val"], progress=progress)
     fold_dir.mkdir(parents=True, exist_ok=True)
@@ -293,6 +294,29 @@ def _train_head_fold(config, index, splits, fold_dir: Path, features, progress: 
                     thresholds=result["thresholds"], source=source, pixel_size_um=scale.model_um,
                     pixel_size_source=scale.model_source)
     return features
+
+
+def _cached_features(config, scale, ids, compute) -> dict:
+    """Encoder features, kept in the prepared-data cache folder (--cache) when one is given: they depend
+    only on the starting weights, the pixel-size factor, the patch size and the image."""
+    import hashlib
+
+    if not config.cache or config.cache.lower() == "none" or scale.init is None:
+        return compute(ids)
+    digest = hashlib.sha256(Path(scale.init.model_file).read_bytes()).hexdigest()[:16]
+    path = Path(config.cache) / f"head-features-{digest}-x{scale.factor:g}-p{config.crop_size}.npz"
+    features = {}
+    if path.is_file():
+        with np.load(path) as saved:
+            features = {key: saved[key] for key in saved.files}
+    todo = [i for i in ids if i not in features]
+    if todo:
+        features.update(compute(todo))
+        from protloc.files import atomic_save_npz
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_save_npz(path, **features)
+    return {i: features[i] for i in ids}
 
 
 def render_crossval(summary: dict) -> str:

@@ -23,18 +23,24 @@ from protloc.errors import ProtlocError
 
 
 @torch.no_grad()
-def patch_features(network: nn.Module, image: np.ndarray, patch_size: int) -> np.ndarray:
-    """[patches, features]: the head's input for each covering patch of one raw image."""
-    from protloc.data.patches import extract_patches, normalize
+def patch_features(network: nn.Module, image: np.ndarray, patch_size: int, scale: float = 1.0) -> np.ndarray:
+    """[patches, features]: the head's input for each covering patch of one raw image.
+
+    The image goes through the one inferer's ``model_input`` (rescaled by ``scale`` to the model's
+    pixel size) and ``patches``, each patch through the one normaliser: what prediction does.
+    """
+    from protloc.inference.inferer import Inferer
+    from protloc.inference.normalization import normalize
     from protloc.training.transfer import head_modules
 
+    inferer = Inferer(network, patch_size, model_pixel_size_um=1.0, pixel_size_um=scale)
     first = head_modules(network)[0][1]
     captured: list[torch.Tensor] = []
     hook = first.register_forward_hook(lambda _m, inputs, _o: captured.append(inputs[0].detach().clone()))
     try:
         network.eval()
-        for patch in extract_patches(image, patch_size):
-            network(normalize(torch.from_numpy(np.ascontiguousarray(patch, dtype=np.float32)))[None])
+        for patch in inferer.patches(inferer.model_input(image)):
+            network(normalize(torch.from_numpy(np.ascontiguousarray(patch))[None]))
     finally:
         hook.remove()
     return torch.cat(captured).numpy().astype(np.float32)
@@ -44,11 +50,9 @@ def compute_features(network, index, ids, patch_size: int, scale: float, progres
     """{id: [patches, features]} for the given samples."""
     from tqdm.auto import tqdm
 
-    from protloc.data.pixel_size import rescale
-
     features = {}
     for sample_id in tqdm(ids, desc="encoder features", unit="image", disable=not progress, leave=False):
-        features[sample_id] = patch_features(network, rescale(index.load_image(sample_id), scale), patch_size)
+        features[sample_id] = patch_features(network, index.load_image(sample_id), patch_size, scale)
     return features
 
 

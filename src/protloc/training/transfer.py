@@ -58,7 +58,7 @@ class InitInfo:
 
 def read_init(spec: str) -> tuple[dict, str]:
     from protloc.checkpoint import read_model_file
-    from protloc.predictor import resolve_model_file
+    from protloc.inference.predictor import resolve_model_file
 
     path = resolve_model_file(spec)
     return read_model_file(path), str(path)

@@ -88,12 +88,14 @@ class _RowWriter:
             with open(self.path, "r+b") as handle:
                 handle.truncate(cut)
 
-    def write(self, sample_id: str, probs: np.ndarray, predicted: list[str], classes: list[str]) -> None:
+    def write(self, sample_id: str, probs: np.ndarray, predicted: list[str], classes: list[str],
+              pixel_size_um: float | None = None, scale: float = 1.0) -> None:
         if self.fmt == "csv":
-            self.csv.writerow([sample_id, *(f"{p:.6f}" for p in probs), ";".join(predicted)])
+            self.csv.writerow([sample_id, *(f"{p:.6f}" for p in probs), "" if pixel_size_um is None else
+                               f"{pixel_size_um:g}", f"{scale:g}", ";".join(predicted)])
         else:
             row = {"id": sample_id, **{c: round(float(p), 6) for c, p in zip(classes, probs)},
-                   "predicted": predicted}
+                   "pixel_size_um": pixel_size_um, "scale": round(float(scale), 6), "predicted": predicted}
             self.handle.write(json.dumps(row) + "\n")
         self.handle.flush()
         os.fsync(self.handle.fileno())
@@ -113,7 +115,7 @@ class _ImageDataset:
         return len(self.entries)
 
     def __getitem__(self, i):
-        from protloc.data.readers import load_entry
+        from protloc.data.inputs import load_entry
 
         entry = self.entries[i]
         try:
@@ -147,12 +149,19 @@ def run_batch_prediction(
     input_format: str | None = None,
     progress: bool = True,
     precision: str = "fp32",
+    pixel_size: float | None = None,
 ) -> BatchResult:
+    """Predict every input into ``out``. Each image is brought to the model's pixel size first: its
+    own is ``pixel_size`` (µm per pixel) when given, else what its files state or its layout implies
+    (``protloc.data.pixel_size``); one line on stderr says what was done, and each row records the
+    input's pixel size and the resize factor (``pixel_size_um``, ``scale``)."""
     import torch
     from tqdm import tqdm
 
-    from protloc.data.readers import discover_inputs
-    from protloc.predictor import load_model
+    from protloc.data.inputs import discover_inputs
+    from protloc.data.pixel_size import check_pixel_size, describe, pixel_size_of, scale_factor, warn_unknown_once
+    from protloc.inference.maps import write_maps
+    from protloc.inference.predictor import load_model
 
     out = Path(out)
     fmt = output_format(out)
@@ -170,7 +179,11 @@ def run_batch_prediction(
     journal = out.with_name(out.name + ".journal.jsonl") if fmt == "parquet" else out
     if world > 1:
         journal = journal.with_name(f"{journal.name}.rank{rank}")
-    columns = ["id", *predictor.classes, "predicted"]
+    columns = ["id", *predictor.classes, "pixel_size_um", "scale", "predicted"]
+    if pixel_size is not None:
+        check_pixel_size(pixel_size)
+    entry_of = {e.id: e for e in entries}
+    said = False
     row_format = "csv" if fmt == "csv" else "jsonl"
     writer = _RowWriter(journal, row_format, columns)
     my_entries = [e for i, e in enumerate(entries) if i % world == rank]
@@ -187,12 +200,19 @@ def run_batch_prediction(
             if failure is not None:
                 result.failures.append({"id": sample_id, "reason": failure})
                 continue
+            size = pixel_size_of(entry_of[sample_id].sources.values(), *image.shape[-2:], override=pixel_size)
+            if not said:
+                print(describe(size, predictor.pixel_size_um), file=sys.stderr)
+                said = True
+            if not size.known:
+                warn_unknown_once(predictor.pixel_size_um)
             probs = predictor.predict_proba(image, whole_image=whole_image, tta=tta, batch_size=batch_size,
-                                            precision=precision)
+                                            precision=precision, pixel_size_um=size.um)
             predicted = predictor.predicted(probs)
             if maps_dir is not None:
                 write_maps(predictor, sample_id, image, probs, predicted, Path(maps_dir))
-            writer.write(sample_id, probs, predicted, predictor.classes)
+            writer.write(sample_id, probs, predicted, predictor.classes, size.um,
+                         scale_factor(size.um, predictor.pixel_size_um))
             result.predicted += 1
     finally:
         writer.close()
@@ -240,22 +260,3 @@ def _journal_to_parquet(journal: Path, out: Path, columns: list[str]) -> None:
     tmp = out.with_name(out.name + ".tmp")
     pq.write_table(table, tmp)
     os.replace(tmp, out)
-
-
-def _safe_name(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
-
-
-def write_maps(predictor, sample_id: str, image: np.ndarray, probs: np.ndarray, predicted: list[str], folder: Path) -> list[Path]:
-    """Composite plus one overlay per predicted class (the most probable one when none passes its threshold)."""
-    from protloc import render
-
-    classes = predicted or [predictor.classes[int(np.argmax(probs))]]
-    maps = predictor.localization_maps(image, classes)
-    stem = _safe_name(sample_id)
-    composite = render.composite(image)
-    written = [render.save_png(composite, folder / f"{stem}__composite.png")]
-    for cls, heat in maps.items():
-        written.append(render.save_png(render.overlay_map(image, heat, base=composite),
-                                       folder / f"{stem}__{_safe_name(cls)}.png"))
-    return written
