@@ -284,3 +284,23 @@ def test_crossval_fixed_folds_baseline_and_head(synth_dir, tiny_model, tmp_path)
     assert (out / "crossval.md").read_text().count("±") >= 4
     assert main(["crossval", "--model", "gapnet-pl", "--data", str(synth_dir), "--out", str(out), "--folds", "3",
                  "--epochs", "1"]) == 2  # other folds into the same folder: refused
+
+
+def test_predict_says_and_records_the_pixel_size(pretrained_cache, real_few, tmp_path, capsys):
+    out = tmp_path / "pred.csv"
+    one = sorted((real_few / "train").glob("*_green.png"))[0]
+    assert main(["predict", str(one), "--out", str(out), "--workers", "0", "--whole-image"]) == 0
+    assert "rescaled 4x" in capsys.readouterr().err
+    with open(out, newline="") as handle:
+        (row,) = list(csv.DictReader(handle))
+    assert float(row["pixel_size_um"]) == pytest.approx(0.32) and float(row["scale"]) == pytest.approx(4.0)
+    # unknown pixel size: one warning that says how to give it, no rescale
+    image = np.random.default_rng(0).integers(0, 255, (4, 64, 64), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "x.tif", image)
+    out2 = tmp_path / "pred2.csv"
+    assert main(["predict", str(tmp_path / "x.tif"), "--out", str(out2), "--workers", "0"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("pixel size is unknown") == 1 and "--pixel-size" in err
+    with open(out2, newline="") as handle:
+        (row,) = list(csv.DictReader(handle))
+    assert row["pixel_size_um"] == "" and float(row["scale"]) == 1.0

@@ -9,8 +9,8 @@ network has seen. So each input is rescaled to the model's pixel size before the
 
 Where a sample's pixel size comes from, in order: ``--pixel-size`` (the user's word); the file's own
 metadata (TIFF XResolution/YResolution with ResolutionUnit, OME-XML PhysicalSizeX); the layout
-(Kaggle 2018 PNGs: ``KAGGLE2018_PIXEL_SIZE_UM``). Otherwise it is unknown: nothing is rescaled and
-the caller warns once, saying how to give it.
+(Kaggle 2018 PNGs: ``KAGGLE2018_PIXEL_SIZE_UM``; HPA's 2048² web-download JPEGs: 0.08). Otherwise
+it is unknown: nothing is rescaled and the caller warns once, saying how to give it.
 """
 
 from __future__ import annotations
@@ -34,6 +34,9 @@ KAGGLE2018_SIZE = 512
 KAGGLE2018_PIXEL_SIZE_UM = HPA_CONFOCAL_PIXEL_SIZE_UM * 4
 KAGGLE2018_SOURCE = ("Kaggle 2018 layout: HPA confocal fields (~0.08 µm/px at 2048²) downscaled to 512², "
                      "so 4 x 0.08 = 0.32 µm/px (a 3072² original would be 0.48)")
+# HPA's web downloads (<plate>_<well>_<field>_<colour>.jpg) are the confocal fields at full size.
+HPA_DOWNLOAD_SIZE = 2048
+HPA_DOWNLOAD_SOURCE = "HPA web-download layout: 2048² confocal fields at full resolution, ~0.08 µm/px"
 # Rescaling by less than this relative amount is not worth the interpolation.
 TOLERANCE = 0.02
 
@@ -98,13 +101,20 @@ def tiff_pixel_size(path: str | Path) -> float | None:
 KAGGLE_COLOURS = ("blue", "red", "yellow", "green")
 
 
+def _hpa_colour_files(files, suffix: str) -> bool:
+    names = sorted(Path(f).name.lower() for f in files)
+    return len(names) == 4 and sorted(colour for name in names for colour in KAGGLE_COLOURS
+                                      if name.endswith(f"_{colour}{suffix}")) == sorted(KAGGLE_COLOURS)
+
+
 def is_kaggle2018_layout(files, height: int, width: int) -> bool:
     """Four ``<id>_<colour>.png`` files (HPA colours) of 512x512: the Kaggle 2018 PNG layout."""
-    names = sorted(Path(f).name.lower() for f in files)
-    if len(names) != 4 or (height, width) != (KAGGLE2018_SIZE, KAGGLE2018_SIZE):
-        return False
-    return sorted(colour for name in names for colour in KAGGLE_COLOURS
-                  if name.endswith(f"_{colour}.png")) == sorted(KAGGLE_COLOURS)
+    return (height, width) == (KAGGLE2018_SIZE, KAGGLE2018_SIZE) and _hpa_colour_files(files, ".png")
+
+
+def is_hpa_download_layout(files, height: int, width: int) -> bool:
+    """Four ``<id>_<colour>.jpg`` files of 2048x2048: HPA's web-download format of a confocal field."""
+    return (height, width) == (HPA_DOWNLOAD_SIZE, HPA_DOWNLOAD_SIZE) and _hpa_colour_files(files, ".jpg")
 
 
 def pixel_size_of(files, height: int, width: int, override: float | None = None) -> PixelSize:
@@ -122,6 +132,8 @@ def pixel_size_of(files, height: int, width: int, override: float | None = None)
                 return PixelSize(value, f"TIFF metadata of {path.name}")
     if is_kaggle2018_layout(files, height, width):
         return PixelSize(KAGGLE2018_PIXEL_SIZE_UM, KAGGLE2018_SOURCE)
+    if is_hpa_download_layout(files, height, width):
+        return PixelSize(HPA_CONFOCAL_PIXEL_SIZE_UM, HPA_DOWNLOAD_SOURCE)
     return UNKNOWN
 
 
