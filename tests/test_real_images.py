@@ -296,7 +296,7 @@ def test_predict_says_and_records_the_pixel_size(pretrained_cache, real_few, tmp
     assert float(row["pixel_size_um"]) == pytest.approx(0.32) and float(row["scale"]) == pytest.approx(4.0)
     # unknown pixel size: one warning that says how to give it, no rescale
     image = np.random.default_rng(0).integers(0, 255, (4, 64, 64), dtype=np.uint8)
-    tifffile.imwrite(tmp_path / "x.tif", image)
+    tifffile.imwrite(tmp_path / "x.tif", image, photometric="minisblack")
     out2 = tmp_path / "pred2.csv"
     assert main(["predict", str(tmp_path / "x.tif"), "--out", str(out2), "--workers", "0"]) == 0
     err = capsys.readouterr().err

@@ -193,10 +193,9 @@ def describe(data: PixelSize, model_um: float | None) -> str:
             f"inputs rescaled {factor:g}x before the network")
 
 
-def warn_unknown_once(model_um: float | None, _warned: set = set()) -> None:
-    """A single warning per process when the data's pixel size is unknown."""
-    if model_um is None or "unknown" in _warned:
+def warn_unknown(model_um: float | None) -> None:
+    """The warning a run prints once when an input's pixel size is unknown."""
+    if model_um is None:
         return
-    _warned.add("unknown")
     print(f"protloc: warning: the data's pixel size is unknown, so inputs are not rescaled to the model's "
           f"{model_um:g} µm/px; give --pixel-size UM (µm per pixel) if it differs", file=sys.stderr)

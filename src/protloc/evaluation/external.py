@@ -84,18 +84,19 @@ def model_predictions(predictor, index, ids, *, pixel_size=None, whole_image=Fal
     from tqdm.auto import tqdm
 
     from protloc.data.pixel_size import (
-        PixelSize, check_pixel_size, describe, sample_pixel_size, scale_factor, warn_unknown_once,
+        PixelSize, check_pixel_size, describe, sample_pixel_size, scale_factor, warn_unknown,
     )
 
     model_um = predictor.pixel_size_um
     override = None if pixel_size is None else PixelSize(check_pixel_size(pixel_size), "--pixel-size")
-    rows, results, statement = [], [], None
+    rows, results, statement, warned = [], [], None, False
     for sample_id in tqdm(ids, desc=description, unit="image", disable=not progress, leave=False):
         data = override or sample_pixel_size(index, sample_id)
         if statement is None:
             statement = describe(data, model_um)
-        if not data.known:
-            warn_unknown_once(model_um)
+        if not data.known and not warned:
+            warn_unknown(model_um)
+            warned = True
         factor = scale_factor(data.um, model_um)
         image = index.load_image(sample_id)
         # the one inferer brings the image to the model's pixel size (Inferer.model_input)
@@ -173,7 +174,7 @@ def evaluate_model(
         predictor, index, kept, pixel_size=pixel_size, whole_image=whole_image, batch_size=batch_size,
         progress=progress,
     )
-    if not quiet:
+    if not quiet and "unknown for this data" not in statement:  # else warn_unknown has said it
         print(statement, file=sys.stderr)
 
     counts_data = {name: 0 for name in index.label_set.classes}

@@ -159,7 +159,7 @@ def run_batch_prediction(
     from tqdm import tqdm
 
     from protloc.data.inputs import discover_inputs
-    from protloc.data.pixel_size import check_pixel_size, describe, pixel_size_of, scale_factor, warn_unknown_once
+    from protloc.data.pixel_size import check_pixel_size, describe, pixel_size_of, scale_factor, warn_unknown
     from protloc.inference.maps import write_maps
     from protloc.inference.predictor import load_model
 
@@ -183,7 +183,7 @@ def run_batch_prediction(
     if pixel_size is not None:
         check_pixel_size(pixel_size)
     entry_of = {e.id: e for e in entries}
-    said = False
+    said = warned = False
     row_format = "csv" if fmt == "csv" else "jsonl"
     writer = _RowWriter(journal, row_format, columns)
     my_entries = [e for i, e in enumerate(entries) if i % world == rank]
@@ -201,11 +201,13 @@ def run_batch_prediction(
                 result.failures.append({"id": sample_id, "reason": failure})
                 continue
             size = pixel_size_of(entry_of[sample_id].sources.values(), *image.shape[-2:], override=pixel_size)
-            if not said:
-                print(describe(size, predictor.pixel_size_um), file=sys.stderr)
+            if not said:  # one line per run; an unknown pixel size is the warning below instead
+                if size.known or predictor.pixel_size_um is None:
+                    print(describe(size, predictor.pixel_size_um), file=sys.stderr)
                 said = True
-            if not size.known:
-                warn_unknown_once(predictor.pixel_size_um)
+            if not size.known and not warned:
+                warn_unknown(predictor.pixel_size_um)
+                warned = True
             probs = predictor.predict_proba(image, whole_image=whole_image, tta=tta, batch_size=batch_size,
                                             precision=precision, pixel_size_um=size.um)
             predicted = predictor.predicted(probs)
