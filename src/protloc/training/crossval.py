@@ -276,7 +276,10 @@ def _train_head_fold(config, index, splits, fold_dir: Path, features, progress: 
     from protloc.training.run import build_network
     from protloc.training.transfer import prepare_transfer
 
+    from protloc.training.head_features import check_separable
+
     network, options, _ = build_network(config, len(index.label_set))
+    check_separable(network)
     scale = prepare_transfer(network, config, index, announce=features is None)
     if features is None:  # the frozen encoder is the same for every fold: one pass over every image
         ids = [entry.id for entry in index.samples]

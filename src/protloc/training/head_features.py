@@ -57,13 +57,14 @@ def compute_features(network, index, ids, patch_size: int, scale: float, progres
 
 
 def _head_forward(network: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    if hasattr(network, "head"):
-        return network.head(x)
-    from protloc.training.transfer import head_modules
+    return network.head(x)
 
-    for _, layer in head_modules(network):  # a plain stack of dense layers with ReLU between them
-        x = layer(x) if layer is head_modules(network)[-1][1] else torch.relu(layer(x))
-    return x
+
+def check_separable(network: nn.Module) -> None:
+    """Precomputed features need a network whose dense head is a method of its own (GapNet-PL)."""
+    if not callable(getattr(network, "head", None)):
+        raise ProtlocError(f"{getattr(network, 'name', type(network).__name__)} has no separate head to train on "
+                           "precomputed features; use `protloc train --freeze-encoder` per fold instead")
 
 
 def image_probs(network: nn.Module, features: dict, ids) -> np.ndarray:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
 from torch import nn
 
 from protloc.errors import ProtlocError
@@ -123,10 +122,6 @@ def set_frozen_modules_eval(network: nn.Module) -> None:
         if name not in head and isinstance(module, nn.modules.batchnorm._BatchNorm):
             if not any(p.requires_grad for p in module.parameters()):
                 module.eval()
-
-
-def copy_of(network: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in network.state_dict().items()}
 
 
 @dataclass
