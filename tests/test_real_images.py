@@ -303,3 +303,22 @@ def test_predict_says_and_records_the_pixel_size(pretrained_cache, real_few, tmp
     with open(out2, newline="") as handle:
         (row,) = list(csv.DictReader(handle))
     assert row["pixel_size_um"] == "" and float(row["scale"]) == 1.0
+
+
+def test_platform_worker_rescales_through_the_same_inferer(tiny_model, tmp_path):
+    from protloc.data.pixel_size import pixel_size_of
+    from protloc.inference import load_model
+    from protloc.web.worker import batched_probabilities
+
+    predictor = load_model(tiny_model)  # trained at 0.5 µm/px, 64² patches
+    assert predictor.pixel_size_um == 0.5
+    image = np.random.default_rng(2).random((4, 48, 48), dtype=np.float32)
+    got = batched_probabilities(predictor, [image, image], 16, pixel_sizes=[1.0, None])
+    np.testing.assert_allclose(got[0], predictor.predict_proba(image, pixel_size_um=1.0), atol=1e-6)
+    np.testing.assert_allclose(got[1], predictor.predict_proba(image), atol=1e-6)
+    assert not np.allclose(got[0], got[1], atol=1e-4)
+    # stored blobs keep their original names beside them: the layout is read from those
+    blobs = [tmp_path / f"{i}.png" for i in range(4)]
+    names = [f"abc_{colour}.png" for colour in ("blue", "red", "yellow", "green")]
+    assert pixel_size_of(blobs, 512, 512, names=names).um == pytest.approx(0.32)
+    assert pixel_size_of(blobs, 512, 512).um is None

@@ -117,10 +117,11 @@ def is_hpa_download_layout(files, height: int, width: int) -> bool:
     return (height, width) == (HPA_DOWNLOAD_SIZE, HPA_DOWNLOAD_SIZE) and _hpa_colour_files(files, ".jpg")
 
 
-def pixel_size_of(files, height: int, width: int, override: float | None = None) -> PixelSize:
+def pixel_size_of(files, height: int, width: int, override: float | None = None, names=None) -> PixelSize:
     """The pixel size of one sample: ``override``, else its TIFF metadata, else its layout; else unknown.
 
-    ``files``: the sample's source files; ``height``/``width``: its decoded size.
+    ``files``: the sample's source files; ``height``/``width``: its decoded size; ``names``: the
+    files' original names where they are stored under others (the platform's content-addressed blobs).
     """
     if override is not None:
         return PixelSize(check_pixel_size(override), "--pixel-size")
@@ -130,9 +131,10 @@ def pixel_size_of(files, height: int, width: int, override: float | None = None)
             value = tiff_pixel_size(path)
             if value is not None:
                 return PixelSize(value, f"TIFF metadata of {path.name}")
-    if is_kaggle2018_layout(files, height, width):
+    names = [Path(str(n)) for n in names] if names is not None else files
+    if is_kaggle2018_layout(names, height, width):
         return PixelSize(KAGGLE2018_PIXEL_SIZE_UM, KAGGLE2018_SOURCE)
-    if is_hpa_download_layout(files, height, width):
+    if is_hpa_download_layout(names, height, width):
         return PixelSize(HPA_CONFOCAL_PIXEL_SIZE_UM, HPA_DOWNLOAD_SOURCE)
     return UNKNOWN
 
