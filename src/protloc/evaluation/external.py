@@ -216,8 +216,11 @@ def evaluate_model(
     }
     write_json(out / "metrics.json", metrics)
     _write_inputs_csv(out / "inputs.csv", pixel_rows, original, label_mapping, index)
-    report = (out / "report.md").read_text(encoding="utf-8")
-    write_text_atomic(out / "report.md", report.rstrip("\n") + "\n\n" + render_data_section(metrics) + "\n")
+    lines = (out / "report.md").read_text(encoding="utf-8").splitlines()
+    # the run report's heading names a run and a split; here it is a model and a data set
+    lines[0] = f"# Evaluation of {info['model']} on {Path(index.root).name} ({info['split']})"
+    lines[2] = f"Model file: `{info['model_file']}`; data: `{index.root}`  "
+    write_text_atomic(out / "report.md", "\n".join(lines).rstrip("\n") + "\n\n" + render_data_section(metrics) + "\n")
     return metrics
 
 
