@@ -45,15 +45,15 @@ class _RowWriter:
 
     def __init__(self, path: Path, fmt: str, columns: list[str]):
         self.path, self.fmt, self.columns = path, fmt, columns
-        self.done: set[str] = set()
-        if path.exists() and path.stat().st_size > 0:
-            self.done = self._read_ids()
         path.parent.mkdir(parents=True, exist_ok=True)
+        # First drop a partial last line (a crash mid-write), then read the ids: a row cut inside its
+        # last field, or missing only its newline, must not count as done and then be deleted.
         self._truncate_partial_last_line()
+        self.done: set[str] = self._read_ids() if path.exists() and path.stat().st_size > 0 else set()
         self.handle = open(path, "a", newline="")
         if fmt == "csv":
             self.csv = csv.writer(self.handle)
-            if not self.done and path.stat().st_size == 0:
+            if path.stat().st_size == 0:
                 self.csv.writerow(columns)
                 self.handle.flush()
 
@@ -79,14 +79,28 @@ class _RowWriter:
         return ids
 
     def _truncate_partial_last_line(self) -> None:
-        # A crash mid-write can leave a partial last line; drop it so the file stays parseable.
+        """Cut the file after its last newline: every row is written with its newline and fsynced,
+        so anything after the last one is a row a crash interrupted."""
         if not self.path.exists():
             return
-        data = self.path.read_bytes()
-        if data and not data.endswith(b"\n"):
-            cut = data.rfind(b"\n") + 1
-            with open(self.path, "r+b") as handle:
-                handle.truncate(cut)
+        with open(self.path, "r+b") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            if size == 0:
+                return
+            handle.seek(size - 1)
+            if handle.read(1) == b"\n":
+                return
+            # Look back in blocks for the last newline (files of millions of rows are not read whole).
+            end = size
+            while end > 0:
+                start = max(0, end - (1 << 16))
+                handle.seek(start)
+                found = handle.read(end - start).rfind(b"\n")
+                if found >= 0:
+                    handle.truncate(start + found + 1)
+                    return
+                end = start
+            handle.truncate(0)
 
     def write(self, sample_id: str, probs: np.ndarray, predicted: list[str], classes: list[str]) -> None:
         if self.fmt == "csv":
