@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 
 
 def register(subparsers) -> None:
@@ -35,7 +36,18 @@ def register(subparsers) -> None:
     parser.set_defaults(handler=run)
 
 
+def _one_line(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"protloc: warning: {message}", file=sys.stderr)
+
+
 def run(args) -> int:
+    with warnings.catch_warnings():
+        warnings.simplefilter("once", RuntimeWarning)
+        warnings.showwarning = _one_line
+        return _predict(args)
+
+
+def _predict(args) -> int:
     from protloc.inference.batch import run_batch_prediction
     from protloc.inference.precision import check_precision
 
