@@ -187,6 +187,11 @@ def run_batch_prediction(
         journal = journal.with_name(f"{journal.name}.rank{rank}")
     columns = ["id", *predictor.classes, "predicted"]
     row_format = "csv" if fmt == "csv" else "jsonl"
+    sync = None
+    if world > 1:
+        from protloc.inference.ranks import RankSync
+
+        sync = RankSync(journal, rank, world)
     writer = _RowWriter(journal, row_format, columns)
     my_entries = [e for i, e in enumerate(entries) if i % world == rank]
     todo = [e for e in my_entries if e.id not in writer.done]
@@ -211,39 +216,34 @@ def run_batch_prediction(
             result.predicted += 1
     finally:
         writer.close()
+        if sync is not None:
+            sync.close()
     if result.failures:
         result.errors_file = final_out.with_name(final_out.stem + ".errors.csv" + (f".rank{rank}" if world > 1 else ""))
         with open(result.errors_file, "w", newline="") as handle:
             csv.writer(handle).writerows([["id", "reason"], *[[f["id"], f["reason"]] for f in result.failures]])
-    if world > 1:
-        _merge_ranks(final_out, journal, fmt, columns, rank, world)
+    if sync is not None:
+        sync.finish()
+        if rank == 0:
+            _merge_parts(sync.wait_for_all(), sync.base, final_out, fmt, columns)
+            sync.cleanup()
     elif fmt == "parquet":
         _journal_to_parquet(journal, final_out, columns)
     return result
 
 
-def _merge_ranks(out: Path, journal: Path, fmt: str, columns: list[str], rank: int, world: int) -> None:
-    import torch.distributed as dist
-
-    initialised_here = False
-    if not dist.is_initialized():
-        dist.init_process_group("gloo")
-        initialised_here = True
-    dist.barrier()
-    if rank == 0:
-        parts = [journal.with_name(journal.name.rsplit(".rank", 1)[0] + f".rank{r}") for r in range(world)]
-        merged = journal.with_name(journal.name.rsplit(".rank", 1)[0])
-        with open(merged, "w", newline="") as target:
-            if fmt == "csv":
-                target.write(",".join(columns) + "\n")
-            for part in parts:
-                lines = part.read_text().splitlines(keepends=True)
-                target.writelines(lines[1:] if fmt == "csv" else lines)
-        if fmt == "parquet":
-            _journal_to_parquet(merged, out, columns)
-    dist.barrier()
-    if initialised_here:
-        dist.destroy_process_group()
+def _merge_parts(parts: list[Path], merged: Path, out: Path, fmt: str, columns: list[str]) -> None:
+    """Rank 0: the ranks' rows in one file (the Parquet journal converted), written atomically."""
+    tmp = merged.with_name(merged.name + ".tmp")
+    with open(tmp, "w", newline="") as target:
+        if fmt == "csv":
+            target.write(",".join(columns) + "\n")
+        for part in parts:
+            lines = part.read_text().splitlines(keepends=True)
+            target.writelines(lines[1:] if fmt == "csv" else lines)
+    os.replace(tmp, merged)
+    if fmt == "parquet":
+        _journal_to_parquet(merged, out, columns)
 
 
 def _journal_to_parquet(journal: Path, out: Path, columns: list[str]) -> None:
