@@ -127,7 +127,7 @@ class _ImageDataset:
         return len(self.entries)
 
     def __getitem__(self, i):
-        from protloc.data.readers import load_entry
+        from protloc.data.inputs import load_entry
 
         entry = self.entries[i]
         try:
@@ -165,7 +165,7 @@ def run_batch_prediction(
     import torch
     from tqdm import tqdm
 
-    from protloc.data.readers import discover_inputs
+    from protloc.data.inputs import discover_inputs
     from protloc.inference.maps import write_maps
     from protloc.inference.predictor import load_model
 
