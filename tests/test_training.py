@@ -5,6 +5,10 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -96,8 +100,16 @@ def test_evaluate_reads_the_run(full_run):
     from protloc.evaluation.evaluate import evaluate_run
 
     run, _ = full_run
-    result = evaluate_run(run, split="test", device="cpu", progress=False)
-    assert result  # the evaluation helper's format; here: the run directory is usable by it
+    metrics = evaluate_run(run, split="test", device="cpu", progress=False)
+    report = run / "evaluation" / "test"
+    assert json.loads((report / "metrics.json").read_text()) == json.loads(json.dumps(metrics))
+    test_ids = json.loads((run / "splits.json").read_text())["splits"]["test"]
+    with (report / "predictions.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert sorted(row["id"] for row in rows) == sorted(test_ids) and test_ids
+    assert len(metrics["thresholds"]) == 13 and all(0 < t < 1 for t in metrics["thresholds"])
+    for name in ("roc_curves.png", "f1_per_class.png"):
+        assert (report / name).stat().st_size > 1000, name
 
 
 @pytest.mark.slow
@@ -123,6 +135,52 @@ def test_resume_gives_the_uninterrupted_result(full_run, data_dir, tmp_path):
         assert [float(r[column]) for r in rows] == pytest.approx([float(r[column]) for r in ref_rows], rel=1e-4)
     env = json.loads((run / "environment.json").read_text())
     assert len(env["resumes"]) == 1
+
+
+def _python_env() -> dict:
+    env = dict(os.environ)
+    if env.get("PYTHONPATH"):  # a relative src/ must survive another working directory
+        env["PYTHONPATH"] = os.pathsep.join(str(Path(p).resolve()) for p in env["PYTHONPATH"].split(os.pathsep) if p)
+    return env
+
+
+@pytest.mark.slow
+def test_run_killed_before_its_first_checkpoint_resumes_from_epoch_1(full_run, data_dir, tmp_path, capsys):
+    reference, _ = full_run
+    run = tmp_path / "killed"
+    command = [sys.executable, "-m", "protloc", "train", "--model", "gapnet-pl", "--data", str(data_dir),
+               "--out", str(run), "--epochs", str(EPOCHS), "--crop-size", "64", "--batch-size", "4", "--workers", "0",
+               "--device", "cpu", "--seed", "7", "--cache", str(tmp_path / "cache")]
+    process = subprocess.Popen(command, env=_python_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while not (run / "config.yaml").is_file() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.kill()  # SIGKILL: nothing is cleaned up
+    stderr = process.communicate()[1].decode()
+    assert (run / "config.yaml").is_file(), stderr
+    assert not (run / "checkpoints" / "last.ckpt").exists()  # killed before its first checkpoint
+
+    # a new start is refused (the run exists) and points to --resume; --resume starts it from epoch 1
+    code, err = run_cli(["train", "--model", "gapnet-pl", "--data", str(data_dir), "--out", str(run)], capsys)
+    assert code == 2 and "use --resume to continue it" in err
+    code, err = run_cli(["train", "--out", str(run), "--resume"], capsys)
+    assert code == 0, err
+    assert [int(r["epoch"]) for r in read_metrics(run)] == list(range(1, EPOCHS + 1))
+    # the same training as the uninterrupted run with the same settings
+    expected = network_state(reference / "checkpoints" / "last.ckpt")
+    got = network_state(run / "checkpoints" / "last.ckpt")
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], rtol=1e-5, atol=1e-6, msg=lambda m: f"{key}: {m}")
+    assert len(json.loads((run / "environment.json").read_text())["resumes"]) == 1
+
+
+def test_resume_of_a_run_that_never_started_says_what_to_do(tmp_path, capsys):
+    run = tmp_path / "empty"
+    run.mkdir()
+    code, err = run_cli(["train", "--out", str(run), "--resume"], capsys)
+    assert code == 2 and "the run never started; start it again without --resume" in err
+    code, err = run_cli(["train", "--out", str(tmp_path / "absent"), "--resume"], capsys)
+    assert code == 2 and "no run directory" in err
 
 
 def test_penalty_is_the_hand_computation():
