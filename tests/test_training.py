@@ -279,6 +279,64 @@ def test_nan_loss_stops_and_keeps_best(data_dir, tmp_path, monkeypatch):
         assert torch.isfinite(value).all()
 
 
+def test_validation_metrics_neither_guess_nan_outputs_nor_zero_an_undefined_f1():
+    from protloc.training.lightning_module import NonFiniteOutputError, validation_metrics
+
+    labels = np.array([[1, 0], [0, 1], [1, 1]], np.float32)
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.7, 0.6]], np.float32)
+    assert validation_metrics(labels, probs, ["a", "b"])["val_mean_f1"] == pytest.approx(1.0)
+    probs[1, 0] = np.nan
+    with pytest.raises(NonFiniteOutputError, match="NaN or infinite for 1 of 3 validation images"):
+        validation_metrics(labels, probs, ["a", "b"])
+    unlabelled = validation_metrics(np.zeros((3, 2), np.float32), np.full((3, 2), 0.2, np.float32), ["a", "b"])
+    assert math.isnan(unlabelled["val_mean_f1"])  # undefined, not 0
+
+
+@pytest.mark.slow
+def test_nan_validation_outputs_stop_the_run(data_dir, tmp_path, monkeypatch):
+    from protloc.training import train
+    from protloc.training.lightning_module import LocalizationModule
+
+    original = LocalizationModule.validation_step
+
+    def nan_in_epoch_2(self, batch, batch_idx):
+        original(self, batch, batch_idx)
+        if self.current_epoch == 1 and batch_idx == 0:
+            position, probs, label = self._val_outputs[-1]
+            self._val_outputs[-1] = (position, np.full_like(probs, np.nan), label)
+
+    monkeypatch.setattr(LocalizationModule, "validation_step", nan_in_epoch_2)
+    run = tmp_path / "nan-outputs"
+    result = train(tiny_config(data_dir, run, epochs=3))
+    assert result.status == "nan-loss"
+    assert ("the network's outputs are NaN or infinite for 1 of 2 validation images at epoch 2" in result.message
+            and "best checkpoint kept (epoch 1" in result.message), result.message
+    assert [int(r["epoch"]) for r in read_metrics(run)] == [1]  # no row made of guessed outputs
+
+
+@pytest.mark.slow
+def test_undefined_f1_is_reported_as_undefined(data_dir, tmp_path, capsys):
+    import shutil
+
+    from protloc.data.splits import make_splits
+    from protloc.training import train
+
+    data = tmp_path / "data"
+    shutil.copytree(data_dir, data, ignore=shutil.ignore_patterns(".protloc"))
+    with (data / "labels.csv").open(newline="") as handle:
+        rows = list(csv.reader(handle))
+    val_ids = set(make_splits([row[0] for row in rows[1:]], seed=0)["val"])
+    assert val_ids
+    with (data / "labels.csv").open("w", newline="") as handle:  # no validation image has a label
+        csv.writer(handle).writerows([rows[0], *[[i, "" if i in val_ids else labels] for i, labels in rows[1:]]])
+    run = tmp_path / "undefined"
+    result = train(tiny_config(data, run, epochs=1, cache="none"))
+    assert result.status == "completed" and "best val mean F1 undefined at epoch 1" in result.message
+    assert read_metrics(run)[0]["val_mean_f1"] == "nan"
+    err = capsys.readouterr().err
+    assert "protloc: warning: validation mean F1 is undefined at epoch 1" in err
+
+
 def run_cli(args, capsys) -> tuple[int, str]:
     code = main(args)
     return code, capsys.readouterr().err

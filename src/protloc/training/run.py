@@ -224,7 +224,7 @@ def train(config: TrainConfig, resume: bool = False) -> RunResult:
     from protloc.data.splits import load_splits, make_splits, save_splits
     from protloc.training.datamodule import ProtlocDataModule
     from protloc.training.lightning_module import (
-        AtomicCheckpointIO, LocalizationModule, NonFiniteLossError, RateProgressBar, truncate_metrics,
+        AtomicCheckpointIO, LocalizationModule, NonFiniteLossError, RateProgressBar, format_f1, truncate_metrics,
     )
 
     if not config.out:
@@ -350,7 +350,7 @@ def train(config: TrainConfig, resume: bool = False) -> RunResult:
     epochs_done = trainer.current_epoch if status == "completed" else module.current_epoch
     if status == "completed":
         message = (f"trained {config.model} for {epochs_done} epochs; best val mean F1 "
-                   f"{module.best_f1:.3f} at epoch {module.best_epoch}; run in {run_dir}")
+                   f"{format_f1(module.best_f1)} at epoch {module.best_epoch}; run in {run_dir}")
     return RunResult(run_dir=run_dir, status=status, message=message, epochs_completed=epochs_done,
                      best_epoch=module.best_epoch, best_val_mean_f1=module.best_f1, model_path=model_path)
 
