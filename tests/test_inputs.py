@@ -111,8 +111,8 @@ def test_png_and_npz_bombs_are_refused_from_the_header(tmp_path):
 
     struct.pack_into(">I", raw, 29, zlib.crc32(bytes(raw[12:29])))
     png.write_bytes(bytes(raw))
-    with pytest.raises(ImageTooLargeError, match="exceeds"):
-        read_channel_file(png)
+    with pytest.raises(ImageTooLargeError, match=f"60000x60000 pixels exceeds the limit of {DEFAULT_MAX_PIXELS}"):
+        read_channel_file(png)  # our limit, not Pillow's own guard (2 x 89 M) answering first
     # an .npz whose array header claims 4 x 100000 x 100000 (the data is never there)
     npz = tmp_path / "n.npz"
     header = np.lib.format.header_data_from_array_1_0(np.zeros((1, 1, 4), np.uint8))
@@ -319,3 +319,25 @@ def test_unclear_shapes_get_clear_messages(tmp_path):
     assert plane.shape == (1, 1) and plane[0, 0] == 7  # a 1x1 image is a 1x1 image, not "shape ()"
     with pytest.raises(ProtlocError, match="no such file"):
         discover_inputs([tmp_path / "absent_blue.png"])
+
+
+def test_complex_and_text_arrays_are_refused_not_cast(tmp_path):
+    tifffile.imwrite(tmp_path / "c_red.tif", np.ones((8, 8), np.complex64))
+    with pytest.raises(DataError, match="holds complex64 values; expected integer or floating-point intensities"):
+        read_channel_file(tmp_path / "c_red.tif")
+    np.savez(tmp_path / "t.npz", sample=np.array([["a"] * 4] * 3))
+    with pytest.raises(DataError, match="holds <U1 values"):
+        read_multichannel_file(tmp_path / "t.npz")
+
+
+def test_control_characters_in_names_stay_on_one_line(tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    write_sample(data, "new\nline", seed=1)
+    write_sample(data, "two\nthree", seed=2)
+    (data / "two\nthree_red.png").unlink()
+    assert [e.id for e in discover_inputs([data])] == ["new\\nline", "two\\nthree"]
+    assert main(["data", "scan", str(data)]) == 0
+    out = capsys.readouterr().out
+    assert "  two\\nthree: missing channel red (microtubules)\n" in out
+
