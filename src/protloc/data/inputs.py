@@ -364,7 +364,8 @@ def discover_inputs(paths, format: str | None = None, label_set=None) -> list[Sa
                 key = (str(path.parent), parsed.prefix or "")
                 if key not in seen_samples:  # else a sibling channel file of a sample already collected
                     seen_samples.add(key)
-                    add(*_named_channel_sample(path))
+                    sample_id, sources, problem = _named_channel_sample(path)
+                    add(sample_id, sources, problem=problem)
             elif is_multichannel_candidate(path.name):
                 add(printable_id(path.stem), {"npz" if path.suffix.lower() == ".npz" else "multichannel": str(path)})
             else:
