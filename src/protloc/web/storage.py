@@ -442,8 +442,22 @@ def assemble_sample(planes: dict[str, np.ndarray], names: dict[str, str]) -> np.
 # zip archives
 
 
-def check_zip(path: Path, max_total_bytes: int, max_members: int = 100_000) -> list[zipfile.ZipInfo]:
-    """The members of a zip that is safe to extract; UploadError for escaping paths or a zip bomb."""
+# Below this many bytes a zip may unpack to anything (within the total limit): a few blank test
+# images compress a thousandfold and are no threat; above it the expansion ratio is bounded too.
+ZIP_RATIO_FREE_BYTES = 16 << 20
+
+
+def zip_budget(path: Path, max_total_bytes: int, max_ratio: float) -> int:
+    """The most bytes a zip of this size may unpack to: the total limit, and the expansion ratio."""
+    return min(max_total_bytes, max(ZIP_RATIO_FREE_BYTES, int(path.stat().st_size * max_ratio)))
+
+
+def check_zip(path: Path, max_total_bytes: int, max_ratio: float = 100.0, max_members: int = 100_000) -> list[zipfile.ZipInfo]:
+    """The members of a zip that is safe to extract; UploadError for escaping paths or a zip bomb.
+
+    Decided from the central directory alone, before anything is extracted: the declared sizes must
+    stay within the total limit and within ``max_ratio`` times the archive's own size.
+    """
     if _sniff(path) != "zip":
         raise UploadError(415, "batch upload must be a zip archive")
     try:
@@ -453,6 +467,7 @@ def check_zip(path: Path, max_total_bytes: int, max_members: int = 100_000) -> l
         raise UploadError(422, f"damaged zip archive ({exc})") from None
     if len(members) > max_members:
         raise UploadError(413, f"zip has {len(members)} members (at most {max_members})")
+    budget = zip_budget(path, max_total_bytes, max_ratio)
     total = 0
     for info in members:
         name = info.filename.replace("\\", "/")
@@ -462,14 +477,18 @@ def check_zip(path: Path, max_total_bytes: int, max_members: int = 100_000) -> l
         if (info.external_attr >> 16) & 0o170000 == 0o120000:
             raise UploadError(400, f"zip member {info.filename!r} is a symbolic link")
         total += info.file_size
-        if total > max_total_bytes:
-            raise UploadError(413, f"zip unpacks to more than {max_total_bytes / 2**20:g} MB")
+    if total > max_total_bytes:
+        raise UploadError(413, f"zip unpacks to more than {max_total_bytes / 2**20:g} MB")
+    if total > budget:
+        raise UploadError(413, f"zip bomb refused: {path.stat().st_size / 2**20:.2f} MB would unpack to "
+                               f"{total / 2**20:.0f} MB ({total / max(1, path.stat().st_size):.0f}:1; at most {max_ratio:g}:1)")
     return members
 
 
-def extract_zip(path: Path, dest: Path, max_total_bytes: int) -> list[Path]:
+def extract_zip(path: Path, dest: Path, max_total_bytes: int, max_ratio: float = 100.0) -> list[Path]:
     """Extract a checked zip under ``dest``; every file provably inside it, sizes enforced on the fly."""
-    members = check_zip(path, max_total_bytes)
+    members = check_zip(path, max_total_bytes, max_ratio)
+    max_total_bytes = zip_budget(path, max_total_bytes, max_ratio)
     dest = dest.resolve()
     written = 0
     files = []
