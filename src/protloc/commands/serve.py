@@ -37,6 +37,9 @@ def register(subparsers) -> None:
                         help="largest image plane in pixels; larger ones are refused before decoding (default: %(default)s)")
     parser.add_argument("--expert-study", metavar="STUDY",
                         help="also serve the annotation pages of this expert study at /expert/")
+    parser.add_argument("--client-timeout", type=float, default=30, metavar="SECONDS",
+                        help="close a connection whose client sends nothing for this long in the middle of a request "
+                        "(idle keep-alive connections close after 5 s; default: %(default)s)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     parser.set_defaults(handler=run)
@@ -48,8 +51,8 @@ def settings_from_args(args):
     from protloc.errors import ProtlocError
     from protloc.web.app import MB, WebSettings
 
-    if args.max_upload_mb <= 0 or args.max_batch_mb <= 0 or args.max_pixels <= 0:
-        raise ProtlocError("--max-upload-mb, --max-batch-mb and --max-pixels must be positive")
+    if args.max_upload_mb <= 0 or args.max_batch_mb <= 0 or args.max_pixels <= 0 or args.client_timeout <= 0:
+        raise ProtlocError("--max-upload-mb, --max-batch-mb, --max-pixels and --client-timeout must be positive")
     tokens = list(args.auth_tokens or [])
     if os.environ.get("PROTLOC_AUTH_TOKEN"):
         tokens.append(os.environ["PROTLOC_AUTH_TOKEN"])
@@ -68,8 +71,6 @@ def settings_from_args(args):
 
 
 def run(args) -> int:
-    import uvicorn
-
     from protloc.errors import ProtlocError
     from protloc.web import db
     from protloc.web.app import create_app
@@ -94,5 +95,7 @@ def run(args) -> int:
     auth = "on" if settings.auth_enabled else "off"
     print(f"protloc: serving {', '.join(app.state.platform.predictors)} on http://{args.host}:{args.port}/ "
           f"(data in {settings.data_dir}, auth {auth})", file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    from protloc.web.server import serve
+
+    serve(app, args.host, args.port, args.log_level, args.client_timeout)
     return 0
