@@ -147,4 +147,7 @@ def server_config(app, host: str = "127.0.0.1", port: int = 8000, log_level: str
 
 
 def serve(app, host: str, port: int, log_level: str = "info", client_timeout: float = CLIENT_TIMEOUT_SECONDS) -> None:
-    uvicorn.Server(server_config(app, host, port, log_level, client_timeout)).run()
+    try:
+        uvicorn.Server(server_config(app, host, port, log_level, client_timeout)).run()
+    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl+C it handled with a clean shutdown (as uvicorn.run does)
+        pass
