@@ -39,7 +39,9 @@ def errors(*statuses: int) -> dict:
         415: "not an image (or, for a batch, not a zip)",
         422: "invalid parameters or content: unknown model or channel, channels of different sizes, ...",
     }
-    return {status: {"model": ErrorAnswer, "description": reasons[status]} for status in (401, *statuses)}
+    # The schema inline, not as "model": FastAPI would give a model the route's own media type (text/csv, image/png).
+    content = {"application/json": {"schema": ErrorAnswer.model_json_schema()}}
+    return {status: {"content": content, "description": reasons[status]} for status in (401, *statuses)}
 
 
 class CSVResponse(Response):
