@@ -29,6 +29,22 @@ HERE = Path(__file__).parent
 __all__ = ["MB", "Platform", "WebSettings", "create_app", "load_predictors", "model_key_for", "results_csv"]
 
 
+def mount_offline_docs(app: FastAPI) -> None:
+    """Swagger UI at /docs from the swagger-ui-bundle package's files, not from a CDN."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from swagger_ui_bundle import swagger_ui_path
+
+    app.mount("/docs-assets", StaticFiles(directory=swagger_ui_path), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs():
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url, title=f"{app.title} API",
+            swagger_js_url="/docs-assets/swagger-ui-bundle.js", swagger_css_url="/docs-assets/swagger-ui.css",
+            swagger_favicon_url="/docs-assets/favicon-32x32.png",
+        )
+
+
 def create_app(settings: WebSettings | None = None) -> FastAPI:
     settings = settings or WebSettings()
     platform = Platform(settings)
@@ -47,6 +63,8 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
         description="Upload four-channel fluorescence microscopy (HTI) images and get the protein's "
         "subcellular localisation: class probabilities, predicted locations and localisation maps.",
         lifespan=lifespan,
+        docs_url=None,  # served below from local files: /docs works without internet
+        redoc_url=None,
     )
     app.state.platform = platform
     app.add_middleware(TokenAuth, settings=settings, sessions=platform.sessions)
@@ -66,6 +84,7 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
     async def protloc_error(_request: Request, exc: ProtlocError):
         return JSONResponse({"detail": str(exc)}, status_code=422)
 
+    mount_offline_docs(app)
     app.include_router(api_router(platform))
     app.include_router(pages_router(platform))
     return app

@@ -27,6 +27,7 @@ from protloc.web.storage import (
     decode_channel,
     decode_multichannel,
     normalise_channel_name,
+    shared_sample_id,
 )
 from protloc.web.worker import PredictionWorker
 
@@ -185,7 +186,9 @@ class Platform:
         except BaseException:
             form.discard()
             raise
-        filenames = sample_name or " ".join(e["filename"] for e in entries)
+        names = [e["filename"] for e in entries]
+        # HPA's four files of one sample are named by it: 57639_1283_B2_10_blue.jpg ... -> 57639_1283_B2_10
+        filenames = sample_name or (input_kind == "channels" and shared_sample_id(names)) or " ".join(names)
         with self.sessions.begin() as session:
             row = db.Submission(
                 model_key=model_key, input_kind=input_kind, files=entries, filenames=filenames,

@@ -510,6 +510,17 @@ def extract_zip(path: Path, dest: Path, max_total_bytes: int, max_ratio: float =
     return files
 
 
+def shared_sample_id(filenames: list[str]) -> str | None:
+    """The sample id of four channel files named ``<id>_<colour>.<ext>`` (HPA's and Kaggle's names),
+    the same rule ``group_samples`` groups a batch by; None when the names do not share one."""
+    ids = set()
+    for filename in filenames:
+        if channel_from_filename(filename) is None or "_" not in filename:
+            return None
+        ids.add(filename[: filename.rfind("_")])
+    return ids.pop() if len(ids) == 1 else None
+
+
 def group_samples(files: list[Path], root: Path) -> tuple[list[dict], list[dict]]:
     """Samples in an extracted batch: HPA-style channel files sharing a prefix, or multi-channel files.
 
@@ -551,5 +562,5 @@ def group_samples(files: list[Path], root: Path) -> tuple[list[dict], list[dict]
 __all__ = [
     "BlobStore", "ReceivedFile", "ReceivedForm", "UploadError", "assemble_sample",
     "channel_from_filename", "check_zip", "decode_channel", "decode_multichannel", "extract_zip",
-    "group_samples", "inspect_image", "load_stored_sample", "normalise_channel_name", "stream_multipart",
+    "group_samples", "inspect_image", "shared_sample_id", "load_stored_sample", "normalise_channel_name", "stream_multipart",
 ]
