@@ -28,8 +28,14 @@ def register(subparsers) -> None:
                         "Also read from PROTLOC_AUTH_TOKEN")
     parser.add_argument("--require-auth", action="store_true",
                         help="require a token from the tokens table even without --auth-token")
+    parser.add_argument("--create-user", metavar="NAME",
+                        help="add user NAME to the database, print their token and exit. A user sees only their own "
+                        "submissions and batches; a server whose database holds users requires tokens")
+    parser.add_argument("--admin", action="store_true", help="with --create-user: the user sees everyone's submissions")
     parser.add_argument("--create-token", metavar="NAME",
-                        help="add a token for NAME to the database's tokens table, print it and exit")
+                        help="print another token for user NAME (a new non-admin user if there is none) and exit")
+    parser.add_argument("--revoke-user", metavar="NAME",
+                        help="revoke every token of user NAME (they can no longer sign in) and exit")
     parser.add_argument("--max-upload-mb", type=float, default=512, help="upload limit per sample in MB (default: %(default)s)")
     parser.add_argument("--max-batch-mb", type=float, default=8192,
                         help="limit for a batch zip and its uncompressed contents in MB (default: %(default)s)")
@@ -81,10 +87,18 @@ def run(args) -> int:
     from PIL import Image
 
     Image.MAX_IMAGE_PIXELS = settings.max_pixels
-    if args.create_token:
+    if args.admin and not args.create_user:
+        raise ProtlocError("--admin goes with --create-user NAME")
+    if args.create_user or args.create_token or args.revoke_user:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         sessions = db.open_database(settings.resolved_database_url())
-        print(db.create_token(sessions, args.create_token))
+        if args.create_user:
+            print(db.create_user(sessions, args.create_user, admin=args.admin))
+        elif args.create_token:
+            print(db.create_token(sessions, args.create_token))
+        else:
+            count = db.revoke_user(sessions, args.revoke_user)
+            print(f"revoked {count} token(s) of {args.revoke_user}", file=sys.stderr)
         return 0
     try:
         app = create_app(settings)
@@ -92,7 +106,7 @@ def run(args) -> int:
         raise
     except Exception as exc:  # a database URL that cannot be reached, a driver not installed
         raise ProtlocError(f"cannot start the server: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
-    auth = "on" if settings.auth_enabled else "off"
+    auth = "on" if app.state.platform.auth_required else "off (no --auth-token, no users)"
     print(f"protloc: serving {', '.join(app.state.platform.predictors)} on http://{args.host}:{args.port}/ "
           f"(data in {settings.data_dir}, auth {auth})", file=sys.stderr)
     from protloc.web.server import serve

@@ -67,7 +67,7 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.state.platform = platform
-    app.add_middleware(TokenAuth, settings=settings, sessions=platform.sessions)
+    app.add_middleware(TokenAuth, settings=settings, sessions=platform.sessions, required=platform.auth_required)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     if settings.expert_study is not None:
         # The expert-study pages use relative URLs only, so they work under a prefix; the token

@@ -9,8 +9,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse
 
 from protloc.web import db
+from protloc.web.service import Viewer
 
 COOKIE = "protloc_token"
+VIEWER_KEY = "protloc.viewer"  # where the middleware leaves who is asking, in the request's scope
 OPEN_PATHS = ("/health",)
 
 
@@ -20,7 +22,8 @@ def is_page_link(method: str, path: str) -> bool:
 
 
 class TokenAuth:
-    """With auth on, every path but /health needs a valid token.
+    """With auth on, every path but /health needs a valid, unrevoked token; the request then carries
+    its ``Viewer`` (``viewer_of(request)``). ``--auth-token`` tokens are the operator's: admin.
 
     Accepted: ``Authorization: Bearer TOKEN`` and the ``protloc_token`` cookie on any request;
     ``?token=TOKEN`` only when a page is opened (GET), which answers with a redirect that sets the
@@ -29,21 +32,22 @@ class TokenAuth:
     histories.
     """
 
-    def __init__(self, app, settings, sessions) -> None:
+    def __init__(self, app, settings, sessions, required: bool) -> None:
         self.app = app
-        self.settings = settings
         self.sessions = sessions
+        self.required = required
         self.static_tokens = set(settings.auth_tokens)
 
-    def valid(self, token: str | None) -> bool:
+    def viewer(self, token: str | None) -> Viewer | None:
         if not token:
-            return False
+            return None
         if token in self.static_tokens:
-            return True
-        return db.token_is_known(self.sessions, token)
+            return Viewer(None, "operator", admin=True)
+        owner = db.token_owner(self.sessions, token)
+        return Viewer(*owner) if owner is not None else None
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http" or not self.settings.auth_enabled or scope["path"] in OPEN_PATHS:
+        if scope["type"] != "http" or not self.required or scope["path"] in OPEN_PATHS:
             await self.app(scope, receive, send)
             return
         request = Request(scope)
@@ -51,9 +55,9 @@ class TokenAuth:
         bearer = header[7:].strip() if header.lower().startswith("bearer ") else None
         link = is_page_link(scope["method"], scope["path"])
         query_token = request.query_params.get("token") if link else None
-        token = None
+        token = viewer = None
         for candidate in (bearer, request.cookies.get(COOKIE), query_token):
-            if candidate and await run_in_threadpool(self.valid, candidate):
+            if candidate and (viewer := await run_in_threadpool(self.viewer, candidate)) is not None:
                 token = candidate
                 break
         if token is None:
@@ -76,4 +80,10 @@ class TokenAuth:
             response.set_cookie(COOKIE, token, httponly=True, samesite="strict", path="/")
             await response(scope, receive, send)
             return
+        scope[VIEWER_KEY] = viewer
         await self.app(scope, receive, send)
+
+
+def viewer_of(request: Request) -> Viewer | None:
+    """Who is asking (None on a server without tokens: everyone sees everything)."""
+    return request.scope.get(VIEWER_KEY)

@@ -23,7 +23,7 @@ class Batches:
         self.sessions = platform.sessions
         self.settings = platform.settings
 
-    def create(self, form: ReceivedForm) -> str:
+    def create(self, form: ReceivedForm, owner_id: int | None = None) -> str:
         """Check the zip from its central directory (escaping paths, zip bombs) before anything is unpacked."""
         try:
             if len(form.files) != 1:
@@ -37,7 +37,8 @@ class Batches:
             form.discard()
             raise
         with self.sessions.begin() as session:
-            row = db.BatchJob(filename=archive.filename, archive_sha256=archive.sha256, model_key=model_key, status="extracting")
+            row = db.BatchJob(filename=archive.filename, archive_sha256=archive.sha256, model_key=model_key,
+                              status="extracting", owner_id=owner_id)
             session.add(row)
             session.flush()
             batch_id = row.id
@@ -54,6 +55,7 @@ class Batches:
             batch = session.get(db.BatchJob, batch_id)
             archive = store.path_of(batch.archive_sha256, ".zip")
             model_key = batch.model_key
+            owner_id = batch.owner_id
             done_names = set(session.scalars(select(db.Submission.filenames).where(db.Submission.batch_id == batch_id)).all())
         folder = store.tmp / f"batch-{batch_id}"
         shutil.rmtree(folder, ignore_errors=True)
@@ -76,7 +78,7 @@ class Batches:
                 if sample["kind"] == "channels":
                     form.fields["channels"] = list(CHANNELS)
                 try:
-                    self.platform.create_submission(form, batch_id=batch_id, sample_name=sample["name"])
+                    self.platform.create_submission(form, batch_id=batch_id, sample_name=sample["name"], owner_id=owner_id)
                 except UploadError as exc:
                     skipped.append({"name": sample["name"], "reason": exc.reason})
                     self._update(batch_id, skipped=skipped)
@@ -102,12 +104,12 @@ class Batches:
         for batch_id in ids:
             self._start_extraction(batch_id)
 
-    def get(self, batch_id: str) -> dict:
-        from protloc.web.service import NotFound
+    def get(self, batch_id: str, viewer=None) -> dict:
+        from protloc.web.service import NotFound, visible
 
         with self.sessions() as session:
             batch = session.get(db.BatchJob, batch_id)
-            if batch is None:
+            if batch is None or not visible(batch.owner_id, viewer):
                 raise NotFound(f"no batch {batch_id!r}")
             counts = dict(
                 session.execute(

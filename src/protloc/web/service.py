@@ -41,6 +41,29 @@ class NotFound(UploadError):
         super().__init__(404, reason)
 
 
+@dataclass(frozen=True)
+class Viewer:
+    """Who is asking: a user sees their own submissions and batches, an admin everyone's.
+
+    No viewer at all (``None``) is a server without tokens: one user, who sees everything.
+    """
+
+    user_id: int | None
+    name: str
+    admin: bool = False
+
+    def sees(self, owner_id: int | None) -> bool:
+        return self.admin or (owner_id is not None and owner_id == self.user_id)
+
+
+def visible(owner_id: int | None, viewer: Viewer | None) -> bool:
+    return viewer is None or viewer.sees(owner_id)
+
+
+def owner_of(viewer: Viewer | None) -> int | None:
+    return viewer.user_id if viewer is not None else None
+
+
 @dataclass
 class WebSettings:
     """Everything ``create_app`` needs; ``protloc serve`` fills it from the command line."""
@@ -116,6 +139,9 @@ class Platform:
             max_batch_patches=settings.max_batch_patches, linger_seconds=settings.linger_seconds,
         )
         self.batches = Batches(self)
+        # Tokens are required when the command line asks for them or the database holds any
+        # (users made with --create-user): a server with users never opens to everyone by omission.
+        self.auth_required = settings.auth_enabled or db.holds_tokens(self.sessions)
 
     def _record_models(self) -> None:
         with self.sessions.begin() as session:
@@ -147,7 +173,8 @@ class Platform:
         return model_key
 
     # -- submissions ------------------------------------------------------------------------------
-    def create_submission(self, form: ReceivedForm, batch_id: str | None = None, sample_name: str | None = None) -> str:
+    def create_submission(self, form: ReceivedForm, batch_id: str | None = None, sample_name: str | None = None,
+                          owner_id: int | None = None) -> str:
         """Validate a received sample completely, then store it and its row in one step.
 
         Runs in a worker thread (decoding is CPU work). On any UploadError the temporary files are
@@ -191,7 +218,7 @@ class Platform:
         filenames = sample_name or (input_kind == "channels" and shared_sample_id(names)) or " ".join(names)
         with self.sessions.begin() as session:
             row = db.Submission(
-                model_key=model_key, input_kind=input_kind, files=entries, filenames=filenames,
+                model_key=model_key, input_kind=input_kind, files=entries, filenames=filenames, owner_id=owner_id,
                 height=height, width=width, batch_id=batch_id, status=db.QUEUED,
             )
             session.add(row)
@@ -261,29 +288,37 @@ class Platform:
             )
         return data
 
-    def get_submission(self, submission_id: str) -> dict:
+    def get_submission(self, submission_id: str, viewer: Viewer | None = None) -> dict:
         with self.sessions() as session:
             row = session.get(db.Submission, submission_id)
-            if row is None:
+            if row is None or not visible(row.owner_id, viewer):  # another's is as absent as none: 404
                 raise NotFound(f"no submission {submission_id!r}")
             return self.submission_dict(row)
 
-    def submission_image(self, submission_id: str, name: str) -> Path:
+    def submission_image(self, submission_id: str, name: str, viewer: Viewer | None = None) -> Path:
         allowed = {"composite.png"} | {f"channel-{c}.png" for c in CHANNELS}
         if name not in allowed and not (name.startswith("map-") and name.endswith(".png") and name[4:-4].isdigit()):
             raise NotFound(f"no image {name!r}")
         if not submission_id.isalnum():
             raise NotFound(f"no submission {submission_id!r}")
+        if viewer is not None:
+            with self.sessions() as session:
+                owner = session.scalar(select(db.Submission.owner_id).where(db.Submission.id == submission_id))
+            if not viewer.sees(owner):
+                raise NotFound(f"no submission {submission_id!r}")
         path = self.store.render_dir(submission_id) / name
         if not path.is_file():
             raise NotFound("image not available (yet)")
         return path
 
-    def list_submissions(self, q: str | None, cls: str | None, status: str | None, limit: int, offset: int) -> tuple[int, list[dict]]:
+    def list_submissions(self, q: str | None, cls: str | None, status: str | None, limit: int, offset: int,
+                         viewer: Viewer | None = None) -> tuple[int, list[dict]]:
         if not 0 <= offset <= MAX_OFFSET:
             raise UploadError(422, f"offset must lie between 0 and {MAX_OFFSET}")
         with self.sessions() as session:
             query = select(db.Submission).outerjoin(db.Result)
+            if viewer is not None and not viewer.admin:
+                query = query.where(db.Submission.owner_id == viewer.user_id)
             if q:
                 # autoescape: '%' and '_' in a search are characters to find, not LIKE wildcards
                 needle = q.strip()

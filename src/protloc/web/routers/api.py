@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
@@ -18,7 +18,8 @@ from starlette.requests import ClientDisconnect
 from protloc import __version__
 from protloc.data.channels import CHANNELS
 from protloc.web import db
-from protloc.web.service import MAX_OFFSET, MB, Platform, results_csv
+from protloc.web.auth import viewer_of
+from protloc.web.service import MAX_OFFSET, MB, Platform, Viewer, owner_of, results_csv
 from protloc.web.storage import ReceivedForm, UploadError, stream_multipart
 
 log = logging.getLogger("protloc.web")
@@ -32,9 +33,9 @@ class ErrorAnswer(BaseModel):
 
 def errors(*statuses: int) -> dict:
     reasons = {
+        401: "no valid API token, or a revoked one (only when the server requires tokens)",
         400: "malformed request (not multipart/form-data, too many files, a bad zip member)",
-        401: "no valid API token (only when the server requires tokens)",
-        404: "no such submission, batch or image",
+        404: "no such submission, batch or image (or another user's: they are not told apart)",
         413: "over a size limit: bytes per upload, pixels per image, a zip's unpacked size",
         415: "not an image (or, for a batch, not a zip)",
         422: "invalid parameters or content: unknown model or channel, channels of different sizes, ...",
@@ -109,56 +110,58 @@ def api_router(platform: Platform) -> APIRouter:
 
     @router.post("/api/v1/predictions", status_code=202, tags=["predictions"], openapi_extra=MULTIPART_SAMPLE,
                  responses=errors(400, 413, 415, 422))
-    async def create_prediction(request: Request) -> dict:
+    async def create_prediction(request: Request, viewer: Viewer | None = Depends(viewer_of)) -> dict:
         """Upload one sample; returns its id at once, the prediction runs in the background."""
         form = await receive_form(request, platform, settings.max_upload_bytes, max_files=len(CHANNELS))
-        submission_id = await run_in_threadpool(platform.create_submission, form)
+        submission_id = await run_in_threadpool(platform.create_submission, form, owner_id=owner_of(viewer))
         return {"id": submission_id, "status": db.QUEUED, "url": f"/api/v1/predictions/{submission_id}",
                 "page": f"/submissions/{submission_id}"}
 
     @router.get("/api/v1/predictions", tags=["predictions"], responses=errors(422))
     def list_predictions(q: str | None = text_query(), cls: str | None = class_query(), status: str | None = None,
-                         limit: int = Query(50, ge=1, le=1000), offset: int = Query(0, ge=0, le=MAX_OFFSET)) -> dict:
-        total, items = platform.list_submissions(q, cls, status, limit, offset)
+                         limit: int = Query(50, ge=1, le=1000), offset: int = Query(0, ge=0, le=MAX_OFFSET),
+                         viewer: Viewer | None = Depends(viewer_of)) -> dict:
+        total, items = platform.list_submissions(q, cls, status, limit, offset, viewer)
         return {"total": total, "items": items}
 
     @router.get("/api/v1/predictions/export.csv", tags=["predictions"], response_class=CSVResponse,
                 responses={**CSV_CONTENT, **errors(422)})
-    def export_predictions(q: str | None = text_query(), cls: str | None = class_query(), status: str | None = None):
-        _, items = platform.list_submissions(q, cls, status, 100_000, 0)
+    def export_predictions(q: str | None = text_query(), cls: str | None = class_query(), status: str | None = None,
+                           viewer: Viewer | None = Depends(viewer_of)):
+        _, items = platform.list_submissions(q, cls, status, 100_000, 0, viewer)
         return CSVResponse(results_csv(items), headers={"Content-Disposition": 'attachment; filename="protloc-results.csv"'})
 
     @router.get("/api/v1/predictions/{submission_id}", tags=["predictions"], responses=errors(404))
-    def get_prediction(submission_id: str) -> dict:
-        return platform.get_submission(submission_id)
+    def get_prediction(submission_id: str, viewer: Viewer | None = Depends(viewer_of)) -> dict:
+        return platform.get_submission(submission_id, viewer)
 
     @router.get("/api/v1/predictions/{submission_id}/result.json", tags=["predictions"], responses=errors(404))
-    def download_json(submission_id: str) -> dict:
-        data = platform.get_submission(submission_id)
+    def download_json(submission_id: str, viewer: Viewer | None = Depends(viewer_of)) -> dict:
+        data = platform.get_submission(submission_id, viewer)
         return JSONResponse(data, headers={"Content-Disposition": f'attachment; filename="protloc-{submission_id}.json"'})
 
     @router.get("/api/v1/predictions/{submission_id}/result.csv", tags=["predictions"], response_class=CSVResponse,
                 responses={**CSV_CONTENT, **errors(404)})
-    def download_csv(submission_id: str):
-        data = platform.get_submission(submission_id)
+    def download_csv(submission_id: str, viewer: Viewer | None = Depends(viewer_of)):
+        data = platform.get_submission(submission_id, viewer)
         return CSVResponse(results_csv([data]), headers={"Content-Disposition": f'attachment; filename="protloc-{submission_id}.csv"'})
 
     @router.get("/api/v1/predictions/{submission_id}/images/{name}", tags=["predictions"], response_class=PNGResponse,
                 responses={**PNG_CONTENT, **errors(404)})
-    def prediction_image(submission_id: str, name: str):
-        return PNGResponse(platform.submission_image(submission_id, name))
+    def prediction_image(submission_id: str, name: str, viewer: Viewer | None = Depends(viewer_of)):
+        return PNGResponse(platform.submission_image(submission_id, name, viewer))
 
     @router.post("/api/v1/batches", status_code=202, tags=["batches"], openapi_extra=MULTIPART_ZIP,
                  responses=errors(400, 413, 415, 422))
-    async def create_batch(request: Request) -> dict:
+    async def create_batch(request: Request, viewer: Viewer | None = Depends(viewer_of)) -> dict:
         """Upload a zip of many samples (channel files named <id>_<colour>.<ext>, or multi-channel files)."""
         form = await receive_form(request, platform, settings.max_batch_bytes, max_files=1)
-        batch_id = await run_in_threadpool(platform.batches.create, form)
+        batch_id = await run_in_threadpool(platform.batches.create, form, owner_of(viewer))
         return {"id": batch_id, "url": f"/api/v1/batches/{batch_id}", "page": f"/batches/{batch_id}"}
 
     @router.get("/api/v1/batches/{batch_id}", tags=["batches"], responses=errors(404))
-    def get_batch(batch_id: str) -> dict:
-        return platform.batches.get(batch_id)
+    def get_batch(batch_id: str, viewer: Viewer | None = Depends(viewer_of)) -> dict:
+        return platform.batches.get(batch_id, viewer)
 
     @router.get("/api/v1/worker", tags=["service"], responses=errors())
     def worker_stats() -> dict:

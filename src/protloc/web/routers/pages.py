@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
 from protloc import __version__
 from protloc.data.channels import CHANNELS, COLOUR_OF_CHANNEL
-from protloc.web.service import MAX_OFFSET, MB, Platform
+from protloc.web.auth import viewer_of
+from protloc.web.service import MAX_OFFSET, MB, Platform, Viewer
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 PER_PAGE = 50
@@ -31,14 +32,14 @@ def pages_router(platform: Platform) -> APIRouter:
         })
 
     @router.get("/submissions/{submission_id}")
-    def result_page(request: Request, submission_id: str):
-        data = platform.get_submission(submission_id)
+    def result_page(request: Request, submission_id: str, viewer: Viewer | None = Depends(viewer_of)):
+        data = platform.get_submission(submission_id, viewer)
         return templates.TemplateResponse(request, "result.html", {"s": data})
 
     @router.get("/history")
     def history_page(request: Request, q: str | None = None, cls: str | None = Query(None, alias="class"),
-                     page: int = Query(1, ge=1, le=MAX_OFFSET // PER_PAGE)):
-        total, items = platform.list_submissions(q, cls or None, None, PER_PAGE, (page - 1) * PER_PAGE)
+                     page: int = Query(1, ge=1, le=MAX_OFFSET // PER_PAGE), viewer: Viewer | None = Depends(viewer_of)):
+        total, items = platform.list_submissions(q, cls or None, None, PER_PAGE, (page - 1) * PER_PAGE, viewer)
         classes = sorted({c for k in platform.predictors for c in platform.predictors[k].classes})
         return templates.TemplateResponse(request, "history.html", {
             "items": items, "total": total, "q": q or "", "cls": cls or "", "classes": classes,
@@ -46,7 +47,7 @@ def pages_router(platform: Platform) -> APIRouter:
         })
 
     @router.get("/batches/{batch_id}")
-    def batch_page(request: Request, batch_id: str):
-        return templates.TemplateResponse(request, "batch.html", {"b": platform.batches.get(batch_id)})
+    def batch_page(request: Request, batch_id: str, viewer: Viewer | None = Depends(viewer_of)):
+        return templates.TemplateResponse(request, "batch.html", {"b": platform.batches.get(batch_id, viewer)})
 
     return router
