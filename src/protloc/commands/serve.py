@@ -82,23 +82,26 @@ def run(args) -> int:
     from protloc.web.app import create_app
 
     settings = settings_from_args(args)
+    if args.admin and not args.create_user:
+        raise ProtlocError("--admin goes with --create-user NAME")
+    if args.create_user or args.revoke_user:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        sessions = db.open_database(settings.resolved_database_url())
+        if args.create_user:
+            print(db.create_user(sessions, args.create_user, admin=args.admin))
+        else:
+            count = db.revoke_user(sessions, args.revoke_user)
+            print(f"revoked {count} token(s) of {args.revoke_user}", file=sys.stderr)
+        return 0
     # Pillow's own decompression-bomb guard, process-wide, as a second line behind the header checks
     # made before any upload is decoded (it errors above twice this many pixels).
     from PIL import Image
 
     Image.MAX_IMAGE_PIXELS = settings.max_pixels
-    if args.admin and not args.create_user:
-        raise ProtlocError("--admin goes with --create-user NAME")
-    if args.create_user or args.create_token or args.revoke_user:
+    if args.create_token:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         sessions = db.open_database(settings.resolved_database_url())
-        if args.create_user:
-            print(db.create_user(sessions, args.create_user, admin=args.admin))
-        elif args.create_token:
-            print(db.create_token(sessions, args.create_token))
-        else:
-            count = db.revoke_user(sessions, args.revoke_user)
-            print(f"revoked {count} token(s) of {args.revoke_user}", file=sys.stderr)
+        print(db.create_token(sessions, args.create_token))
         return 0
     try:
         app = create_app(settings)
