@@ -159,9 +159,10 @@ def create_expert_app(study: Study | str | Path, db_url: str | None = None) -> F
 
 
 def serve(study: Study, db_url: str | None, host: str, port: int) -> None:
-    import uvicorn
+    # The platform's uvicorn set-up: stalled clients cut off, oversized headers a 431.
+    from protloc.web.server import serve as serve_app
 
     app = create_expert_app(study, db_url)
     print(f"expert study {study.study_id}: {len(study.samples)} samples; answers in {app.state.store.url}")
     print(f"open http://{host}:{port}/ in a browser (Ctrl+C stops; answers are saved as they are given)")
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    serve_app(app, host, port, log_level="warning")
