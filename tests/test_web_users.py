@@ -153,3 +153,24 @@ def test_a_database_from_before_users_opens_and_its_tokens_still_work(world, cap
         with httpx.Client(base_url=live.url, headers={"Authorization": "Bearer old-token"}) as old:
             assert old.get("/api/v1/predictions").json()["items"][0]["id"] == "0ld5ub"
         assert httpx.get(live.url + "/api/v1/predictions").status_code == 401
+
+
+def test_the_service_imports_without_fastapi(tmp_path):
+    """The platform's logic is FastAPI-free: a worker process or a script can use it alone."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules.update({m: None for m in ('fastapi', 'starlette', 'uvicorn')}); "
+            "import protloc.web.service, protloc.web.batches, protloc.web.db; print('imported')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "imported" in done.stdout, done.stderr[-2000:]
+
+
+def test_user_commands_refuse_what_makes_no_sense(tmp_path, capsys):
+    data_dir = tmp_path / "d"
+    assert main(["serve", "--data-dir", str(data_dir), "--admin"]) == 2
+    assert "--admin goes with --create-user" in capsys.readouterr().err
+    assert main(["serve", "--data-dir", str(data_dir), "--revoke-user", "nobody"]) == 2
+    assert "no user 'nobody'" in capsys.readouterr().err
+    assert main(["serve", "--data-dir", str(data_dir), "--create-user", "   "]) == 2
+    assert "a user needs a name" in capsys.readouterr().err
