@@ -141,3 +141,18 @@ def test_token_in_the_address_only_opens_pages(server, tmp_path):
 def test_uploads_still_work_for_the_right_client(client, tmp_path):
     response = upload_channels(client, write_channel_files(tmp_path, "fine", cell_like_sample(64, 64, seed=5)))
     assert wait_done(client, response.json()["id"])["status"] == "done"
+
+
+def test_batch_folders_of_bare_channel_names_are_samples(tmp_path):
+    """``well3/blue.png`` ... ``well3/green.png``: the folder is the sample (the readers' rule)."""
+    from protloc.web.storage import group_samples
+
+    files = []
+    for folder in ("plate/well3", "plate/well4"):
+        for colour in ("blue", "red", "yellow", "green"):
+            path = tmp_path / folder / f"{colour}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"")
+            files.append(path)
+    samples, skipped = group_samples(files, tmp_path)
+    assert [s["name"] for s in samples] == ["plate/well3", "plate/well4"] and skipped == []

@@ -472,15 +472,19 @@ def extract_zip(path: Path, dest: Path, max_total_bytes: int, max_ratio: float =
     return files
 
 
+def sample_id_of(filename: str) -> str | None:
+    """The sample id of a channel file ``<id>_<colour>.<ext>`` by the readers' parser, else None."""
+    from protloc.data.filenames import parse_channel_filename
+
+    parsed = parse_channel_filename(PurePosixPath(filename).name)
+    return parsed.prefix if parsed else None
+
+
 def shared_sample_id(filenames: list[str]) -> str | None:
-    """The sample id of four channel files named ``<id>_<colour>.<ext>`` (HPA's and Kaggle's names),
-    the same rule ``group_samples`` groups a batch by; None when the names do not share one."""
-    ids = set()
-    for filename in filenames:
-        if channel_from_filename(filename) is None or "_" not in filename:
-            return None
-        ids.add(filename[: filename.rfind("_")])
-    return ids.pop() if len(ids) == 1 else None
+    """The sample id four channel files share (HPA's and Kaggle's names), the one ``group_samples``
+    groups a batch by; None when the names do not share one."""
+    ids = {sample_id_of(filename) for filename in filenames}
+    return ids.pop() if len(ids) == 1 and None not in ids else None
 
 
 def group_samples(files: list[Path], root: Path) -> tuple[list[dict], list[dict]]:
@@ -504,8 +508,10 @@ def group_samples(files: list[Path], root: Path) -> tuple[list[dict], list[dict]
         if channel is None:
             samples.append({"name": relative, "kind": "multichannel", "files": {"image": file}})
             continue
-        stem = file.name[: file.name.lower().rfind("_")]
-        key = (PurePosixPath(relative).parent / stem).as_posix()
+        # ``blue.png`` without an id: the folder holds one sample and names it
+        stem = sample_id_of(file.name)
+        folder = PurePosixPath(relative).parent
+        key = (folder / stem).as_posix() if stem else (folder.as_posix() if folder.parts else "sample")
         group = groups.setdefault(key, {})
         if channel in group:
             skipped.append({"name": relative, "reason": f"second {channel} file for sample {key}"})
