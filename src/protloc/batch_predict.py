@@ -147,6 +147,7 @@ def run_batch_prediction(
     input_format: str | None = None,
     progress: bool = True,
     precision: str = "fp32",
+    reader_options: dict | None = None,  # hook (issue 14): OME --channels/--projection
 ) -> BatchResult:
     import torch
     from tqdm import tqdm
@@ -161,7 +162,7 @@ def run_batch_prediction(
         predictor.patch_size = int(patch_size)
     if whole_image and not predictor.fully_convolutional:
         raise ProtlocError(f"{predictor.model_name} has fixed-size dense layers: --whole-image needs GapNet-PL")
-    entries = discover_inputs(list(inputs), format=input_format)
+    entries = discover_inputs(list(inputs), format=input_format, reader_options=reader_options)
     if not entries:
         raise ProtlocError("no images found in the inputs")
 

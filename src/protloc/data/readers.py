@@ -249,6 +249,11 @@ def read_sample(sources: dict[str, str], format: str | None = None) -> np.ndarra
     """
     if "npz" in sources:
         return read_npz_sample(sources["npz"])
+    # --- hook (issue 14): OME-TIFF / OME-Zarr samples listed by protloc.data.ome.ome_inputs ---
+    from protloc.data.ome import is_ome_source, read_ome_source
+    if is_ome_source(sources):
+        return read_ome_source(sources).image
+    # --- end hook ---
     if "multichannel" in sources:
         return read_multichannel_file(sources["multichannel"])
     planes = _read_planes(sources)
@@ -289,7 +294,7 @@ def load_entry(entry) -> np.ndarray:
     return read_sample(entry.sources)
 
 
-def discover_inputs(paths, format: str | None = None, label_set=None) -> list:
+def discover_inputs(paths, format: str | None = None, label_set=None, reader_options: dict | None = None) -> list:
     """Collect prediction inputs as a list of SampleEntry with absolute source paths; nothing is decoded.
 
     Each path may be a channel file (``<id>_<colour>.<ext>``; its sibling channel files are found next
@@ -320,6 +325,13 @@ def discover_inputs(paths, format: str | None = None, label_set=None) -> list:
         if not path.exists():
             raise ProtlocError(f"no such file or folder: {raw}")
         path = path.resolve()
+        # --- hook (issue 14): OME-TIFF files/folders and OME-Zarr stores; reader_options = --channels/--projection ---
+        from protloc.data.ome import ome_inputs
+        if (ome := ome_inputs(path, reader_options)) is not None:
+            for sample_id, sources in ome:
+                add(sample_id, sources)
+            continue
+        # --- end hook ---
         if path.is_file():
             parsed = channel_file_id(path)
             if parsed is not None:
