@@ -21,6 +21,9 @@ def register(subparsers) -> None:
     parser.add_argument("--author", action="append", metavar="NAME",
                         help="bioimageio: who trained the model (repeatable; default for the published weights: "
                         "the paper's authors)")
+    parser.add_argument("--license", metavar="SPDX",
+                        help="bioimageio: licence of weights you trained (default CC-BY-4.0; the published "
+                        "weights keep their authors' BSD-2-Clause)")
     parser.add_argument("--test-size", type=int, default=256, metavar="PX",
                         help="bioimageio: side of the synthetic test image (default 256)")
     parser.set_defaults(handler=run)
@@ -31,7 +34,8 @@ def run(args) -> int:
 
     options = {}
     if args.format == "bioimageio":
-        options = {"pixel_size_um": args.pixel_size, "authors": args.author, "test_size": args.test_size}
+        options = {"pixel_size_um": args.pixel_size, "authors": args.author, "license": args.license,
+                   "test_size": args.test_size}
     result = export_model(args.model, args.format, args.out, **options)
     for line in result.checks:
         print(f"  {line}")

@@ -33,7 +33,9 @@ def trace(network: torch.nn.Module) -> torch.jit.ScriptModule:
 
 
 def max_difference_torchscript(network: torch.nn.Module, path: Path) -> tuple[float, list[tuple[int, int]]]:
-    loaded = torch.jit.load(str(path), map_location="cpu").eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        loaded = torch.jit.load(str(path), map_location="cpu").eval()
     worst, sizes = 0.0, check_sizes(network)
     for i, size in enumerate(sizes):
         x = example_input(network, size, batch=2, seed=i + 1)
@@ -48,7 +50,9 @@ def export_torchscript(network: torch.nn.Module, out: str | Path, *, metadata: d
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
         traced = trace(network)
-        torch.jit.save(traced, str(tmp), _extra_files={METADATA_FILE: json.dumps(metadata)})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # torch.export cannot keep dynamic sizes simply
+            torch.jit.save(traced, str(tmp), _extra_files={METADATA_FILE: json.dumps(metadata)})
         difference, sizes = max_difference_torchscript(network, tmp)
         if difference > MAX_ABS_DIFF:
             raise ProtlocError(f"the TorchScript export differs from the network by {difference:.2e}")
