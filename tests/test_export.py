@@ -7,6 +7,7 @@ import csv
 import hashlib
 import json
 import os
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -143,7 +144,10 @@ def test_bad_exports_are_one_line_errors(model_file, tmp_path, capsys):
     assert not (tmp_path / "m.zip").exists()
     # an ONNX file that protloc did not write: no classes, no channels, so no guessing
     plain = tmp_path / "plain.onnx"
-    torch.onnx.export(create_model("gapnet-pl").eval(), (torch.randn(1, 4, 64, 64),), str(plain), dynamo=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(create_model("gapnet-pl").eval(), (torch.randn(1, 4, 64, 64),), str(plain), dynamo=False)
+    capsys.readouterr()
     assert main(["predict", str(tmp_path), "--model", str(plain), "--out", str(tmp_path / "p.csv")]) == 2
     assert "not a protloc ONNX export" in one_line_error(capsys)
 
@@ -188,3 +192,24 @@ def test_bioimageio_package_of_the_published_weights(published_model, tmp_path, 
     assert summary.status == "passed", [(d.name, [e.msg for e in d.errors]) for d in summary.details if d.errors]
     assert sorted(reproduced) == [f"Reproduce test outputs from test inputs ({w})"
                                   for w in ("onnx", "pytorch_state_dict", "torchscript")]
+
+
+def test_a_network_whose_trace_bakes_in_its_size_is_exported_at_its_crop_size(tmp_path, capsys):
+    """Conv MIL's trace holds only at the size it was traced at: the check finds it, the export falls
+    back to the crop size, and prediction through onnxruntime uses patches and equals protloc's."""
+    torch.manual_seed(2)
+    model = tmp_path / "conv-mil.pt"
+    save_model_file(model, create_model("conv-mil"), model_name="conv-mil", classes=HPA13.classes,
+                    label_set="hpa13", crop_size=96)
+    out = tmp_path / "conv-mil.onnx"
+    assert main(["export", str(model), "--format", "onnx", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "fixed size 96x96" in printed and "exported at the crop size" in printed
+    dims = [d.dim_param or d.dim_value for d in onnx.load(str(out)).graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ["batch", 4, 96, 96]
+    image = np.random.default_rng(4).random((4, 150, 170), dtype=np.float32) * 1000
+    pt, ox = protloc.load_model(model), protloc.load_model(out)
+    assert not ox.fully_convolutional
+    assert np.abs(pt.predict_proba(image) - ox.predict_proba(image)).max() < 1e-5
+    assert main(["export", str(model), "--format", "torchscript", "--out", str(tmp_path / "cm.pt")]) == 0
+    assert "input 96x96" in capsys.readouterr().out

@@ -293,3 +293,34 @@ def test_real_hpa_field_as_ome_tiff_with_published_weights(tmp_path):
                  "--whole-image"]) == 0
     (row,) = read_csv(out)
     assert row["predicted"] == "Nucleus"
+
+
+def test_predict_plate_with_maps_writes_ngff_labels(tmp_path, model_file):
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Label, Reader
+
+    plate = tmp_path / "screen.zarr"
+    write_plate(plate, fields_per_well=1, wells=("B/2", "B/3"))
+    out = tmp_path / "p.csv"
+    assert main(["predict", str(plate), "--model", str(model_file), "--out", str(out), "--workers", "0",
+                 "--maps", str(tmp_path / "maps"), "--whole-image"]) == 0
+    rows = {row["id"]: row for row in read_csv(out)}
+    assert sorted(rows) == ["screen/B/2/0", "screen/B/3/0"]
+    for well in ("B/2", "B/3"):
+        group = zarr.open_group(str(plate / well / "0"), mode="r")
+        listing = dict(group["labels"].attrs)
+        assert listing.get("ome", listing)["labels"] == ["protloc-localisation"]
+        label_group = group["labels/protloc-localisation"]
+        labels = label_group[ngff_first_dataset(label_group)][...]
+        assert labels.shape == (72, 56) and labels.dtype == np.uint16 and labels.any()
+        meta = dict(label_group.attrs)
+        meta = meta.get("ome", meta)["image-label"]
+        named = {p["label-value"]: p["class"] for p in meta["properties"]}
+        assert set(np.unique(labels)) - {0} <= set(named)  # every painted value names its class
+        assert {c["label-value"] for c in meta["colors"]} == set(named)
+        predicted = rows[f"screen/{well}/0"]["predicted"].split(";") if rows[f"screen/{well}/0"]["predicted"] else []
+        shown = predicted or [max(HPA13.classes, key=lambda c: float(rows[f"screen/{well}/0"][c]))]
+        assert sorted(named.values()) == sorted(shown)  # the classes whose maps were drawn
+        nodes = list(Reader(parse_url(str(plate / well / "0")))())
+        assert any(isinstance(spec, Label) for node in nodes for spec in node.specs)
+    assert (tmp_path / "maps" / "screen_B_2_0__composite.png").is_file()

@@ -177,6 +177,7 @@ def run_batch_prediction(
     my_entries = [e for i, e in enumerate(entries) if i % world == rank]
     todo = [e for e in my_entries if e.id not in writer.done]
     result = BatchResult(already_done=len(my_entries) - len(todo), out=final_out)
+    sources_by_id = {e.id: e.sources for e in todo}  # hook (issue 14): maps of OME-Zarr inputs go back as labels
 
     loader = torch.utils.data.DataLoader(
         _ImageDataset(todo), batch_size=1, collate_fn=_first, num_workers=workers if len(todo) > 1 else 0,
@@ -192,7 +193,8 @@ def run_batch_prediction(
                                             precision=precision)
             predicted = predictor.predicted(probs)
             if maps_dir is not None:
-                write_maps(predictor, sample_id, image, probs, predicted, Path(maps_dir))
+                write_maps(predictor, sample_id, image, probs, predicted, Path(maps_dir),
+                           sources=sources_by_id.get(sample_id))  # hook (issue 14): OME-Zarr labels
             writer.write(sample_id, probs, predicted, predictor.classes)
             result.predicted += 1
     finally:
@@ -247,7 +249,8 @@ def _safe_name(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
 
 
-def write_maps(predictor, sample_id: str, image: np.ndarray, probs: np.ndarray, predicted: list[str], folder: Path) -> list[Path]:
+def write_maps(predictor, sample_id: str, image: np.ndarray, probs: np.ndarray, predicted: list[str], folder: Path,
+               sources: dict | None = None) -> list[Path]:
     """Composite plus one overlay per predicted class (the most probable one when none passes its threshold)."""
     from protloc import render
 
@@ -259,4 +262,9 @@ def write_maps(predictor, sample_id: str, image: np.ndarray, probs: np.ndarray, 
     for cls, heat in maps.items():
         written.append(render.save_png(render.overlay_map(image, heat, base=composite),
                                        folder / f"{stem}__{_safe_name(cls)}.png"))
+    # --- hook (issue 14): an OME-Zarr input gets the maps as an NGFF label image beside its pixels ---
+    from protloc.data.ome_zarr import write_localisation_labels
+    if (ngff := write_localisation_labels(sources or {}, maps, predictor.classes)) is not None:
+        written.append(ngff)
+    # --- end hook ---
     return written

@@ -281,3 +281,34 @@ def class_label_image(maps: dict[str, np.ndarray], classes: list[str], threshold
     labels = np.where(stack.max(axis=0) >= threshold, values[strongest], 0).astype(np.uint16)
     properties = [{"label-value": int(classes.index(c) + 1), "class": c} for c in names]
     return labels, properties
+
+
+LOCALISATION_LABELS = "protloc-localisation"
+
+
+def write_localisation_labels(sources: dict, maps: dict[str, np.ndarray], classes: list[str],
+                              threshold: float = 0.5) -> Path | None:
+    """For a sample read from OME-Zarr: its localisation maps as ``labels/protloc-localisation`` (value
+    1 + class index where that class's map is strongest and reaches ``threshold``); None for others.
+
+    A store the user cannot write to is left alone (ProtlocError), never half-written.
+    """
+    import os
+
+    if SOURCE_KEY not in sources:
+        return None
+    store = Path(sources[SOURCE_KEY])
+    if not os.access(store, os.W_OK):
+        raise ProtlocError(f"{store.name} is read-only: the localisation labels cannot be written beside the image")
+    labels, properties = class_label_image(maps, classes, threshold)
+    colours = _class_colours(len(classes))
+    colors = [{"label-value": p["label-value"], "rgba": colours[p["label-value"] - 1]} for p in properties]
+    return write_label_image(store, sources.get(IMAGE_KEY, ""), LOCALISATION_LABELS, labels, properties=properties,
+                             colors=colors, source={"image": "../../"})
+
+
+def _class_colours(count: int) -> list[list[int]]:
+    from matplotlib import colormaps
+
+    table = colormaps["tab20"]
+    return [[int(round(255 * c)) for c in table(i % 20)] for i in range(count)]
