@@ -46,7 +46,7 @@ def onnxruntime_section(model: str | None = None, size: int = 2048, rounds: int 
     import protloc
     from protloc.checkpoint import save_model_file
     from protloc.export import export_model
-    from protloc.inference import normalize_batch
+    from protloc.inference import normalize
     from protloc.labels import HPA13
     from protloc.models import create_model
 
@@ -67,16 +67,16 @@ def onnxruntime_section(model: str | None = None, size: int = 2048, rounds: int 
         image = (rng.random((4, size, size), dtype=np.float32) ** 3 * 4000.0).astype(np.float32)
         batch = torch.from_numpy(image)[None]
         with torch.no_grad():
-            eager_logits = fast.network(normalize_batch(batch)).numpy()
-            ort_logits = ort_predictor.network(normalize_batch(batch)).numpy()
-        from protloc.fast_inference import fast_network
+            eager_logits = fast.network(normalize(batch)).numpy()
+            ort_logits = ort_predictor.network(normalize(batch)).numpy()
+        from protloc.models.gapnet_pl_fast import fast_network
 
         with torch.no_grad():
             fast_logits = fast_network(fast.network, precision="fp32")(batch).float().numpy()
 
         def eager():
             with torch.no_grad():
-                return fast.network(normalize_batch(batch))
+                return fast.network(normalize(batch))
 
         variants = {
             "protloc fast fp32 (baseline)": lambda: fast.predict_proba(image, whole_image=True, precision="fp32"),

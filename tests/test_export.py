@@ -21,7 +21,7 @@ import yaml
 import protloc
 from protloc.checkpoint import save_model_file
 from protloc.cli import main
-from protloc.inference import normalize_batch
+from protloc.inference import normalize
 from protloc.labels import HPA13
 from protloc.models import create_model
 
@@ -82,7 +82,7 @@ def test_onnx_export_any_size_matches_protloc_logits(model_file, tmp_path, capsy
     network = protloc.load_model(model_file).network
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     for shape in [(1, 4, 64, 64), (3, 4, 123, 77), (1, 4, 300, 260)]:
-        x = normalize_batch(torch.rand(*shape) * 1000)
+        x = normalize(torch.rand(*shape) * 1000)
         with torch.no_grad():
             expected = network(x).numpy()
         got = session.run(None, {"input": x.numpy()})[0]

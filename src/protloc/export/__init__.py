@@ -29,7 +29,7 @@ class ExportResult:
 def load_exportable(spec: str | Path) -> dict:
     """The model file behind ``spec`` (pretrained, file, run folder) with its network built."""
     from protloc.checkpoint import build_network, read_model_file
-    from protloc.predictor import resolve_model_file
+    from protloc.inference.predictor import resolve_model_file
 
     if str(spec).lower().endswith((".onnx", ".zip")):
         raise ProtlocError(

@@ -93,7 +93,7 @@ def write_cover(image: np.ndarray, probabilities: np.ndarray, classes: list[str]
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from protloc import render
+    from protloc import visualization as render
 
     figure, (left, right) = plt.subplots(1, 2, figsize=(8, 4), dpi=100, gridspec_kw={"width_ratios": [1, 1.2]})
     left.imshow(render.composite(image))

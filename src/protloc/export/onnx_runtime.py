@@ -64,7 +64,7 @@ def read_metadata(path: Path) -> dict:
 
 def load_onnx_predictor(path: str | Path, device: str | torch.device = "cpu"):
     """A Predictor that runs an exported ONNX file through onnxruntime (CPU)."""
-    from protloc.predictor import DEFAULT_PATCH_SIZE, Predictor
+    from protloc.inference.predictor import DEFAULT_PATCH_SIZE, Predictor
 
     path = Path(path)
     if not path.is_file():
