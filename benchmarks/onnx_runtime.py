@@ -108,7 +108,7 @@ def onnxruntime_section(model: str | None = None, size: int = 2048, rounds: int 
 def markdown(result: dict) -> str:
     lines = [f"GapNet-PL, {result['image']}, {result['threads']} threads, onnxruntime {result['onnxruntime']}, "
              f"torch {result['torch']}; weights: {result['weights']}; 1-minute load average "
-             f"{result['load_average_1min']:.1f} at the start", "",
+             f"{result['load_average_1min']:.1f} when it finished", "",
              "| variant | best s | median s | × protloc fast fp32 | max logit diff (rel. to eager) |",
              "| --- | --- | --- | --- | --- |"]
     for row in result["rows"]:
