@@ -168,14 +168,15 @@ def test_ome_tiff_unknown_names_then_channels_mapping(tmp_path, capsys, model_fi
     assert "unknown channel 'golgi'" in capsys.readouterr().err
 
 
-def test_ome_zarr_plate_predicts_every_field(tmp_path, model_file):
+def test_ome_zarr_plate_predicts_every_field(tmp_path, model_file, capsys):
     """Done-when: an OME-Zarr plate of a few fields predicts with nothing but the input."""
     plate = tmp_path / "plate.zarr"
     written = write_plate(plate)
     out = tmp_path / "plate.csv"
-    assert main(["predict", str(plate), "--model", str(model_file), "--out", str(out), "--workers", "0"]) == 0
+    assert main(["predict", str(plate), "--model", str(model_file), "--out", str(out), "--workers", "2"]) == 0
     rows = {row["id"]: row for row in read_csv(out)}
     assert sorted(rows) == ["plate/B/2/0", "plate/B/2/1", "plate/B/3/0", "plate/B/3/1"]
+    assert "plate/B/2/0 (and 3 more samples like it): DAPI -> nucleus" in capsys.readouterr().err
     predictor = protloc.load_model(model_file)
     for sample_id, data in written.items():
         expected = predictor.predict_proba(canonical(data))
@@ -186,12 +187,15 @@ def test_ome_zarr_plate_predicts_every_field(tmp_path, model_file):
     assert np.array_equal(sample.image, canonical(written["plate/B/3/1"]))
 
 
-def test_ome_tiff_predicts_with_nothing_but_the_input(tmp_path, model_file):
+def test_ome_tiff_predicts_with_nothing_but_the_input(tmp_path, model_file, capsys):
     """Done-when: a 4-channel OME-TIFF with channel names and pixel size predicts without flags."""
     data = field(9)
     path = write_ome_tiff(tmp_path / "field.ome.tiff", data)
     out = tmp_path / "p.csv"
     assert main(["predict", str(path), "--model", str(model_file), "--out", str(out), "--workers", "0"]) == 0
+    # nothing assumed silently: which channel became which, and the pixel size, are said
+    assert ("field: DAPI -> nucleus, anti-Tubulin (Alexa 568) -> microtubules, Calreticulin -> er, "
+            "GFP -> protein; pixel size 0.08 µm") in capsys.readouterr().err
     (row,) = read_csv(out)
     assert row["id"] == "field"
     expected = protloc.load_model(model_file).predict_proba(canonical(data))

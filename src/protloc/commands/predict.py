@@ -69,6 +69,9 @@ def run(args) -> int:
 
 
 def _ome_reader_options(args) -> dict:
-    from protloc.data.ome import reader_options
+    from protloc.data.ome import describe_inputs, reader_options
 
-    return reader_options(channels=args.channels, projection=args.projection)
+    options = reader_options(channels=args.channels, projection=args.projection)
+    for line in describe_inputs(args.inputs, options):  # which channel is which, and the pixel size
+        print(line, file=sys.stderr)
+    return options

@@ -282,3 +282,46 @@ def read_ome_source(sources: dict[str, str]) -> OmeImage:
     if ome_zarr.SOURCE_KEY in sources:
         return ome_zarr.read(sources)
     raise ProtlocError("not an OME-TIFF or OME-Zarr sample")
+
+
+def describe_inputs(paths, options: dict[str, str] | None = None, limit: int = 5) -> list[str]:
+    """One line per OME input saying which of its channels became which and its pixel size, so that
+    nothing is assumed silently (e.g. ``cells.ome.tif: DAPI -> nucleus, ...; pixel size 0.08 µm``).
+    A plate is described by its first field (its fields share their channels)."""
+    lines = []
+    for raw in paths:
+        path = Path(raw).expanduser()
+        if not path.exists():
+            continue
+        listed = ome_inputs(path.absolute(), options)
+        if not listed:
+            continue
+        for sample_id, sources in listed[:1] if len(listed) > 1 else listed:
+            sample = read_ome_header(sources)
+            if sample is None:
+                continue
+            names, pixel_size = sample
+            mapping = ", ".join(f"{name} -> {channel}" for name, channel in zip(names, CHANNELS))
+            size = f"pixel size {pixel_size[1]:.4g} µm" if pixel_size else "pixel size not stated in the file"
+            if pixel_size and abs(pixel_size[0] - pixel_size[1]) > 1e-9:
+                size = f"pixel size {pixel_size[0]:.4g} x {pixel_size[1]:.4g} µm (y x)"
+            more = f" (and {len(listed) - 1} more samples like it)" if len(listed) > 1 else ""
+            lines.append(f"{sample_id}{more}: {mapping}; {size}")
+    if len(lines) > limit:
+        lines = lines[:limit] + [f"... and {len(lines) - limit} more OME inputs"]
+    return lines
+
+
+def read_ome_header(sources: dict[str, str]) -> tuple[tuple[str, ...], tuple[float, float] | None] | None:
+    """The file's channel names in CHANNELS order and its pixel size, from metadata only."""
+    from protloc.data import ome_tiff, ome_zarr
+
+    try:
+        if ome_tiff.SOURCE_KEY in sources:
+            header, order = ome_tiff.inspect(sources[ome_tiff.SOURCE_KEY], sources)
+            return tuple(header.channel_names[i] for i in order), header.pixel_size_um
+        if ome_zarr.SOURCE_KEY in sources:
+            return ome_zarr.header_of(sources)
+    except DataError:
+        return None
+    return None

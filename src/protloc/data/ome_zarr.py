@@ -190,6 +190,17 @@ def list_samples(path: str | Path, options: dict[str, str] | None = None) -> lis
     return [(sample_id, {SOURCE_KEY: str(path), IMAGE_KEY: image, **options}) for sample_id, image in zip(ids, images)]
 
 
+def header_of(sources: dict[str, str]) -> tuple[tuple[str, ...], tuple[float, float] | None]:
+    """Channel names in CHANNELS order and pixel size of one listed image, from metadata only."""
+    path = Path(sources[SOURCE_KEY])
+    image_path = sources.get(IMAGE_KEY, "")
+    root = _open_group(path)
+    where = f"{store_name(path)}/{image_path}".rstrip("/")
+    header = _image_header(root[image_path] if image_path else root, where)
+    order = _check_header(header, sources, where)
+    return tuple(header["names"][i] for i in order), header["pixel_size"]
+
+
 def read(sources: dict[str, str]) -> OmeImage:
     """One image of an OME-Zarr store (full resolution, channels matched by name) as an ``OmeImage``."""
     path = Path(sources[SOURCE_KEY])
