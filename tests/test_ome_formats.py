@@ -209,6 +209,12 @@ def test_ngff_04_single_image_and_folder_of_ome_tiffs(tmp_path):
     write_ngff_image(root, data)
     ((sample_id, sources),) = ome_inputs(tmp_path / "one.ome.zarr")
     assert sample_id == "one" and np.array_equal(read_ome_source(sources).image, canonical(data))
+    # bioformats2raw's container: numbered images under a root that says its layout
+    container = zarr.open_group(str(tmp_path / "converted.zarr"), mode="w")
+    container.attrs["ome"] = {"version": "0.5", "bioformats2raw.layout": 3}
+    for series in ("0", "1"):
+        write_ngff_image(container.require_group(series), field(13))
+    assert [s[0] for s in ome_inputs(tmp_path / "converted.zarr")] == ["converted/0", "converted/1"]
     folder = tmp_path / "tiffs"
     folder.mkdir()
     for i in range(3):

@@ -171,8 +171,8 @@ def list_samples(path: str | Path, options: dict[str, str] | None = None) -> lis
     elif "multiscales" in meta:
         images, ids = [""], [name]
     elif "bioformats2raw.layout" in meta:
-        images = [key for key in sorted(root.group_keys(), key=lambda k: (not k.isdigit(), int(k) if k.isdigit() else 0, k))
-                  if "multiscales" in ngff_attributes(root[key])]
+        numbered = sorted((key for key in root.group_keys() if key.isdigit()), key=int)  # series 0, 1, ...
+        images = [key for key in numbered if "multiscales" in ngff_attributes(root[key])]
         ids = [f"{name}/{image}" for image in images]
     else:
         raise ProtlocError(
