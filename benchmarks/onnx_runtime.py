@@ -105,6 +105,13 @@ def onnxruntime_section(model: str | None = None, size: int = 2048, rounds: int 
     }
 
 
+def machine() -> dict:
+    import platform
+
+    return {"cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine(),
+            "python": platform.python_version(), "system": platform.platform()}
+
+
 def markdown(result: dict) -> str:
     lines = [f"GapNet-PL, {result['image']}, {result['threads']} threads, onnxruntime {result['onnxruntime']}, "
              f"torch {result['torch']}; weights: {result['weights']}; 1-minute load average "
@@ -127,7 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     result = onnxruntime_section(args.model, args.size, args.rounds, args.threads)
     if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+        Path(args.out).write_text(json.dumps(
+            {"tool": "benchmarks/onnx_runtime.py", "machine": machine(), "sections": {"onnxruntime": result}},
+            indent=1) + "\n")
     print(markdown(result))
     return 0
 
