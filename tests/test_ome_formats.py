@@ -334,3 +334,20 @@ def test_predict_plate_with_maps_writes_ngff_labels(tmp_path, model_file):
         nodes = list(Reader(parse_url(str(plate / well / "0")))())
         assert any(isinstance(spec, Label) for node in nodes for spec in node.specs)
     assert (tmp_path / "maps" / "screen_B_2_0__composite.png").is_file()
+
+
+def test_plate_listing_reads_no_pixels_and_a_damaged_field_is_reported(tmp_path, model_file):
+    """Fields are read one by one when their turn comes: a damaged chunk in one field is that field's
+    error (in the errors file), the listing never touched it and the other fields are predicted."""
+    plate = tmp_path / "plate.zarr"
+    write_plate(plate)
+    chunks = sorted(p for p in (plate / "B/3/0/s0").rglob("*") if p.is_file() and p.name != "zarr.json")
+    assert chunks
+    for chunk in chunks:
+        chunk.write_bytes(b"not a compressed chunk")
+    assert len(ome_inputs(plate)) == 4  # metadata only: the damage is not seen yet
+    out = tmp_path / "p.csv"
+    assert main(["predict", str(plate), "--model", str(model_file), "--out", str(out), "--workers", "0"]) == 0
+    assert sorted(row["id"] for row in read_csv(out)) == ["plate/B/2/0", "plate/B/2/1", "plate/B/3/1"]
+    (error,) = read_csv(tmp_path / "p.errors.csv")
+    assert error["id"] == "plate/B/3/0" and "unreadable pixels" in error["reason"]
