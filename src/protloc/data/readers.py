@@ -274,6 +274,11 @@ def read_sample(sources: dict[str, str], format: str | None = None, max_pixels: 
     """
     if "npz" in sources:
         return read_npz_sample(sources["npz"], max_pixels)
+    # --- hook (issue 14): OME-TIFF / OME-Zarr samples listed by protloc.data.ome.ome_inputs ---
+    from protloc.data.ome import is_ome_source, read_ome_source
+    if is_ome_source(sources):
+        return read_ome_source(sources).image
+    # --- end hook ---
     if "multichannel" in sources:
         return read_multichannel_file(sources["multichannel"], max_pixels)
     planes = _read_planes(sources, max_pixels)
