@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import pytest
 from hypothesis import HealthCheck, Phase, settings
 
@@ -19,7 +20,8 @@ from schemathesis.checks import (  # noqa: E402
     status_code_conformance,
 )
 
-EXAMPLES_PER_ROUTE = 30  # per route and mode: about a minute on two busy cores
+# per route and mode: about half a minute on two busy cores; PROTLOC_SCHEMA_EXAMPLES=500 for a long hunt
+EXAMPLES_PER_ROUTE = int(os.environ.get("PROTLOC_SCHEMA_EXAMPLES", "30"))
 
 
 @pytest.fixture(scope="module")
