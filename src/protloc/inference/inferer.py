@@ -29,7 +29,7 @@ import torch
 
 from protloc.errors import ProtlocError
 from protloc.inference.normalization import normalize
-from protloc.inference.precision import check_precision
+from protloc.inference.precision import check_precision, warn_if_bf16_emulated
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 
@@ -128,6 +128,8 @@ class Inferer:
         self.batch_size = int(batch_size)
         self.tta = tta
         self.device = torch.device(device) if device is not None else network_device(network)
+        if precision is not None:
+            warn_if_bf16_emulated(check_precision(precision), self.device)
         self.forward = forward or sigmoid_forward(network, precision)
         self.on_pass = on_pass
         self.model_pixel_size_um = model_pixel_size_um
