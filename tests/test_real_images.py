@@ -322,3 +322,17 @@ def test_platform_worker_rescales_through_the_same_inferer(tiny_model, tmp_path)
     names = [f"abc_{colour}.png" for colour in ("blue", "red", "yellow", "green")]
     assert pixel_size_of(blobs, 512, 512, names=names).um == pytest.approx(0.32)
     assert pixel_size_of(blobs, 512, 512).um is None
+
+
+def test_ome_tiff_physical_size_reaches_the_model(tiny_model, tmp_path, capsys):
+    data = np.random.default_rng(3).integers(0, 4000, (4, 40, 40), dtype=np.uint16)
+    path = tmp_path / "cells.ome.tif"
+    tifffile.imwrite(path, data, ome=True, photometric="minisblack", metadata={
+        "axes": "CYX", "PhysicalSizeX": 1.0, "PhysicalSizeY": 1.0, "PhysicalSizeXUnit": "µm",
+        "PhysicalSizeYUnit": "µm", "Channel": {"Name": ["DAPI", "Tubulin", "Calreticulin", "GFP"]}})
+    out = tmp_path / "p.csv"
+    assert main(["predict", str(path), "--model", str(tiny_model), "--out", str(out), "--workers", "0"]) == 0
+    assert "data 1 µm/px (OME metadata); model 0.5 µm/px: inputs rescaled 2x" in capsys.readouterr().err
+    with open(out, newline="") as handle:
+        (row,) = list(csv.DictReader(handle))
+    assert float(row["pixel_size_um"]) == 1.0 and float(row["scale"]) == 2.0

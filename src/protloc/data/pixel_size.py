@@ -120,11 +120,23 @@ def is_hpa_download_layout(files, height: int, width: int) -> bool:
 def pixel_size_of(files, height: int, width: int, override: float | None = None, names=None) -> PixelSize:
     """The pixel size of one sample: ``override``, else its TIFF metadata, else its layout; else unknown.
 
-    ``files``: the sample's source files; ``height``/``width``: its decoded size; ``names``: the
+    ``files``: the sample's source files, or its sources dict as listed (OME-TIFF / OME-Zarr samples
+    give their metadata's physical size); ``height``/``width``: its decoded size; ``names``: the
     files' original names where they are stored under others (the platform's content-addressed blobs).
     """
     if override is not None:
         return PixelSize(check_pixel_size(override), "--pixel-size")
+    if isinstance(files, dict):
+        from protloc.data.ome import is_ome_source, read_ome_header
+
+        if is_ome_source(files):
+            header = read_ome_header(files)
+            if header is not None and header[1] is not None:
+                y_um, x_um = header[1]
+                return PixelSize(float(x_um), "OME metadata" + ("" if abs(y_um - x_um) < 1e-9 else
+                                                                 f" (x; y is {y_um:g})"))
+            return UNKNOWN
+        files = list(files.values())
     files = [Path(f) for f in files]
     for path in files:
         if path.suffix.lower() in (".tif", ".tiff"):

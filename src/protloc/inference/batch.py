@@ -221,7 +221,7 @@ def run_batch_prediction(
             if failure is not None:
                 result.failures.append({"id": sample_id, "reason": failure})
                 continue
-            size = pixel_size_of(entry_of[sample_id].sources.values(), *image.shape[-2:], override=pixel_size)
+            size = pixel_size_of(entry_of[sample_id].sources, *image.shape[-2:], override=pixel_size)
             if not said:  # one line per run; an unknown pixel size is the warning below instead
                 if size.known or predictor.pixel_size_um is None:
                     print(describe(size, predictor.pixel_size_um), file=sys.stderr)
