@@ -268,10 +268,10 @@ def train(config: TrainConfig, resume: bool = False) -> RunResult:
         raise ProtlocError(f"the validation split of {index.root} is empty ({len(labelled)} labelled samples); "
                            "add samples or change split_fractions in a --config file")
     network, options, paper = build_network(config, len(index.label_set))
+    check_crop(config, paper, index, train_ids + val_ids)
     from protloc.training.transfer import prepare_transfer
 
     scale = prepare_transfer(network, config, index, announce=rank == 0)
-    check_crop(config, paper, index, train_ids + val_ids)
 
     layout = torchrun_layout()
     if layout is not None:
