@@ -281,6 +281,14 @@ def test_crossval_fixed_folds_baseline_and_head(synth_dir, tiny_model, tmp_path)
     start = read_model_file(tiny_model)["state_dict"]
     assert all(torch.equal(fold["state_dict"][k], v) for k, v in start.items() if k.startswith("conv"))
     assert (out / "crossval.md").read_text().count("±") >= 4
+    # the test fold's probabilities, taken from the cached encoder features, are the fold model's own
+    from protloc.inference import load_model
+
+    with open(out / "fold-1" / "evaluation" / "predictions.csv", newline="") as handle:
+        row = next(csv.DictReader(handle))
+    index = open_dataset(synth_dir)
+    expected = load_model(out / "fold-1").predict_proba(index.load_image(row["id"]))
+    assert [float(row[c]) for c in HPA13.classes] == pytest.approx(expected.tolist(), abs=2e-5)
     assert main(["crossval", "--model", "gapnet-pl", "--data", str(synth_dir), "--out", str(out), "--folds", "3",
                  "--epochs", "1"]) == 2  # other folds into the same folder: refused
 

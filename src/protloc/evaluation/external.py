@@ -76,8 +76,11 @@ def mean_over(metrics: dict, classes, metric: str, min_positives: int) -> tuple[
 
 
 def model_predictions(predictor, index, ids, *, pixel_size=None, whole_image=False, batch_size=4,
-                      progress=True, description="predicting"):
+                      progress=True, description="predicting", given: dict | None = None):
     """Probabilities [len(ids), classes] with each image rescaled to the model's pixel size.
+
+    ``given``: probabilities per id already computed the same way (cross-validation's frozen-encoder
+    features), used instead of running the network.
 
     Returns (probs, per-sample rows of pixel-size facts, the one-line pixel-size statement).
     """
@@ -98,13 +101,19 @@ def model_predictions(predictor, index, ids, *, pixel_size=None, whole_image=Fal
             warn_unknown(model_um)
             warned = True
         factor = scale_factor(data.um, model_um)
-        image = index.load_image(sample_id)
-        # the one inferer brings the image to the model's pixel size (Inferer.model_input)
-        results.append(predictor.predict_proba(image, whole_image=whole_image, batch_size=batch_size,
-                                               pixel_size_um=data.um))
+        if given is not None:
+            entry = index.entry(sample_id)
+            shape = (entry.height, entry.width)
+            results.append(np.asarray(given[sample_id], dtype=np.float32))
+        else:
+            image = index.load_image(sample_id)
+            shape = image.shape[-2:]
+            # the one inferer brings the image to the model's pixel size (Inferer.model_input)
+            results.append(predictor.predict_proba(image, whole_image=whole_image, batch_size=batch_size,
+                                                   pixel_size_um=data.um))
         rows.append({"id": sample_id, "data_pixel_size_um": data.um, "pixel_size_source": data.source,
                      "model_pixel_size_um": model_um, "scale": factor,
-                     "network_input": [max(1, round(n * factor)) for n in image.shape[-2:]]})
+                     "network_input": [max(1, round(n * factor)) for n in shape]})
     probs = np.stack(results) if results else np.zeros((0, len(predictor.classes)), np.float32)
     return np.clip(probs.astype(np.float64), 0.0, 1.0), rows, statement or describe(PixelSize(None, ""), model_um)
 
@@ -126,6 +135,7 @@ def evaluate_model(
     ids_label: str = "given samples",
     predictor=None,
     quiet: bool = False,
+    given: dict | None = None,
 ) -> dict:
     """Score ``model`` on the labelled data set ``data``; write the report to ``out``; return the metrics."""
     import torch
@@ -173,7 +183,7 @@ def evaluate_model(
         progress = sys.stderr.isatty()
     probs, pixel_rows, statement = model_predictions(
         predictor, index, kept, pixel_size=pixel_size, whole_image=whole_image, batch_size=batch_size,
-        progress=progress,
+        progress=progress, given=given,
     )
     if not quiet and "unknown for this data" not in statement:  # else warn_unknown has said it
         print(statement, file=sys.stderr)

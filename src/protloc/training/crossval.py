@@ -221,6 +221,7 @@ def run_crossval(config, k: int, out, *, mapping=None, min_positives: int = 3, b
         raise ProtlocError("precomputed features need a frozen encoder (--freeze-encoder)")
     fold_metrics, features = [], None
     for f in range(k):
+        given = None
         fold_dir = out / f"fold-{f + 1}"
         splits = fold_splits(folds_here, f, config.split_seed)
         if not splits["train"] or not splits["test"]:
@@ -230,6 +231,7 @@ def run_crossval(config, k: int, out, *, mapping=None, min_positives: int = 3, b
         if not (fold_dir / "evaluation" / "metrics.json").is_file():
             if precomputed:
                 features = _train_head_fold(config, train_index, splits, fold_dir, features, progress)
+                given = _head_probabilities(fold_dir, features, splits["test"])
             else:
                 from protloc.training.run import train
 
@@ -240,8 +242,8 @@ def run_crossval(config, k: int, out, *, mapping=None, min_positives: int = 3, b
                     raise ProtlocError(f"fold {f + 1}: {result.message}")
         fold_metrics.append(_evaluate(fold_dir / "evaluation", model=str(fold_dir), data=train_index,
                                       ids=splits["test"], ids_label=f"test fold {f + 1} of {k}",
-                                      min_positives=min_positives,
-                                      pixel_size=config.pixel_size))
+                                      min_positives=min_positives, pixel_size=config.pixel_size,
+                                      given=given))
     mode = ("new head on the frozen encoder (precomputed features)" if precomputed else
             "head trained, encoder frozen" if config.freeze_encoder else
             "whole network fine-tuned" if config.init else "trained from scratch")
@@ -270,6 +272,16 @@ def _mapping_to(index, predictor):
         n = len(index.label_set)
         found = LabelMapping("identity", index.label_set, model_set, tuple(range(n)), ("",) * n)
     return found
+
+
+def _head_probabilities(fold_dir: Path, features: dict, ids) -> dict:
+    """Test-fold probabilities of the fold's model from the cached encoder features: the same patches,
+    normaliser and network as its default patch prediction, without running the encoder again."""
+    from protloc.checkpoint import build_network, read_model_file
+    from protloc.training.head_features import image_probs
+
+    network = build_network(read_model_file(fold_dir / "model.pt"))
+    return dict(zip(ids, image_probs(network, features, ids)))
 
 
 def _train_head_fold(config, index, splits, fold_dir: Path, features, progress: bool):
