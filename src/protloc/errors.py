@@ -1,18 +1,25 @@
 """Errors a user can act on. The CLI prints them as one line and exits with code 2."""
 
 
+# Control characters (a newline in a file name is legal on Linux) would break a one-line message or a
+# listing line: written as escapes, as Python writes them.
+_CONTROL_ESCAPES = {i: f"\\x{i:02x}" for i in (*range(32), 127)} | {9: "\\t", 10: "\\n", 13: "\\r"}
+
+
 def printable(text: str) -> str:
-    """``text`` with undecodable file-name bytes (lone surrogates, e.g. ``'\\udcff'``) written as ``\\xff``,
-    so that a message naming such a file can be printed, logged or saved as UTF-8."""
+    """``text`` with undecodable file-name bytes (lone surrogates, e.g. ``'\\udcff'``) written as ``\\xff``
+    and control characters as ``\\n``, ``\\x1b``, ..., so that a message or an id naming such a file is
+    one line that can be printed, logged or saved as UTF-8."""
+    if text.isprintable():
+        return text
     try:
         text.encode("utf-8")
-        return text
     except UnicodeEncodeError:
-        pass
-    try:
-        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    except UnicodeEncodeError:  # surrogates that did not come from undecodable bytes
-        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+        try:
+            text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        except UnicodeEncodeError:  # surrogates that did not come from undecodable bytes
+            text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text.translate(_CONTROL_ESCAPES)
 
 
 class ProtlocError(Exception):

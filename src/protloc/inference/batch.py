@@ -161,6 +161,7 @@ def run_batch_prediction(
     input_format: str | None = None,
     progress: bool = True,
     precision: str = "fp32",
+    reader_options: dict | None = None,  # hook (issue 14): OME --channels/--projection
 ) -> BatchResult:
     import torch
     from tqdm import tqdm
@@ -176,7 +177,7 @@ def run_batch_prediction(
         predictor.patch_size = int(patch_size)
     if whole_image and not predictor.fully_convolutional:
         raise ProtlocError(f"{predictor.model_name} has fixed-size dense layers: --whole-image needs GapNet-PL")
-    entries = discover_inputs(list(inputs), format=input_format)
+    entries = discover_inputs(list(inputs), format=input_format, reader_options=reader_options)
     if not entries:
         raise ProtlocError("no images found in the inputs")
 
@@ -196,6 +197,7 @@ def run_batch_prediction(
     my_entries = [e for i, e in enumerate(entries) if i % world == rank]
     todo = [e for e in my_entries if e.id not in writer.done]
     result = BatchResult(already_done=len(my_entries) - len(todo), out=final_out)
+    sources_by_id = {e.id: e.sources for e in todo}  # hook (issue 14): maps of OME-Zarr inputs go back as labels
 
     loader = torch.utils.data.DataLoader(
         _ImageDataset(todo), batch_size=1, collate_fn=_first, num_workers=workers if len(todo) > 1 else 0,
@@ -211,7 +213,8 @@ def run_batch_prediction(
                                             precision=precision)
             predicted = predictor.predicted(probs)
             if maps_dir is not None:
-                write_maps(predictor, sample_id, image, probs, predicted, Path(maps_dir))
+                write_maps(predictor, sample_id, image, probs, predicted, Path(maps_dir),
+                           sources=sources_by_id.get(sample_id))  # hook (issue 14): OME-Zarr labels
             writer.write(sample_id, probs, predicted, predictor.classes)
             result.predicted += 1
     finally:

@@ -113,7 +113,8 @@ def map_file_stem(sample_id: str) -> str:
     return stem
 
 
-def write_maps(predictor, sample_id: str, image: np.ndarray, probs: np.ndarray, predicted: list[str], folder: Path) -> list[Path]:
+def write_maps(predictor, sample_id: str, image: np.ndarray, probs: np.ndarray, predicted: list[str], folder: Path,
+               sources: dict | None = None) -> list[Path]:
     """Composite plus one overlay per predicted class (the most probable one when none passes its threshold):
     ``{stem}__composite.png`` and ``{stem}__{class}.png``, ``stem = map_file_stem(sample_id)``."""
     from protloc import visualization as render
@@ -126,4 +127,9 @@ def write_maps(predictor, sample_id: str, image: np.ndarray, probs: np.ndarray, 
     for cls, heat in maps.items():
         written.append(render.save_png(render.overlay_map(image, heat, base=composite),
                                        folder / f"{stem}__{_safe_name(cls)}.png"))
+    # --- hook (issue 14): an OME-Zarr input gets the maps as an NGFF label image beside its pixels ---
+    from protloc.data.ome_zarr import write_localisation_labels
+    if (ngff := write_localisation_labels(sources or {}, maps, predictor.classes)) is not None:
+        written.append(ngff)
+    # --- end hook ---
     return written

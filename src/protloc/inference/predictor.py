@@ -127,6 +127,11 @@ class Predictor:
 
 def load_model(spec: str | Path = "pretrained", device: str | torch.device = "cpu") -> Predictor:
     """A ready-to-use predictor from ``pretrained``, a protloc model file or a training run folder."""
+    # --- hook (issue 14): an exported .onnx model runs through onnxruntime ---
+    if str(spec).lower().endswith(".onnx"):
+        from protloc.export.onnx_runtime import load_onnx_predictor
+        return load_onnx_predictor(spec, device=device)
+    # --- end hook ---
     path = resolve_model_file(spec)
     payload = read_model_file(path)
     device = torch.device(device)

@@ -107,10 +107,21 @@ def _existing_run(run_dir: Path) -> bool:
     return (run_dir / "config.yaml").is_file() or (run_dir / "checkpoints" / "last.ckpt").is_file()
 
 
+def _no_run_to_resume(run_dir: Path) -> ProtlocError:
+    if not run_dir.is_dir():
+        return ProtlocError(f"nothing to resume: no run directory {run_dir}")
+    return ProtlocError(f"nothing to resume in {run_dir}: it has no config.yaml, so the run never started; "
+                        f"start it again without --resume (the folder may be removed first)")
+
+
 def resume_config(run_dir: Path, overrides: dict | None = None) -> TrainConfig:
-    """The run's saved config with ``overrides`` (e.g. more epochs, another device) applied."""
-    if not (run_dir / "config.yaml").is_file() or not (run_dir / "checkpoints" / "last.ckpt").is_file():
-        raise ProtlocError(f"nothing to resume in {run_dir}: no config.yaml and checkpoints/last.ckpt")
+    """The run's saved config with ``overrides`` (e.g. more epochs, another device) applied.
+
+    A run killed before its first checkpoint has a config.yaml but no checkpoints/last.ckpt; it is
+    resumed from epoch 1 (see ``train``).
+    """
+    if not (run_dir / "config.yaml").is_file():
+        raise _no_run_to_resume(run_dir)
     saved = read_yaml(run_dir / "config.yaml")
     saved = {k: v for k, v in saved.items() if k in {f.name for f in dataclasses.fields(TrainConfig)}}
     config = TrainConfig().merged(saved, source=str(run_dir / "config.yaml"))
@@ -213,7 +224,7 @@ def train(config: TrainConfig, resume: bool = False) -> RunResult:
     from protloc.data.splits import load_splits, make_splits, save_splits
     from protloc.training.datamodule import ProtlocDataModule
     from protloc.training.lightning_module import (
-        AtomicCheckpointIO, LocalizationModule, NonFiniteLossError, RateProgressBar, truncate_metrics,
+        AtomicCheckpointIO, LocalizationModule, NonFiniteLossError, RateProgressBar, format_f1, truncate_metrics,
     )
 
     if not config.out:
@@ -221,9 +232,12 @@ def train(config: TrainConfig, resume: bool = False) -> RunResult:
     run_dir = Path(config.out)
     rank = global_rank()
     last = run_dir / "checkpoints" / "last.ckpt"
+    # A run killed before its first checkpoint (config, index and split written, no last.ckpt) is
+    # resumed from epoch 1 with its own index and split.
+    from_checkpoint = resume and last.is_file()
     if resume:
-        if not last.is_file():
-            raise ProtlocError(f"nothing to resume in {run_dir}: no checkpoints/last.ckpt")
+        if not (run_dir / "config.yaml").is_file():
+            raise _no_run_to_resume(run_dir)
     elif rank == 0 and _existing_run(run_dir):
         raise ProtlocError(f"{run_dir} already holds a training run; use --resume to continue it or another --out")
     config = resolve(config)
@@ -243,7 +257,7 @@ def train(config: TrainConfig, resume: bool = False) -> RunResult:
     train_ids = [i for i in splits["train"] if i in labelled][: config.limit_train]
     val_ids = [i for i in splits["val"] if i in labelled][: config.limit_val]
     if not train_ids:
-        raise ProtlocError(f"no labelled training samples in {index.root} (labels.csv missing or empty?)")
+        raise ProtlocError(f"no labelled training samples in {index.root} {_why_no_samples(index)}")
     if not val_ids:
         raise ProtlocError(f"the validation split of {index.root} is empty ({len(labelled)} labelled samples); "
                            "add samples or change split_fractions in a --config file")
@@ -267,7 +281,10 @@ def train(config: TrainConfig, resume: bool = False) -> RunResult:
             except (OSError, ValueError):
                 pass
             env = {**previous, "resumes": [*previous.get("resumes", []), env]}
-            truncate_metrics(run_dir / "metrics.csv", _checkpoint_epochs(last))
+            truncate_metrics(run_dir / "metrics.csv", _checkpoint_epochs(last) if from_checkpoint else 0)
+            if not from_checkpoint:  # files of an attempt that no checkpoint continues
+                for stale in ("best.ckpt", "best_val_predictions.npz"):
+                    (run_dir / "checkpoints" / stale).unlink(missing_ok=True)
         else:
             index.save(run_dir / "index.json")
             save_splits(splits, run_dir / "splits.json", seed=config.split_seed,
@@ -324,7 +341,7 @@ def train(config: TrainConfig, resume: bool = False) -> RunResult:
     )
     status, message = "completed", ""
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resume else None)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if from_checkpoint else None)
     except NonFiniteLossError as exc:
         status, message = "nan-loss", str(exc)
     model_path = None
@@ -333,9 +350,19 @@ def train(config: TrainConfig, resume: bool = False) -> RunResult:
     epochs_done = trainer.current_epoch if status == "completed" else module.current_epoch
     if status == "completed":
         message = (f"trained {config.model} for {epochs_done} epochs; best val mean F1 "
-                   f"{module.best_f1:.3f} at epoch {module.best_epoch}; run in {run_dir}")
+                   f"{format_f1(module.best_f1)} at epoch {module.best_epoch}; run in {run_dir}")
     return RunResult(run_dir=run_dir, status=status, message=message, epochs_completed=epochs_done,
                      best_epoch=module.best_epoch, best_val_mean_f1=module.best_f1, model_path=model_path)
+
+
+def _why_no_samples(index) -> str:
+    if index.excluded:
+        first = index.excluded[0]
+        return (f"({len(index.excluded)} excluded by the scan, e.g. {first['id']}: {first['reason']}; all of them: "
+                f"protloc data scan {index.root})")
+    if index.samples and not index.labelled():
+        return "(no labels file: labels.csv for channel files, train.csv for kaggle-hpa, labels.txt for npz)"
+    return "(labels.csv missing or empty?)"
 
 
 def _checkpoint_epochs(path: Path) -> int:
