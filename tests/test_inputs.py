@@ -341,3 +341,16 @@ def test_control_characters_in_names_stay_on_one_line(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "  two\\nthree: missing channel red (microtubules)\n" in out
 
+
+
+def test_a_data_error_in_a_loader_worker_keeps_its_one_line_reason():
+    class Broken(torch.utils.data.Dataset):
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, i):
+            raise DataError("x_blue.tif: truncated TIFF (image data ends after the file)")
+
+    with pytest.raises(DataError) as info:
+        next(iter(torch.utils.data.DataLoader(Broken(), num_workers=1)))
+    assert str(info.value) == "x_blue.tif: truncated TIFF (image data ends after the file)"
