@@ -354,3 +354,16 @@ def test_a_data_error_in_a_loader_worker_keeps_its_one_line_reason():
     with pytest.raises(DataError) as info:
         next(iter(torch.utils.data.DataLoader(Broken(), num_workers=1)))
     assert str(info.value) == "x_blue.tif: truncated TIFF (image data ends after the file)"
+
+
+def test_an_index_scanned_with_a_raised_limit_stays_readable(tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    write_sample(data, "a", seed=1)
+    assert main(["data", "scan", str(data), "--max-pixels", "6000"]) == 0  # 72 x 72 = 5184
+    index = DatasetIndex.load(data / ".protloc" / "index.json")
+    assert index.max_pixels == 6000 and index.ids() == ["a"]
+    os.environ["PROTLOC_MAX_PIXELS"] = "1000"  # a later step run with a lower limit in force
+    assert index.load_image("a").shape == (4, SIZE, SIZE)
+    with pytest.raises(ImageTooLargeError):
+        read_channel_file(data / "a_blue.png")
