@@ -8,10 +8,9 @@ import tifffile
 from PIL import Image
 
 from protloc.data.channels import CHANNELS, COLOUR_OF_CHANNEL
+from protloc.data.inputs import discover_inputs, load_entry
 from protloc.data.readers import (
     NPZ_CHANNEL_ORDER,
-    discover_inputs,
-    load_entry,
     read_channel_file,
     read_multichannel_file,
     read_npz_sample,

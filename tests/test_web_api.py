@@ -536,3 +536,25 @@ def test_protloc_serve_command(tmp_path, capsys):
         except subprocess.TimeoutExpired:
             os.kill(process.pid, signal.SIGKILL)
     assert process.returncode == 0
+
+
+def test_hpa_channel_files_are_named_by_their_sample_id(client, tmp_path):
+    from PIL import Image
+
+    image = cell_like_sample(96, 96, seed=70)
+    paths = []
+    for index, colour in enumerate(("blue", "red", "yellow", "green")):
+        path = tmp_path / f"57639_1283_B2_10_{colour}.jpg"
+        Image.fromarray((image[index] >> 8).astype(np.uint8)).save(path, quality=95)
+        paths.append(path)
+    response = upload_channels(client, paths[::-1])
+    assert response.status_code == 202, response.text
+    data = client.get(response.json()["url"]).json()
+    assert data["name"] == "57639_1283_B2_10"
+    assert data["filenames"] == [p.name for p in paths[::-1]]  # the files keep their own names
+    assert "<title>57639_1283_B2_10 · protloc</title>" in client.get(data["links"]["page"]).text
+    # names that do not share an id stay the list of file names
+    mixed = write_channel_files(tmp_path / "m", "one", cell_like_sample(64, 64, seed=71))
+    renamed = mixed[0].rename(mixed[0].with_name("two_blue.tif"))
+    other = client.get(upload_channels(client, [renamed, *mixed[1:]]).json()["url"]).json()
+    assert other["name"] == "two_blue.tif one_red.tif one_yellow.tif one_green.tif"

@@ -24,9 +24,9 @@ import torch
 from protloc.data.channels import CHANNELS
 from protloc.errors import ProtlocError
 from protloc.files import atomic_write
+from protloc.inference.normalization import NORMALIZATION
 
 FORMAT = "protloc-model/1"
-NORMALIZATION = {"kind": "per-channel-zscore", "eps": 1e-7}
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
@@ -73,7 +73,24 @@ def read_model_file(path: str | Path) -> dict:
         raise ProtlocError(f"cannot read model file {path}: {type(exc).__name__}: {exc}".splitlines()[0]) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ProtlocError(f"{path} is not a protloc model file (format {FORMAT})")
+    check_inputs(payload, path)
     return payload
+
+
+def check_inputs(payload: dict, path: str | Path) -> None:
+    """Refuse a model whose stored input channels or normalisation differ from what protloc feeds."""
+    channels = payload.get("channels")
+    if list(channels or []) != list(CHANNELS):
+        raise ProtlocError(
+            f"{path}: the model takes channels {channels} but protloc feeds {list(CHANNELS)}; "
+            "it cannot be used as it is"
+        )
+    normalization = payload.get("normalization")
+    if normalization != NORMALIZATION:
+        raise ProtlocError(
+            f"{path}: the model expects input normalisation {normalization} but protloc feeds {NORMALIZATION}; "
+            "it cannot be used as it is"
+        )
 
 
 def build_network(payload: dict) -> torch.nn.Module:

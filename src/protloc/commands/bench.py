@@ -1,12 +1,10 @@
 """`protloc bench`: speed benchmarks with ratios against baselines measured in the same run.
 
-The benchmark code lives in ``benchmarks/run.py`` of a source checkout (it is not installed with the
-package); this command finds it beside ``src/``.
+The benchmark code is the installed package ``protloc.bench``; this command is a thin layer over it.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -56,18 +54,6 @@ def _positive_int(value, option: str) -> int | None:
     return number
 
 
-def load_benchmarks():
-    """The ``benchmarks/run.py`` module of the source checkout this package runs from."""
-    path = Path(__file__).resolve().parents[3] / "benchmarks" / "run.py"
-    if not path.is_file():
-        raise ProtlocError("protloc bench runs from a source checkout: benchmarks/run.py is not beside src/")
-    spec = importlib.util.spec_from_file_location("protloc_benchmarks_run", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def run(args) -> int:
     repeats = _positive_int(args.repeats, "--repeats")
     threads = _positive_int(args.threads, "--threads")
@@ -78,7 +64,8 @@ def run(args) -> int:
         raise ProtlocError(f"no TensorFlow result file {args.tf_result}")
     if args.model is not None and not Path(args.model).is_file():
         raise ProtlocError(f"no model file {args.model}")
-    bench = load_benchmarks()
+    import protloc.bench as bench
+
     sections = bench.parse_sections(args.sections)
     settings = bench.Settings(quick=args.quick, model=args.model, tf_result=args.tf_result, repeats=repeats,
                               compile=args.compile, progress=sys.stderr.isatty(), threads=threads)

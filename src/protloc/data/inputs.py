@@ -329,7 +329,8 @@ def _named_channel_sample(path: Path) -> tuple[str, dict[str, str], str | None]:
     return sample_id, sources, listing.problems.get(sample_id)
 
 
-def discover_inputs(paths, format: str | None = None, label_set=None) -> list[SampleEntry]:
+def discover_inputs(paths, format: str | None = None, label_set=None,
+                    reader_options: dict | None = None) -> list[SampleEntry]:
     """Prediction inputs as SampleEntry with absolute source paths, in the order given; nothing is decoded.
 
     Each path may be a channel file (its sibling channel files are found next to it), a multichannel
@@ -358,6 +359,13 @@ def discover_inputs(paths, format: str | None = None, label_set=None) -> list[Sa
         if not path.exists():
             raise ProtlocError(f"no such file or folder: {raw}")
         path = path.absolute()
+        # --- hook (issue 14): OME-TIFF files/folders and OME-Zarr stores; reader_options = --channels/--projection ---
+        from protloc.data.ome import ome_inputs
+        if (ome := ome_inputs(path, reader_options)) is not None:
+            for sample_id, sources in ome:
+                add(sample_id, sources)
+            continue
+        # --- end hook ---
         if path.is_file():
             parsed = parse_channel_filename(path.name)
             if parsed is not None:

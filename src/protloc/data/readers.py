@@ -274,6 +274,11 @@ def read_sample(sources: dict[str, str], format: str | None = None, max_pixels: 
     """
     if "npz" in sources:
         return read_npz_sample(sources["npz"], max_pixels)
+    # --- hook (issue 14): OME-TIFF / OME-Zarr samples listed by protloc.data.ome.ome_inputs ---
+    from protloc.data.ome import is_ome_source, read_ome_source
+    if is_ome_source(sources):
+        return read_ome_source(sources).image
+    # --- end hook ---
     if "multichannel" in sources:
         return read_multichannel_file(sources["multichannel"], max_pixels)
     planes = _read_planes(sources, max_pixels)
@@ -300,12 +305,3 @@ def _limit(max_pixels: int | None) -> int:
 
     return limit_in_force() if max_pixels is None else int(max_pixels)
 
-
-def __getattr__(name: str):
-    # Batch prediction imported the input listing from here before it had its own module; kept until
-    # it imports protloc.data.inputs (imported lazily, so this module does not depend on the listing).
-    if name in ("discover_inputs", "load_entry"):
-        from protloc.data import inputs
-
-        return getattr(inputs, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
