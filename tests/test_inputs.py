@@ -212,6 +212,12 @@ def test_non_utf8_names_in_errors_are_printable(tmp_path, capsys):
     assert main(["data", "scan", str(data)]) == 0
     out = capsys.readouterr().out
     assert "b\\xe9: unreadable b\\xe9_red.png: not an image" in out
+    folder = Path(os.fsdecode(bytes(tmp_path) + b"/\xffdir"))
+    folder.mkdir()
+    write_sample(folder, "a", seed=3)
+    assert main(["data", "scan", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].startswith(str(tmp_path / "\\xffdir")) and "\\xffdir/.protloc/index.json" in out
     missing = Path(os.fsdecode(bytes(tmp_path) + b"/\xff.tif"))
     assert main(["data", "scan", str(missing)]) == 2
     assert "no such folder" in capsys.readouterr().err
