@@ -79,7 +79,7 @@ def _format_summary(index, summary: dict, splits: dict, single: dict, written: P
 
 def run_scan(args) -> int:
     from protloc.data.index import INDEX_DIRNAME, folder_is_writable, scan_dataset
-    from protloc.errors import ProtlocError
+    from protloc.errors import ProtlocError, printable
     from protloc.data.limits import set_max_pixels
     from protloc.data.splits import make_splits, save_splits, single_label_ids
 
