@@ -213,3 +213,14 @@ def test_a_network_whose_trace_bakes_in_its_size_is_exported_at_its_crop_size(tm
     assert np.abs(pt.predict_proba(image) - ox.predict_proba(image)).max() < 1e-5
     assert main(["export", str(model), "--format", "torchscript", "--out", str(tmp_path / "cm.pt")]) == 0
     assert "input 96x96" in capsys.readouterr().out
+
+
+def test_quick_onnxruntime_benchmark_section(tmp_path, model_file):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--quick", "--sections", "onnxruntime", "--model", str(model_file), "--repeats", "1",
+                 "--out", str(out)]) == 0
+    section = json.loads(out.read_text())["sections"]["onnxruntime"]
+    rows = {row["variant"]: row for row in section["rows"]}
+    assert rows["protloc fast fp32 (baseline)"]["ratio_vs_fast"] == 1.0
+    assert rows["onnxruntime fp32"]["best_s"] > 0 and rows["onnxruntime fp32"]["max_logit_diff_rel"] < 1e-4
+    assert "max |difference|" in section["export_checks"][-1]
