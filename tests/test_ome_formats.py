@@ -288,7 +288,7 @@ def test_real_hpa_field_as_ome_tiff_with_published_weights(tmp_path):
         if __import__("os").environ.get("CI"):
             pytest.fail("../shared is not beside the repository")
         pytest.skip("../shared is not beside the repository")
-    from protloc.data.readers import discover_inputs, load_entry
+    from protloc.data.inputs import discover_inputs, load_entry
 
     model = tmp_path / "gapnet-pl.pt"
     assert main(["pretrained", "import", str(checkpoint), "--out", str(model)]) == 0
@@ -333,7 +333,9 @@ def test_predict_plate_with_maps_writes_ngff_labels(tmp_path, model_file):
         assert sorted(named.values()) == sorted(shown)  # the classes whose maps were drawn
         nodes = list(Reader(parse_url(str(plate / well / "0")))())
         assert any(isinstance(spec, Label) for node in nodes for spec in node.specs)
-    assert (tmp_path / "maps" / "screen_B_2_0__composite.png").is_file()
+    from protloc.inference.maps import map_file_stem
+
+    assert (tmp_path / "maps" / f"{map_file_stem('screen/B/2/0')}__composite.png").is_file()
 
 
 def test_plate_listing_reads_no_pixels_and_a_damaged_field_is_reported(tmp_path, model_file):
