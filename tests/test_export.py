@@ -213,3 +213,35 @@ def test_a_network_whose_trace_bakes_in_its_size_is_exported_at_its_crop_size(tm
     assert np.abs(pt.predict_proba(image) - ox.predict_proba(image)).max() < 1e-5
     assert main(["export", str(model), "--format", "torchscript", "--out", str(tmp_path / "cm.pt")]) == 0
     assert "input 96x96" in capsys.readouterr().out
+
+
+def test_quick_onnxruntime_benchmark_section(tmp_path, model_file):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--quick", "--sections", "onnxruntime", "--model", str(model_file), "--repeats", "1",
+                 "--out", str(out)]) == 0
+    section = json.loads(out.read_text())["sections"]["onnxruntime"]
+    rows = {row["variant"]: row for row in section["rows"]}
+    assert rows["protloc fast fp32 (baseline)"]["ratio_vs_fast"] == 1.0
+    assert rows["onnxruntime fp32"]["best_s"] > 0 and rows["onnxruntime fp32"]["max_logit_diff_rel"] < 1e-4
+    assert "max |difference|" in section["export_checks"][-1]
+
+
+def test_bioimageio_package_of_weights_you_trained(model_file, tmp_path, capsys):
+    """Your own weights: your name, your licence, your pixel size; no borrowed LICENSE file."""
+    from bioimageio.spec import InvalidDescr, load_description
+
+    package = tmp_path / "mine.zip"
+    assert main(["export", str(model_file), "--format", "bioimageio", "--out", str(package), "--author", "A. Person",
+                 "--license", "MIT", "--pixel-size", "0.32", "--test-size", "128"]) == 0
+    assert "pixel size 0.32 µm" in capsys.readouterr().out
+    with zipfile.ZipFile(package) as archive:
+        rdf = yaml.safe_load(archive.read("rdf.yaml"))
+        assert "LICENSE" not in archive.namelist()
+        assert np.load(__import__("io").BytesIO(archive.read("test_input.npy"))).shape == (1, 4, 128, 128)
+    assert rdf["authors"] == [{"name": "A. Person"}] and rdf["license"] == "MIT"
+    assert rdf["inputs"][0]["axes"][2]["scale"] == 0.32
+    assert rdf["config"]["protloc"]["thresholds"] == [0.4] * 13
+    assert not isinstance(load_description(package), InvalidDescr)
+    assert main(["export", str(model_file), "--format", "bioimageio", "--out", str(package), "--author", "A",
+                 "--test-size", "100"]) == 2
+    assert "multiple of 16" in one_line_error(capsys)
