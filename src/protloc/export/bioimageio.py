@@ -22,6 +22,7 @@ import yaml
 
 import protloc
 from protloc.errors import ProtlocError
+from protloc.inference.normalization import EPSILON, normalize
 from protloc.export import ExportResult, model_metadata
 
 FORMAT_VERSION = "0.5.4"
@@ -69,12 +70,6 @@ def sha256(path: Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def normalize(image: np.ndarray, eps: float = 1e-7) -> np.ndarray:
-    mean = image.mean(axis=(-2, -1), keepdims=True)
-    std = image.std(axis=(-2, -1), keepdims=True)
-    return ((image - mean) / (std + eps)).astype(np.float32)
 
 
 def test_image(size: int) -> np.ndarray:
@@ -212,7 +207,7 @@ def export_bioimageio(model: dict, out: str | Path, *, pixel_size_um: float | No
                 "test_tensor": file("test_input.npy"),
                 "data": {"type": "float32"},
                 "preprocessing": [{"id": "ensure_dtype", "kwargs": {"dtype": "float32"}},
-                                  {"id": "zero_mean_unit_variance", "kwargs": {"axes": ["y", "x"], "eps": 1e-7}}],
+                                  {"id": "zero_mean_unit_variance", "kwargs": {"axes": ["y", "x"], "eps": EPSILON}}],
             }],
             "outputs": [{
                 "id": "probabilities",
