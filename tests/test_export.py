@@ -139,7 +139,8 @@ def test_bad_exports_are_one_line_errors(model_file, tmp_path, capsys):
     assert "is an exported model" in one_line_error(capsys)
     assert main(["export", str(model_file), "--format", "onnx", "--out", str(tmp_path / "m.bin")]) == 2
     assert "a .onnx file" in one_line_error(capsys)
-    assert main(["export", str(model_file), "--format", "bioimageio", "--out", str(tmp_path / "m.zip")]) == 2
+    assert main(["export", str(model_file), "--format", "bioimageio", "--out", str(tmp_path / "m.zip"),
+                 "--pixel-size", "0.08"]) == 2
     assert "--author" in one_line_error(capsys)  # weights someone trained: the package must say who
     assert not (tmp_path / "m.zip").exists()
     # an ONNX file that protloc did not write: no classes, no channels, so no guessing
@@ -243,5 +244,16 @@ def test_bioimageio_package_of_weights_you_trained(model_file, tmp_path, capsys)
     assert rdf["config"]["protloc"]["thresholds"] == [0.4] * 13
     assert not isinstance(load_description(package), InvalidDescr)
     assert main(["export", str(model_file), "--format", "bioimageio", "--out", str(package), "--author", "A",
-                 "--test-size", "100"]) == 2
+                 "--pixel-size", "0.32", "--test-size", "100"]) == 2
     assert "multiple of 16" in one_line_error(capsys)
+
+
+def test_pixel_size_travels_with_the_onnx_export(published_model, model_file, tmp_path, capsys):
+    out = tmp_path / "published.onnx"
+    assert main(["export", str(published_model), "--format", "onnx", "--out", str(out)]) == 0
+    predictor = protloc.load_model(out)
+    assert predictor.pixel_size_um == 0.08 and predictor.pixel_size_um == protloc.load_model(published_model).pixel_size_um
+    # a model that does not record its pixel size cannot be packaged for the zoo without one
+    assert main(["export", str(model_file), "--format", "bioimageio", "--out", str(tmp_path / "m.zip"),
+                 "--author", "A. Person"]) == 2
+    assert "--pixel-size" in one_line_error(capsys)
