@@ -270,8 +270,8 @@ def train(config: TrainConfig, resume: bool = False) -> RunResult:
     network, options, paper = build_network(config, len(index.label_set))
     from protloc.training.transfer import prepare_transfer
 
+    check_crop(config, paper, index, train_ids + val_ids)  # before the notes: a refused run prints one line
     scale = prepare_transfer(network, config, index, announce=rank == 0)
-    check_crop(config, paper, index, train_ids + val_ids)
 
     layout = torchrun_layout()
     if layout is not None:
