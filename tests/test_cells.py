@@ -132,7 +132,7 @@ def test_other_networks_predict_masked_crops(tmp_path):
     result = predict_cells(predictor, image, labels)
     assert result.method == "masked-crops" and result.probabilities.shape == (2, 13)
     changed = image.copy()
-    changed[:, labels != 1] = 0.0  # pixels outside cell 1 do not reach its crop
+    changed[:, (labels != 1) & (labels != 0)] = 0.0  # other cells' pixels do not reach cell 1's crop
     again = predict_cells(predictor, changed, labels)
     np.testing.assert_allclose(again.probabilities[0], result.probabilities[0], atol=1e-6)
     assert cell_crop(image, labels, 1, 128).shape == (4, 128, 128)

@@ -9,9 +9,9 @@ coverage-weighted mean of the map. A mask covering the whole image gives weight 
 exactly the global average: the image-level answer is the special case. All cells of an image come
 from the one forward pass the image needs.
 
-Other networks (``crop_probabilities``) have no such head: each cell is cut out on its bounding box
-(made square, pixels outside the cell set to zero), resized to the network's input size and
-predicted on its own. Their "embedding" is then the probability vector itself.
+Other networks (``crop_probabilities``) have no such head: each cell is cut out in a window of the
+network's input size centred on it (pixels outside the cell set to the field's background level)
+and predicted on its own. Their "embedding" is then the probability vector itself.
 """
 
 from __future__ import annotations
@@ -126,28 +126,46 @@ def masked_features(predictor, image: np.ndarray, labels: np.ndarray, cell_ids: 
     )
 
 
-def cell_crop(image: np.ndarray, labels: np.ndarray, cell_id: int, size: int) -> np.ndarray:
-    """The cell on its square bounding box (zero outside the cell, zero-padded at the image edge),
-    resized to ``size`` x ``size`` (bilinear)."""
+def background_level(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per-channel median of the pixels outside every cell (the 1st percentile when there are none)."""
+    outside = labels[::2, ::2] == 0
+    planes = image[:, ::2, ::2]
+    if outside.any():
+        return np.median(planes[:, outside], axis=1).astype(np.float32)
+    return np.percentile(planes.reshape(len(planes), -1), 1.0, axis=1).astype(np.float32)
+
+
+def cell_crop(image: np.ndarray, labels: np.ndarray, cell_id: int, size: int,
+              fill: np.ndarray | None = None) -> np.ndarray:
+    """A ``size`` x ``size`` window centred on the cell at the image's own scale, every pixel outside
+    the cell (and beyond the image edge) set to ``fill`` (per channel; default the background level,
+    so the window looks like a lone cell on empty slide). A cell larger than the window is cut on its
+    square bounding box and shrunk to fit (bilinear), as a fixed-size network cannot take it whole."""
+    fill = background_level(image, labels) if fill is None else fill
     ys, xs = np.nonzero(labels == cell_id)
     y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-    side = max(y1 - y0, x1 - x0)
-    cy, cx = (y0 + y1) // 2, (x0 + x1) // 2
-    top, left = cy - side // 2, cx - side // 2
-    crop = np.zeros((image.shape[0], side, side), dtype=np.float32)
+    side = max(y1 - y0, x1 - x0, size)
+    top, left = (y0 + y1) // 2 - side // 2, (x0 + x1) // 2 - side // 2
+    crop = np.empty((image.shape[0], side, side), dtype=np.float32)
+    crop[:] = np.asarray(fill, np.float32)[:, None, None]
     sy0, sy1 = max(top, 0), min(top + side, image.shape[1])
     sx0, sx1 = max(left, 0), min(left + side, image.shape[2])
     inside = labels[sy0:sy1, sx0:sx1] == cell_id
-    crop[:, sy0 - top : sy1 - top, sx0 - left : sx1 - left] = image[:, sy0:sy1, sx0:sx1] * inside
+    window = crop[:, sy0 - top : sy1 - top, sx0 - left : sx1 - left]
+    window[:, inside] = image[:, sy0:sy1, sx0:sx1][:, inside]
+    if side == size:
+        return crop
     tensor = torch.from_numpy(crop)[None]
     return F.interpolate(tensor, size=(size, size), mode="bilinear", align_corners=False)[0].numpy()
 
 
 def crop_probabilities(predictor, image: np.ndarray, labels: np.ndarray, cell_ids: np.ndarray) -> CellPredictions:
-    """Networks without a global-average head: each masked cell crop through the network on its own."""
+    """Networks without a global-average head: each masked cell window through the network on its own
+    (the window is the network's input size, so each cell is one patch)."""
     size = int(predictor.patch_size)
+    fill = background_level(image, labels)
     probabilities = np.stack(
-        [predictor.predict_proba(cell_crop(image, labels, int(i), size)) for i in cell_ids]
+        [predictor.predict_proba(cell_crop(image, labels, int(i), size, fill)) for i in cell_ids]
     ) if len(cell_ids) else np.zeros((0, len(predictor.classes)), np.float32)
     image_probabilities = predictor.predict_proba(image)
     return CellPredictions(

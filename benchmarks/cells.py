@@ -1,0 +1,117 @@
+"""Single cells: segmentation + per-cell prediction of one field against the image-level prediction.
+
+    PYTHONPATH=src python benchmarks/cells.py [--model FILE] [--image DIR] [--rounds 5] [--out results/cells]
+
+Baseline: ``Predictor.predict_proba(image)`` with its defaults (the image-level answer ``protloc
+predict`` gives: covering patches of the model's crop size, fp32, GapNet-PL's fast path). Measured:
+``protloc.cells.analyse_image`` (segmentation from the reference channels, every cell's 224 features
+and probabilities from one whole-image pass, the table's geometry), also split into segmentation and
+prediction. Variants run round-robin (each round runs each once), so load on a shared machine hits
+them alike; the ratio of medians is the figure (target: at most 1.5).
+
+Image: the real 2048² HPA field of ../shared/real-hpa/hpa-download when present, else a synthetic
+2048² field. Model: ``--model``, else GapNet-PL with random weights (timing does not depend on them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+REAL_FIELD = REPO.parent / "shared" / "real-hpa" / "hpa-download"
+
+
+def _load_image(path: Path | None) -> tuple[np.ndarray, str]:
+    from protloc.data.readers import discover_inputs, load_entry
+
+    folder = path or REAL_FIELD
+    if folder.exists():
+        entry = discover_inputs([folder])[0]
+        return load_entry(entry), f"{entry.id} ({folder})"
+    from protloc.data.synth import draw_sample
+
+    _, image = draw_sample(0, 0, 2048, 2048)
+    return image.astype(np.float32), "synthetic 2048x2048 field (seed 0, sample 0)"
+
+
+def _predictor(model: str | None):
+    import torch
+
+    from protloc.labels import HPA13
+    from protloc.predictor import Predictor, load_model
+
+    if model:
+        return load_model(model), model
+    torch.manual_seed(0)
+    from protloc.models import create_model
+
+    network = create_model("gapnet-pl").eval()
+    predictor = Predictor(network, list(HPA13.classes), np.full(13, 0.5, np.float32), 1024, "gapnet-pl")
+    return predictor, "gapnet-pl, random weights, crop size 1024 (the paper's)"
+
+
+def bench_cells(model: str | None = None, image_path: Path | None = None, rounds: int = 5) -> dict:
+    from protloc.cells.features import predict_cells
+    from protloc.cells.pipeline import analyse_image
+    from protloc.cells.segmentation import segment
+
+    predictor, model_label = _predictor(model)
+    image, image_label = _load_image(image_path)
+    variants = {
+        "image-level prediction (baseline)": lambda: predictor.predict_proba(image),
+        "image-level, one whole-image pass": lambda: predictor.predict_proba(image, whole_image=True),
+        "cells: segmentation + per-cell prediction": lambda: analyse_image(predictor, image, "bench"),
+        "  of which segmentation": lambda: segment(image),
+    }
+    cells = segment(image).cells
+    variants["  of which per-cell prediction"] = lambda: predict_cells(predictor, image, cells)
+    for run in variants.values():  # warm-up: weights converted, buffers allocated, libraries loaded
+        run()
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, run in variants.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    base = statistics.median(times["image-level prediction (baseline)"])
+    rows = [{"variant": name, "median_s": statistics.median(t), "best_s": min(t),
+             "ratio": statistics.median(t) / base} for name, t in times.items()]
+    return {"image": image_label, "shape": list(image.shape), "model": model_label, "cells": int(cells.max()),
+            "rounds": rounds, "rows": rows}
+
+
+def to_markdown(result: dict) -> str:
+    lines = [f"Image: {result['image']}, {result['shape'][1]}x{result['shape'][2]}, {result['cells']} cells; "
+             f"model: {result['model']}; {result['rounds']} rounds, round-robin.", "",
+             "| variant | median (s) | best (s) | ratio to image-level (medians) |", "|---|---:|---:|---:|"]
+    for row in result["rows"]:
+        lines.append(f"| {row['variant']} | {row['median_s']:.3f} | {row['best_s']:.3f} | {row['ratio']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="protloc model file (default: GapNet-PL with random weights)")
+    parser.add_argument("--image", type=Path, help="folder or channel file of one field (default: the real 2048² field)")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--out", type=Path, help="write OUT.json and OUT.md")
+    args = parser.parse_args(argv)
+    result = bench_cells(args.model, args.image, args.rounds)
+    text = to_markdown(result)
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+        args.out.with_suffix(".md").write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
