@@ -3,8 +3,8 @@
 Run with ``protloc bench`` (from a source checkout) or ``python benchmarks/run.py``; sections:
 
 * ``inference``: GapNet-PL on a 2048² four-channel image, as four 1024² patches and as one whole
-  image, fp32 and bf16, each lever of ``protloc.fast_inference`` switched off in turn; baseline: the
-  plain eager NCHW fp32 forward (``network(normalize_batch(x))``) on the four patches. Outputs are
+  image, fp32 and bf16, each lever of ``protloc.models.gapnet_pl_fast`` switched off in turn; baseline: the
+  plain eager NCHW fp32 forward (``network(normalize(x))``) on the four patches. Outputs are
   compared with the baseline's (max logit difference, relative), and bf16's predicted classes with
   fp32's on synthetic samples. ``--tf-result`` adds the authors' TensorFlow graph
   (``tools/tf_benchmark.py``, run in a separate process and environment) to the same table.
@@ -95,7 +95,7 @@ def machine_info() -> dict:
         memory_gib = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
     except (ValueError, OSError):
         pass
-    from protloc.fast_inference import bf16_supported
+    from protloc.inference.precision import bf16_supported
 
     return {
         "cpu": cpu,
@@ -193,8 +193,8 @@ def relative_difference(a, b) -> float:
 def inference_section(settings: Settings, progress: Progress) -> dict:
     import torch
 
-    from protloc.fast_inference import FastGapNetPL, gflop
-    from protloc.inference import normalize_batch
+    from protloc.models.gapnet_pl_fast import FastGapNetPL, gflop
+    from protloc.inference.normalization import normalize
 
     network, weights = load_network(settings)
     size = settings.image_size
@@ -203,16 +203,16 @@ def inference_section(settings: Settings, progress: Progress) -> dict:
     patches = to_patches(image, patch)
 
     def plain(x):
-        return network(normalize_batch(x))
+        return network(normalize(x))
 
     network_cl = None
 
     def channels_last(x):
-        return network_cl(normalize_batch(x).contiguous(memory_format=torch.channels_last))
+        return network_cl(normalize(x).contiguous(memory_format=torch.channels_last))
 
     def autocast_bf16(x):
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            return network(normalize_batch(x))
+            return network(normalize(x))
 
     import copy
 
@@ -229,7 +229,7 @@ def inference_section(settings: Settings, progress: Progress) -> dict:
         "bf16 compiled SELU": FastGapNetPL(network, precision="bf16", compile_selu=True),
     }
     rows = [  # (name, mode, function, input, lever description)
-        ("eager NCHW fp32 (baseline)", "patches", plain, patches, "network(normalize_batch(x)) on 4 patches, batch 4"),
+        ("eager NCHW fp32 (baseline)", "patches", plain, patches, "network(normalize(x)) on 4 patches, batch 4"),
         ("eager NCHW fp32", "whole", plain, image, "one pass, same forward"),
         ("eager channels-last fp32", "whole", channels_last, image, "model and input channels-last only"),
         ("eager bf16 autocast", "whole", autocast_bf16, image, "torch.autocast(cpu, bfloat16) around the plain forward"),
@@ -308,7 +308,7 @@ def bf16_class_check(network, settings: Settings) -> dict:
     import torch
 
     from protloc.data.synth import draw_sample
-    from protloc.fast_inference import fast_network
+    from protloc.models.gapnet_pl_fast import fast_network
 
     count, size = (3, 128) if settings.quick else (24, 512)
     fp32, bf16 = fast_network(network, precision="fp32"), fast_network(network, precision="bf16")
@@ -625,8 +625,8 @@ def child(task: dict) -> dict:
     """One scaling point, in a fresh process: seconds per call and peak resident memory."""
     import torch
 
-    from protloc.fast_inference import FastGapNetPL
-    from protloc.inference import normalize_batch
+    from protloc.models.gapnet_pl_fast import FastGapNetPL
+    from protloc.inference.normalization import normalize
     from protloc.models import create_model
 
     torch.manual_seed(0)
@@ -635,7 +635,7 @@ def child(task: dict) -> dict:
         network = create_model("gapnet-pl").eval()
         x = benchmark_image(task["size"])
         if task["variant"] == "eager NCHW fp32":
-            fn = lambda: network(normalize_batch(x))  # noqa: E731
+            fn = lambda: network(normalize(x))  # noqa: E731
         else:
             fast = FastGapNetPL(network, precision="bf16" if "bf16" in task["variant"] else "fp32",
                                 compile_selu="compiled" in task["variant"])
@@ -693,7 +693,7 @@ def scaling_section(settings: Settings, progress: Progress) -> dict:
     for batch in batches:
         training_rows.append(run_child({"kind": "training", "size": crop, "batch": batch, "rounds": rounds}))
         progress.step(f"scaling training batch {batch}")
-    from protloc.fast_inference import gflop
+    from protloc.models.gapnet_pl_fast import gflop
 
     for row in inference_rows:
         if "best_s" in row:

@@ -21,7 +21,8 @@ SIZE = 160
 
 
 def digest(folder: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def read_labels(folder: Path) -> list[dict[str, str]]:
@@ -48,7 +49,8 @@ def test_layout_and_labels_csv(small_set: Path) -> None:
             image = tifffile.imread(small_set / f"{row['id']}_{COLOUR_OF_CHANNEL[channel]}.tif")
             assert image.dtype == np.uint16 and image.shape == (SIZE, SIZE)
             assert image.std() > 0
-    assert len(list(small_set.iterdir())) == 6 * 4 + 1
+    assert len(list(small_set.iterdir())) == 6 * 4 + 3  # labels.csv, cells.csv, masks/
+    assert len(list((small_set / "masks").iterdir())) == 6 * 2
 
 
 def test_tiffs_carry_no_varying_tags(small_set: Path) -> None:
@@ -68,15 +70,18 @@ def test_different_seed_different_data(small_set: Path, tmp_path: Path) -> None:
     synth.generate_dataset(other, 6, SIZE, 4, workers=1, progress=False)
     ours, theirs = digest(small_set), digest(other)
     assert ours.keys() == theirs.keys()
-    assert all(ours[name] != theirs[name] for name in ours if name.endswith(".tif"))
+    assert all(ours[name] != theirs[name] for name in ours if name.endswith((".tif", "mask.png")))
 
 
 def test_sample_does_not_depend_on_data_set_size(small_set: Path, tmp_path: Path) -> None:
     # sample i comes from its own generator: a shorter set repeats the first samples exactly
     fewer = tmp_path / "fewer"
     synth.generate_dataset(fewer, 2, SIZE, 3, workers=1, progress=False)
-    for name in (p.name for p in fewer.iterdir() if p.suffix == ".tif"):
+    names = [p.relative_to(fewer) for p in fewer.rglob("*") if p.suffix in (".tif", ".png")]
+    assert len(names) == 2 * 6
+    for name in names:
         assert (fewer / name).read_bytes() == (small_set / name).read_bytes()
+    assert read_cells(small_set)[:len(read_cells(fewer))] == read_cells(fewer)
 
 
 def test_non_square(tmp_path: Path) -> None:
@@ -105,10 +110,98 @@ def test_label_statistics() -> None:
 
 
 # ---------------------------------------------------------------------------------------------------
+# per-cell truth: masks and cells.csv agree with each other, with the image and with labels.csv
+
+
+def read_cells(folder: Path) -> list[dict[str, str]]:
+    with open(folder / "cells.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_cell_masks_and_cells_csv_agree(small_set: Path) -> None:
+    from PIL import Image
+
+    cells = read_cells(small_set)
+    assert list(cells[0]) == synth.CELLS_HEADER
+    image_labels = {r["id"]: set(HPA13.parse(r["labels"])) for r in read_labels(small_set)}
+    for sid, labels in image_labels.items():
+        rows = [c for c in cells if c["image_id"] == sid]
+        with Image.open(small_set / "masks" / f"{sid}_cellmask.png") as im:
+            assert im.mode.startswith("I;16")
+            mask = np.asarray(im)
+        nuclei = np.asarray(Image.open(small_set / "masks" / f"{sid}_nucleimask.png"))
+        assert mask.shape == nuclei.shape == (SIZE, SIZE)
+        ids = np.unique(mask)
+        # ids 1..N without gaps, one row per id, the area and border flag of each
+        assert list(ids) == list(range(0 if (mask == 0).any() else 1, len(rows) + 1))
+        assert [int(c["cell_id"]) for c in rows] == list(range(1, len(rows) + 1))
+        border = set(np.unique(np.concatenate([mask[0], mask[-1], mask[:, 0], mask[:, -1]])))
+        for c in rows:
+            cid = int(c["cell_id"])
+            assert int(c["area_px"]) == (mask == cid).sum()
+            assert (c["touches_border"] == "yes") == (cid in border)
+        # a nucleus lies inside its own cell
+        assert (nuclei[nuclei > 0] == mask[nuclei > 0]).all() and (nuclei > 0).sum() > 0
+        # each cell shows a subset of the field's classes, nothing when it does not express,
+        # and together the cells show all of them
+        shown = set()
+        for c in rows:
+            classes = set(HPA13.parse(c["labels"])) if c["labels"] else set()
+            assert classes <= labels
+            assert (c["expressing"] == "yes") == bool(classes)
+            assert c["mitotic"] in ("yes", "no")
+            shown |= classes
+        assert shown == labels
+
+
+def test_cells_vary_expressing_mitotic_and_localisation() -> None:
+    fields = [synth.draw_field(21, i, 256, 256)[1] for i in range(24)]
+    cells = [c for f in fields for c in f.cells]
+    assert any(not c.expressing for c in cells) and sum(c.expressing for c in cells) > len(cells) / 2
+    assert 0 < sum(c.mitotic for c in cells) < 0.15 * len(cells)
+    multi = [f for f in fields if len({k for c in f.cells for k in c.classes}) > 1]
+    assert any(len({c.classes for c in f.cells if c.expressing}) > 1 for f in multi)
+
+
+def test_non_expressing_cells_are_dark_in_the_protein_channel() -> None:
+    brighter = 0
+    for index in range(12):
+        _, field = synth.draw_field(5, index, 256, 256)
+        protein = field.image[3].astype(np.float64)
+        on = [protein[field.cell_mask == c.cell_id].mean() for c in field.cells if c.expressing and c.area_px > 500]
+        off = [protein[field.cell_mask == c.cell_id].mean() for c in field.cells if not c.expressing and c.area_px > 500]
+        if on and off:
+            brighter += min(on) > max(off) * 0.9 or np.median(on) > 1.2 * np.median(off)
+    assert brighter >= 4
+
+
+def test_mitotic_cells_have_condensed_bright_chromatin() -> None:
+    ratios, contrasts = [], []
+    for index in range(30):
+        _, field = synth.draw_field(8, index, 256, 256)
+        nucleus = field.image[0].astype(np.float64)
+        interphase = [nucleus[field.nuclei_mask == c.cell_id].mean() for c in field.cells
+                      if not c.mitotic and not c.touches_border]
+        for c in field.cells:
+            if c.mitotic and not c.touches_border and interphase:
+                plate = field.nuclei_mask == c.cell_id
+                ys, xs = np.nonzero(plate)
+                eig = np.linalg.eigvalsh(np.cov(np.vstack([ys, xs])))
+                ratios.append(np.sqrt(eig[1] / max(eig[0], 1e-6)))
+                contrasts.append(nucleus[plate].mean() / np.median(interphase))
+    assert ratios, "no whole mitotic cell in 30 fields"
+    assert np.median(ratios) > 2.0 and np.median(contrasts) > 1.2
+
+
+def test_pixel_size_is_stated() -> None:
+    assert 0.05 < synth.PIXEL_SIZE_UM < 1.0
+
+
+# ---------------------------------------------------------------------------------------------------
 # morphology: the protein lies in the compartments its labels name
 
 
-def noiseless(labels, seed=5, height=SIZE, width=SIZE):
+def noiseless(labels, seed=7, height=SIZE, width=SIZE):
     """Signal maps of one sample without camera noise: (field, references, protein, expression)."""
     rng = np.random.default_rng(seed)
     field = synth.make_field(rng, height, width)
@@ -227,12 +320,18 @@ def test_refuses_a_non_empty_folder_unless_overwrite(tmp_path: Path, capsys) -> 
     assert main(["synth", str(out), "--samples", "1", "--size", "64"]) == 2
     assert "not empty" in capsys.readouterr().err
     assert main(["synth", str(out), "--samples", "1", "--size", "64", "--overwrite", "--workers", "1"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["labels.csv"] + [f"synth-00000_{c}.tif" for c in
-                                                                      sorted(COLOUR_OF_CHANNEL.values())]
+    assert sorted(p.name for p in out.iterdir()) == ["cells.csv", "labels.csv", "masks"] + [
+        f"synth-00000_{c}.tif" for c in sorted(COLOUR_OF_CHANNEL.values())]
+    assert sorted(p.name for p in (out / "masks").iterdir()) == ["synth-00000_cellmask.png",
+                                                                 "synth-00000_nucleimask.png"]
     # --overwrite never deletes files that are not a synthetic set
     (out / "notes.txt").write_text("mine")
     assert main(["synth", str(out), "--samples", "1", "--size", "64", "--overwrite"]) == 2
     assert (out / "notes.txt").exists()
+    (out / "notes.txt").unlink()
+    (out / "masks" / "mine.png").write_bytes(b"x")
+    assert main(["synth", str(out), "--samples", "1", "--size", "64", "--overwrite"]) == 2
+    assert (out / "masks" / "mine.png").exists() and (out / "cells.csv").exists()
 
 
 def test_unknown_class_for_render_sample() -> None:

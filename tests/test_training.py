@@ -330,31 +330,28 @@ def test_cache_refreshes_changed_files(data_dir, tmp_path):
 
 
 def test_predict_image_averages_patch_sigmoids():
-    from protloc.data.patches import extract_patches, normalize
-    from protloc.inference import normalize_batch, predict_dataset, predict_image, predict_whole
+    from protloc.data.patches import extract_patches
+    from protloc.inference import Inferer, normalize, predict_dataset
     from protloc.models import create_model
 
     torch.manual_seed(0)
     network = create_model("gapnet-pl").train()
     rng = np.random.default_rng(0)
     image = (rng.random((4, 100, 150)) * 4000).astype(np.float32)
-    probs = predict_image(network, image, 64, batch_size=2)
+    probs = Inferer(network, 64, batch_size=2)(image)
     assert network.training  # mode restored
     patches = extract_patches(image, 64)
     assert patches.shape[0] == 2 * 3
     with torch.no_grad():
         manual = torch.sigmoid(network.eval()(torch.from_numpy(normalize(patches)))).mean(0).numpy()
     np.testing.assert_allclose(probs, manual, rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(normalize_batch(torch.from_numpy(patches)).numpy(), normalize(patches), atol=1e-4)
-    whole = predict_whole(network, image)
+    np.testing.assert_allclose(normalize(torch.from_numpy(patches)).numpy(), normalize(patches), atol=1e-4)
+    whole = Inferer(network, None)(image)
     with torch.no_grad():
         expected = torch.sigmoid(network(torch.from_numpy(normalize(image))[None]))[0].numpy()
     np.testing.assert_allclose(whole, expected, rtol=1e-4, atol=1e-6)
 
-    class Index:
-        def load_image(self, sample_id):
-            return image * (1 + int(sample_id))
-
-    ids, stacked = predict_dataset(network, Index(), ["0", "1"], 64, progress=False)
-    assert ids == ["0", "1"] and stacked.shape == (2, 13)
+    stacked = predict_dataset(Inferer(network, 64), ["0", "1"], lambda sample_id: image * (1 + int(sample_id)),
+                              progress=False)
+    assert stacked.shape == (2, 13)
     np.testing.assert_allclose(stacked[0], probs, rtol=1e-4, atol=1e-6)

@@ -24,9 +24,9 @@ import torch
 from protloc.data.channels import CHANNELS
 from protloc.errors import ProtlocError
 from protloc.files import atomic_write
+from protloc.inference.normalization import NORMALIZATION
 
 FORMAT = "protloc-model/1"
-NORMALIZATION = {"kind": "per-channel-zscore", "eps": 1e-7}
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:

@@ -60,8 +60,10 @@ def prepare_data(data: Path, settings: DemoSettings, progress: bool) -> Path:
     wanted = _synth_params(settings)
     if marker.is_file() and json.loads(marker.read_text()) == wanted and (data / "labels.csv").is_file():
         return data
+    # an index of an earlier data set is stale, and generate_dataset only removes its own files
+    shutil.rmtree(data / ".protloc", ignore_errors=True)
+    marker.unlink(missing_ok=True)
     generate_dataset(data, settings.samples, settings.size, settings.seed, overwrite=True, progress=progress)
-    shutil.rmtree(data / ".protloc", ignore_errors=True)  # an index of an earlier data set is stale
     marker.write_text(json.dumps(wanted))
     return data
 

@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+from protloc.data.limits import add_max_pixels_argument
+
 FORMAT_CHOICES = ("channels", "npz", "kaggle-hpa")
 MAX_LISTED = 50  # excluded samples listed in the human summary
 
@@ -38,6 +40,7 @@ def register(subparsers) -> None:
     scan.add_argument("--out", metavar="OUTDIR", default=None,
                       help="write index.json and splits.json here instead of DIR/.protloc/")
     scan.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
+    add_max_pixels_argument(scan)
     scan.set_defaults(handler=run_scan)
 
 
@@ -75,8 +78,10 @@ def _format_summary(index, summary: dict, splits: dict, single: dict, written: P
 def run_scan(args) -> int:
     from protloc.data.index import INDEX_DIRNAME, folder_is_writable, scan_dataset
     from protloc.errors import ProtlocError
+    from protloc.data.limits import set_max_pixels
     from protloc.data.splits import make_splits, save_splits, single_label_ids
 
+    set_max_pixels(args.max_pixels)
     index = scan_dataset(args.dir, format=args.format, labels=args.labels, label_set=args.label_set,
                          progress=sys.stderr.isatty())
     splits = make_splits(index, seed=args.seed)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 
+from protloc.data.limits import add_max_pixels_argument, set_max_pixels
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -32,16 +34,18 @@ def register(subparsers) -> None:
                         "later ones run 5-10%% faster; for runs of many images)")
     parser.add_argument("--workers", type=int, default=2, help="image-decoding worker processes")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    add_max_pixels_argument(parser)
     parser.set_defaults(handler=run)
 
 
 def run(args) -> int:
-    from protloc.batch_predict import run_batch_prediction
-    from protloc.fast_inference import check_precision
+    from protloc.inference.batch import run_batch_prediction
+    from protloc.inference.precision import check_precision
 
     check_precision(args.precision)
+    set_max_pixels(args.max_pixels)  # the readers, in the decoding workers too
     if args.compile_selu:
-        from protloc.fast_inference import use_compiled_selu
+        from protloc.models.gapnet_pl_fast import use_compiled_selu
 
         use_compiled_selu()
     result = run_batch_prediction(

@@ -80,6 +80,9 @@ def run(args) -> int:
     from PIL import Image
 
     Image.MAX_IMAGE_PIXELS = settings.max_pixels
+    from protloc.data.limits import set_max_pixels
+
+    set_max_pixels(settings.max_pixels)  # the worker's readers apply the same limit as the upload checks
     if args.create_token:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         sessions = db.open_database(settings.resolved_database_url())

@@ -33,16 +33,21 @@ def register(subparsers) -> None:
     cache.add_argument("--cache", metavar="DIR", help="prepared-data cache folder (default DATA/.protloc/cache)")
     cache.add_argument("--no-cache", action="store_true", help="decode the image files every epoch instead")
     parser.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from its last checkpoint")
+    from protloc.data.limits import add_max_pixels_argument
+
+    add_max_pixels_argument(parser)
     parser.set_defaults(handler=run)
 
 
 def run(args) -> int:
     from pathlib import Path
 
+    from protloc.data.limits import set_max_pixels
     from protloc.errors import ProtlocError
     from protloc.training.config import load_config
     from protloc.training.run import resume_config, train
 
+    set_max_pixels(args.max_pixels)
     overrides = {
         "model": args.model, "data": args.data, "out": args.out, "epochs": args.epochs,
         "crop_size": args.crop_size, "batch_size": args.batch_size, "learning_rate": args.lr, "seed": args.seed,

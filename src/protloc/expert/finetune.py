@@ -34,36 +34,28 @@ def final_linear(network: nn.Module) -> tuple[str, nn.Linear]:
     return linears[-1]
 
 
-def _normalize(batch: torch.Tensor) -> torch.Tensor:
-    from protloc.data.patches import normalize
-
-    return normalize(batch)
-
-
 @torch.no_grad()
 def penultimate_features(network: nn.Module, image: np.ndarray, patch_size: int | None, batch_size: int = 8) -> np.ndarray:
-    """The final layer's input for one raw canonical sample [4, H, W], averaged over covering patches.
+    """The final layer's input for one raw canonical sample [4, H, W], averaged over covering patches
+    (the one ``Inferer``, its forward the normalised patches up to the last linear layer).
 
-    ``patch_size`` None (or at least the image size) runs the whole normalised image at once.
+    ``patch_size`` None runs the whole normalised image at once.
     """
-    from protloc.data.patches import extract_patches
+    from protloc.inference.inferer import Inferer
+    from protloc.inference.normalization import normalize
 
     _, layer = final_linear(network)
-    captured: list[torch.Tensor] = []
-    hook = layer.register_forward_hook(lambda _m, inputs, _o: captured.append(inputs[0].detach()))
-    try:
-        height, width = image.shape[-2:]
-        if patch_size is None or (height <= patch_size and width <= patch_size):
-            patches = image[None]
-        else:
-            patches = extract_patches(image, patch_size)
-        device = next(network.parameters()).device
-        for start in range(0, len(patches), batch_size):
-            batch = torch.stack([_normalize(torch.from_numpy(np.ascontiguousarray(p))) for p in patches[start:start + batch_size]])
-            network(batch.to(device))
-    finally:
-        hook.remove()
-    return torch.cat(captured).mean(dim=0).cpu().numpy().astype(np.float32)
+
+    def features(batch: torch.Tensor) -> torch.Tensor:
+        captured: list[torch.Tensor] = []
+        hook = layer.register_forward_hook(lambda _m, inputs, _o: captured.append(inputs[0].detach()))
+        try:
+            network(normalize(batch))
+        finally:
+            hook.remove()
+        return captured[0]
+
+    return Inferer(network, patch_size, batch_size=batch_size, forward=features)(image)
 
 
 def _progress(iterable, total: int, desc: str):
@@ -124,7 +116,7 @@ def finetune_multiclass(run_dir: str | Path, data: str | Path | None = None, *, 
     from protloc.checkpoint import atomic_torch_save, build_network, read_model_file
     from protloc.data.index import default_splits_path, open_dataset
     from protloc.data.splits import load_splits, make_splits, single_label_ids
-    from protloc.predictor import resolve_model_file
+    from protloc.inference.predictor import resolve_model_file
 
     started = time.perf_counter()
     run_dir = Path(run_dir)
@@ -213,7 +205,7 @@ def _run_data(run_dir: Path) -> str:
 def load_multiclass_network(spec: str | Path):
     """(network, payload, path) for ``expert predict --model``: a run folder prefers its multiclass/model.pt."""
     from protloc.checkpoint import build_network, read_model_file
-    from protloc.predictor import resolve_model_file
+    from protloc.inference.predictor import resolve_model_file
 
     path = Path(spec)
     if path.is_dir() and (path / "multiclass" / "model.pt").is_file():

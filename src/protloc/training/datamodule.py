@@ -18,7 +18,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from protloc.data.patches import normalize, random_crop
+from protloc.data.patches import random_crop
+from protloc.inference.normalization import normalize
 
 
 class EpochSampler(Sampler):

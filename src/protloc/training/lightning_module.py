@@ -11,7 +11,7 @@
 - Gradients rescaled when their global L2 norm exceeds 5 (Trainer ``gradient_clip_val=5``,
   ``gradient_clip_algorithm='norm'``).
 - Validation on whole images: covering patches of the crop size, sigmoid outputs averaged
-  (``protloc.inference.predict_image``). Every rank predicts its share; the predictions are gathered
+  (``protloc.inference.Inferer``). Every rank predicts its share; the predictions are gathered
   so that every rank computes the same mean F1.
 - ReduceLROnPlateau (mode max, factor 0.5, patience 30, threshold 0.01, relative by default: see
   config.py) on the validation mean F1 at 0.5. It is stepped here, right after the F1 is computed
@@ -195,11 +195,12 @@ class LocalizationModule(pl.LightningModule):
         self._val_outputs = []
 
     def validation_step(self, batch, batch_idx):
-        from protloc.inference import predict_image
+        from protloc.inference.inferer import Inferer
 
         position, image, label = batch
-        probs = predict_image(self.network, image.numpy(), self.config.crop_size,
-                              batch_size=self.config.val_batch_size, device=self.device)
+        inferer = Inferer(self.network, self.config.crop_size, batch_size=self.config.val_batch_size,
+                          device=self.device)
+        probs = inferer(image.numpy())
         self._val_outputs.append((int(position), probs, label.numpy()))
 
     def _gather(self, items: list) -> list:

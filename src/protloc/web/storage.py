@@ -269,17 +269,12 @@ async def stream_multipart(
 
 
 def channel_from_filename(filename: str) -> str | None:
-    """HPA-style channel of a file name: ``..._blue.tif`` -> nucleus; a channel name works too."""
-    stem = PurePosixPath(filename).name.lower()
-    for suffix in (".gz",) + IMAGE_SUFFIXES:
-        if stem.endswith(suffix):
-            stem = stem[: -len(suffix)]
-    token = stem.replace("-", "_").split("_")[-1]
-    if token in HPA_COLOURS:
-        return HPA_COLOURS[token]
-    if token in CHANNELS:
-        return token
-    return None
+    """The channel of a channel file's name, by the readers' own parser (protloc.data.filenames):
+    ``..._blue.tif`` or ``..._nucleus.tif`` -> nucleus; anything else (``s1-blue.tif``) -> None."""
+    from protloc.data.filenames import parse_channel_filename
+
+    parsed = parse_channel_filename(PurePosixPath(filename).name)
+    return parsed.channel if parsed else None
 
 
 def normalise_channel_name(value: str) -> str | None:
@@ -304,65 +299,32 @@ def _sniff(path: Path) -> str:
 
 
 def _check_pixels(shape: tuple[int, ...], max_pixels: int, name: str) -> None:
-    """Pixels per plane: the two largest dimensions (channels/samples are the small ones)."""
-    dims = sorted((int(d) for d in shape), reverse=True)
-    if len(dims) >= 2 and dims[0] * dims[1] > max_pixels:
-        raise UploadError(413, f"{name}: image of {dims[0]}x{dims[1]} pixels exceeds the limit of {max_pixels} pixels")
+    """The data layer's pixel limit (protloc.data.limits.check_pixels) as a 413."""
+    from protloc.data.limits import ImageTooLargeError, check_pixels
+
+    try:
+        check_pixels(shape, name, max_pixels)
+    except ImageTooLargeError as exc:
+        raise UploadError(413, str(exc)) from None
 
 
 def inspect_image(path: Path, name: str, max_pixels: int) -> str:
-    """Check an upload's headers before decoding anything; returns its kind (tiff/png/jpeg/npz)."""
-    kind = _sniff(path)
-    size = path.stat().st_size
-    if kind == "tiff":
-        import tifffile
+    """Check an upload's headers before decoding anything; returns its kind (tiff/png/jpeg/npz).
 
-        try:
-            with tifffile.TiffFile(path) as tif:
-                if not tif.pages:
-                    raise UploadError(422, f"{name}: TIFF without images")
-                for page in tif.pages:
-                    _check_pixels(tuple(page.shape), max_pixels, name)
-                    # A truncated file: the image data is said to lie beyond the end of the file.
-                    for offset, count in zip(page.dataoffsets, page.databytecounts):
-                        if offset + count > size:
-                            raise UploadError(422, f"{name}: truncated TIFF (image data ends after the file)")
-        except UploadError:
-            raise
-        except Exception as exc:
-            raise UploadError(422, f"{name}: unreadable TIFF ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
-        return kind
-    if kind in ("png", "jpeg"):
-        from PIL import Image
+    The data layer's header check (protloc.data.limits.check_image_header, the one the CLI applies):
+    413 over the pixel limit, 415 not an image, 422 a damaged or truncated header.
+    """
+    from protloc.data.limits import ImageTooLargeError, NotAnImageError, check_image_header
+    from protloc.errors import DataError
 
-        try:
-            with Image.open(path) as image:  # reads the header only
-                width, height = image.size
-        except Image.DecompressionBombError as exc:  # Pillow's own guard fired on the header
-            raise UploadError(413, f"{name}: {exc}") from None
-        except Exception as exc:
-            raise UploadError(422, f"{name}: unreadable {kind.upper()} ({exc})") from None
-        _check_pixels((height, width), max_pixels, name)
-        return kind
-    if kind == "zip":  # an NPZ is a zip of .npy arrays
-        try:
-            with zipfile.ZipFile(path) as archive:
-                for info in archive.infolist():
-                    if info.file_size > 64 * max_pixels:  # 4 float64 planes at the pixel limit and more
-                        raise UploadError(413, f"{name}: array {info.filename} unpacks to {info.file_size} bytes")
-                    if info.filename.endswith(".npy"):
-                        with archive.open(info) as member:
-                            version = np.lib.format.read_magic(member)
-                            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                                           else np.lib.format.read_array_header_2_0)
-                            shape, _, _ = read_header(member)
-                        _check_pixels(tuple(shape), max_pixels, name)
-        except UploadError:
-            raise
-        except Exception as exc:
-            raise UploadError(422, f"{name}: unreadable NPZ ({exc})") from None
-        return "npz"
-    raise UploadError(415, f"{name}: not an image (expected TIFF, PNG, JPEG or a multi-channel TIFF/NPZ)")
+    try:
+        return check_image_header(path, name=name, limit=max_pixels)
+    except ImageTooLargeError as exc:
+        raise UploadError(413, str(exc)) from None
+    except NotAnImageError as exc:
+        raise UploadError(415, str(exc)) from None
+    except DataError as exc:
+        raise UploadError(422, str(exc)) from None
 
 
 def decode_channel(received: ReceivedFile, channel: str, max_pixels: int) -> np.ndarray:

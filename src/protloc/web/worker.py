@@ -48,35 +48,18 @@ class WorkerStats:
 
 
 def batched_probabilities(predictor, images: list[np.ndarray], max_batch_patches: int, stats: WorkerStats | None = None) -> list[np.ndarray]:
-    """Probabilities of several samples, their covering patches sharing forward passes."""
-    import torch
+    """Probabilities of several samples, their covering patches sharing forward passes (the one
+    ``Inferer``; fp32: GapNet-PL's fast path, equal to the plain forward's logits within 1e-6)."""
 
-    from protloc.data.patches import extract_patches
-    from protloc.inference import forward_probabilities
+    def count(patches: int, samples: int) -> None:
+        if stats is not None:
+            stats.forward_passes += 1
+            stats.patches += patches
+            stats.max_samples_per_pass = max(stats.max_samples_per_pass, samples)
 
-    patch_sets = [np.ascontiguousarray(extract_patches(image, predictor.patch_size)) for image in images]
-    owners = np.concatenate([np.full(len(p), i) for i, p in enumerate(patch_sets)])
-    patches = torch.from_numpy(np.concatenate(patch_sets))
-    network = predictor.network
-    outputs = []
-    was_training = network.training
-    network.eval()
-    try:
-        with torch.no_grad():
-            for start in range(0, len(patches), max(1, max_batch_patches)):
-                chunk = patches[start : start + max_batch_patches]
-                # fp32: GapNet-PL's fast path (the plain forward's logits within 1e-6), others plain
-                outputs.append(forward_probabilities(network, chunk, predictor.device, "fp32").cpu())
-                if stats is not None:
-                    stats.forward_passes += 1
-                    stats.patches += len(chunk)
-                    stats.max_samples_per_pass = max(
-                        stats.max_samples_per_pass, len(set(owners[start : start + max_batch_patches].tolist()))
-                    )
-    finally:
-        network.train(was_training)
-    probs = torch.cat(outputs).numpy()
-    return [probs[owners == i].mean(axis=0).astype(np.float32) for i in range(len(images))]
+    inferer = predictor.inferer(batch_size=max(1, max_batch_patches), precision="fp32")
+    inferer.on_pass = count
+    return inferer.predict_many(images)
 
 
 def render_submission(predictor, image: np.ndarray, predicted: list[str], probs: np.ndarray, folder: Path) -> list[str]:
@@ -85,7 +68,7 @@ def render_submission(predictor, image: np.ndarray, predicted: list[str], probs:
     With no class over its threshold, the map of the most probable class is drawn instead, so the
     page always shows where the network looked. Returns the classes with a map.
     """
-    from protloc import render
+    from protloc import visualization as render
 
     folder.mkdir(parents=True, exist_ok=True)
     composite = render.composite(image)

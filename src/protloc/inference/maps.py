@@ -1,6 +1,12 @@
-"""Localisation maps: where in an image the evidence for a class lies."""
+"""Localisation maps: where in an image the evidence for a class lies.
+
+GapNet-PL: class activation maps through its global-average features. The other networks: the
+probabilities of patches on a half-patch grid, computed by the one ``Inferer`` and painted back.
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,7 +31,7 @@ def class_activation_maps(network, image: np.ndarray, class_indices: list[int], 
     d(logit)/d(mean feature) times each feature map, summed over channels, is a per-location
     first-order share of the logit; the three blocks' maps are upsampled to the image and summed.
     """
-    from protloc.data.patches import normalize
+    from protloc.inference.normalization import normalize
 
     device = device or torch.device("cpu")
     x = torch.from_numpy(normalize(image))[None].to(device)
@@ -54,32 +60,46 @@ def class_activation_maps(network, image: np.ndarray, class_indices: list[int], 
     return maps
 
 
-@torch.no_grad()
-def sliding_window_maps(
-    network, image: np.ndarray, class_indices: list[int], patch_size: int, device=None, batch_size: int = 8
-) -> list[np.ndarray]:
-    """Per-class probability of patches on a half-patch grid, painted back and averaged where they overlap."""
-    from protloc.data.patches import normalize
-
-    device = device or torch.device("cpu")
-    channels, height, width = image.shape
-    padded_h, padded_w = max(height, patch_size), max(width, patch_size)
-    padded = np.zeros((channels, padded_h, padded_w), dtype=np.float32)
-    padded[:, :height, :width] = image
+def window_grid(height: int, width: int, patch_size: int) -> list[tuple[int, int]]:
+    """Top-left corners of patches on a half-patch stride covering a (padded) height x width image."""
+    height, width = max(height, patch_size), max(width, patch_size)
     stride = max(1, patch_size // 2)
-    ys = sorted({*range(0, padded_h - patch_size + 1, stride), padded_h - patch_size})
-    xs = sorted({*range(0, padded_w - patch_size + 1, stride), padded_w - patch_size})
-    corners = [(y, x) for y in ys for x in xs]
-    total = np.zeros((len(class_indices), padded_h, padded_w), dtype=np.float32)
-    count = np.zeros((padded_h, padded_w), dtype=np.float32)
-    network.eval()
-    for start in range(0, len(corners), batch_size):
-        chunk = corners[start : start + batch_size]
-        batch = np.stack([normalize(padded[:, y : y + patch_size, x : x + patch_size]) for y, x in chunk])
-        probs = torch.sigmoid(network(torch.from_numpy(batch).to(device))).cpu().numpy()[:, class_indices]
-        for (y, x), p in zip(chunk, probs):
-            total[:, y : y + patch_size, x : x + patch_size] += p[:, None, None]
-            count[y : y + patch_size, x : x + patch_size] += 1
+    ys = sorted({*range(0, height - patch_size + 1, stride), height - patch_size})
+    xs = sorted({*range(0, width - patch_size + 1, stride), width - patch_size})
+    return [(y, x) for y in ys for x in xs]
+
+
+def sliding_window_maps(inferer, image: np.ndarray, class_indices: list[int]) -> list[np.ndarray]:
+    """Per-class probability of patches on a half-patch grid (``inferer.window_outputs``), painted
+    back and averaged where they overlap; [H, W] maps in [0, 1]."""
+    height, width = image.shape[-2:]
+    size = inferer.patch_size
+    corners = window_grid(height, width, size)
+    probs = inferer.window_outputs(image, corners)[:, class_indices]
+    total = np.zeros((len(class_indices), max(height, size), max(width, size)), dtype=np.float32)
+    count = np.zeros(total.shape[1:], dtype=np.float32)
+    for (y, x), p in zip(corners, probs):
+        total[:, y : y + size, x : x + size] += p[:, None, None]
+        count[y : y + size, x : x + size] += 1
     averaged = total / np.maximum(count, 1)
     # Probabilities are meaningful as they are (0.5 is the decision threshold), so they are not rescaled.
     return [np.clip(m[:height, :width], 0.0, 1.0) for m in averaged]
+
+
+def _safe_name(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
+
+
+def write_maps(predictor, sample_id: str, image: np.ndarray, probs: np.ndarray, predicted: list[str], folder: Path) -> list[Path]:
+    """Composite plus one overlay per predicted class (the most probable one when none passes its threshold)."""
+    from protloc import visualization as render
+
+    classes = predicted or [predictor.classes[int(np.argmax(probs))]]
+    maps = predictor.localization_maps(image, classes)
+    stem = _safe_name(sample_id)
+    composite = render.composite(image)
+    written = [render.save_png(composite, folder / f"{stem}__composite.png")]
+    for cls, heat in maps.items():
+        written.append(render.save_png(render.overlay_map(image, heat, base=composite),
+                                       folder / f"{stem}__{_safe_name(cls)}.png"))
+    return written

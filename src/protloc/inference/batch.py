@@ -152,7 +152,8 @@ def run_batch_prediction(
     from tqdm import tqdm
 
     from protloc.data.readers import discover_inputs
-    from protloc.predictor import load_model
+    from protloc.inference.maps import write_maps
+    from protloc.inference.predictor import load_model
 
     out = Path(out)
     fmt = output_format(out)
@@ -240,22 +241,3 @@ def _journal_to_parquet(journal: Path, out: Path, columns: list[str]) -> None:
     tmp = out.with_name(out.name + ".tmp")
     pq.write_table(table, tmp)
     os.replace(tmp, out)
-
-
-def _safe_name(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
-
-
-def write_maps(predictor, sample_id: str, image: np.ndarray, probs: np.ndarray, predicted: list[str], folder: Path) -> list[Path]:
-    """Composite plus one overlay per predicted class (the most probable one when none passes its threshold)."""
-    from protloc import render
-
-    classes = predicted or [predictor.classes[int(np.argmax(probs))]]
-    maps = predictor.localization_maps(image, classes)
-    stem = _safe_name(sample_id)
-    composite = render.composite(image)
-    written = [render.save_png(composite, folder / f"{stem}__composite.png")]
-    for cls, heat in maps.items():
-        written.append(render.save_png(render.overlay_map(image, heat, base=composite),
-                                       folder / f"{stem}__{_safe_name(cls)}.png"))
-    return written
