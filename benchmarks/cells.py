@@ -29,7 +29,7 @@ REAL_FIELD = REPO.parent / "shared" / "real-hpa" / "hpa-download"
 
 
 def _load_image(path: Path | None) -> tuple[np.ndarray, str]:
-    from protloc.data.readers import discover_inputs, load_entry
+    from protloc.data.inputs import discover_inputs, load_entry
 
     folder = path or REAL_FIELD
     if folder.exists():
@@ -45,7 +45,7 @@ def _predictor(model: str | None):
     import torch
 
     from protloc.labels import HPA13
-    from protloc.predictor import Predictor, load_model
+    from protloc.inference import Predictor, load_model
 
     if model:
         return load_model(model), model

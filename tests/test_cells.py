@@ -14,6 +14,7 @@ from protloc.checkpoint import save_model_file
 from protloc.cli import main
 from protloc.data.synth import generate_dataset
 from protloc.labels import HPA13
+from protloc.inference import normalize
 from protloc.models import create_model
 
 REAL_HPA = Path(__file__).resolve().parents[2] / "shared" / "real-hpa"
@@ -64,12 +65,10 @@ def test_whole_image_mask_reproduces_image_probabilities(predictor, shape):
 
 
 def test_block_maps_equal_the_networks_blocks(predictor):
-    from protloc.inference import normalize_batch
-
     raw = torch.from_numpy(_image(96, 80, seed=3))[None]
     with torch.no_grad():
         ours = block_maps(predictor.network.eval(), raw)
-        reference = predictor.network.blocks(normalize_batch(raw))
+        reference = predictor.network.blocks(normalize(raw))
     for mine, theirs in zip(ours, reference):
         assert mine.shape == theirs.shape
         torch.testing.assert_close(mine.contiguous(), theirs, atol=1e-4, rtol=1e-4)
@@ -85,7 +84,7 @@ def test_cell_embedding_is_the_mean_of_the_maps_over_the_cell(predictor):
     assert result.cell_ids.tolist() == [3, 7]
     raw = torch.from_numpy(image)[None]
     with torch.no_grad():
-        b1, b2, b3 = predictor.network.eval().blocks(__import__("protloc.inference", fromlist=["x"]).normalize_batch(raw))
+        b1, b2, b3 = predictor.network.eval().blocks(normalize(raw))
     expected = torch.cat([b1[0, :, 4:16, 8:24].mean((1, 2)), b2[0, :, 1:4, 2:6].mean((1, 2)),
                           b3[0, :, 1:4, 2:6].mean((1, 2))]).numpy()
     np.testing.assert_allclose(result.embeddings[1], expected, rtol=1e-4, atol=1e-5)
@@ -138,25 +137,14 @@ def test_other_networks_predict_masked_crops(tmp_path):
     assert cell_crop(image, labels, 1, 128).shape == (4, 128, 128)
 
 
-def _replayed_truth(seed: int, index: int, size: int) -> np.ndarray:
-    """The generator's own cell layout for a sample (its rng replayed: labels, then the field)."""
-    from protloc.data import synth
-
-    rng = synth.sample_rng(seed, index)
-    synth.sample_labels(rng)
-    field = synth.make_field(rng, size, size)
-    return field.owner + 1
-
-
 def test_segmentation_finds_the_synthetic_cells():
-    from protloc.data.synth import draw_sample
+    from protloc.data.synth import draw_field
 
     ious, found, drawn = [], 0, 0
     for index in range(3):
-        _, image = draw_sample(11, index, 320, 320)
-        segmentation = segment(image.astype(np.float32))
-        truth = _replayed_truth(11, index, 320)
-        matching = match_cells(truth, segmentation.cells)
+        _, field = draw_field(11, index, 320, 320)
+        segmentation = segment(field.image.astype(np.float32))
+        matching = match_cells(field.cell_mask.astype(np.int32), segmentation.cells)
         ious.extend(matching.ious)
         found += matching.found_count
         drawn += matching.true_count
@@ -166,7 +154,7 @@ def test_segmentation_finds_the_synthetic_cells():
 
 
 def test_segmentation_of_the_real_kaggle_field():
-    from protloc.data.readers import discover_inputs, load_entry
+    from protloc.data.inputs import discover_inputs, load_entry
 
     folder = REAL_HPA / "kaggle-png"
     if not folder.is_dir():

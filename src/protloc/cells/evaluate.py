@@ -123,8 +123,8 @@ def evaluate_folder(data: str | Path, model, ids: list[str] | None = None, progr
     from protloc.cells.features import predict_cells
     from protloc.cells.masks import read_masks
     from protloc.cells.segmentation import segment
-    from protloc.data.readers import discover_inputs, load_entry
-    from protloc.predictor import load_model
+    from protloc.data.inputs import discover_inputs, load_entry
+    from protloc.inference import load_model
 
     data = Path(data)
     predictor = model if hasattr(model, "network") else load_model(model)

@@ -49,13 +49,13 @@ def is_gapnet(network: torch.nn.Module) -> bool:
 def block_maps(network: torch.nn.Module, raw: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """GapNet-PL's three block feature maps of a raw batch [N, 4, H, W], normalised as the predictor does.
 
-    The same values as ``network.blocks(normalize_batch(raw))``, computed the way inference is fast
+    The same values as ``network.blocks(normalize(raw))``, computed the way inference is fast
     on a CPU: channels-last activations, and max pooling before SELU (SELU increases strictly, so
     ``max_pool(selu(x)) == selu(max_pool(x))`` and the exponential runs on a quarter of the values).
     """
-    from protloc.inference import normalize_batch
+    from protloc.inference import normalize
 
-    x = normalize_batch(raw).contiguous(memory_format=torch.channels_last)
+    x = normalize(raw).contiguous(memory_format=torch.channels_last)
     block1 = F.selu(F.max_pool2d(network.conv1(x), 2, ceil_mode=True), inplace=True)
     h = F.selu(network.conv2(block1), inplace=True)
     h = F.selu(network.conv3(h), inplace=True)

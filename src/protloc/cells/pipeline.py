@@ -165,8 +165,8 @@ def run_cells(inputs, model, out, *, masks_dir=None, maps_dir=None, embeddings: 
 
     from protloc.cells.masks import check_masks_folder, read_masks, write_label_image
     from protloc.cells.overlay import class_overlay, save_png
-    from protloc.data.readers import discover_inputs, load_entry
-    from protloc.predictor import load_model
+    from protloc.data.inputs import discover_inputs, load_entry
+    from protloc.inference import load_model
 
     require_cells_extra()
     paths = output_paths(out)
