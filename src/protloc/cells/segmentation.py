@@ -1,6 +1,7 @@
 """Nuclei and whole cells from the reference channels (the classic CellProfiler recipe, scikit-image).
 
-1. Nuclei: the nucleus channel is smoothed, thresholded by Otsu's method (holes filled, specks
+1. Nuclei: the nucleus channel is smoothed, thresholded by Otsu's method with hysteresis (dim
+   nuclei kept down to halfway to the background where part of them passes; holes filled, specks
    removed), and touching nuclei are split by a watershed on the distance transform seeded by its
    local maxima (at least about half a nucleus apart).
 2. Cells: a seeded watershed from the nuclei over the smoothed microtubule + ER signal (each channel
@@ -111,11 +112,18 @@ def estimate_nucleus_diameter(nucleus: np.ndarray) -> float:
 def segment_nuclei(nucleus: np.ndarray, diameter: float) -> np.ndarray:
     """Nuclei label image (int32) of a nucleus plane at working resolution, nuclei ``diameter`` px wide."""
     from skimage.feature import peak_local_max
+    from skimage.filters import apply_hysteresis_threshold
     from skimage.morphology import remove_small_objects
     from skimage.segmentation import watershed
 
     smooth = ndi.gaussian_filter(nucleus, max(1.0, diameter / 16.0))
-    mask = smooth > _otsu(smooth)
+    high = _otsu(smooth)
+    if not np.isfinite(high):
+        return np.zeros(nucleus.shape, dtype=np.int32)
+    # Hysteresis: dim nuclei (out of focus, weakly stained) are kept down to halfway between the
+    # background and Otsu's threshold, when part of them passes Otsu's threshold.
+    background = float(np.median(smooth[smooth <= high]))
+    mask = apply_hysteresis_threshold(smooth, background + 0.5 * (high - background), high)
     mask = ndi.binary_fill_holes(mask)
     min_area = max(4, int(MIN_NUCLEUS_FRACTION * np.pi * (diameter / 2.0) ** 2))
     mask = remove_small_objects(mask, max_size=min_area - 1) if _has_max_size() else remove_small_objects(
@@ -159,11 +167,25 @@ def grow_cells(nuclei: np.ndarray, microtubules: np.ndarray, er: np.ndarray, dia
     # linear threshold would cut dim cells down to their brightest part.
     logged = np.log1p(50.0 * cytoplasm)
     foreground = (logged > _otsu(logged)) | (nuclei > 0)
+    # Dark pockets inside a cell (vacuoles, dim patches) smaller than a nucleus belong to the cell.
+    foreground = _fill_small_holes(foreground, int(np.pi * (diameter / 2.0) ** 2))
     # The seeded watershed floods the inverted signal, so borders between cells follow the dim
     # gaps between them; a little compactness keeps a bright cell from swallowing its dim neighbour.
     cells = watershed(-cytoplasm, markers=nuclei, mask=foreground, compactness=0.001)
     cells[nuclei > 0] = nuclei[nuclei > 0]
     return cells.astype(np.int32)
+
+
+def _fill_small_holes(mask: np.ndarray, max_area: int) -> np.ndarray:
+    holes, count = ndi.label(~mask)
+    if count == 0:
+        return mask
+    sizes = np.bincount(holes.ravel())
+    small = sizes <= max_area
+    small[0] = False
+    # a hole touching the image edge is open background, not a hole
+    small[np.unique(np.concatenate([holes[0], holes[-1], holes[:, 0], holes[:, -1]]))] = False
+    return mask | small[holes]
 
 
 def _relabel_sequential(cells: np.ndarray, nuclei: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
