@@ -1,6 +1,14 @@
-"""Single cells: segmentation + per-cell prediction of one field against the image-level prediction.
+"""Single cells: speed against the image-level prediction, and per-cell accuracy against its baseline.
 
     PYTHONPATH=src python benchmarks/cells.py [--model FILE] [--image DIR] [--rounds 5] [--out results/cells]
+    PYTHONPATH=src python benchmarks/cells.py --accuracy SYNTH_DIR --model FILE [--out results/cells-map]
+
+Accuracy (``--accuracy``): ``protloc.cells.evaluate.evaluate_folder`` on a synthetic data set with
+per-cell truth (``protloc synth``): per-cell mAP of the cells' own probabilities, of the weak
+baseline (every cell gets its image's probabilities) and of their geometric mean, on the true masks
+and on protloc's segmentation, plus segmentation quality.
+
+Speed:
 
 Baseline: ``Predictor.predict_proba(image)`` with its defaults (the image-level answer ``protloc
 predict`` gives: covering patches of the model's crop size, fp32, GapNet-PL's fast path). Measured:
@@ -102,13 +110,38 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image", type=Path, help="folder or channel file of one field (default: the real 2048² field)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--out", type=Path, help="write OUT.json and OUT.md")
+    parser.add_argument("--accuracy", type=Path, metavar="SYNTH_DIR",
+                        help="measure per-cell mAP on this synthetic data set instead of speed")
     args = parser.parse_args(argv)
+    if args.accuracy:
+        return _accuracy(args)
     result = bench_cells(args.model, args.image, args.rounds)
     text = to_markdown(result)
     print(text)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+        args.out.with_suffix(".md").write_text(text)
+    return 0
+
+
+def _accuracy(args) -> int:
+    from dataclasses import asdict
+
+    from protloc.cells.evaluate import evaluate_folder
+
+    if not args.model:
+        raise SystemExit("--accuracy needs --model (a GapNet-PL trained on synthetic data, e.g. protloc demo's)")
+    result = evaluate_folder(args.accuracy, args.model, progress=sys.stderr.isatty())
+    lines = [f"Data: {args.accuracy}; model: {args.model}", "", *result.lines(), "",
+             "| class | cells | image baseline | sqrt(cell x image) |", "|---|---:|---:|---:|"]
+    lines += [f"| {name} | {v['cells']:.3f} | {v['baseline']:.3f} | {v['combined']:.3f} |"
+              for name, v in result.per_class.items()]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.with_suffix(".json").write_text(json.dumps(asdict(result), indent=2) + "\n")
         args.out.with_suffix(".md").write_text(text)
     return 0
 

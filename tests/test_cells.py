@@ -21,7 +21,7 @@ anndata = pytest.importorskip("anndata")
 skimage = pytest.importorskip("skimage")
 
 from protloc.cells.evaluate import match_cells, per_cell_map  # noqa: E402
-from protloc.cells.features import block_maps, cell_crop, coverage, predict_cells  # noqa: E402
+from protloc.cells.features import block_maps, cell_crop, coverage, masked_averages, predict_cells  # noqa: E402
 from protloc.cells.masks import read_label_image, write_label_image  # noqa: E402
 from protloc.cells.pipeline import analyse_image  # noqa: E402
 from protloc.cells.segmentation import segment  # noqa: E402
@@ -88,6 +88,24 @@ def test_cell_embedding_is_the_mean_of_the_maps_over_the_cell(predictor):
                           b3[0, :, 1:4, 2:6].mean((1, 2))]).numpy()
     np.testing.assert_allclose(result.embeddings[1], expected, rtol=1e-4, atol=1e-5)
     assert not np.allclose(result.probabilities[0], result.probabilities[1])
+
+
+def test_cell_probabilities_read_the_cell_mixed_with_the_background(predictor):
+    image = _image(96, 96, seed=8)
+    labels = np.zeros((96, 96), np.int32)
+    labels[8:40, 8:40] = 1
+    labels[48:90, 40:90] = 2
+    result = predict_cells(predictor, image, labels)
+    raw = torch.from_numpy(image)[None]
+    with torch.no_grad():
+        maps = block_maps(predictor.network.eval(), raw)
+        background = masked_averages(maps, (labels == 0).astype(np.int32), np.array([1]))
+        share = float((labels == 0).mean())
+        mixed = (1 - share) * torch.from_numpy(result.embeddings) + share * torch.from_numpy(background)
+        expected = torch.sigmoid(predictor.network.head(mixed)).numpy()
+    np.testing.assert_allclose(result.probabilities, expected, atol=1e-6)
+    combined = result.with_image_prior()
+    np.testing.assert_allclose(combined, np.sqrt(result.probabilities * result.image_probabilities), rtol=1e-6)
 
 
 def test_coverage_is_fractional_at_cut_edges():
@@ -218,6 +236,12 @@ def test_cells_command_writes_table_anndata_masks_and_overlays(model_file, data_
     second = pd.read_csv(again)
     assert second["cell_id"].tolist() == table["cell_id"].tolist()
     np.testing.assert_allclose(second["Nucleus"], table["Nucleus"], atol=1e-5)
+    prior = tmp_path / "prior.csv"
+    assert main(["cells", str(data_dir), "--model", str(model_file), "--out", str(prior), "--image-prior",
+                 "--masks", str(tmp_path / "cells-masks")]) == 0
+    image_level = images.obs.set_index("image_id")["Nucleus"]
+    expected = np.sqrt(table["Nucleus"].to_numpy() * image_level.loc[table["image_id"]].to_numpy())
+    np.testing.assert_allclose(pd.read_csv(prior)["Nucleus"], expected, rtol=1e-4, atol=1e-6)
 
 
 def test_cells_command_bad_input(model_file, data_dir, tmp_path, capsys):

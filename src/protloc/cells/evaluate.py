@@ -158,7 +158,7 @@ def evaluate_folder(data: str | Path, model, ids: list[str] | None = None, progr
     result = CellsEvaluation()
     true_rows, cell_scores, base_scores = [], [], []
     seg_rows, seg_scores, seg_base = [], [], []
-    ious, image_of = [], []
+    ious, image_of, combined_scores, seg_combined = [], [], [], []
     for entry in tqdm(entries, desc="cells", unit="image", disable=not progress):
         image = load_entry(entry)
         true_cells, _ = read_masks(data / "masks", entry.id, image.shape[1:])
@@ -167,6 +167,7 @@ def evaluate_folder(data: str | Path, model, ids: list[str] | None = None, progr
             true_rows.append(truth[(entry.id, int(cell_id))])
             cell_scores.append(on_truth.probabilities[k])
             base_scores.append(on_truth.image_probabilities)
+            combined_scores.append(on_truth.with_image_prior()[k])
             image_of.append(result.images)
         found = segment(image).cells
         matching = match_cells(true_cells, found)
@@ -182,13 +183,13 @@ def evaluate_folder(data: str | Path, model, ids: list[str] | None = None, progr
             seg_rows.append(truth[(entry.id, true_id)] if true_id else np.zeros(len(predictor.classes), np.int8))
             seg_scores.append(on_found.probabilities[k])
             seg_base.append(on_found.image_probabilities)
+            seg_combined.append(on_found.with_image_prior()[k])
     result.mean_iou = float(np.mean(ious)) if ious else float("nan")
     classes = predictor.classes
     true_rows = np.array(true_rows)
     result.map_true_masks, per_class = per_cell_map(true_rows, np.array(cell_scores), classes)
     result.map_true_masks_baseline, per_class_base = per_cell_map(true_rows, np.array(base_scores), classes)
-    combined = np.sqrt(np.array(cell_scores) * np.array(base_scores))
-    result.map_true_masks_combined, per_class_combined = per_cell_map(true_rows, combined, classes)
+    result.map_true_masks_combined, per_class_combined = per_cell_map(true_rows, np.array(combined_scores), classes)
     result.per_class = {name: {"cells": per_class[name], "baseline": per_class_base[name],
                                "combined": per_class_combined[name]} for name in per_class}
     result.within_image_auc = _within_image_auc(true_rows, np.array(cell_scores), np.array(image_of))
@@ -196,6 +197,5 @@ def evaluate_folder(data: str | Path, model, ids: list[str] | None = None, progr
         seg_rows = np.array(seg_rows)
         result.map_segmented, _ = per_cell_map(seg_rows, np.array(seg_scores), classes)
         result.map_segmented_baseline, _ = per_cell_map(seg_rows, np.array(seg_base), classes)
-        result.map_segmented_combined, _ = per_cell_map(
-            seg_rows, np.sqrt(np.array(seg_scores) * np.array(seg_base)), classes)
+        result.map_segmented_combined, _ = per_cell_map(seg_rows, np.array(seg_combined), classes)
     return result

@@ -41,6 +41,12 @@ class CellPredictions:
     image_probabilities: np.ndarray
     method: str  # "masked-features" or "masked-crops"
 
+    def with_image_prior(self) -> np.ndarray:
+        """Each cell's probabilities combined with its image's: the geometric mean (the usual
+        single-cell-challenge combination: the field's evidence ranks cells across images, the cell's
+        own tells the cells of one field apart)."""
+        return np.sqrt(self.probabilities * self.image_probabilities[None, :]).astype(np.float32)
+
 
 def is_gapnet(network: torch.nn.Module) -> bool:
     return all(hasattr(network, name) for name in ("conv1", "conv8", "fc1", "head"))
@@ -104,11 +110,20 @@ def masked_averages(maps: tuple[torch.Tensor, ...], labels: np.ndarray, cell_ids
 
 
 def masked_features(predictor, image: np.ndarray, labels: np.ndarray, cell_ids: np.ndarray) -> CellPredictions:
-    """GapNet-PL: every cell's 224 features and probabilities from one forward pass over the image."""
+    """GapNet-PL: every cell's 224 features and probabilities from one forward pass over the image.
+
+    The embedding is the cell's own masked average. The head, trained on fields with empty slide
+    around the cells, reads each cell as a field holding only that cell: its average mixed with the
+    average over the pixels outside every cell in the proportion the image has them,
+    ``(1 - b) * cell + b * background`` (``b`` the background fraction; 0 for a mask covering the
+    whole image, so the image-level answer stays the special case). Measured on synthetic fields
+    (README "Single cells"), the mixture separates the cells of a field better than the bare average.
+    """
     network = predictor.network
     if not is_gapnet(network):
         raise ProtlocError(f"{predictor.model_name} has no global-average head: use crop_probabilities")
     raw = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None].to(predictor.device)
+    background_fraction = float((labels == 0).mean())
     was_training = network.training
     network.eval()
     try:
@@ -116,7 +131,11 @@ def masked_features(predictor, image: np.ndarray, labels: np.ndarray, cell_ids: 
             maps = tuple(m.cpu() for m in block_maps(network, raw))
             image_embedding = torch.cat([m.mean(dim=(2, 3)) for m in maps], dim=1)
             embeddings = masked_averages(maps, labels, cell_ids) if len(cell_ids) else np.zeros((0, 224), np.float32)
-            features = torch.cat([image_embedding, torch.from_numpy(embeddings)]).to(predictor.device)
+            head_input = torch.from_numpy(embeddings)
+            if background_fraction > 0 and len(cell_ids):
+                background = masked_averages(maps, (labels == 0).astype(np.int32), np.array([1]))
+                head_input = (1.0 - background_fraction) * head_input + background_fraction * torch.from_numpy(background)
+            features = torch.cat([image_embedding, head_input]).to(predictor.device)
             probabilities = torch.sigmoid(network.head(features)).cpu().numpy().astype(np.float32)
     finally:
         network.train(was_training)

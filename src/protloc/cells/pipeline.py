@@ -5,7 +5,8 @@ segmentation (or the user's masks), then every cell's embedding and probabilitie
 ``run_cells`` walks the inputs of a command line and writes
 
 - the per-cell table (``.csv`` or ``.parquet``): image id, cell id, centroid (y, x, px), area and
-  nucleus area (px), border flag, one probability column per class, the predicted classes
+  nucleus area (px), border flag, one probability column per class (the cell's own, or with
+  ``image_prior`` the geometric mean of the cell's and its image's), the predicted classes
   (";"-joined, per-class thresholds of the model) and the top class;
 - ``<out stem>.h5ad``: AnnData with obs = that table and X = the embeddings (SubCell's convention);
 - ``<out stem>-masks/<id>_cellmask.png`` and ``_nucleimask.png``: the label images (the ``--masks``
@@ -93,12 +94,18 @@ def analyse_image(predictor, image: np.ndarray, image_id: str = "image", *, cell
     return ImageCells(image_id, cells, nuclei, predictions, border, centroids, areas, nucleus_areas)
 
 
-def cell_rows(result: ImageCells, predictor) -> list[dict]:
+def cell_probabilities(result: ImageCells, image_prior: bool = False) -> np.ndarray:
+    preds = result.predictions
+    return preds.with_image_prior() if image_prior else preds.probabilities
+
+
+def cell_rows(result: ImageCells, predictor, image_prior: bool = False) -> list[dict]:
     """The table rows of one image's cells."""
     rows = []
     preds = result.predictions
+    scores = cell_probabilities(result, image_prior)
     for k, cell_id in enumerate(preds.cell_ids):
-        probs = preds.probabilities[k]
+        probs = scores[k]
         row = {
             "image_id": result.image_id, "cell_id": int(cell_id),
             "centroid_y": round(float(result.centroids[k, 0]), 2), "centroid_x": round(float(result.centroids[k, 1]), 2),
@@ -158,7 +165,7 @@ def output_paths(out: str | Path) -> dict[str, Path]:
 
 
 def run_cells(inputs, model, out, *, masks_dir=None, maps_dir=None, embeddings: bool = False,
-              nucleus_diameter: float | None = None, device: str = "cpu", input_format: str | None = None,
+              image_prior: bool = False,              nucleus_diameter: float | None = None, device: str = "cpu", input_format: str | None = None,
               progress: bool = False) -> CellsResult:
     """Segment (or read the masks of) every input image, predict its cells and write the outputs."""
     from tqdm.auto import tqdm
@@ -198,7 +205,7 @@ def run_cells(inputs, model, out, *, masks_dir=None, maps_dir=None, embeddings: 
         result.cells += len(preds.cell_ids)
         if not len(preds.cell_ids):
             result.no_cells.append(entry.id)
-        rows.extend(cell_rows(analysed, predictor))
+        rows.extend(cell_rows(analysed, predictor, image_prior))
         cell_embeddings.append(preds.embeddings)
         image_rows.append({"image_id": entry.id, "cells": len(preds.cell_ids),
                            **{c: float(p) for c, p in zip(predictor.classes, preds.image_probabilities)},
@@ -208,7 +215,7 @@ def run_cells(inputs, model, out, *, masks_dir=None, maps_dir=None, embeddings: 
             write_label_image(paths["masks"] / f"{entry.id}_cellmask.png", analysed.cells)
             write_label_image(paths["masks"] / f"{entry.id}_nucleimask.png", analysed.nuclei)
         if maps_dir is not None:
-            tops = [_top_above_threshold(p, predictor) for p in preds.probabilities]
+            tops = [_top_above_threshold(p, predictor) for p in cell_probabilities(analysed, image_prior)]
             by_id = dict(zip(preds.cell_ids.tolist(), tops))
             colours = [by_id.get(i) for i in range(1, int(analysed.cells.max(initial=0)) + 1)]
             overlay = class_overlay(image, analysed.cells, analysed.nuclei, colours, predictor.classes)
@@ -221,6 +228,7 @@ def run_cells(inputs, model, out, *, masks_dir=None, maps_dir=None, embeddings: 
     dims = cell_embeddings[0].shape[1] if cell_embeddings else 0
     stacked = np.concatenate(cell_embeddings) if rows else np.zeros((0, dims), np.float32)
     uns = {"model": predictor.name, "classes": list(predictor.classes), "method": method,
+           "probabilities": "geometric mean of the cell's and its image's" if image_prior else "the cell's own",
            "embedding": "gapnet-pl masked block averages (224)" if method == "masked-features" else "probabilities",
            "channels": predictor.network_channels}
     result.files.append(write_table(paths["table"], rows, columns))

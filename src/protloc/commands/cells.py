@@ -25,6 +25,9 @@ def register(subparsers) -> None:
     parser.add_argument("--maps", metavar="DIR", help="write cell outlines coloured by each cell's top class (PNG) to DIR")
     parser.add_argument("--embeddings", action="store_true",
                         help="also write image-level embeddings and probabilities (<out>.images.h5ad)")
+    parser.add_argument("--image-prior", action="store_true",
+                        help="report each cell's probabilities combined with its image's (geometric mean): ranks cells "
+                        "across images better (README: Single cells), at the price of the cell's own answer")
     parser.add_argument("--nucleus-diameter", type=float, metavar="PX",
                         help="typical nucleus diameter in pixels (default: estimated from the nucleus channel)")
     parser.add_argument("--format", dest="input_format", choices=["channels", "npz", "kaggle-hpa"],
@@ -41,7 +44,7 @@ def run(args) -> int:
         raise ProtlocError(f"--nucleus-diameter must be positive, got {args.nucleus_diameter}")
     result = run_cells(
         args.inputs, args.model, args.out, masks_dir=args.masks, maps_dir=args.maps, embeddings=args.embeddings,
-        nucleus_diameter=args.nucleus_diameter, device=args.device, input_format=args.input_format,
+        image_prior=args.image_prior,        nucleus_diameter=args.nucleus_diameter, device=args.device, input_format=args.input_format,
         progress=sys.stderr.isatty(),
     )
     report(result, args.out)
