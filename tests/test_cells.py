@@ -112,8 +112,10 @@ def test_coverage_is_fractional_at_cut_edges():
     labels = np.zeros((6, 6), np.int32)
     labels[0:2, 0:2] = 1  # a quarter of the first 4x4 grid cell
     labels[4:6, 4:6] = 2  # the whole (cut) 2x2 corner grid cell
-    weights = coverage(labels, np.array([1, 2]), 4, (2, 2)).toarray()
-    np.testing.assert_allclose(weights, [[0.25, 0, 0, 0], [0, 0, 0, 1.0]])
+    assert coverage(labels, 1, (slice(0, 2), slice(0, 2)), 4) == (0, 0, pytest.approx(np.array([[0.25]])))
+    gy0, gx0, weights = coverage(labels, 2, (slice(4, 6), slice(4, 6)), 4)
+    assert (gy0, gx0) == (1, 1)
+    np.testing.assert_allclose(weights, [[1.0]])
 
 
 def test_one_pixel_cell_gets_a_defined_answer(predictor):

@@ -73,40 +73,72 @@ def block_maps(network: torch.nn.Module, raw: torch.Tensor) -> tuple[torch.Tenso
     return block1, block2, block3
 
 
-def coverage(labels: np.ndarray, cell_ids: np.ndarray, stride: int, grid: tuple[int, int]):
-    """Sparse [len(cell_ids), gh * gw] matrix: the fraction of each grid cell (``stride`` px square,
-    clipped at the image edge) that each cell covers."""
-    from scipy import sparse
-
+def coverage(labels: np.ndarray, cell_id: int, box: tuple[slice, slice], stride: int) -> tuple[int, int, np.ndarray]:
+    """The fraction of each grid cell (``stride`` px square, clipped at the image edge) that cell
+    ``cell_id`` covers, over the grid cells its bounding ``box`` touches: (first grid row, first grid
+    column, fractions [rows, columns]). Work is proportional to the cell's box, not the image."""
     height, width = labels.shape
-    gh, gw = grid
-    if (gh, gw) != (-(-height // stride), -(-width // stride)):
-        raise ProtlocError(f"a {height}x{width} image gives a {gh}x{gw} map, not stride {stride}")
-    row_of = np.full(int(labels.max()) + 1, -1, dtype=np.int64)
-    row_of[cell_ids] = np.arange(len(cell_ids))
-    ys, xs = np.nonzero(labels)
-    rows = row_of[labels[ys, xs]]
-    keep = rows >= 0
-    ys, xs, rows = ys[keep], xs[keep], rows[keep]
-    columns = (ys // stride) * gw + (xs // stride)
-    counts = sparse.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, columns)), shape=(len(cell_ids), gh * gw))
-    # pixels of each grid cell inside the image (the last row/column of grid cells may be cut)
-    cell_rows = np.minimum(stride, height - np.arange(gh) * stride)
-    cell_cols = np.minimum(stride, width - np.arange(gw) * stride)
-    area = np.outer(cell_rows, cell_cols).astype(np.float32).ravel()
-    return counts @ sparse.diags(1.0 / area)
+    gy0, gx0 = box[0].start // stride, box[1].start // stride
+    gy1, gx1 = -(-box[0].stop // stride), -(-box[1].stop // stride)
+    y0, x0 = gy0 * stride, gx0 * stride
+    y1, x1 = min(gy1 * stride, height), min(gx1 * stride, width)
+    inside = np.zeros(((gy1 - gy0) * stride, (gx1 - gx0) * stride), dtype=np.float32)
+    inside[: y1 - y0, : x1 - x0] = labels[y0:y1, x0:x1] == cell_id
+    counts = inside.reshape(gy1 - gy0, stride, gx1 - gx0, stride).sum(axis=(1, 3))
+    rows = np.minimum(stride, height - np.arange(gy0, gy1) * stride)
+    columns = np.minimum(stride, width - np.arange(gx0, gx1) * stride)
+    return gy0, gx0, counts / np.outer(rows, columns).astype(np.float32)
+
+
+def masked_sums(maps: tuple[torch.Tensor, ...], labels: np.ndarray, cell_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Coverage-weighted sums [n, sum of channels] of the maps [1, C, gh, gw] over each cell, and the
+    cells' total weights [n, number of maps] (its area in grid cells on each map's grid)."""
+    from scipy import ndimage as ndi
+
+    boxes = ndi.find_objects(labels)
+    # [gh, gw, C] views: the maps are channels-last, so these are contiguous
+    planes = [block[0].permute(1, 2, 0).float().numpy() for block in maps]
+    for plane, stride in zip(planes, BLOCK_STRIDES):
+        if plane.shape[:2] != (-(-labels.shape[0] // stride), -(-labels.shape[1] // stride)):
+            raise ProtlocError(f"a {labels.shape[0]}x{labels.shape[1]} image gives a {plane.shape[0]}x"
+                               f"{plane.shape[1]} map, not one of stride {stride}")
+    sums = np.zeros((len(cell_ids), sum(plane.shape[2] for plane in planes)), dtype=np.float32)
+    totals = np.zeros((len(cell_ids), len(planes)), dtype=np.float32)
+    for row, cell_id in enumerate(cell_ids):
+        box = boxes[int(cell_id) - 1]
+        columns = 0
+        fractions = {}
+        for index, (plane, stride) in enumerate(zip(planes, BLOCK_STRIDES)):
+            if stride not in fractions:
+                fractions[stride] = coverage(labels, int(cell_id), box, stride)
+            gy0, gx0, weights = fractions[stride]
+            window = plane[gy0 : gy0 + weights.shape[0], gx0 : gx0 + weights.shape[1]]
+            channels = plane.shape[2]
+            sums[row, columns : columns + channels] = np.tensordot(weights, window, axes=([0, 1], [0, 1]))
+            totals[row, index] = weights.sum()
+            columns += channels
+    return sums, totals
+
+
+def _per_channel(totals: np.ndarray, maps: tuple[torch.Tensor, ...]) -> np.ndarray:
+    """[..., number of maps] -> [..., sum of channels], each map's value repeated over its channels."""
+    return np.repeat(totals, [block.shape[1] for block in maps], axis=-1)
 
 
 def masked_averages(maps: tuple[torch.Tensor, ...], labels: np.ndarray, cell_ids: np.ndarray) -> np.ndarray:
     """Coverage-weighted means [n, sum of channels] of the maps [1, C, gh, gw] over each cell."""
-    parts = []
-    for block, stride in zip(maps, BLOCK_STRIDES):
-        channels, gh, gw = block.shape[1:]
-        weights = coverage(labels, cell_ids, stride, (gh, gw))
-        flat = block[0].permute(1, 2, 0).reshape(gh * gw, channels).float().numpy()
-        totals = np.asarray(weights.sum(axis=1)).ravel()
-        parts.append((weights @ flat) / totals[:, None])
-    return np.concatenate(parts, axis=1).astype(np.float32)
+    sums, totals = masked_sums(maps, labels, cell_ids)
+    return (sums / _per_channel(totals, maps)).astype(np.float32)
+
+
+def background_average(maps: tuple[torch.Tensor, ...], sums: np.ndarray, totals: np.ndarray) -> np.ndarray:
+    """The maps' mean over the pixels outside every cell [1, sum of channels], from the cells' own sums:
+    coverage fractions of the cells and the background add up to 1 on every grid cell, so the
+    background's sum is the map's sum less the cells' (no pass over the image's pixels)."""
+    everything = np.concatenate([block[0].float().sum(dim=(1, 2)).numpy() for block in maps])
+    grid = np.array([block.shape[2] * block.shape[3] for block in maps], dtype=np.float64)
+    weight = grid - totals.sum(axis=0, dtype=np.float64)
+    return ((everything - sums.sum(axis=0, dtype=np.float64)) / _per_channel(weight, maps))[None].astype(np.float32)
 
 
 def masked_features(predictor, image: np.ndarray, labels: np.ndarray, cell_ids: np.ndarray) -> CellPredictions:
@@ -130,10 +162,11 @@ def masked_features(predictor, image: np.ndarray, labels: np.ndarray, cell_ids: 
         with torch.no_grad():
             maps = tuple(m.cpu() for m in block_maps(network, raw))
             image_embedding = torch.cat([m.mean(dim=(2, 3)) for m in maps], dim=1)
-            embeddings = masked_averages(maps, labels, cell_ids) if len(cell_ids) else np.zeros((0, 224), np.float32)
+            sums, totals = masked_sums(maps, labels, cell_ids)
+            embeddings = (sums / _per_channel(totals, maps)).astype(np.float32)
             head_input = torch.from_numpy(embeddings)
             if background_fraction > 0 and len(cell_ids):
-                background = masked_averages(maps, (labels == 0).astype(np.int32), np.array([1]))
+                background = background_average(maps, sums, totals)
                 head_input = (1.0 - background_fraction) * head_input + background_fraction * torch.from_numpy(background)
             features = torch.cat([image_embedding, head_input]).to(predictor.device)
             probabilities = torch.sigmoid(network.head(features)).cpu().numpy().astype(np.float32)
