@@ -125,6 +125,7 @@ def test_one_pixel_cell_gets_a_defined_answer(predictor):
     labels[30:64, 30:60] = 2
     result = analyse_image(predictor, image, "x", cells=labels)
     assert result.areas.tolist() == [1, 34 * 30]
+    np.testing.assert_allclose(result.centroids, [[10.0, 20.0], [46.5, 44.5]])
     assert np.isfinite(result.predictions.probabilities).all()
     assert result.border.tolist() == [False, True]
 
