@@ -55,14 +55,28 @@ def is_gapnet(network: torch.nn.Module) -> bool:
 def block_maps(network: torch.nn.Module, raw: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """GapNet-PL's three block feature maps of a raw batch [N, 4, H, W], normalised as the predictor does.
 
-    The same values as ``network.blocks(normalize(raw))``, computed the way inference is fast
-    on a CPU: channels-last activations, and max pooling before SELU (SELU increases strictly, so
-    ``max_pool(selu(x)) == selu(max_pool(x))`` and the exponential runs on a quarter of the values).
+    The same values as ``network.blocks(normalize(raw))`` (``protloc.inference.normalize``), computed
+    the way GapNet-PL's fast path does (``protloc.models.gapnet_pl_fast``, whose statistics are used
+    here): the division by each channel's std folded into the first convolution's weights (zero
+    padding of the centred image equals zero padding of the normalised one), channels-last
+    activations, and max pooling before SELU (SELU increases strictly, so the exponential runs on a
+    quarter of the values). The normalised image is never materialised.
     """
-    from protloc.inference import normalize
+    from protloc.inference import EPSILON
+    from protloc.models.gapnet_pl_fast import image_moments
 
-    x = normalize(raw).contiguous(memory_format=torch.channels_last)
-    block1 = F.selu(F.max_pool2d(network.conv1(x), 2, ceil_mode=True), inplace=True)
+    raw = raw.float()
+    mean, std = image_moments(raw)
+    centred = torch.empty_like(raw, memory_format=torch.channels_last)
+    torch.sub(raw, mean, out=centred)
+    conv1 = network.conv1
+    outputs = []
+    for n in range(raw.shape[0]):  # per image: each has its own std folded into the weights
+        weight = (conv1.weight / (std[n].reshape(1, -1, 1, 1) + EPSILON)).contiguous(memory_format=torch.channels_last)
+        outputs.append(F.conv2d(centred[n : n + 1], weight, conv1.bias, stride=2, padding=1))
+    first = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+    del centred
+    block1 = F.selu(F.max_pool2d(first, 2, ceil_mode=True), inplace=True)
     h = F.selu(network.conv2(block1), inplace=True)
     h = F.selu(network.conv3(h), inplace=True)
     h = F.selu(network.conv4(h), inplace=True)
