@@ -86,10 +86,38 @@ def test_fp32_fast_path_equals_plain_forward(shape):
         assert relative_difference(logits, expected) <= 1e-5, options
 
 
+def assert_selu_compiled() -> None:
+    """Compiling SELU falls back to ATen on failure: equal logits alone would not show it compiled."""
+    import protloc.models.gapnet_pl_fast as fast_path
+
+    assert fast_path.compiled_selu_error is None, f"SELU did not compile: {fast_path.compiled_selu_error}"
+    assert fast_path._compiled_selu is not None, "the compiled SELU was never used"
+
+
 def test_compiled_selu_gives_the_same_logits():
     network = random_gapnet(2)
     x = raw_images((2, 4, 75, 62))
     logits = FastGapNetPL(network, compile_selu=True, strip_rows=8)(x)
+    assert_selu_compiled()
+    assert relative_difference(logits, plain_logits(network, x)) <= 1e-5
+
+
+def test_a_failed_selu_compile_warns_once_and_falls_back(monkeypatch):
+    import protloc.models.gapnet_pl_fast as fast_path
+
+    def no_compiler(*_args, **_kwargs):
+        raise RuntimeError("no C++ compiler found\nsecond line")
+
+    monkeypatch.setattr(fast_path, "_compiled_selu", None)
+    monkeypatch.setattr(fast_path, "compiled_selu_error", None)
+    monkeypatch.setattr(torch, "compile", no_compiler)
+    network = random_gapnet(2)
+    x = raw_images((1, 4, 40, 40))
+    with pytest.warns(RuntimeWarning, match=r"compiling SELU failed \(RuntimeError: no C\+\+ compiler found\)") as caught:
+        logits = FastGapNetPL(network, compile_selu=True, strip_rows=8)(x)
+        FastGapNetPL(network, compile_selu=True, strip_rows=8)(x)
+    assert len([w for w in caught if "SELU" in str(w.message)]) == 1
+    assert fast_path.compiled_selu_error == "RuntimeError: no C++ compiler found"
     assert relative_difference(logits, plain_logits(network, x)) <= 1e-5
 
 
@@ -257,4 +285,5 @@ def test_predict_with_compiled_selu_gives_the_same_probabilities(tmp_path, monke
                      "--workers", "0", "--whole-image", *extra]) == 0
         rows[name] = np.array(out.read_text().splitlines()[1].split(",")[1:14], dtype=np.float64)
     assert fast_inference.DEFAULT_OPTIONS == {"compile_selu": True}
+    assert_selu_compiled()
     np.testing.assert_allclose(rows["compiled"], rows["plain"], rtol=0, atol=1e-5)

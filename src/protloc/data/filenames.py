@@ -67,11 +67,11 @@ def is_multichannel_candidate(name: str | PurePath) -> bool:
 
 
 def printable_id(name: str) -> str:
-    """A file-name-derived id that any UTF-8 output can hold.
+    """A file-name-derived id that any UTF-8 output can hold, on one line.
 
     Linux file names are bytes; Python decodes the ones that are not UTF-8 with lone surrogates
-    (``b'\\xff'`` -> ``'\\udcff'``), which no UTF-8 file, terminal or database accepts. Such bytes are
-    written as ``\\xff`` (four characters), so the id stays readable, unique and stable; the sample's
-    sources keep the real path.
+    (``b'\\xff'`` -> ``'\\udcff'``), which no UTF-8 file, terminal or database accepts, and a name may
+    hold a newline. Such bytes are written as ``\\xff`` and ``\\n`` (escapes, as Python writes them), so
+    the id stays readable, unique and stable; the sample's sources keep the real path.
     """
     return printable(name)

@@ -25,6 +25,7 @@ from protloc.data.inputs import (  # noqa: F401  (SampleEntry, FORMATS, detect_f
     detect_format,
     list_dataset,
 )
+from protloc.data.limits import DEFAULT_MAX_PIXELS, max_pixels
 from protloc.data.readers import check_sample, read_sample
 from protloc.errors import DataError, ProtlocError, printable
 from protloc.labels import LabelSet, load_label_set
@@ -68,6 +69,7 @@ class DatasetIndex:
     label_set: LabelSet
     samples: list[SampleEntry]
     excluded: list[dict] = field(default_factory=list)  # {"id": ..., "reason": ...}
+    max_pixels: int = DEFAULT_MAX_PIXELS  # the pixel limit the scan applied
 
     def __post_init__(self) -> None:
         self._by_id = {entry.id: entry for entry in self.samples}
@@ -94,10 +96,14 @@ class DatasetIndex:
         return path if path.is_absolute() else Path(self.root) / path
 
     def load_image(self, entry_or_id: str | SampleEntry) -> np.ndarray:
-        """The sample's raw image, float32 [4, H, W] in CHANNELS order. DataError if it cannot be read."""
+        """The sample's raw image, float32 [4, H, W] in CHANNELS order. DataError if it cannot be read.
+
+        The pixel limit is the larger of the one in force and the one the scan accepted the sample
+        under: a data set scanned with a raised ``--max-pixels`` stays usable by every later step.
+        """
         entry = self.entry(entry_or_id)
         sources = {key: str(self.resolve(value)) for key, value in entry.sources.items()}
-        return read_sample(sources, self.format)
+        return read_sample(sources, self.format, max_pixels=max(self.max_pixels, max_pixels()))
 
     def label_vector(self, entry_or_id: str | SampleEntry) -> np.ndarray:
         """Binary float32 vector over the label set's classes; ProtlocError if the sample is unlabeled."""
@@ -135,6 +141,7 @@ class DatasetIndex:
             "label_set": self.label_set.to_json(),
             "samples": [entry.to_json() for entry in self.samples],
             "excluded": [dict(item) for item in self.excluded],
+            "max_pixels": int(self.max_pixels),
         }
 
     def save(self, path: str | Path) -> None:
@@ -164,7 +171,7 @@ class DatasetIndex:
             samples = [SampleEntry.from_json(item) for item in data["samples"]]
             excluded = [dict(item) for item in data.get("excluded", [])]
             return cls(root=str(root), format=str(data["format"]), label_set=label_set, samples=samples,
-                       excluded=excluded)
+                       excluded=excluded, max_pixels=int(data.get("max_pixels", DEFAULT_MAX_PIXELS)))
         except FileNotFoundError:
             raise ProtlocError(f"no index file {path}") from None
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
@@ -234,13 +241,13 @@ def scan_dataset(
     excluded_list += [{"id": sample_id, "reason": f"label row in {plan.labels_path.name} but no image files"}
                       for sample_id in plan.orphan_label_ids]
     return DatasetIndex(root=str(root_path), format=format, label_set=labelset, samples=samples,
-                        excluded=excluded_list)
+                        excluded=excluded_list, max_pixels=max_pixels())
 
 
 def open_dataset(path, format=None, labels=None, label_set=None, refresh: bool = False) -> DatasetIndex:
     """A data set's index: ``path`` is an index.json, or a data folder whose saved index is used (the
     folder is scanned and the index saved when there is none, when ``refresh`` is set, or when the saved
-    one was made with another format or label set than asked for)."""
+    one was made with another format, label set or pixel limit than asked for)."""
     path = Path(path).expanduser()
     if path.is_file():
         if path.suffix.lower() != ".json":
@@ -253,7 +260,7 @@ def open_dataset(path, format=None, labels=None, label_set=None, refresh: bool =
         index = DatasetIndex.load(saved)
         wanted_set = None if label_set is None else load_label_set(label_set)
         if (format is None or format == index.format) and (wanted_set is None or wanted_set.classes ==
-                                                           index.label_set.classes):
+                                                           index.label_set.classes) and index.max_pixels == max_pixels():
             return index
     index = scan_dataset(path, format=format, labels=labels, label_set=label_set, progress=sys.stderr.isatty())
     if folder_is_writable(saved.parent):

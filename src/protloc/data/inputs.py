@@ -128,15 +128,16 @@ def _image_names(files: list[Path]) -> list[Path]:
     return [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS + (".npz",)]
 
 
-def _list_flat(listing: _Listing, files: list[Path], folder_id: str, multichannel: bool = True) -> None:
-    """Channel files of one folder: prefixed ones by prefix, bare ones as the sample ``folder_id``."""
+def _list_root_files(listing: _Listing, files: list[Path]) -> None:
+    """The data folder's own files: channel files by prefix (bare ``blue.png`` ones make the folder
+    itself a sample), multichannel files by their stem."""
     for path in _image_names(files):
         parsed = parse_channel_filename(path.name)
         if parsed is not None:
-            listing.add_channel(parsed.prefix if parsed.prefix is not None else folder_id, parsed.channel, path)
-        elif multichannel and is_multichannel_candidate(path.name):
-            stem = path.stem if folder_id == listing.root.name else f"{folder_id}/{path.stem}"
-            listing.add_multichannel(stem, path)
+            prefix = parsed.prefix if parsed.prefix is not None else listing.root.name
+            listing.add_channel(prefix, parsed.channel, path)
+        elif is_multichannel_candidate(path.name):
+            listing.add_multichannel(path.stem, path)
 
 
 def _loops_back(folder: Path, root: Path) -> bool:
@@ -152,7 +153,7 @@ def _loops_back(folder: Path, root: Path) -> bool:
 def _list_channels(root: Path) -> _Listing:
     listing = _Listing(root)
     files, folders = _entries(root)
-    _list_flat(listing, files, root.name)
+    _list_root_files(listing, files)
     top_level_ids = set(listing.sources)
     for folder in folders:
         sample_id = printable_id(folder.name)
@@ -329,7 +330,8 @@ def _named_channel_sample(path: Path) -> tuple[str, dict[str, str], str | None]:
     return sample_id, sources, listing.problems.get(sample_id)
 
 
-def discover_inputs(paths, format: str | None = None, label_set=None) -> list[SampleEntry]:
+def discover_inputs(paths, format: str | None = None, label_set=None,
+                    reader_options: dict | None = None) -> list[SampleEntry]:
     """Prediction inputs as SampleEntry with absolute source paths, in the order given; nothing is decoded.
 
     Each path may be a channel file (its sibling channel files are found next to it), a multichannel
@@ -358,13 +360,21 @@ def discover_inputs(paths, format: str | None = None, label_set=None) -> list[Sa
         if not path.exists():
             raise ProtlocError(f"no such file or folder: {raw}")
         path = path.absolute()
+        # --- hook (issue 14): OME-TIFF files/folders and OME-Zarr stores; reader_options = --channels/--projection ---
+        from protloc.data.ome import ome_inputs
+        if (ome := ome_inputs(path, reader_options)) is not None:
+            for sample_id, sources in ome:
+                add(sample_id, sources)
+            continue
+        # --- end hook ---
         if path.is_file():
             parsed = parse_channel_filename(path.name)
             if parsed is not None:
                 key = (str(path.parent), parsed.prefix or "")
                 if key not in seen_samples:  # else a sibling channel file of a sample already collected
                     seen_samples.add(key)
-                    add(*_named_channel_sample(path))
+                    sample_id, sources, problem = _named_channel_sample(path)
+                    add(sample_id, sources, problem=problem)
             elif is_multichannel_candidate(path.name):
                 add(printable_id(path.stem), {"npz" if path.suffix.lower() == ".npz" else "multichannel": str(path)})
             else:

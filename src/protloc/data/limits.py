@@ -112,14 +112,15 @@ def _check_tiff(path: Path, name: str, limit: int, size: int) -> None:
 
 
 def _check_pillow(path: Path, name: str, kind: str, limit: int) -> None:
-    from PIL import Image
+    # The format's own header parser, not Image.open: Pillow's decompression-bomb guard inside
+    # Image.open would answer with its limit instead of ours. Nothing is decoded here.
+    from PIL import JpegImagePlugin, PngImagePlugin
 
+    parser = PngImagePlugin.PngImageFile if kind == "png" else JpegImagePlugin.JpegImageFile
     try:
-        with Image.open(path) as image:  # reads the header only
+        with parser(str(path)) as image:
             width, height = image.size
             bands = len(image.getbands())
-    except Image.DecompressionBombError as exc:  # Pillow's own guard fired on the header
-        raise ImageTooLargeError(f"{name}: {exc} ({RAISE_HINT})") from None
     except Exception as exc:
         raise DataError(f"unreadable {name}: damaged {kind.upper()} ({_one_line(exc)})") from None
     check_pixels((height, width, bands), name, limit)

@@ -97,10 +97,17 @@ def _describe(shape: tuple[int, ...]) -> str:
     return "x".join(str(d) for d in shape)
 
 
+def _check_dtype(array: np.ndarray, name: str) -> None:
+    """Intensities are numbers: complex, text or object arrays are refused instead of cast."""
+    if array.dtype.kind not in "biuf":
+        raise DataError(f"{name}: holds {array.dtype} values; expected integer or floating-point intensities")
+
+
 def _to_plane(array: np.ndarray, colour: str | None, name: str) -> np.ndarray:
     """A decoded image as one 2-D plane: grayscale as is, colour-encoded RGB(A) by its signal planes."""
     if array.size == 0:
         raise DataError(f"{name}: empty image")
+    _check_dtype(array, name)
     # Drop only extra leading/trailing axes of length 1 (a 1 x H x W page): a 1 x 1 image stays 2-D.
     while array.ndim > 2 and array.shape[0] == 1:
         array = array[0]
@@ -177,6 +184,7 @@ def read_channel_file(path: str | Path, colour: str | None = None, max_pixels: i
 def _canonical_from_hwc(array: np.ndarray, order: tuple[str, ...], name: str) -> np.ndarray:
     """[H, W, 4] or [4, H, W] with channels in ``order`` -> float32 [4, H, W] in CHANNELS order."""
     array = np.asarray(array)
+    _check_dtype(array, name)
     if array.ndim != 3 or 4 not in (array.shape[0], array.shape[-1]):
         if array.ndim == 3:
             small = int(np.argmin(array.shape))
@@ -232,6 +240,11 @@ def read_multichannel_file(path: str | Path, max_pixels: int | None = None) -> n
     if not path.is_file():
         raise DataError(f"missing file {path.name}")
     check_image_header(path, limit=_limit(max_pixels))
+    # --- hook (issue 14): an OME-TIFF that names its channels is read by those names, not plane order ---
+    from protloc.data.ome_tiff import read_if_named
+    if (named := read_if_named(path, max_pixels)) is not None:
+        return named.image
+    # --- end hook ---
     try:
         array = _read_tiff(path)
     except DataError:
@@ -266,6 +279,11 @@ def read_sample(sources: dict[str, str], format: str | None = None, max_pixels: 
     """
     if "npz" in sources:
         return read_npz_sample(sources["npz"], max_pixels)
+    # --- hook (issue 14): OME-TIFF / OME-Zarr samples listed by protloc.data.ome.ome_inputs ---
+    from protloc.data.ome import is_ome_source, read_ome_source
+    if is_ome_source(sources):
+        return read_ome_source(sources, max_pixels).image
+    # --- end hook ---
     if "multichannel" in sources:
         return read_multichannel_file(sources["multichannel"], max_pixels)
     planes = _read_planes(sources, max_pixels)
@@ -292,12 +310,3 @@ def _limit(max_pixels: int | None) -> int:
 
     return limit_in_force() if max_pixels is None else int(max_pixels)
 
-
-def __getattr__(name: str):
-    # Batch prediction imported the input listing from here before it had its own module; kept until
-    # it imports protloc.data.inputs (imported lazily, so this module does not depend on the listing).
-    if name in ("discover_inputs", "load_entry"):
-        from protloc.data import inputs
-
-        return getattr(inputs, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

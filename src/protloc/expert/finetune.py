@@ -237,9 +237,10 @@ def predict_study(study, spec: str | Path, whole_image: bool = False) -> dict:
             probs = (torch.softmax(logits, 0) if task == TASK else torch.sigmoid(logits)).numpy()
             predictions[sample_id] = {"label": study.classes[int(np.argmax(probs))],
                                       "probabilities": [round(float(p), 6) for p in probs]}
-    overlap = _training_overlap(payload, study.sample_ids)
+    overlap, unchecked = training_overlap(payload, study.sample_ids)
     record = {
-        "training_overlap": overlap,
+        "training_overlap": overlap,  # None: could not be checked, for the reason in training_overlap_unchecked
+        "training_overlap_unchecked": unchecked,
         "model": str(path.resolve()), "model_sha256": sha256_of(path), "task": task,
         "method": "argmax of softmax (fine-tuned last layer)" if task == TASK
         else "argmax of multi-task sigmoid outputs (model not fine-tuned for single labels)",
@@ -251,15 +252,28 @@ def predict_study(study, spec: str | Path, whole_image: bool = False) -> dict:
     return record
 
 
-def _training_overlap(payload: dict, sample_ids: list[str]) -> list[str]:
-    """Study samples the fine-tuning trained on (should be none: the study comes from the test split)."""
-    from protloc.data.splits import load_splits
+def training_overlap(payload: dict, sample_ids: list[str]) -> tuple[list[str] | None, str | None]:
+    """Study samples the model trained on: (ids, None) when it could be checked, else (None, why not).
 
-    splits_file = (payload.get("source") or {}).get("splits")
-    if not splits_file or not Path(splits_file).is_file():
-        return []
+    Should be none: the study comes from the test split. The model file names its training split (a
+    fine-tuned model: ``source.splits``; a training run's model: RUN_DIR/splits.json); a split made
+    by ``make_splits(seed=0)`` is recomputed, since it depends on nothing but the ids.
+    """
+    from protloc.data.splits import assign_split, load_splits
+
+    source = payload.get("source") or {}
+    splits_file = source.get("splits")
+    if not splits_file and source.get("kind") == "training-run" and source.get("run_dir"):
+        splits_file = str(Path(source["run_dir"]) / "splits.json")
+    if splits_file == "make_splits(seed=0)":
+        return sorted(i for i in sample_ids if assign_split(i, seed=0) == "train"), None
+    if not splits_file:
+        kind = source.get("kind") or "unknown"
+        return None, f"the model file (source: {kind}) does not say which samples it was trained on"
+    if not Path(splits_file).is_file():
+        return None, f"the model's training split {splits_file} is no longer there"
     try:
         train = set(load_splits(splits_file).get("train", []))
-    except ProtlocError:
-        return []
-    return sorted(set(sample_ids) & train)
+    except ProtlocError as exc:
+        return None, f"the model's training split cannot be read ({exc})"
+    return sorted(set(sample_ids) & train), None

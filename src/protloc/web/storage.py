@@ -284,20 +284,6 @@ def normalise_channel_name(value: str) -> str | None:
     return HPA_COLOURS.get(value)
 
 
-def _sniff(path: Path) -> str:
-    with open(path, "rb") as handle:
-        head = handle.read(8)
-    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
-        return "tiff"
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "png"
-    if head[:3] == b"\xff\xd8\xff":
-        return "jpeg"
-    if head[:4] == b"PK\x03\x04":
-        return "zip"
-    return "unknown"
-
-
 def _check_pixels(shape: tuple[int, ...], max_pixels: int, name: str) -> None:
     """The data layer's pixel limit (protloc.data.limits.check_pixels) as a 413."""
     from protloc.data.limits import ImageTooLargeError, check_pixels
@@ -404,9 +390,25 @@ def assemble_sample(planes: dict[str, np.ndarray], names: dict[str, str]) -> np.
 # zip archives
 
 
-def check_zip(path: Path, max_total_bytes: int, max_members: int = 100_000) -> list[zipfile.ZipInfo]:
-    """The members of a zip that is safe to extract; UploadError for escaping paths or a zip bomb."""
-    if _sniff(path) != "zip":
+# Below this many bytes a zip may unpack to anything (within the total limit): a few blank test
+# images compress a thousandfold and are no threat; above it the expansion ratio is bounded too.
+ZIP_RATIO_FREE_BYTES = 16 << 20
+
+
+def zip_budget(path: Path, max_total_bytes: int, max_ratio: float) -> int:
+    """The most bytes a zip of this size may unpack to: the total limit, and the expansion ratio."""
+    return min(max_total_bytes, max(ZIP_RATIO_FREE_BYTES, int(path.stat().st_size * max_ratio)))
+
+
+def check_zip(path: Path, max_total_bytes: int, max_ratio: float = 100.0, max_members: int = 100_000) -> list[zipfile.ZipInfo]:
+    """The members of a zip that is safe to extract; UploadError for escaping paths or a zip bomb.
+
+    Decided from the central directory alone, before anything is extracted: the declared sizes must
+    stay within the total limit and within ``max_ratio`` times the archive's own size.
+    """
+    from protloc.data.limits import sniff_kind
+
+    if sniff_kind(path) != "zip":
         raise UploadError(415, "batch upload must be a zip archive")
     try:
         with zipfile.ZipFile(path) as archive:
@@ -415,6 +417,7 @@ def check_zip(path: Path, max_total_bytes: int, max_members: int = 100_000) -> l
         raise UploadError(422, f"damaged zip archive ({exc})") from None
     if len(members) > max_members:
         raise UploadError(413, f"zip has {len(members)} members (at most {max_members})")
+    budget = zip_budget(path, max_total_bytes, max_ratio)
     total = 0
     for info in members:
         name = info.filename.replace("\\", "/")
@@ -424,14 +427,18 @@ def check_zip(path: Path, max_total_bytes: int, max_members: int = 100_000) -> l
         if (info.external_attr >> 16) & 0o170000 == 0o120000:
             raise UploadError(400, f"zip member {info.filename!r} is a symbolic link")
         total += info.file_size
-        if total > max_total_bytes:
-            raise UploadError(413, f"zip unpacks to more than {max_total_bytes / 2**20:g} MB")
+    if total > max_total_bytes:
+        raise UploadError(413, f"zip unpacks to more than {max_total_bytes / 2**20:g} MB")
+    if total > budget:
+        raise UploadError(413, f"zip bomb refused: {path.stat().st_size / 2**20:.2f} MB would unpack to "
+                               f"{total / 2**20:.0f} MB ({total / max(1, path.stat().st_size):.0f}:1; at most {max_ratio:g}:1)")
     return members
 
 
-def extract_zip(path: Path, dest: Path, max_total_bytes: int) -> list[Path]:
+def extract_zip(path: Path, dest: Path, max_total_bytes: int, max_ratio: float = 100.0) -> list[Path]:
     """Extract a checked zip under ``dest``; every file provably inside it, sizes enforced on the fly."""
-    members = check_zip(path, max_total_bytes)
+    members = check_zip(path, max_total_bytes, max_ratio)
+    max_total_bytes = zip_budget(path, max_total_bytes, max_ratio)
     dest = dest.resolve()
     written = 0
     files = []
@@ -451,6 +458,21 @@ def extract_zip(path: Path, dest: Path, max_total_bytes: int) -> list[Path]:
                     out.write(chunk)
             files.append(target)
     return files
+
+
+def sample_id_of(filename: str) -> str | None:
+    """The sample id of a channel file ``<id>_<colour>.<ext>`` by the readers' parser, else None."""
+    from protloc.data.filenames import parse_channel_filename
+
+    parsed = parse_channel_filename(PurePosixPath(filename).name)
+    return parsed.prefix if parsed else None
+
+
+def shared_sample_id(filenames: list[str]) -> str | None:
+    """The sample id four channel files share (HPA's and Kaggle's names), the one ``group_samples``
+    groups a batch by; None when the names do not share one."""
+    ids = {sample_id_of(filename) for filename in filenames}
+    return ids.pop() if len(ids) == 1 and None not in ids else None
 
 
 def group_samples(files: list[Path], root: Path) -> tuple[list[dict], list[dict]]:
@@ -474,8 +496,10 @@ def group_samples(files: list[Path], root: Path) -> tuple[list[dict], list[dict]
         if channel is None:
             samples.append({"name": relative, "kind": "multichannel", "files": {"image": file}})
             continue
-        stem = file.name[: file.name.lower().rfind("_")]
-        key = (PurePosixPath(relative).parent / stem).as_posix()
+        # ``blue.png`` without an id: the folder holds one sample and names it
+        stem = sample_id_of(file.name)
+        folder = PurePosixPath(relative).parent
+        key = (folder / stem).as_posix() if stem else (folder.as_posix() if folder.parts else "sample")
         group = groups.setdefault(key, {})
         if channel in group:
             skipped.append({"name": relative, "reason": f"second {channel} file for sample {key}"})
@@ -494,5 +518,5 @@ def group_samples(files: list[Path], root: Path) -> tuple[list[dict], list[dict]
 __all__ = [
     "BlobStore", "ReceivedFile", "ReceivedForm", "UploadError", "assemble_sample",
     "channel_from_filename", "check_zip", "decode_channel", "decode_multichannel", "extract_zip",
-    "group_samples", "inspect_image", "load_stored_sample", "normalise_channel_name", "stream_multipart",
+    "group_samples", "inspect_image", "shared_sample_id", "load_stored_sample", "normalise_channel_name", "stream_multipart",
 ]
