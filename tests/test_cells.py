@@ -272,3 +272,15 @@ def test_cells_command_bad_input(model_file, data_dir, tmp_path, capsys):
     assert main(["cells", str(data_dir), "--model", str(model_file), "--out", str(out),
                  "--nucleus-diameter", "-3"]) == 2
     assert "must be positive" in capsys.readouterr().err
+
+
+def test_bench_cells_section_reports_the_ratio(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--quick", "--sections", "cells", "--out", str(out)]) == 0
+    import json
+
+    section = json.loads(out.read_text())["sections"]["cells"]
+    rows = {row["variant"]: row for row in section["rows"]}
+    assert rows["image-level prediction (baseline)"]["ratio"] == pytest.approx(1.0)
+    assert rows["cells: segmentation + per-cell prediction"]["ratio"] > 0
+    assert "Single cells" in capsys.readouterr().out

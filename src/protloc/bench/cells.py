@@ -1,7 +1,8 @@
 """Single cells: speed against the image-level prediction, and per-cell accuracy against its baseline.
 
-    PYTHONPATH=src python benchmarks/cells.py [--model FILE] [--image DIR] [--rounds 5] [--out results/cells]
-    PYTHONPATH=src python benchmarks/cells.py --accuracy SYNTH_DIR --model FILE [--out results/cells-map]
+    protloc bench --sections cells [--model FILE]                 # a section of protloc bench
+    python -m protloc.bench.cells [--model FILE] [--image DIR] [--rounds 7] [--out benchmarks/results/cells]
+    python -m protloc.bench.cells --accuracy SYNTH_DIR --model FILE [--out benchmarks/results/cells-map]
 
 Accuracy (``--accuracy``): ``protloc.cells.evaluate.evaluate_folder`` on a synthetic data set with
 per-cell truth (``protloc synth``): per-cell mAP of the cells' own probabilities, of the weak
@@ -25,28 +26,27 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
+import os
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-REAL_FIELD = REPO.parent / "shared" / "real-hpa" / "hpa-download"
+REPO = Path(__file__).resolve().parents[3]
+REAL_FIELD = Path(os.environ.get("PROTLOC_SHARED", REPO.parent / "shared")) / "real-hpa" / "hpa-download"
 
 
-def _load_image(path: Path | None) -> tuple[np.ndarray, str]:
+def _load_image(path: Path | None, size: int = 2048) -> tuple[np.ndarray, str]:
     from protloc.data.inputs import discover_inputs, load_entry
 
     folder = path or REAL_FIELD
-    if folder.exists():
+    if size == 2048 and folder.exists():
         entry = discover_inputs([folder])[0]
         return load_entry(entry), f"{entry.id} ({folder})"
     from protloc.data.synth import draw_sample
 
-    _, image = draw_sample(0, 0, 2048, 2048)
-    return image.astype(np.float32), "synthetic 2048x2048 field (seed 0, sample 0)"
+    _, image = draw_sample(0, 0, size, size)
+    return image.astype(np.float32), f"synthetic {size}x{size} field (seed 0, sample 0)"
 
 
 def _predictor(model: str | None):
@@ -65,13 +65,14 @@ def _predictor(model: str | None):
     return predictor, "gapnet-pl, random weights, crop size 1024 (the paper's)"
 
 
-def bench_cells(model: str | None = None, image_path: Path | None = None, rounds: int = 5) -> dict:
+def bench_cells(model: str | None = None, image_path: Path | None = None, rounds: int = 5, size: int = 2048,
+                progress=None) -> dict:
     from protloc.cells.features import predict_cells
     from protloc.cells.pipeline import analyse_image
     from protloc.cells.segmentation import segment
 
     predictor, model_label = _predictor(model)
-    image, image_label = _load_image(image_path)
+    image, image_label = _load_image(image_path, size)
     variants = {
         "image-level prediction (baseline)": lambda: predictor.predict_proba(image),
         "image-level, one whole-image pass": lambda: predictor.predict_proba(image, whole_image=True),
@@ -80,20 +81,25 @@ def bench_cells(model: str | None = None, image_path: Path | None = None, rounds
     }
     cells = segment(image).cells
     variants["  of which per-cell prediction"] = lambda: predict_cells(predictor, image, cells)
-    for run in variants.values():  # warm-up: weights converted, buffers allocated, libraries loaded
-        run()
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(rounds):
-        for name, run in variants.items():
-            start = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - start)
-    base = statistics.median(times["image-level prediction (baseline)"])
-    base_best = min(times["image-level prediction (baseline)"])
-    rows = [{"variant": name, "median_s": statistics.median(t), "best_s": min(t),
-             "ratio": statistics.median(t) / base, "ratio_best": min(t) / base_best} for name, t in times.items()]
+    from protloc.bench.common import interleaved
+
+    timings = interleaved(variants, rounds, progress=progress)
+    base = timings["image-level prediction (baseline)"]
+    rows = [{"variant": name, "median_s": t["median_s"], "best_s": t["best_s"],
+             "ratio": t["median_s"] / base["median_s"], "ratio_best": t["best_s"] / base["best_s"]}
+            for name, t in timings.items()]
     return {"image": image_label, "shape": list(image.shape), "model": model_label, "cells": int(cells.max()),
             "rounds": rounds, "rows": rows}
+
+
+def cells_section(settings, progress) -> dict:
+    """``protloc bench --sections cells``: the real 2048² field (a synthetic field with --quick)."""
+    return bench_cells(settings.model, None, settings.rounds, size=settings.image_size, progress=progress)
+
+
+def cells_markdown(result: dict) -> list[str]:
+    return ["### Single cells: segmentation + per-cell prediction against image-level prediction", "",
+            to_markdown(result)]
 
 
 def to_markdown(result: dict) -> str:
