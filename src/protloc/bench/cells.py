@@ -129,9 +129,17 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+        args.out.with_suffix(".json").write_text(json.dumps(_results_file("cells", result), indent=2) + "\n")
         args.out.with_suffix(".md").write_text(text)
     return 0
+
+
+def _results_file(section: str, result: dict) -> dict:
+    """The layout of ``protloc bench``'s results files (machine, command, sections)."""
+    from protloc.bench.common import machine_info
+
+    return {"protloc_bench": 1, "machine": machine_info(), "command": "python -m protloc.bench.cells " + " ".join(sys.argv[1:]),
+            "sections": {section: result}}
 
 
 def _accuracy(args) -> int:
@@ -150,7 +158,7 @@ def _accuracy(args) -> int:
     print(text)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.with_suffix(".json").write_text(json.dumps(asdict(result), indent=2) + "\n")
+        args.out.with_suffix(".json").write_text(json.dumps(_results_file("cells-accuracy", asdict(result)), indent=2) + "\n")
         args.out.with_suffix(".md").write_text(text)
     return 0
 

@@ -5,7 +5,8 @@
 - ``per_cell_map``: the HPA single-cell challenge's metric: average precision of each class over all
   cells, the mean over the classes that have positive cells.
 - ``evaluate_folder``: a synthetic data set written by ``protloc synth`` with its per-cell truth
-  (``masks/<id>_cellmask.png``, ``cells.csv``; the format is in README "Single cells") -> per-cell mAP
+  (``masks/<id>_cellmask.png`` and ``cells.csv`` with each cell's ``labels``, as ``protloc synth``
+  writes them) -> per-cell mAP
   on the true masks and on protloc's own segmentation, against the weak baseline that gives every
   cell its image's probabilities, plus segmentation quality.
 """

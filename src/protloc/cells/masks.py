@@ -47,7 +47,8 @@ def read_label_image(path: str | Path) -> np.ndarray:
     except DataError:
         raise
     except Exception as exc:  # decoders raise many types
-        raise DataError(f"unreadable mask {path.name}: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}") from None
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"unreadable mask {path.name}: {reason}") from None
     array = np.squeeze(array)
     if array.ndim != 2:
         raise DataError(f"{path.name}: a label image must be one plane, got shape {list(array.shape)}")

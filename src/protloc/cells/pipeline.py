@@ -170,7 +170,8 @@ def output_paths(out: str | Path) -> dict[str, Path]:
 
 
 def run_cells(inputs, model, out, *, masks_dir=None, maps_dir=None, embeddings: bool = False,
-              image_prior: bool = False,              nucleus_diameter: float | None = None, device: str = "cpu", input_format: str | None = None,
+              image_prior: bool = False, nucleus_diameter: float | None = None, device: str = "cpu",
+              input_format: str | None = None,
               progress: bool = False) -> CellsResult:
     """Segment (or read the masks of) every input image, predict its cells and write the outputs."""
     from tqdm.auto import tqdm
@@ -246,6 +247,11 @@ def run_cells(inputs, model, out, *, masks_dir=None, maps_dir=None, embeddings: 
 
 def report(result: CellsResult, out) -> None:
     print(f"{result.cells} cell(s) in {result.images} image(s) -> {out}")
+    paths = output_paths(out)
+    others = [paths["h5ad"]] + ([paths["masks"]] if paths["masks"].is_dir() else [])
+    others += [p for p in result.files if p.suffix == ".h5ad" and p != paths["h5ad"]]
+    overlays = {p.parent for p in result.files if p.name.endswith("_cells.png")}
+    print("also: " + ", ".join(str(p) for p in others + sorted(overlays)))
     for image_id in result.no_cells:
         print(f"  {image_id}: no cells found", file=sys.stderr)
     if result.failures:

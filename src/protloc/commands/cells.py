@@ -44,7 +44,8 @@ def run(args) -> int:
         raise ProtlocError(f"--nucleus-diameter must be positive, got {args.nucleus_diameter}")
     result = run_cells(
         args.inputs, args.model, args.out, masks_dir=args.masks, maps_dir=args.maps, embeddings=args.embeddings,
-        image_prior=args.image_prior,        nucleus_diameter=args.nucleus_diameter, device=args.device, input_format=args.input_format,
+        image_prior=args.image_prior, nucleus_diameter=args.nucleus_diameter, device=args.device,
+        input_format=args.input_format,
         progress=sys.stderr.isatty(),
     )
     report(result, args.out)
