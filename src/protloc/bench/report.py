@@ -75,4 +75,8 @@ def markdown(results: dict) -> str:
         from protloc.bench.onnx_runtime import onnxruntime_markdown
 
         out += onnxruntime_markdown(sections["onnxruntime"])
+    if "cells" in sections:
+        from protloc.bench.cells import cells_markdown
+
+        out += cells_markdown(sections["cells"])
     return "\n".join(out)
