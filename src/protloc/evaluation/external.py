@@ -123,6 +123,7 @@ def evaluate_model(
     min_positives: int = MIN_POSITIVES,
     progress: bool | None = None,
     ids: list[str] | None = None,
+    ids_label: str = "given samples",
     predictor=None,
     quiet: bool = False,
 ) -> dict:
@@ -185,7 +186,7 @@ def evaluate_model(
         "model": predictor.name or predictor.model_name,
         "model_file": predictor.source.get("file"),
         "data": str(index.root),
-        "split": split or "all labelled samples",
+        "split": split or (ids_label if ids is not None else "all labelled samples"),
         "thresholds_source": "stored in the model file" if predictor.source.get("file") and
         any(t != 0.5 for t in predictor.thresholds) else "0.5 (the model file stores none)",
         "prediction": {"whole_image": whole_image, "patch_size": None if whole_image else predictor.patch_size,

@@ -207,6 +207,7 @@ def run_crossval(config, k: int, out, *, mapping=None, min_positives: int = 3, b
         log(f"fold scores of {config.init} as it is (no training), labels mapped onto its classes")
         base_metrics = [
             _evaluate(out / "no-training" / f"fold-{f + 1}", model=config.init, data=index, ids=fold,
+                      ids_label=f"test fold {f + 1} of {k}",
                       predictor=predictor, min_positives=min_positives, pixel_size=config.pixel_size)
             for f, fold in enumerate(folds)]
         base_index = remap_index(index, _mapping_to(index, predictor))
@@ -238,7 +239,8 @@ def run_crossval(config, k: int, out, *, mapping=None, min_positives: int = 3, b
                 if result.status != "completed":
                     raise ProtlocError(f"fold {f + 1}: {result.message}")
         fold_metrics.append(_evaluate(fold_dir / "evaluation", model=str(fold_dir), data=train_index,
-                                      ids=splits["test"], min_positives=min_positives,
+                                      ids=splits["test"], ids_label=f"test fold {f + 1} of {k}",
+                                      min_positives=min_positives,
                                       pixel_size=config.pixel_size))
     mode = ("new head on the frozen encoder (precomputed features)" if precomputed else
             "head trained, encoder frozen" if config.freeze_encoder else

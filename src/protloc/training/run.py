@@ -268,6 +268,7 @@ def train(config: TrainConfig, resume: bool = False) -> RunResult:
         raise ProtlocError(f"the validation split of {index.root} is empty ({len(labelled)} labelled samples); "
                            "add samples or change split_fractions in a --config file")
     network, options, paper = build_network(config, len(index.label_set))
+    check_crop(config, paper, index, train_ids + val_ids)
     from protloc.training.transfer import prepare_transfer
 
     check_crop(config, paper, index, train_ids + val_ids)  # before the notes: a refused run prints one line

@@ -163,6 +163,8 @@ def prepare_transfer(network: nn.Module, config, index, announce: bool = True) -
     else:
         model_um, model_source = data.um, f"the training data's: {data.source}"
     factor = scale_factor(data.um, model_um)
-    if announce:
+    if announce and info is not None:
         print(describe(data, model_um), file=sys.stderr)
+    elif announce and data.known:
+        print(f"pixel size: data {data.um:g} µm/px ({data.source}); the model is trained at it", file=sys.stderr)
     return TrainingScale(data.um, data.source, model_um, model_source, factor, info)
