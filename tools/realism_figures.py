@@ -3,7 +3,7 @@ class next to synthetic fields of the same class, both shown at the generator's 
 
     python tools/realism_figures.py ../shared/real-hpa/kaggle2018-train-101 docs/realism
 
-One PNG per class: top row real fields (composite, then the protein channel), bottom row synthetic.
+One JPEG per class (PNG of camera noise is large): top row real fields (composite, then the protein channel), bottom row synthetic.
 Used to redraw the generator by eye; no number from the real set enters the generator.
 """
 
@@ -55,7 +55,7 @@ def main(real_root: str, out: str, per_class: int = 2) -> None:
             rows.append(np.concatenate([np.concatenate([t, np.ones((TILE, 8, 3))], 1) for t in row], 1))
         figure = np.concatenate([rows[0], np.ones((8, rows[0].shape[1], 3)), rows[1]], 0)
         slug = name.lower().replace(" ", "-")
-        Image.fromarray((figure * 255).astype(np.uint8)).save(out_dir / f"real-vs-synthetic-{slug}.png")
+        Image.fromarray((figure * 255).astype(np.uint8)).save(out_dir / f"real-vs-synthetic-{slug}.jpg", quality=85)
         print(f"{name}: {len(picks)} real fields -> {out_dir / f'real-vs-synthetic-{slug}.png'}")
 
 
