@@ -56,7 +56,7 @@ def main(real_root: str, out: str, per_class: int = 2) -> None:
         figure = np.concatenate([rows[0], np.ones((8, rows[0].shape[1], 3)), rows[1]], 0)
         slug = name.lower().replace(" ", "-")
         Image.fromarray((figure * 255).astype(np.uint8)).save(out_dir / f"real-vs-synthetic-{slug}.jpg", quality=85)
-        print(f"{name}: {len(picks)} real fields -> {out_dir / f'real-vs-synthetic-{slug}.png'}")
+        print(f"{name}: {len(picks)} real fields -> {out_dir / f'real-vs-synthetic-{slug}.jpg'}")
 
 
 if __name__ == "__main__":
