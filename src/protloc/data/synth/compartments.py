@@ -34,7 +34,9 @@ def _nucleoli(rng, field, refs, expr):
 
 
 def _nuclear_membrane(rng, field, refs, expr):
-    return np.exp(-((field.dn / 1.8) ** 2)) * field.cell * field.per_cell(expr)
+    """A thin, uneven rim at the nuclear envelope over a faint nucleoplasm."""
+    rim = np.exp(-((field.dn / 0.9) ** 2)) * np.clip(1.0 + 0.4 * field.texture[:, ::-1], 0.2, 2.0)
+    return (rim + 0.15 * field.nucleus) * field.cell * field.per_cell(expr)
 
 
 def _cytosol(rng, field, refs, expr):
@@ -43,7 +45,8 @@ def _cytosol(rng, field, refs, expr):
 
 
 def _plasma_membrane(rng, field, refs, expr):
-    """A thin line along each cell's outline over a faint granular haze."""
+    """A thin line along each cell's outline and fine granules of membrane over the cell, denser
+    towards its edge (the dorsal membrane seen in a confocal section)."""
     owner = field.owner
     edge = np.zeros(owner.shape, dtype=bool)
     vertical = owner[1:, :] != owner[:-1, :]
@@ -55,11 +58,14 @@ def _plasma_membrane(rng, field, refs, expr):
     # each membrane pixel glows as bright as the brighter of its cells (a non-expressing cell has none)
     level = field.per_cell(expr)
     level = np.maximum(level, ndi.maximum_filter(level, size=3)) * edge
-    line = np.minimum(ndi.gaussian_filter(level, 0.8, truncate=3.0) * 1.8, 1.0)
-    # the dorsal membrane over the cytoplasm: a faint granular stain
-    grains = np.clip(field.texture[::-1, :], 0.0, None) ** 2
-    haze = 0.15 * field.cytoplasm * field.per_cell(expr) * (0.3 + grains)
-    return line + haze
+    line = np.minimum(ndi.gaussian_filter(level, 0.8, truncate=3.0) * 0.3, 1.0)
+    counts = rng.integers(350, 700, field.n)
+    ys, xs, cells = random_points_in_cells(rng, field, counts, field.cell_radius * 0.3, field.cell_radius * 1.3,
+                                           power=0.3)
+    ok = field.keep(ys, xs, cells)
+    canvas = Canvas(field.height, field.width)
+    canvas.add(ys[ok], xs[ok], 0.8 * rng.uniform(0.3, 1.0, ok.sum()) * expr[cells[ok]], 0.6, "dot")
+    return line + canvas.render()
 
 
 def _mitochondria(rng, field, refs, expr):
@@ -104,7 +110,7 @@ def _actin_filaments(rng, field, refs, expr):
     # fibres are brighter towards their ends, where they anchor in focal adhesions
     weight = np.repeat(rng.uniform(0.3, 1.0, len(cells)), steps) * (0.6 + 0.8 * np.clip(rc - 0.6, 0, 1) / 0.4)
     canvas = Canvas(field.height, field.width)
-    canvas.add(ys[ok], xs[ok], 0.9 * weight[ok] * expr[cells_pts[ok]], 0.6, "line")
+    canvas.add(ys[ok], xs[ok], 1.4 * weight[ok] * expr[cells_pts[ok]], 0.6, "line")
     level = field.per_cell(expr)
     ruffles = np.clip(1.0 + 0.6 * field.texture[::-1], 0.0, 2.5)
     cortex = np.exp(-(((field.rc - 0.93) / 0.05) ** 2)) * field.cell * 0.3 * level * ruffles

@@ -201,12 +201,17 @@ def make_field(rng: np.random.Generator, height: int, width: int) -> Field:
 
 
 def _drop_fragments(owner: np.ndarray, rc_map: np.ndarray, dn_map: np.ndarray, nuc_centre: np.ndarray) -> None:
-    """Keep one connected piece per cell (the one holding its nucleus, else the largest): the lobed
-    edges can cut off islands, which no real cell has."""
+    """Keep one connected piece per cell (the one holding its nucleus, else the largest) and fill its
+    holes: the lobed edges can cut off islands and enclose gaps, which no real cell has."""
     for i, box in enumerate(ndi.find_objects(owner + 1)[1:]):
         if box is None:
             continue
-        pieces, count = ndi.label(owner[box] == i)
+        mine = owner[box] == i
+        holes = ndi.binary_fill_holes(mine) & (owner[box] < 0)
+        owner[box][holes] = i
+        rc_map[box][holes] = 0.95
+        dn_map[box][holes] = 20.0
+        pieces, count = ndi.label(mine | holes)
         if count <= 1:
             continue
         cy, cx = int(round(nuc_centre[i, 0])) - box[0].start, int(round(nuc_centre[i, 1])) - box[1].start
