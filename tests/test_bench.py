@@ -41,8 +41,9 @@ def test_quick_inference_and_data_write_valid_json(tmp_path, capsys):
 
 
 def test_quick_scaling_child_reports_time_and_memory(tmp_path):
-    bench = __import__("protloc.commands.bench", fromlist=["load_benchmarks"]).load_benchmarks()
-    row = bench.run_child({"kind": "inference", "size": 64, "variant": "fast fp32", "rounds": 1})
+    from protloc.bench.scaling import run_child
+
+    row = run_child({"kind": "inference", "size": 64, "variant": "fast fp32", "rounds": 1})
     assert "error" not in row, row
     assert row["best_s"] > 0 and row["peak_rss_mib"] >= row["rss_before_mib"] * 0.5 > 0
 
@@ -96,3 +97,29 @@ def test_quick_platform_runs_protloc_serve_and_measures_every_level(tmp_path, ca
     assert [row["concurrent_clients"] for row in platform["rows"]] == [1, 2]
     assert all(row["requests"] == 4 and row["throughput_per_s"] > 0 for row in platform["rows"])
     assert platform["worker"]["samples"] >= 9 and platform["worker"]["failures"] == 0  # warm-up + 2 x 4
+
+
+def test_bench_runs_from_an_installed_package_without_the_source_tree(tmp_path):
+    """The package copied alone (as pip installs it): no benchmarks/ or tools/ beside it."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    import protloc
+
+    site = tmp_path / "site-packages"
+    shutil.copytree(Path(protloc.__file__).parent, site / "protloc", ignore=shutil.ignore_patterns("__pycache__"))
+    work = tmp_path / "work"
+    work.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(site), "OMP_NUM_THREADS": "1"}
+    where = subprocess.run([sys.executable, "-c", "import protloc; print(protloc.__file__)"], cwd=work, env=env,
+                           capture_output=True, text=True, check=True).stdout.strip()
+    assert Path(where).is_relative_to(site)
+    completed = subprocess.run(
+        [sys.executable, "-m", "protloc", "bench", "--quick", "--sections", "inference,scaling", "--repeats", "1",
+         "--out", "r.json"], cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    results = json.loads((work / "r.json").read_text())
+    assert results["sections"]["inference"]["rows"][0]["ratio_vs_baseline"] == 1.0
+    assert all("error" not in row for row in results["sections"]["scaling"]["inference"]), results["sections"]["scaling"]

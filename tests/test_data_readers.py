@@ -8,10 +8,9 @@ import tifffile
 from PIL import Image
 
 from protloc.data.channels import CHANNELS, COLOUR_OF_CHANNEL
+from protloc.data.inputs import discover_inputs, load_entry
 from protloc.data.readers import (
     NPZ_CHANNEL_ORDER,
-    discover_inputs,
-    load_entry,
     read_channel_file,
     read_multichannel_file,
     read_npz_sample,
@@ -19,7 +18,9 @@ from protloc.data.readers import (
 )
 from protloc.errors import DataError, ProtlocError
 
-REAL_HPA = Path(__file__).resolve().parents[2] / "shared" / "real-hpa"
+from conftest import shared_dir
+
+REAL_HPA = shared_dir() / "real-hpa"
 needs_real_hpa = pytest.mark.skipif(not REAL_HPA.is_dir(), reason=f"real HPA images not present at {REAL_HPA}")
 
 

@@ -19,7 +19,9 @@ from protloc.data.splits import load_split_file
 from protloc.errors import ProtlocError
 from protloc.labels import HPA13, KAGGLE28
 
-REAL_HPA = Path(__file__).resolve().parents[2] / "shared" / "real-hpa"
+from conftest import shared_dir
+
+REAL_HPA = shared_dir() / "real-hpa"
 
 
 def planes(shape, dtype=np.uint16, seed=0):

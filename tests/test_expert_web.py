@@ -226,3 +226,22 @@ def test_browser_sign_in_answer_change_reload_resume_restart(study_dir, tmp_path
     assert len(report["agreement"]["cohen"]) == 3 and report["agreement"]["fleiss"]["n"] == 6
     for rater in report["raters"].values():
         assert (tmp_path / "report" / rater["figure"]).is_file()
+
+
+def test_a_view_whose_source_file_is_gone_is_a_410_with_the_reason(tmp_path, caplog):
+    """Not a 500: the server works, the data set lost the file. The answer names no sample id."""
+    data = build_dataset(tmp_path / "data", size=40)
+    select_study(data, tmp_path / "study", n=2, seed=7)
+    study = load_study(tmp_path / "study")
+    client = TestClient(create_expert_app(study, f"sqlite:///{tmp_path / 'answers.db'}"))
+    client.post("/api/signin", json={"name": "Ada"})
+    item = client.get("/api/items/0").json()
+    sample_id = study.expert_order("Ada")[0]
+    for path in Path(data).rglob("*"):
+        if path.is_file() and sample_id in path.name:
+            path.unlink()
+    image = client.get(item["views"][0]["url"])
+    assert image.status_code == 410, image.text
+    assert "missing or unreadable" in image.json()["detail"]
+    assert sample_id not in image.text
+    assert "cannot render a view" in caplog.text

@@ -1,6 +1,6 @@
 """The fast GapNet-PL inference path: equal to the plain forward in fp32, same classes in bf16.
 
-The plain forward is ``network(normalize_batch(x))``; the fast path takes the raw image, so every
+The plain forward is ``network(normalize(x))``; the fast path takes the raw image, so every
 comparison below starts from raw intensities (offsets and scales like a microscope's).
 """
 
@@ -18,10 +18,11 @@ from protloc.checkpoint import build_network, read_model_file, save_model_file
 from protloc.cli import main
 from protloc.data.channels import CHANNELS
 from protloc.errors import ProtlocError
-from protloc.fast_inference import FastGapNetPL, fast_network, gflop, image_moments
-from protloc.inference import normalize_batch, predict_image, predict_whole
+from protloc.inference.inferer import Inferer
+from protloc.inference.normalization import normalize
 from protloc.labels import HPA13
 from protloc.models import create_model
+from protloc.models.gapnet_pl_fast import FastGapNetPL, fast_network, gflop, image_moments
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 CHECKPOINT_DIR = SHARED / "pretrained" / "gapnet-pl"
@@ -52,9 +53,17 @@ def raw_images(shape, seed: int = 1) -> torch.Tensor:
     return 100.0 + gain * (noise**3 + 0.5 * structure + 0.5)
 
 
+def predict_whole(network, image, precision=None):
+    return Inferer(network, None, precision=precision)(image)
+
+
+def predict_image(network, image, patch_size, batch_size=8, precision=None):
+    return Inferer(network, patch_size, batch_size=batch_size, precision=precision)(image)
+
+
 def plain_logits(network, x: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
-        return network(normalize_batch(x))
+        return network(normalize(x))
 
 
 def relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -77,10 +86,38 @@ def test_fp32_fast_path_equals_plain_forward(shape):
         assert relative_difference(logits, expected) <= 1e-5, options
 
 
+def assert_selu_compiled() -> None:
+    """Compiling SELU falls back to ATen on failure: equal logits alone would not show it compiled."""
+    import protloc.models.gapnet_pl_fast as fast_path
+
+    assert fast_path.compiled_selu_error is None, f"SELU did not compile: {fast_path.compiled_selu_error}"
+    assert fast_path._compiled_selu is not None, "the compiled SELU was never used"
+
+
 def test_compiled_selu_gives_the_same_logits():
     network = random_gapnet(2)
     x = raw_images((2, 4, 75, 62))
     logits = FastGapNetPL(network, compile_selu=True, strip_rows=8)(x)
+    assert_selu_compiled()
+    assert relative_difference(logits, plain_logits(network, x)) <= 1e-5
+
+
+def test_a_failed_selu_compile_warns_once_and_falls_back(monkeypatch):
+    import protloc.models.gapnet_pl_fast as fast_path
+
+    def no_compiler(*_args, **_kwargs):
+        raise RuntimeError("no C++ compiler found\nsecond line")
+
+    monkeypatch.setattr(fast_path, "_compiled_selu", None)
+    monkeypatch.setattr(fast_path, "compiled_selu_error", None)
+    monkeypatch.setattr(torch, "compile", no_compiler)
+    network = random_gapnet(2)
+    x = raw_images((1, 4, 40, 40))
+    with pytest.warns(RuntimeWarning, match=r"compiling SELU failed \(RuntimeError: no C\+\+ compiler found\)") as caught:
+        logits = FastGapNetPL(network, compile_selu=True, strip_rows=8)(x)
+        FastGapNetPL(network, compile_selu=True, strip_rows=8)(x)
+    assert len([w for w in caught if "SELU" in str(w.message)]) == 1
+    assert fast_path.compiled_selu_error == "RuntimeError: no C++ compiler found"
     assert relative_difference(logits, plain_logits(network, x)) <= 1e-5
 
 
@@ -89,7 +126,7 @@ def test_strips_cover_every_row_once():
     network = random_gapnet(3)
     x = raw_images((1, 4, 41, 33), seed=5)
     fast = FastGapNetPL(network, strip_rows=2)
-    expected_block1 = network.blocks(normalize_batch(x))[0]
+    expected_block1 = network.blocks(normalize(x))[0]
     mean, std = image_moments(x)
     block1, average = fast._block1(x, mean, 1.0 / (std + 1e-7))
     block1 = block1.clone()  # the result lives in a per-thread workspace reused by the next call
@@ -193,7 +230,7 @@ def test_fast_path_gives_tensorflow_logits_on_odd_sizes(pretrained_file):
 
 def test_bf16_keeps_the_predicted_classes_on_synthetic_samples(pretrained_file, tmp_path):
     from protloc.data.synth import draw_sample
-    from protloc.predictor import load_model
+    from protloc.inference.predictor import load_model
 
     predictor = load_model(pretrained_file)
     for index in range(3):
@@ -212,7 +249,7 @@ def test_predictor_and_cli_reject_unknown_precision(tmp_path, capsys):
     model = tmp_path / "tiny.pt"
     save_model_file(model, random_gapnet(), model_name="gapnet-pl", classes=HPA13.classes, label_set="hpa13",
                     crop_size=32, thresholds=[0.5] * 13)
-    from protloc.predictor import load_model
+    from protloc.inference.predictor import load_model
 
     predictor = load_model(model)
     image = raw_images((1, 4, 40, 40))[0].numpy()
@@ -232,7 +269,7 @@ def test_predictor_and_cli_reject_unknown_precision(tmp_path, capsys):
 
 
 def test_predict_with_compiled_selu_gives_the_same_probabilities(tmp_path, monkeypatch):
-    import protloc.fast_inference as fast_inference
+    import protloc.models.gapnet_pl_fast as fast_inference
 
     monkeypatch.setattr(fast_inference, "DEFAULT_OPTIONS", {})
     torch.manual_seed(0)
@@ -248,4 +285,5 @@ def test_predict_with_compiled_selu_gives_the_same_probabilities(tmp_path, monke
                      "--workers", "0", "--whole-image", *extra]) == 0
         rows[name] = np.array(out.read_text().splitlines()[1].split(",")[1:14], dtype=np.float64)
     assert fast_inference.DEFAULT_OPTIONS == {"compile_selu": True}
+    assert_selu_compiled()
     np.testing.assert_allclose(rows["compiled"], rows["plain"], rtol=0, atol=1e-5)

@@ -18,14 +18,50 @@ from protloc.models.conv_mil import NoisyAnd, avg_pool_same, max_pool_same
 
 ALL = ["gapnet-pl", "densenet-121", "m-cnn", "deeploc", "conv-mil"]
 
+
+
+def conv(k: int, c_in: int, c_out: int) -> int:
+    """Parameters of a k x k convolution with bias."""
+    return k * k * c_in * c_out + c_out
+
+
+def dense(n_in: int, n_out: int) -> int:
+    return n_in * n_out + n_out
+
+
+# ../shared/reference/architectures.md, 4 input channels, 13 classes:
+# DeepLoc: eight 3x3 convolutions 32, 32, pool, 64, 64, pool, 96, 96, 96, 96, pool; FC 128, FC 128, FC 13.
+DEEPLOC_CONVS = (conv(3, 4, 32) + conv(3, 32, 32) + conv(3, 32, 64) + conv(3, 64, 64) + conv(3, 64, 96)
+                 + 3 * conv(3, 96, 96))
+DEEPLOC_TAIL = dense(128, 128) + dense(128, 13)
+
+
+def deeploc_count(input_size: int) -> int:
+    side = math.ceil(input_size / 8)  # three 2x2/2 max pools ('same' padding)
+    return DEEPLOC_CONVS + dense(side * side * 96, 128) + DEEPLOC_TAIL
+
+
+# Conv-MIL: conv 32, conv 64, conv 64, conv 128, conv 128 (3x3); 1x1 conv to 1000; 1x1 conv to 13 class
+# maps; noisyAND with a learned threshold per class; the authors' dense 13 -> 13 on its output.
+CONV_MIL_TO_NOISY_AND = (conv(3, 4, 32) + conv(3, 32, 64) + conv(3, 64, 64) + conv(3, 64, 128) + conv(3, 128, 128)
+                         + conv(1, 128, 1000) + conv(1, 1000, 13) + 13)
+CONV_MIL_COUNT = CONV_MIL_TO_NOISY_AND + dense(13, 13)
+
 # 4 input channels, 13 outputs, 1024x1024 input
 PAPER_COUNTS = {
     "gapnet-pl": 626_221,
     "densenet-121": 6_970_317,
     "m-cnn": 34_193_853,
-    "deeploc": 201_715_277,  # the authors' code; the paper prints 201,716,967
-    "conv-mil": 420_256,  # noisyAND -> dense 13->13 variant
+    "deeploc": deeploc_count(1024),
+    "conv-mil": CONV_MIL_COUNT,  # noisyAND -> dense 13->13 variant
 }
+
+
+def test_counts_from_layer_shapes_are_the_documented_ones():
+    # architectures.md: the authors' code gives 201,715,277 (DeepLoc; the paper prints 201,716,967)
+    # and 420,256 (Conv-MIL; the paper prints 593,143 for its class-map variant, tested below).
+    assert deeploc_count(1024) == 201_715_277
+    assert CONV_MIL_COUNT == 420_256
 
 SMALL = 128  # the smallest size M-CNN can be built for
 
@@ -59,17 +95,14 @@ def test_parameter_count_matches_the_specification(name):
 
 def test_conv_mil_class_map_head_reproduces_the_papers_count():
     # The dense layer on the flattened 32x32x13 class maps of the authors' TF graph: the paper's 593,143.
-    assert meta_count("conv-mil", head="class-maps") == 593_143
-    assert meta_count("conv-mil", head="class-maps", input_size=256) == 420_074 + (8 * 8 * 13 * 13 + 13)
+    # the dense layer reads the 13 class maps at 1/32 of the input: 32x32 at 1024, 8x8 at 256
+    assert meta_count("conv-mil", head="class-maps") == CONV_MIL_TO_NOISY_AND + dense(32 * 32 * 13, 13) == 593_143
+    assert meta_count("conv-mil", head="class-maps", input_size=256) == CONV_MIL_TO_NOISY_AND + dense(8 * 8 * 13, 13)
 
 
 def test_fixed_size_networks_scale_their_dense_layer_with_input_size():
-    deeploc_convs = 370_368
-    deeploc_dense_tail = (128 * 128 + 128) + (128 * 13 + 13)
     for size in (64, 100, 1024):
-        side = math.ceil(size / 8)
-        expected = deeploc_convs + side * side * 96 * 128 + 128 + deeploc_dense_tail
-        assert meta_count("deeploc", input_size=size) == expected
+        assert meta_count("deeploc", input_size=size) == deeploc_count(size)
     mcnn_without_fc1 = PAPER_COUNTS["m-cnn"] - (8 * 8 * 1024 * 512 + 512)
     assert meta_count("m-cnn", input_size=256) == mcnn_without_fc1 + 2 * 2 * 1024 * 512 + 512
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from protloc.data.index import DatasetIndex, SampleEntry
-from protloc.data.patches import extract_patches, normalize, patch_grid, patch_starts, random_crop
+from protloc.data.patches import extract_patches, patch_grid, patch_starts, random_crop
+from protloc.inference.normalization import normalize
 from protloc.data.splits import (
     assign_split,
     load_split_file,

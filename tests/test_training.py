@@ -5,6 +5,10 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -96,8 +100,16 @@ def test_evaluate_reads_the_run(full_run):
     from protloc.evaluation.evaluate import evaluate_run
 
     run, _ = full_run
-    result = evaluate_run(run, split="test", device="cpu", progress=False)
-    assert result  # the evaluation helper's format; here: the run directory is usable by it
+    metrics = evaluate_run(run, split="test", device="cpu", progress=False)
+    report = run / "evaluation" / "test"
+    assert json.loads((report / "metrics.json").read_text()) == json.loads(json.dumps(metrics))
+    test_ids = json.loads((run / "splits.json").read_text())["splits"]["test"]
+    with (report / "predictions.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert sorted(row["id"] for row in rows) == sorted(test_ids) and test_ids
+    assert len(metrics["thresholds"]) == 13 and all(0 < t < 1 for t in metrics["thresholds"])
+    for name in ("roc_curves.png", "f1_per_class.png"):
+        assert (report / name).stat().st_size > 1000, name
 
 
 @pytest.mark.slow
@@ -123,6 +135,52 @@ def test_resume_gives_the_uninterrupted_result(full_run, data_dir, tmp_path):
         assert [float(r[column]) for r in rows] == pytest.approx([float(r[column]) for r in ref_rows], rel=1e-4)
     env = json.loads((run / "environment.json").read_text())
     assert len(env["resumes"]) == 1
+
+
+def _python_env() -> dict:
+    env = dict(os.environ)
+    if env.get("PYTHONPATH"):  # a relative src/ must survive another working directory
+        env["PYTHONPATH"] = os.pathsep.join(str(Path(p).resolve()) for p in env["PYTHONPATH"].split(os.pathsep) if p)
+    return env
+
+
+@pytest.mark.slow
+def test_run_killed_before_its_first_checkpoint_resumes_from_epoch_1(full_run, data_dir, tmp_path, capsys):
+    reference, _ = full_run
+    run = tmp_path / "killed"
+    command = [sys.executable, "-m", "protloc", "train", "--model", "gapnet-pl", "--data", str(data_dir),
+               "--out", str(run), "--epochs", str(EPOCHS), "--crop-size", "64", "--batch-size", "4", "--workers", "0",
+               "--device", "cpu", "--seed", "7", "--cache", str(tmp_path / "cache")]
+    process = subprocess.Popen(command, env=_python_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while not (run / "config.yaml").is_file() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.kill()  # SIGKILL: nothing is cleaned up
+    stderr = process.communicate()[1].decode()
+    assert (run / "config.yaml").is_file(), stderr
+    assert not (run / "checkpoints" / "last.ckpt").exists()  # killed before its first checkpoint
+
+    # a new start is refused (the run exists) and points to --resume; --resume starts it from epoch 1
+    code, err = run_cli(["train", "--model", "gapnet-pl", "--data", str(data_dir), "--out", str(run)], capsys)
+    assert code == 2 and "use --resume to continue it" in err
+    code, err = run_cli(["train", "--out", str(run), "--resume"], capsys)
+    assert code == 0, err
+    assert [int(r["epoch"]) for r in read_metrics(run)] == list(range(1, EPOCHS + 1))
+    # the same training as the uninterrupted run with the same settings
+    expected = network_state(reference / "checkpoints" / "last.ckpt")
+    got = network_state(run / "checkpoints" / "last.ckpt")
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], rtol=1e-5, atol=1e-6, msg=lambda m: f"{key}: {m}")
+    assert len(json.loads((run / "environment.json").read_text())["resumes"]) == 1
+
+
+def test_resume_of_a_run_that_never_started_says_what_to_do(tmp_path, capsys):
+    run = tmp_path / "empty"
+    run.mkdir()
+    code, err = run_cli(["train", "--out", str(run), "--resume"], capsys)
+    assert code == 2 and "the run never started; start it again without --resume" in err
+    code, err = run_cli(["train", "--out", str(tmp_path / "absent"), "--resume"], capsys)
+    assert code == 2 and "no run directory" in err
 
 
 def test_penalty_is_the_hand_computation():
@@ -219,6 +277,64 @@ def test_nan_loss_stops_and_keeps_best(data_dir, tmp_path, monkeypatch):
     assert (run / "checkpoints" / "best.ckpt").is_file() and (run / "model.pt").is_file()
     for value in network_state(run / "checkpoints" / "last.ckpt").values():
         assert torch.isfinite(value).all()
+
+
+def test_validation_metrics_neither_guess_nan_outputs_nor_zero_an_undefined_f1():
+    from protloc.training.lightning_module import NonFiniteOutputError, validation_metrics
+
+    labels = np.array([[1, 0], [0, 1], [1, 1]], np.float32)
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.7, 0.6]], np.float32)
+    assert validation_metrics(labels, probs, ["a", "b"])["val_mean_f1"] == pytest.approx(1.0)
+    probs[1, 0] = np.nan
+    with pytest.raises(NonFiniteOutputError, match="NaN or infinite for 1 of 3 validation images"):
+        validation_metrics(labels, probs, ["a", "b"])
+    unlabelled = validation_metrics(np.zeros((3, 2), np.float32), np.full((3, 2), 0.2, np.float32), ["a", "b"])
+    assert math.isnan(unlabelled["val_mean_f1"])  # undefined, not 0
+
+
+@pytest.mark.slow
+def test_nan_validation_outputs_stop_the_run(data_dir, tmp_path, monkeypatch):
+    from protloc.training import train
+    from protloc.training.lightning_module import LocalizationModule
+
+    original = LocalizationModule.validation_step
+
+    def nan_in_epoch_2(self, batch, batch_idx):
+        original(self, batch, batch_idx)
+        if self.current_epoch == 1 and batch_idx == 0:
+            position, probs, label = self._val_outputs[-1]
+            self._val_outputs[-1] = (position, np.full_like(probs, np.nan), label)
+
+    monkeypatch.setattr(LocalizationModule, "validation_step", nan_in_epoch_2)
+    run = tmp_path / "nan-outputs"
+    result = train(tiny_config(data_dir, run, epochs=3))
+    assert result.status == "nan-loss"
+    assert ("the network's outputs are NaN or infinite for 1 of 2 validation images at epoch 2" in result.message
+            and "best checkpoint kept (epoch 1" in result.message), result.message
+    assert [int(r["epoch"]) for r in read_metrics(run)] == [1]  # no row made of guessed outputs
+
+
+@pytest.mark.slow
+def test_undefined_f1_is_reported_as_undefined(data_dir, tmp_path, capsys):
+    import shutil
+
+    from protloc.data.splits import make_splits
+    from protloc.training import train
+
+    data = tmp_path / "data"
+    shutil.copytree(data_dir, data, ignore=shutil.ignore_patterns(".protloc"))
+    with (data / "labels.csv").open(newline="") as handle:
+        rows = list(csv.reader(handle))
+    val_ids = set(make_splits([row[0] for row in rows[1:]], seed=0)["val"])
+    assert val_ids
+    with (data / "labels.csv").open("w", newline="") as handle:  # no validation image has a label
+        csv.writer(handle).writerows([rows[0], *[[i, "" if i in val_ids else labels] for i, labels in rows[1:]]])
+    run = tmp_path / "undefined"
+    result = train(tiny_config(data, run, epochs=1, cache="none"))
+    assert result.status == "completed" and "best val mean F1 undefined at epoch 1" in result.message
+    assert read_metrics(run)[0]["val_mean_f1"] == "nan"
+    err = capsys.readouterr().err
+    assert "protloc: warning: validation mean F1 is undefined at epoch 1" in err
 
 
 def run_cli(args, capsys) -> tuple[int, str]:
@@ -330,31 +446,28 @@ def test_cache_refreshes_changed_files(data_dir, tmp_path):
 
 
 def test_predict_image_averages_patch_sigmoids():
-    from protloc.data.patches import extract_patches, normalize
-    from protloc.inference import normalize_batch, predict_dataset, predict_image, predict_whole
+    from protloc.data.patches import extract_patches
+    from protloc.inference import Inferer, normalize, predict_dataset
     from protloc.models import create_model
 
     torch.manual_seed(0)
     network = create_model("gapnet-pl").train()
     rng = np.random.default_rng(0)
     image = (rng.random((4, 100, 150)) * 4000).astype(np.float32)
-    probs = predict_image(network, image, 64, batch_size=2)
+    probs = Inferer(network, 64, batch_size=2)(image)
     assert network.training  # mode restored
     patches = extract_patches(image, 64)
     assert patches.shape[0] == 2 * 3
     with torch.no_grad():
         manual = torch.sigmoid(network.eval()(torch.from_numpy(normalize(patches)))).mean(0).numpy()
     np.testing.assert_allclose(probs, manual, rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(normalize_batch(torch.from_numpy(patches)).numpy(), normalize(patches), atol=1e-4)
-    whole = predict_whole(network, image)
+    np.testing.assert_allclose(normalize(torch.from_numpy(patches)).numpy(), normalize(patches), atol=1e-4)
+    whole = Inferer(network, None)(image)
     with torch.no_grad():
         expected = torch.sigmoid(network(torch.from_numpy(normalize(image))[None]))[0].numpy()
     np.testing.assert_allclose(whole, expected, rtol=1e-4, atol=1e-6)
 
-    class Index:
-        def load_image(self, sample_id):
-            return image * (1 + int(sample_id))
-
-    ids, stacked = predict_dataset(network, Index(), ["0", "1"], 64, progress=False)
-    assert ids == ["0", "1"] and stacked.shape == (2, 13)
+    stacked = predict_dataset(Inferer(network, 64), ["0", "1"], lambda sample_id: image * (1 + int(sample_id)),
+                              progress=False)
+    assert stacked.shape == (2, 13)
     np.testing.assert_allclose(stacked[0], probs, rtol=1e-4, atol=1e-6)

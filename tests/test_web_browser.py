@@ -192,3 +192,26 @@ def test_batch_upload_shows_progress(server, page, tmp_path):
     assert page.locator("#batch-rows tr").count() == 3
     assert np.isclose(float(page.eval_on_selector("#batch-fill", "e => parseFloat(e.style.width)")), 100.0)
     assert page.js_errors == []
+
+
+def test_api_docs_work_offline(server, page):
+    """Swagger UI from the server's own files: every request the page makes stays on the server."""
+    from urllib.parse import urlparse
+
+    outside = []
+
+    def only_local(route):
+        if urlparse(route.request.url).hostname not in ("127.0.0.1", "localhost"):
+            outside.append(route.request.url)
+            route.abort()
+        else:
+            route.continue_()
+
+    page.route("**/*", only_local)
+    page.goto(server.url + "/docs")
+    page.wait_for_selector(".opblock", timeout=30_000)
+    assert page.locator(".opblock").count() >= 10
+    assert "/api/v1/predictions" in page.locator("#swagger-ui").inner_text()
+    assert outside == [] and page.js_errors == []
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "web-api-docs.png"))

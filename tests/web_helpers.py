@@ -66,9 +66,10 @@ class LiveServer:
         import uvicorn
 
         from protloc.web.app import create_app
+        from protloc.web.server import server_config
 
         self.app = create_app(settings)
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+        config = server_config(self.app, host="127.0.0.1", port=0, log_level="warning")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

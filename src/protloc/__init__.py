@@ -8,7 +8,7 @@ __all__ = ["__version__", "load_model"]
 def __getattr__(name: str):
     # Lazy, so that `protloc --help` does not pay for importing torch.
     if name == "load_model":
-        from protloc.predictor import load_model
+        from protloc.inference.predictor import load_model
 
         return load_model
     raise AttributeError(f"module 'protloc' has no attribute {name!r}")

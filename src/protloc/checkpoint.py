@@ -9,6 +9,8 @@ A model file is a ``torch.save`` dict with ``format == "protloc-model/1"``:
 - ``normalization``: how inputs are normalised (``{"kind": "per-channel-zscore", "eps": 1e-7}``)
 - ``crop_size``: the training crop size (default patch size at prediction)
 - ``thresholds``: optional per-class decision thresholds (else 0.5)
+- ``pixel_size_um``: µm per pixel of the images the network was trained at (None: not known), and
+  ``pixel_size_source``: where that figure comes from; inputs are rescaled to it before prediction
 - ``source``: free-form provenance (training run, imported checkpoint with sha256 of its inputs, ...)
 
 Files are written atomically (temporary file, fsync, rename) so a crash never leaves a corrupt one.
@@ -24,9 +26,9 @@ import torch
 from protloc.data.channels import CHANNELS
 from protloc.errors import ProtlocError
 from protloc.files import atomic_write
+from protloc.inference.normalization import NORMALIZATION
 
 FORMAT = "protloc-model/1"
-NORMALIZATION = {"kind": "per-channel-zscore", "eps": 1e-7}
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
@@ -45,6 +47,8 @@ def save_model_file(
     crop_size: int | None = None,
     thresholds: list[float] | None = None,
     source: dict | None = None,
+    pixel_size_um: float | None = None,
+    pixel_size_source: str | None = None,
 ) -> None:
     payload = {
         "format": FORMAT,
@@ -58,8 +62,27 @@ def save_model_file(
         "crop_size": crop_size,
         "thresholds": list(thresholds) if thresholds is not None else None,
         "source": dict(source or {}),
+        "pixel_size_um": None if pixel_size_um is None else float(pixel_size_um),
+        "pixel_size_source": pixel_size_source,
     }
     atomic_torch_save(payload, path)
+
+
+def model_pixel_size(payload: dict) -> tuple[float | None, str]:
+    """(µm per pixel the network was trained at, where that comes from); (None, "unknown") if not recorded.
+
+    Model files imported from the published GapNet-PL release before the field existed get the
+    release's pixel size (they are the same weights).
+    """
+    value = payload.get("pixel_size_um")
+    if value is not None:
+        return float(value), str(payload.get("pixel_size_source") or "model file")
+    source = payload.get("source") or {}
+    if source.get("kind") == "imported-tensorflow-checkpoint" and source.get("published_release"):
+        from protloc.data.pixel_size import HPA_CONFOCAL_PIXEL_SIZE_UM, HPA_CONFOCAL_SOURCE
+
+        return HPA_CONFOCAL_PIXEL_SIZE_UM, HPA_CONFOCAL_SOURCE
+    return None, "unknown"
 
 
 def read_model_file(path: str | Path) -> dict:
@@ -73,7 +96,24 @@ def read_model_file(path: str | Path) -> dict:
         raise ProtlocError(f"cannot read model file {path}: {type(exc).__name__}: {exc}".splitlines()[0]) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ProtlocError(f"{path} is not a protloc model file (format {FORMAT})")
+    check_inputs(payload, path)
     return payload
+
+
+def check_inputs(payload: dict, path: str | Path) -> None:
+    """Refuse a model whose stored input channels or normalisation differ from what protloc feeds."""
+    channels = payload.get("channels")
+    if list(channels or []) != list(CHANNELS):
+        raise ProtlocError(
+            f"{path}: the model takes channels {channels} but protloc feeds {list(CHANNELS)}; "
+            "it cannot be used as it is"
+        )
+    normalization = payload.get("normalization")
+    if normalization != NORMALIZATION:
+        raise ProtlocError(
+            f"{path}: the model expects input normalisation {normalization} but protloc feeds {NORMALIZATION}; "
+            "it cannot be used as it is"
+        )
 
 
 def build_network(payload: dict) -> torch.nn.Module:

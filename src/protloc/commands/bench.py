@@ -1,12 +1,10 @@
 """`protloc bench`: speed benchmarks with ratios against baselines measured in the same run.
 
-The benchmark code lives in ``benchmarks/run.py`` of a source checkout (it is not installed with the
-package); this command finds it beside ``src/``.
+The benchmark code is the installed package ``protloc.bench``; this command is a thin layer over it.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -14,16 +12,17 @@ from pathlib import Path
 from protloc.errors import ProtlocError
 from protloc.files import atomic_write_text
 
-SECTIONS = ("inference", "training", "data", "platform", "scaling")
+SECTIONS = ("inference", "training", "data", "platform", "scaling", "onnxruntime")
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "bench",
-        help="benchmark inference, training, data path, platform and scaling (ratios vs baselines)",
+        help="benchmark inference, training, data path, platform, scaling and onnxruntime (ratios vs baselines)",
         description="Measure GapNet-PL inference (patches and whole image, fp32 and bf16, each speed lever), "
         "a training step per network, random crops from the prepared cache against TIFF decoding, the web "
-        "platform under concurrent requests, and how time and memory grow with image and batch size. "
+        "platform under concurrent requests, how time and memory grow with image and batch size, and the "
+        "ONNX export under onnxruntime against the fast path. "
         "Every figure comes with a baseline measured in the same run. Results go to a JSON file; "
         "the Markdown tables are printed.",
     )
@@ -56,18 +55,6 @@ def _positive_int(value, option: str) -> int | None:
     return number
 
 
-def load_benchmarks():
-    """The ``benchmarks/run.py`` module of the source checkout this package runs from."""
-    path = Path(__file__).resolve().parents[3] / "benchmarks" / "run.py"
-    if not path.is_file():
-        raise ProtlocError("protloc bench runs from a source checkout: benchmarks/run.py is not beside src/")
-    spec = importlib.util.spec_from_file_location("protloc_benchmarks_run", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def run(args) -> int:
     repeats = _positive_int(args.repeats, "--repeats")
     threads = _positive_int(args.threads, "--threads")
@@ -78,7 +65,8 @@ def run(args) -> int:
         raise ProtlocError(f"no TensorFlow result file {args.tf_result}")
     if args.model is not None and not Path(args.model).is_file():
         raise ProtlocError(f"no model file {args.model}")
-    bench = load_benchmarks()
+    import protloc.bench as bench
+
     sections = bench.parse_sections(args.sections)
     settings = bench.Settings(quick=args.quick, model=args.model, tf_result=args.tf_result, repeats=repeats,
                               compile=args.compile, progress=sys.stderr.isatty(), threads=threads)

@@ -115,6 +115,9 @@ def run_predict(args) -> int:
     if record["training_overlap"]:
         print(f"warning: {len(record['training_overlap'])} study sample(s) were in the fine-tuning's training split "
               f"(e.g. {record['training_overlap'][0]}); the study and the model use different splits", file=sys.stderr)
+    if record["training_overlap_unchecked"]:
+        print(f"warning: could not check that the study's samples were not used to train the model: "
+              f"{record['training_overlap_unchecked']}", file=sys.stderr)
     truth = study.truth()
     correct = sum(study.label_set.index(p["label"]) == truth[s] for s, p in record["predictions"].items())
     print(f"predicted {len(record['predictions'])} samples (accuracy {correct / len(truth):.3f}) -> {study.predictions_path}")

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import sys
+import warnings
+
+from protloc.data.limits import add_max_pixels_argument, set_max_pixels
 
 
 def register(subparsers) -> None:
@@ -30,24 +33,48 @@ def register(subparsers) -> None:
     parser.add_argument("--compile-selu", action="store_true",
                         help="GapNet-PL: SELU as one compiled kernel (the first image pays 1-5 s of compiling, "
                         "later ones run 5-10%% faster; for runs of many images)")
+    parser.add_argument("--pixel-size", type=float, metavar="UM",
+                        help="µm per pixel of the inputs (default: stated by the files, e.g. TIFF resolution tags, "
+                        "or implied by the layout, e.g. Kaggle 2018 PNGs); inputs are rescaled to the model's")
+    # hook (issue 14): options of the OME-TIFF / OME-Zarr readers
+    parser.add_argument("--channels", metavar="MAPPING",
+                        help="OME inputs: which channel is which when names are missing or unusual, e.g. "
+                        "'DAPI=nucleus,Tub=microtubules,Calr=er,GFP=protein' or positional 'protein,nucleus,er,microtubules'")
+    parser.add_argument("--projection", choices=["max", "mean"],
+                        help="OME inputs: project Z-stacks and time series (refused without it)")
     parser.add_argument("--workers", type=int, default=2, help="image-decoding worker processes")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    add_max_pixels_argument(parser)
     parser.set_defaults(handler=run)
 
 
+def _one_line(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"protloc: warning: {message}", file=sys.stderr)
+
+
 def run(args) -> int:
-    from protloc.batch_predict import run_batch_prediction
-    from protloc.fast_inference import check_precision
+    with warnings.catch_warnings():
+        warnings.simplefilter("once", RuntimeWarning)
+        warnings.showwarning = _one_line
+        return _predict(args)
+
+
+def _predict(args) -> int:
+    from protloc.inference.batch import run_batch_prediction
+    from protloc.inference.precision import check_precision
 
     check_precision(args.precision)
+    set_max_pixels(args.max_pixels)  # the readers, in the decoding workers too
     if args.compile_selu:
-        from protloc.fast_inference import use_compiled_selu
+        from protloc.models.gapnet_pl_fast import use_compiled_selu
 
         use_compiled_selu()
     result = run_batch_prediction(
         args.inputs, args.model, args.out, whole_image=args.whole_image, tta=args.tta, maps_dir=args.maps,
         patch_size=args.patch_size, batch_size=args.batch_size, workers=args.workers, device=args.device,
         input_format=args.input_format, progress=sys.stderr.isatty(), precision=args.precision,
+        pixel_size=args.pixel_size,
+        reader_options=_ome_reader_options(args),
     )
     print(f"predicted {result.predicted} image(s), {result.already_done} already done -> {result.out}")
     if result.failures:
@@ -55,3 +82,12 @@ def run(args) -> int:
         for failure in result.failures[:10]:
             print(f"  {failure['id']}: {failure['reason']}", file=sys.stderr)
     return 0
+
+
+def _ome_reader_options(args) -> dict:
+    from protloc.data.ome import describe_inputs, reader_options
+
+    options = reader_options(channels=args.channels, projection=args.projection)
+    for line in describe_inputs(args.inputs, options):  # which channel is which, and the pixel size
+        print(line, file=sys.stderr)
+    return options

@@ -28,15 +28,25 @@ def register(subparsers) -> None:
                         "Also read from PROTLOC_AUTH_TOKEN")
     parser.add_argument("--require-auth", action="store_true",
                         help="require a token from the tokens table even without --auth-token")
+    parser.add_argument("--create-user", metavar="NAME",
+                        help="add user NAME to the database, print their token and exit. A user sees only their own "
+                        "submissions and batches; a server whose database holds users requires tokens")
+    parser.add_argument("--admin", action="store_true", help="with --create-user: the user sees everyone's submissions")
     parser.add_argument("--create-token", metavar="NAME",
-                        help="add a token for NAME to the database's tokens table, print it and exit")
+                        help="print another token for user NAME (a new non-admin user if there is none) and exit")
+    parser.add_argument("--revoke-user", metavar="NAME",
+                        help="revoke every token of user NAME (they can no longer sign in) and exit")
     parser.add_argument("--max-upload-mb", type=float, default=512, help="upload limit per sample in MB (default: %(default)s)")
     parser.add_argument("--max-batch-mb", type=float, default=8192,
                         help="limit for a batch zip and its uncompressed contents in MB (default: %(default)s)")
-    parser.add_argument("--max-pixels", type=int, default=50_000_000,
-                        help="largest image plane in pixels; larger ones are refused before decoding (default: %(default)s)")
+    from protloc.data.limits import add_max_pixels_argument
+
+    add_max_pixels_argument(parser)
     parser.add_argument("--expert-study", metavar="STUDY",
                         help="also serve the annotation pages of this expert study at /expert/")
+    parser.add_argument("--client-timeout", type=float, default=30, metavar="SECONDS",
+                        help="close a connection whose client sends nothing for this long in the middle of a request "
+                        "(idle keep-alive connections close after 5 s; default: %(default)s)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     parser.set_defaults(handler=run)
@@ -48,8 +58,11 @@ def settings_from_args(args):
     from protloc.errors import ProtlocError
     from protloc.web.app import MB, WebSettings
 
-    if args.max_upload_mb <= 0 or args.max_batch_mb <= 0 or args.max_pixels <= 0:
-        raise ProtlocError("--max-upload-mb, --max-batch-mb and --max-pixels must be positive")
+    from protloc.data.limits import max_pixels
+
+    pixel_limit = max_pixels() if args.max_pixels is None else args.max_pixels
+    if args.max_upload_mb <= 0 or args.max_batch_mb <= 0 or pixel_limit <= 0 or args.client_timeout <= 0:
+        raise ProtlocError("--max-upload-mb, --max-batch-mb, --max-pixels and --client-timeout must be positive")
     tokens = list(args.auth_tokens or [])
     if os.environ.get("PROTLOC_AUTH_TOKEN"):
         tokens.append(os.environ["PROTLOC_AUTH_TOKEN"])
@@ -61,25 +74,37 @@ def settings_from_args(args):
         require_auth=args.require_auth,
         max_upload_bytes=int(args.max_upload_mb * MB),
         max_batch_bytes=int(args.max_batch_mb * MB),
-        max_pixels=args.max_pixels,
+        max_pixels=pixel_limit,
         device=args.device,
         expert_study=Path(args.expert_study) if args.expert_study else None,
     )
 
 
 def run(args) -> int:
-    import uvicorn
-
     from protloc.errors import ProtlocError
     from protloc.web import db
     from protloc.web.app import create_app
 
     settings = settings_from_args(args)
+    if args.admin and not args.create_user:
+        raise ProtlocError("--admin goes with --create-user NAME")
+    if args.create_user or args.revoke_user:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        sessions = db.open_database(settings.resolved_database_url())
+        if args.create_user:
+            print(db.create_user(sessions, args.create_user, admin=args.admin))
+        else:
+            count = db.revoke_user(sessions, args.revoke_user)
+            print(f"revoked {count} token(s) of {args.revoke_user}", file=sys.stderr)
+        return 0
     # Pillow's own decompression-bomb guard, process-wide, as a second line behind the header checks
     # made before any upload is decoded (it errors above twice this many pixels).
     from PIL import Image
 
     Image.MAX_IMAGE_PIXELS = settings.max_pixels
+    from protloc.data.limits import set_max_pixels
+
+    set_max_pixels(settings.max_pixels)  # the worker's readers apply the same limit as the upload checks
     if args.create_token:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         sessions = db.open_database(settings.resolved_database_url())
@@ -91,8 +116,10 @@ def run(args) -> int:
         raise
     except Exception as exc:  # a database URL that cannot be reached, a driver not installed
         raise ProtlocError(f"cannot start the server: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
-    auth = "on" if settings.auth_enabled else "off"
+    auth = "on" if app.state.platform.auth_required else "off (no --auth-token, no users)"
     print(f"protloc: serving {', '.join(app.state.platform.predictors)} on http://{args.host}:{args.port}/ "
           f"(data in {settings.data_dir}, auth {auth})", file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    from protloc.web.server import serve
+
+    serve(app, args.host, args.port, args.log_level, args.client_timeout)
     return 0

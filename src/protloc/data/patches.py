@@ -1,10 +1,10 @@
-"""Crops, patches and normalisation as in the paper.
+"""Crops and covering patches as in the paper.
 
 Training sees one random crop per sample per epoch; evaluation covers the whole image with evenly
 spaced patches of the crop size that overlap where the image is not a multiple of it (the authors'
 step ``patch - (patch*n - size)/(n - 1)`` with ``n = ceil(size/patch)``). Images smaller than the
-crop are zero-padded, never rejected. Each channel of each crop or image is normalised to zero mean
-and unit variance. Functions take numpy arrays [C, H, W]; ``normalize``, ``random_crop`` and
+crop are zero-padded, never rejected. (Each crop or patch is then normalised per channel by
+``protloc.inference.normalization``.) Functions take numpy arrays [C, H, W]; ``random_crop`` and
 ``extract_patches`` also take torch tensors and return the same kind.
 """
 
@@ -14,31 +14,12 @@ import math
 
 import numpy as np
 
-EPSILON = 1e-7
-
 
 def _is_torch(x) -> bool:
     return type(x).__module__.startswith("torch")
 
 
-def normalize(image):
-    """Per channel ``(x - mean) / (std + 1e-7)``, float32, over the last two (spatial) axes.
-
-    [C, H, W] normalises each channel; [N, C, H, W] each channel of each image.
-    """
-    if _is_torch(image):
-        x = image.float()
-        mean = x.mean(dim=(-2, -1), keepdim=True)
-        std = x.std(dim=(-2, -1), keepdim=True, unbiased=False)
-        return (x - mean) / (std + EPSILON)
-    x = np.asarray(image, dtype=np.float32)
-    # Statistics in float64: sums over millions of 16-bit pixels lose precision in float32.
-    mean = x.mean(axis=(-2, -1), keepdims=True, dtype=np.float64)
-    std = x.std(axis=(-2, -1), keepdims=True, dtype=np.float64)
-    return ((x - mean) / (std + EPSILON)).astype(np.float32)
-
-
-def _pad_to(image, height: int, width: int):
+def pad_to(image, height: int, width: int):
     """Zero-pad [C, H, W] at the bottom and right to at least height x width."""
     h, w = image.shape[-2:]
     if h >= height and w >= width:
@@ -56,7 +37,7 @@ def random_crop(image, size: int, rng: np.random.Generator):
     """A random size x size crop of [C, H, W] (uniform position); smaller images are zero-padded first."""
     if size <= 0:
         raise ValueError(f"crop size must be positive, got {size}")
-    image = _pad_to(image, size, size)
+    image = pad_to(image, size, size)
     h, w = image.shape[-2:]
     y = int(rng.integers(0, h - size + 1))
     x = int(rng.integers(0, w - size + 1))
@@ -89,7 +70,7 @@ def extract_patches(image, patch: int):
     """All patches of [C, H, W] as [N, C, patch, patch] in ``patch_grid`` order (zero-padded if small)."""
     h, w = image.shape[-2:]
     grid = patch_grid(h, w, patch)
-    image = _pad_to(image, patch, patch)
+    image = pad_to(image, patch, patch)
     crops = [image[..., y : y + patch, x : x + patch] for y, x in grid]
     if _is_torch(image):
         import torch

@@ -4,7 +4,7 @@ Steps: read the run (model.pt, config.yaml, index.json, splits.json); predict th
 split and tune one decision threshold per class there (F1-maximising, ``tune_thresholds``); store
 the thresholds in model.pt (atomic rewrite, everything else unchanged, so ``protloc predict`` uses
 them) and in ``thresholds.json``; predict the requested split; write the report to
-``RUN_DIR/evaluation/<split>/``. Prediction is ``protloc.inference.predict_dataset``: covering
+``RUN_DIR/evaluation/<split>/``. Prediction is ``protloc.inference.Inferer``: covering
 patches of the training crop size with averaged sigmoid outputs (the paper's protocol), or one pass
 over the whole image with ``whole_image=True`` (fully convolutional networks only).
 """
@@ -93,7 +93,7 @@ def evaluate_run(
     from protloc.checkpoint import build_network, read_model_file
     from protloc.data.index import DatasetIndex
     from protloc.data.splits import load_splits
-    from protloc.inference import predict_dataset
+    from protloc.inference.inferer import Inferer, predict_dataset
 
     if split not in SPLITS:
         raise ProtlocError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
@@ -121,11 +121,10 @@ def evaluate_run(
     if progress is None:
         progress = sys.stderr.isatty()
 
+    inferer = Inferer(network, None if whole_image else patch_size, batch_size=batch_size, device=device)
+
     def predict(ids: list[str], name: str) -> np.ndarray:
-        _, probs = predict_dataset(
-            network, index, ids, patch_size, batch_size=batch_size, device=device, whole_image=whole_image,
-            progress=progress, description=f"predicting {name}",
-        )
+        probs = predict_dataset(inferer, ids, index.load_image, progress=progress, description=f"predicting {name}")
         return np.clip(np.asarray(probs, dtype=np.float64), 0.0, 1.0)
 
     if val_ids:

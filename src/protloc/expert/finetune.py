@@ -34,36 +34,28 @@ def final_linear(network: nn.Module) -> tuple[str, nn.Linear]:
     return linears[-1]
 
 
-def _normalize(batch: torch.Tensor) -> torch.Tensor:
-    from protloc.data.patches import normalize
-
-    return normalize(batch)
-
-
 @torch.no_grad()
 def penultimate_features(network: nn.Module, image: np.ndarray, patch_size: int | None, batch_size: int = 8) -> np.ndarray:
-    """The final layer's input for one raw canonical sample [4, H, W], averaged over covering patches.
+    """The final layer's input for one raw canonical sample [4, H, W], averaged over covering patches
+    (the one ``Inferer``, its forward the normalised patches up to the last linear layer).
 
-    ``patch_size`` None (or at least the image size) runs the whole normalised image at once.
+    ``patch_size`` None runs the whole normalised image at once.
     """
-    from protloc.data.patches import extract_patches
+    from protloc.inference.inferer import Inferer
+    from protloc.inference.normalization import normalize
 
     _, layer = final_linear(network)
-    captured: list[torch.Tensor] = []
-    hook = layer.register_forward_hook(lambda _m, inputs, _o: captured.append(inputs[0].detach()))
-    try:
-        height, width = image.shape[-2:]
-        if patch_size is None or (height <= patch_size and width <= patch_size):
-            patches = image[None]
-        else:
-            patches = extract_patches(image, patch_size)
-        device = next(network.parameters()).device
-        for start in range(0, len(patches), batch_size):
-            batch = torch.stack([_normalize(torch.from_numpy(np.ascontiguousarray(p))) for p in patches[start:start + batch_size]])
-            network(batch.to(device))
-    finally:
-        hook.remove()
-    return torch.cat(captured).mean(dim=0).cpu().numpy().astype(np.float32)
+
+    def features(batch: torch.Tensor) -> torch.Tensor:
+        captured: list[torch.Tensor] = []
+        hook = layer.register_forward_hook(lambda _m, inputs, _o: captured.append(inputs[0].detach()))
+        try:
+            network(normalize(batch))
+        finally:
+            hook.remove()
+        return captured[0]
+
+    return Inferer(network, patch_size, batch_size=batch_size, forward=features)(image)
 
 
 def _progress(iterable, total: int, desc: str):
@@ -124,7 +116,7 @@ def finetune_multiclass(run_dir: str | Path, data: str | Path | None = None, *, 
     from protloc.checkpoint import atomic_torch_save, build_network, read_model_file
     from protloc.data.index import default_splits_path, open_dataset
     from protloc.data.splits import load_splits, make_splits, single_label_ids
-    from protloc.predictor import resolve_model_file
+    from protloc.inference.predictor import resolve_model_file
 
     started = time.perf_counter()
     run_dir = Path(run_dir)
@@ -213,7 +205,7 @@ def _run_data(run_dir: Path) -> str:
 def load_multiclass_network(spec: str | Path):
     """(network, payload, path) for ``expert predict --model``: a run folder prefers its multiclass/model.pt."""
     from protloc.checkpoint import build_network, read_model_file
-    from protloc.predictor import resolve_model_file
+    from protloc.inference.predictor import resolve_model_file
 
     path = Path(spec)
     if path.is_dir() and (path / "multiclass" / "model.pt").is_file():
@@ -245,9 +237,10 @@ def predict_study(study, spec: str | Path, whole_image: bool = False) -> dict:
             probs = (torch.softmax(logits, 0) if task == TASK else torch.sigmoid(logits)).numpy()
             predictions[sample_id] = {"label": study.classes[int(np.argmax(probs))],
                                       "probabilities": [round(float(p), 6) for p in probs]}
-    overlap = _training_overlap(payload, study.sample_ids)
+    overlap, unchecked = training_overlap(payload, study.sample_ids)
     record = {
-        "training_overlap": overlap,
+        "training_overlap": overlap,  # None: could not be checked, for the reason in training_overlap_unchecked
+        "training_overlap_unchecked": unchecked,
         "model": str(path.resolve()), "model_sha256": sha256_of(path), "task": task,
         "method": "argmax of softmax (fine-tuned last layer)" if task == TASK
         else "argmax of multi-task sigmoid outputs (model not fine-tuned for single labels)",
@@ -259,15 +252,28 @@ def predict_study(study, spec: str | Path, whole_image: bool = False) -> dict:
     return record
 
 
-def _training_overlap(payload: dict, sample_ids: list[str]) -> list[str]:
-    """Study samples the fine-tuning trained on (should be none: the study comes from the test split)."""
-    from protloc.data.splits import load_splits
+def training_overlap(payload: dict, sample_ids: list[str]) -> tuple[list[str] | None, str | None]:
+    """Study samples the model trained on: (ids, None) when it could be checked, else (None, why not).
 
-    splits_file = (payload.get("source") or {}).get("splits")
-    if not splits_file or not Path(splits_file).is_file():
-        return []
+    Should be none: the study comes from the test split. The model file names its training split (a
+    fine-tuned model: ``source.splits``; a training run's model: RUN_DIR/splits.json); a split made
+    by ``make_splits(seed=0)`` is recomputed, since it depends on nothing but the ids.
+    """
+    from protloc.data.splits import assign_split, load_splits
+
+    source = payload.get("source") or {}
+    splits_file = source.get("splits")
+    if not splits_file and source.get("kind") == "training-run" and source.get("run_dir"):
+        splits_file = str(Path(source["run_dir"]) / "splits.json")
+    if splits_file == "make_splits(seed=0)":
+        return sorted(i for i in sample_ids if assign_split(i, seed=0) == "train"), None
+    if not splits_file:
+        kind = source.get("kind") or "unknown"
+        return None, f"the model file (source: {kind}) does not say which samples it was trained on"
+    if not Path(splits_file).is_file():
+        return None, f"the model's training split {splits_file} is no longer there"
     try:
         train = set(load_splits(splits_file).get("train", []))
-    except ProtlocError:
-        return []
-    return sorted(set(sample_ids) & train)
+    except ProtlocError as exc:
+        return None, f"the model's training split cannot be read ({exc})"
+    return sorted(set(sample_ids) & train), None

@@ -1,6 +1,6 @@
 """What the expert sees (paper Appendix Figure 7): four PNGs per sample at full resolution.
 
-The images come from ``protloc.render.expert_views`` (protein alone; protein in green over each
+The images come from ``protloc.visualization.expert_views`` (protein alone; protein in green over each
 reference channel in red; contrast stretched). They are cached in the study's ``views/`` folder, so
 the annotation pages render each sample once.
 """
@@ -43,7 +43,7 @@ _locks_guard = threading.Lock()
 
 def render_views(study, sample_id: str, folder: Path | None = None, overwrite: bool = False) -> dict[str, Path]:
     """Write (or reuse) the four view PNGs of one sample; returns view name -> path."""
-    from protloc.render import expert_views, save_png
+    from protloc.visualization import expert_views, save_png
 
     folder = Path(folder) if folder is not None else study.views_dir
     paths = {view: view_file(folder, sample_id, view) for view in VIEWS}

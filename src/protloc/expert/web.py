@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import html
+import logging
 from pathlib import Path
 from urllib.parse import quote, unquote
 
@@ -27,6 +28,7 @@ from protloc.expert.db import AnswerStore
 from protloc.expert.render import VIEW_TITLES, VIEWS, render_views
 from protloc.expert.study import Study, load_study
 
+log = logging.getLogger("protloc.expert")
 STATIC = Path(__file__).parent / "static"
 COOKIE = "protloc_expert"
 # Keys for the 13 (or up to 36) answer buttons, in class order.
@@ -144,17 +146,23 @@ def create_expert_app(study: Study | str | Path, db_url: str | None = None) -> F
             raise HTTPException(404, "no such image")
         try:
             paths = render_views(study, sample_id)
-        except ProtlocError as exc:
-            raise HTTPException(500, str(exc)) from None
+        except (ProtlocError, OSError) as exc:
+            # Gone, not a server fault: the data set moved or lost the file after the study was made.
+            # The reason names files (and so sample ids, which the page must not learn): it goes to
+            # the server's log, the page gets a blind one.
+            log.warning("expert study %s: cannot render a view: %s", study.study_id, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            raise HTTPException(410, "the source image of this sample is missing or unreadable on the server "
+                                     "(its data set moved or changed after the study was made; the server log names the file)") from None
         return FileResponse(paths[view], media_type="image/png", headers={"Cache-Control": "private, max-age=86400"})
 
     return app
 
 
 def serve(study: Study, db_url: str | None, host: str, port: int) -> None:
-    import uvicorn
+    # The platform's uvicorn set-up: stalled clients cut off, oversized headers a 431.
+    from protloc.web.server import serve as serve_app
 
     app = create_expert_app(study, db_url)
     print(f"expert study {study.study_id}: {len(study.samples)} samples; answers in {app.state.store.url}")
     print(f"open http://{host}:{port}/ in a browser (Ctrl+C stops; answers are saved as they are given)")
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    serve_app(app, host, port, log_level="warning")

@@ -11,7 +11,7 @@
 - Gradients rescaled when their global L2 norm exceeds 5 (Trainer ``gradient_clip_val=5``,
   ``gradient_clip_algorithm='norm'``).
 - Validation on whole images: covering patches of the crop size, sigmoid outputs averaged
-  (``protloc.inference.predict_image``). Every rank predicts its share; the predictions are gathered
+  (``protloc.inference.Inferer``). Every rank predicts its share; the predictions are gathered
   so that every rank computes the same mean F1.
 - ReduceLROnPlateau (mode max, factor 0.5, patience 30, threshold 0.01, relative by default: see
   config.py) on the validation mean F1 at 0.5. It is stepped here, right after the F1 is computed
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import csv
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -85,19 +86,35 @@ class RateProgressBar(TQDMProgressBar):
         return metrics
 
 
+class NonFiniteOutputError(NonFiniteLossError):
+    """The network's validation outputs are NaN or infinite: no metric of them means anything."""
+
+
 def validation_metrics(labels: np.ndarray, probs: np.ndarray, classes) -> dict:
-    """Mean F1 at 0.5 and mean ROC AUC over the classes with positives (protloc.evaluation's rules)."""
+    """Mean F1 at 0.5 and mean ROC AUC over the classes with positives (protloc.evaluation's rules).
+
+    A mean no class defines (no validation image has any label) is NaN, never a number standing in for
+    it; NonFiniteOutputError when an output is NaN or infinite (they are not guessed as 0.5 either).
+    """
     from protloc.evaluation.metrics import evaluate_predictions
 
-    probs = np.clip(np.nan_to_num(probs, nan=0.5), 0.0, 1.0)
+    bad = ~np.isfinite(probs).all(axis=1) if probs.size else np.zeros(0, bool)
+    if bad.any():
+        raise NonFiniteOutputError(f"the network's outputs are NaN or infinite for {int(bad.sum())} of {len(probs)} "
+                                   "validation images")
+    probs = np.clip(probs, 0.0, 1.0)
     summary = evaluate_predictions(labels.astype(np.int64), probs, list(classes))["summary"]
     eps = 1e-7
     bce = -(labels * np.log(np.clip(probs, eps, 1)) + (1 - labels) * np.log(np.clip(1 - probs, eps, 1)))
     return {
-        "val_mean_f1": summary["f1"]["mean"] if summary["f1"]["mean"] is not None else 0.0,
+        "val_mean_f1": summary["f1"]["mean"] if summary["f1"]["mean"] is not None else float("nan"),
         "val_mean_auc": summary["auc"]["mean"] if summary["auc"]["mean"] is not None else float("nan"),
         "val_loss": float(bce.mean()) if bce.size else float("nan"),
     }
+
+
+def format_f1(value: float | None) -> str:
+    return "undefined" if value is None or not math.isfinite(value) else f"{value:.3f}"
 
 
 class LocalizationModule(pl.LightningModule):
@@ -116,7 +133,10 @@ class LocalizationModule(pl.LightningModule):
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self):
         cfg = self.config
-        optimizer = torch.optim.SGD(self.network.parameters(), lr=cfg.learning_rate, momentum=cfg.momentum)
+        from protloc.training.transfer import parameter_groups
+
+        groups = parameter_groups(self.network, cfg.learning_rate, getattr(cfg, "head_lr", None))
+        optimizer = torch.optim.SGD(groups, lr=cfg.learning_rate, momentum=cfg.momentum)
         self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode="max", factor=cfg.plateau_factor, patience=cfg.plateau_patience,
             threshold=cfg.plateau_threshold, threshold_mode=cfg.plateau_threshold_mode,
@@ -141,6 +161,10 @@ class LocalizationModule(pl.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         torch.manual_seed(epoch_seed(self.config.seed, self.current_epoch, self.global_rank))
+        if getattr(self.config, "freeze_encoder", False):
+            from protloc.training.transfer import set_frozen_modules_eval
+
+            set_frozen_modules_eval(self.network)
         self._reset_epoch_stats()
 
     def training_step(self, batch, batch_idx):
@@ -180,12 +204,15 @@ class LocalizationModule(pl.LightningModule):
     def _raise_nonfinite(self, value: float, gradients: bool = False) -> None:
         what = f"the loss became {value}" if not gradients or self._nonfinite_loss is not None else \
             "the gradients became non-finite"
-        best = (f"best checkpoint kept (epoch {self.best_epoch}, val mean F1 {self.best_f1:.3f})"
-                if self.best_epoch is not None else "no epoch finished, so there is no best checkpoint")
         raise NonFiniteLossError(
             f"training stopped: {what} at epoch {self.current_epoch + 1}, step {self.global_step} "
-            f"(weights not updated with it); {best}; try a lower --lr"
+            f"(weights not updated with it); {self._best_kept()}; try a lower --lr"
         )
+
+    def _best_kept(self) -> str:
+        if self.best_epoch is None:
+            return "no epoch finished, so there is no best checkpoint"
+        return f"best checkpoint kept (epoch {self.best_epoch}, val mean F1 {format_f1(self.best_f1)})"
 
     # ------------------------------------------------------------------ validation
     def on_validation_epoch_start(self) -> None:
@@ -195,11 +222,12 @@ class LocalizationModule(pl.LightningModule):
         self._val_outputs = []
 
     def validation_step(self, batch, batch_idx):
-        from protloc.inference import predict_image
+        from protloc.inference.inferer import Inferer
 
         position, image, label = batch
-        probs = predict_image(self.network, image.numpy(), self.config.crop_size,
-                              batch_size=self.config.val_batch_size, device=self.device)
+        inferer = Inferer(self.network, self.config.crop_size, batch_size=self.config.val_batch_size,
+                          device=self.device)
+        probs = inferer(image.numpy())
         self._val_outputs.append((int(position), probs, label.numpy()))
 
     def _gather(self, items: list) -> list:
@@ -222,7 +250,11 @@ class LocalizationModule(pl.LightningModule):
                          .items())
         probs = np.stack([p for _, (p, _) in outputs]) if outputs else np.zeros((0, len(self.classes)))
         labels = np.stack([y for _, (_, y) in outputs]) if outputs else np.zeros((0, len(self.classes)))
-        metrics = validation_metrics(labels, probs, self.classes)
+        try:
+            metrics = validation_metrics(labels, probs, self.classes)
+        except NonFiniteOutputError as exc:
+            raise NonFiniteOutputError(f"training stopped: {exc} at epoch {self.current_epoch + 1}; "
+                                       f"{self._best_kept()}; try a lower --lr") from None
         val_seconds = time.perf_counter() - self._val_start
         train_seconds = self._train_seconds if self._train_seconds is not None else float("nan")
         loss_sum, loss_count = self._reduce_sum(self._loss_sum), self._reduce_sum(self._loss_count)
@@ -230,7 +262,13 @@ class LocalizationModule(pl.LightningModule):
         lr = float(self.trainer.optimizers[0].param_groups[0]["lr"]) if self.trainer.optimizers else float("nan")
         f1 = metrics["val_mean_f1"]
         epoch = self.current_epoch + 1
-        is_best = self.best_f1 is None or f1 > self.best_f1  # strict, as ModelCheckpoint(mode='max')
+        if not math.isfinite(f1) and self.trainer.is_global_zero:
+            print(f"protloc: warning: validation mean F1 is undefined at epoch {epoch}: none of the {len(labels)} "
+                  "validation images has a label, so F1 cannot rank the epochs (metrics.csv says nan); check the "
+                  "labels file", file=sys.stderr, flush=True)
+        # As ModelCheckpoint(mode='max'): strictly better, an undefined F1 ranks below every defined one,
+        # and the first epoch is kept whatever it is.
+        is_best = self.best_f1 is None or (math.isfinite(f1) and not (self.best_f1 >= f1))
         if is_best:
             self.best_f1, self.best_epoch = f1, epoch
         row = {
@@ -245,7 +283,7 @@ class LocalizationModule(pl.LightningModule):
         }
         for key in ("val_mean_f1", "val_mean_auc", "val_loss", "train_loss", "lr", "samples_per_second"):
             self.log(key, float(row[key]), on_step=False, on_epoch=True, sync_dist=False, rank_zero_only=False)
-        if self.plateau is not None:
+        if self.plateau is not None and math.isfinite(f1):  # an undefined F1 says nothing about progress
             self.plateau.step(f1)
         if self.trainer.is_global_zero and self.run_dir is not None:
             append_metrics_row(self.run_dir / "metrics.csv", row)

@@ -107,10 +107,21 @@ def _existing_run(run_dir: Path) -> bool:
     return (run_dir / "config.yaml").is_file() or (run_dir / "checkpoints" / "last.ckpt").is_file()
 
 
+def _no_run_to_resume(run_dir: Path) -> ProtlocError:
+    if not run_dir.is_dir():
+        return ProtlocError(f"nothing to resume: no run directory {run_dir}")
+    return ProtlocError(f"nothing to resume in {run_dir}: it has no config.yaml, so the run never started; "
+                        f"start it again without --resume (the folder may be removed first)")
+
+
 def resume_config(run_dir: Path, overrides: dict | None = None) -> TrainConfig:
-    """The run's saved config with ``overrides`` (e.g. more epochs, another device) applied."""
-    if not (run_dir / "config.yaml").is_file() or not (run_dir / "checkpoints" / "last.ckpt").is_file():
-        raise ProtlocError(f"nothing to resume in {run_dir}: no config.yaml and checkpoints/last.ckpt")
+    """The run's saved config with ``overrides`` (e.g. more epochs, another device) applied.
+
+    A run killed before its first checkpoint has a config.yaml but no checkpoints/last.ckpt; it is
+    resumed from epoch 1 (see ``train``).
+    """
+    if not (run_dir / "config.yaml").is_file():
+        raise _no_run_to_resume(run_dir)
     saved = read_yaml(run_dir / "config.yaml")
     saved = {k: v for k, v in saved.items() if k in {f.name for f in dataclasses.fields(TrainConfig)}}
     config = TrainConfig().merged(saved, source=str(run_dir / "config.yaml"))
@@ -169,7 +180,7 @@ def _cache_dir(config: TrainConfig, index, run_dir: Path) -> Path | None:
     return default if folder_is_writable(default) else run_dir / "cache"
 
 
-def export_model(run_dir: Path, config: TrainConfig, network, options: dict, index) -> Path | None:
+def export_model(run_dir: Path, config: TrainConfig, network, options: dict, index, scale=None) -> Path | None:
     """model.pt from checkpoints/best.ckpt, with thresholds tuned on that epoch's validation predictions."""
     import numpy as np
     import torch
@@ -197,7 +208,10 @@ def export_model(run_dir: Path, config: TrainConfig, network, options: dict, ind
         classes=list(index.label_set.classes), label_set=index.label_set.name, model_options=options,
         crop_size=config.crop_size, thresholds=thresholds,
         source={"kind": "training-run", "run_dir": str(run_dir.resolve()), "epoch": info.get("best_epoch"),
-                "val_mean_f1": info.get("best_f1"), "thresholds_tuned_on": "val" if thresholds else None},
+                "val_mean_f1": info.get("best_f1"), "thresholds_tuned_on": "val" if thresholds else None,
+                **({"transfer": scale.init.to_dict()} if scale is not None and scale.init is not None else {})},
+        pixel_size_um=None if scale is None else scale.model_um,
+        pixel_size_source=None if scale is None else scale.model_source,
     )
     return path
 
@@ -213,7 +227,7 @@ def train(config: TrainConfig, resume: bool = False) -> RunResult:
     from protloc.data.splits import load_splits, make_splits, save_splits
     from protloc.training.datamodule import ProtlocDataModule
     from protloc.training.lightning_module import (
-        AtomicCheckpointIO, LocalizationModule, NonFiniteLossError, RateProgressBar, truncate_metrics,
+        AtomicCheckpointIO, LocalizationModule, NonFiniteLossError, RateProgressBar, format_f1, truncate_metrics,
     )
 
     if not config.out:
@@ -221,9 +235,12 @@ def train(config: TrainConfig, resume: bool = False) -> RunResult:
     run_dir = Path(config.out)
     rank = global_rank()
     last = run_dir / "checkpoints" / "last.ckpt"
+    # A run killed before its first checkpoint (config, index and split written, no last.ckpt) is
+    # resumed from epoch 1 with its own index and split.
+    from_checkpoint = resume and last.is_file()
     if resume:
-        if not last.is_file():
-            raise ProtlocError(f"nothing to resume in {run_dir}: no checkpoints/last.ckpt")
+        if not (run_dir / "config.yaml").is_file():
+            raise _no_run_to_resume(run_dir)
     elif rank == 0 and _existing_run(run_dir):
         raise ProtlocError(f"{run_dir} already holds a training run; use --resume to continue it or another --out")
     config = resolve(config)
@@ -238,17 +255,23 @@ def train(config: TrainConfig, resume: bool = False) -> RunResult:
         if not Path(config.data).exists():
             raise ProtlocError(f"data folder not found: {config.data}")
         index = open_dataset(config.data)
-        splits = make_splits(index, seed=config.split_seed, fractions=tuple(config.split_fractions))
+        if config.splits:
+            splits = load_splits(config.splits)
+        else:
+            splits = make_splits(index, seed=config.split_seed, fractions=tuple(config.split_fractions))
     labelled = {entry.id for entry in index.samples if entry.labels is not None}
     train_ids = [i for i in splits["train"] if i in labelled][: config.limit_train]
     val_ids = [i for i in splits["val"] if i in labelled][: config.limit_val]
     if not train_ids:
-        raise ProtlocError(f"no labelled training samples in {index.root} (labels.csv missing or empty?)")
+        raise ProtlocError(f"no labelled training samples in {index.root} {_why_no_samples(index)}")
     if not val_ids:
         raise ProtlocError(f"the validation split of {index.root} is empty ({len(labelled)} labelled samples); "
                            "add samples or change split_fractions in a --config file")
     network, options, paper = build_network(config, len(index.label_set))
-    check_crop(config, paper, index, train_ids + val_ids)
+    from protloc.training.transfer import prepare_transfer
+
+    check_crop(config, paper, index, train_ids + val_ids)  # before the notes: a refused run prints one line
+    scale = prepare_transfer(network, config, index, announce=rank == 0)
 
     layout = torchrun_layout()
     if layout is not None:
@@ -267,7 +290,10 @@ def train(config: TrainConfig, resume: bool = False) -> RunResult:
             except (OSError, ValueError):
                 pass
             env = {**previous, "resumes": [*previous.get("resumes", []), env]}
-            truncate_metrics(run_dir / "metrics.csv", _checkpoint_epochs(last))
+            truncate_metrics(run_dir / "metrics.csv", _checkpoint_epochs(last) if from_checkpoint else 0)
+            if not from_checkpoint:  # files of an attempt that no checkpoint continues
+                for stale in ("best.ckpt", "best_val_predictions.npz"):
+                    (run_dir / "checkpoints" / stale).unlink(missing_ok=True)
         else:
             index.save(run_dir / "index.json")
             save_splits(splits, run_dir / "splits.json", seed=config.split_seed,
@@ -286,6 +312,7 @@ def train(config: TrainConfig, resume: bool = False) -> RunResult:
     datamodule = ProtlocDataModule(
         index, train_ids, val_ids, crop_size=config.crop_size, batch_size=config.batch_size, seed=config.seed,
         workers=config.workers, pin_memory=cuda, cache_dir=_cache_dir(config, index, run_dir), progress=progress,
+        scale=scale.factor,
     )
     module = LocalizationModule(network, config, index.label_set.classes, run_dir=run_dir)
     # Two callbacks: Lightning's save_last only writes last.ckpt when the monitored top-k file is
@@ -324,18 +351,28 @@ def train(config: TrainConfig, resume: bool = False) -> RunResult:
     )
     status, message = "completed", ""
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resume else None)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if from_checkpoint else None)
     except NonFiniteLossError as exc:
         status, message = "nan-loss", str(exc)
     model_path = None
     if rank == 0:
-        model_path = export_model(run_dir, config, network, options, index)
+        model_path = export_model(run_dir, config, network, options, index, scale=scale)
     epochs_done = trainer.current_epoch if status == "completed" else module.current_epoch
     if status == "completed":
         message = (f"trained {config.model} for {epochs_done} epochs; best val mean F1 "
-                   f"{module.best_f1:.3f} at epoch {module.best_epoch}; run in {run_dir}")
+                   f"{format_f1(module.best_f1)} at epoch {module.best_epoch}; run in {run_dir}")
     return RunResult(run_dir=run_dir, status=status, message=message, epochs_completed=epochs_done,
                      best_epoch=module.best_epoch, best_val_mean_f1=module.best_f1, model_path=model_path)
+
+
+def _why_no_samples(index) -> str:
+    if index.excluded:
+        first = index.excluded[0]
+        return (f"({len(index.excluded)} excluded by the scan, e.g. {first['id']}: {first['reason']}; all of them: "
+                f"protloc data scan {index.root})")
+    if index.samples and not index.labelled():
+        return "(no labels file: labels.csv for channel files, train.csv for kaggle-hpa, labels.txt for npz)"
+    return "(labels.csv missing or empty?)"
 
 
 def _checkpoint_epochs(path: Path) -> int:

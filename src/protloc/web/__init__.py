@@ -1,6 +1,7 @@
 """The protloc platform: a web application and HTTP API where HTI images are uploaded and annotated.
 
 ``protloc.web.app.create_app(WebSettings(...))`` builds the FastAPI application; ``protloc serve``
-runs it under uvicorn. See ``app`` (routes, pages), ``db`` (database), ``storage`` (uploads) and
+runs it under uvicorn. See ``service`` (the logic, free of FastAPI), ``batches`` (zip uploads),
+``auth`` (tokens), ``routers`` (API and pages), ``db`` (database), ``storage`` (uploads) and
 ``worker`` (batched prediction).
 """

@@ -1,4 +1,4 @@
-"""The platform's database: submissions, their results, loaded models, API tokens and batch jobs.
+"""The platform's database: users and their tokens, submissions, their results, loaded models and batch jobs.
 
 SQLAlchemy 2 ORM over any SQLAlchemy URL (``sqlite:///path.db`` by default, PostgreSQL through
 ``postgresql+psycopg://...``). A submission and everything it needs to run again (the content
@@ -13,7 +13,7 @@ import secrets
 import uuid
 from datetime import datetime, timezone
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text, create_engine, event, select
+from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Integer, String, Text, create_engine, event, inspect, select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
@@ -46,11 +46,22 @@ class ModelRecord(Base):
     last_loaded_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
+class User(Base):
+    """Someone who submits: sees their own submissions and batches; an admin sees everyone's."""
+
+    __tablename__ = "users"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True, index=True)
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
 class BatchJob(Base):
     """A zip of many samples; its progress is the state of its submissions."""
 
     __tablename__ = "batch_jobs"
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), nullable=True, index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
     filename: Mapped[str] = mapped_column(String(500))
     archive_sha256: Mapped[str] = mapped_column(String(64))
@@ -65,6 +76,7 @@ class BatchJob(Base):
 class Submission(Base):
     __tablename__ = "submissions"
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), nullable=True, index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     status: Mapped[str] = mapped_column(String(16), default=QUEUED, index=True)
@@ -98,13 +110,36 @@ class Result(Base):
 
 
 class ApiToken(Base):
-    """A bearer token a facility hands to a user; only its sha256 is stored."""
+    """A bearer token a facility hands to a user; only its sha256 is stored.
+
+    A token from before users existed has no user and keeps seeing everything, as it did then.
+    """
 
     __tablename__ = "tokens"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     name: Mapped[str] = mapped_column(String(200))
     token_sha256: Mapped[str] = mapped_column(String(64), unique=True, index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), nullable=True, index=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+# Columns added after the first release: a database made before them gains them on open.
+ADDED_COLUMNS = {
+    "tokens": {"user_id": "INTEGER REFERENCES users(id)", "revoked_at": "TIMESTAMP"},
+    "submissions": {"owner_id": "INTEGER REFERENCES users(id)"},
+    "batch_jobs": {"owner_id": "INTEGER REFERENCES users(id)"},
+}
+
+
+def add_missing_columns(engine: Engine) -> None:
+    inspector = inspect(engine)
+    with engine.begin() as connection:
+        for table, columns in ADDED_COLUMNS.items():
+            present = {column["name"] for column in inspector.get_columns(table)}
+            for name, kind in columns.items():
+                if name not in present:
+                    connection.execute(text(f"ALTER TABLE {table} ADD COLUMN {name} {kind}"))
 
 
 def token_digest(token: str) -> str:
@@ -131,17 +166,77 @@ def make_engine(url: str) -> Engine:
 def open_database(url: str) -> sessionmaker[Session]:
     engine = make_engine(url)
     Base.metadata.create_all(engine)
+    add_missing_columns(engine)
     return sessionmaker(engine, expire_on_commit=False)
 
 
-def create_token(sessions: sessionmaker[Session], name: str) -> str:
-    """Store a new random token under ``name`` and return it (the only time it is shown)."""
+def _new_token(session: Session, user: User) -> str:
     token = secrets.token_urlsafe(24)
-    with sessions.begin() as session:
-        session.add(ApiToken(name=name, token_sha256=token_digest(token)))
+    session.add(ApiToken(name=user.name, token_sha256=token_digest(token), user_id=user.id))
     return token
 
 
-def token_is_known(sessions: sessionmaker[Session], token: str) -> bool:
+def create_user(sessions: sessionmaker[Session], name: str, admin: bool = False) -> str:
+    """A new user and their first token, returned (the only time it is shown); ProtlocError if NAME exists."""
+    from protloc.errors import ProtlocError
+
+    name = " ".join(name.split())
+    if not name:
+        raise ProtlocError("a user needs a name")
+    with sessions.begin() as session:
+        if session.scalar(select(User.id).where(User.name == name)) is not None:
+            raise ProtlocError(f"user {name!r} exists; give them another token with --create-token {name!r}")
+        user = User(name=name, is_admin=admin)
+        session.add(user)
+        session.flush()
+        return _new_token(session, user)
+
+
+def create_token(sessions: sessionmaker[Session], name: str) -> str:
+    """Another token for user ``name`` (a new, non-admin user if there is none); returned once."""
+    name = " ".join(name.split())
+    with sessions.begin() as session:
+        user = session.scalar(select(User).where(User.name == name))
+        if user is None:
+            user = User(name=name, is_admin=False)
+            session.add(user)
+            session.flush()
+        return _new_token(session, user)
+
+
+def revoke_user(sessions: sessionmaker[Session], name: str) -> int:
+    """Revoke every token of user ``name``; returns how many. ProtlocError if there is no such user."""
+    from protloc.errors import ProtlocError
+
+    with sessions.begin() as session:
+        user = session.scalar(select(User).where(User.name == " ".join(name.split())))
+        if user is None:
+            raise ProtlocError(f"no user {name!r}")
+        tokens = session.scalars(select(ApiToken).where(ApiToken.user_id == user.id, ApiToken.revoked_at.is_(None))).all()
+        for token in tokens:
+            token.revoked_at = utcnow()
+        return len(tokens)
+
+
+def holds_tokens(sessions: sessionmaker[Session]) -> bool:
     with sessions() as session:
-        return session.scalar(select(ApiToken.id).where(ApiToken.token_sha256 == token_digest(token))) is not None
+        return session.scalar(select(ApiToken.id).limit(1)) is not None
+
+
+def token_owner(sessions: sessionmaker[Session], token: str) -> tuple[int | None, str, bool] | None:
+    """(user id, name, admin) of a valid token; None when unknown or revoked. A token without a user
+    (from before users existed) is (None, its name, True)."""
+    with sessions() as session:
+        row = session.execute(
+            select(ApiToken.user_id, ApiToken.name, User.is_admin)
+            .outerjoin(User, User.id == ApiToken.user_id)
+            .where(ApiToken.token_sha256 == token_digest(token), ApiToken.revoked_at.is_(None))
+        ).first()
+    if row is None:
+        return None
+    user_id, name, is_admin = row
+    return user_id, name, bool(is_admin) if user_id is not None else True
+
+
+def token_is_known(sessions: sessionmaker[Session], token: str) -> bool:
+    return token_owner(sessions, token) is not None

@@ -269,17 +269,12 @@ async def stream_multipart(
 
 
 def channel_from_filename(filename: str) -> str | None:
-    """HPA-style channel of a file name: ``..._blue.tif`` -> nucleus; a channel name works too."""
-    stem = PurePosixPath(filename).name.lower()
-    for suffix in (".gz",) + IMAGE_SUFFIXES:
-        if stem.endswith(suffix):
-            stem = stem[: -len(suffix)]
-    token = stem.replace("-", "_").split("_")[-1]
-    if token in HPA_COLOURS:
-        return HPA_COLOURS[token]
-    if token in CHANNELS:
-        return token
-    return None
+    """The channel of a channel file's name, by the readers' own parser (protloc.data.filenames):
+    ``..._blue.tif`` or ``..._nucleus.tif`` -> nucleus; anything else (``s1-blue.tif``) -> None."""
+    from protloc.data.filenames import parse_channel_filename
+
+    parsed = parse_channel_filename(PurePosixPath(filename).name)
+    return parsed.channel if parsed else None
 
 
 def normalise_channel_name(value: str) -> str | None:
@@ -289,80 +284,33 @@ def normalise_channel_name(value: str) -> str | None:
     return HPA_COLOURS.get(value)
 
 
-def _sniff(path: Path) -> str:
-    with open(path, "rb") as handle:
-        head = handle.read(8)
-    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
-        return "tiff"
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "png"
-    if head[:3] == b"\xff\xd8\xff":
-        return "jpeg"
-    if head[:4] == b"PK\x03\x04":
-        return "zip"
-    return "unknown"
-
-
 def _check_pixels(shape: tuple[int, ...], max_pixels: int, name: str) -> None:
-    """Pixels per plane: the two largest dimensions (channels/samples are the small ones)."""
-    dims = sorted((int(d) for d in shape), reverse=True)
-    if len(dims) >= 2 and dims[0] * dims[1] > max_pixels:
-        raise UploadError(413, f"{name}: image of {dims[0]}x{dims[1]} pixels exceeds the limit of {max_pixels} pixels")
+    """The data layer's pixel limit (protloc.data.limits.check_pixels) as a 413."""
+    from protloc.data.limits import ImageTooLargeError, check_pixels
+
+    try:
+        check_pixels(shape, name, max_pixels)
+    except ImageTooLargeError as exc:
+        raise UploadError(413, str(exc)) from None
 
 
 def inspect_image(path: Path, name: str, max_pixels: int) -> str:
-    """Check an upload's headers before decoding anything; returns its kind (tiff/png/jpeg/npz)."""
-    kind = _sniff(path)
-    size = path.stat().st_size
-    if kind == "tiff":
-        import tifffile
+    """Check an upload's headers before decoding anything; returns its kind (tiff/png/jpeg/npz).
 
-        try:
-            with tifffile.TiffFile(path) as tif:
-                if not tif.pages:
-                    raise UploadError(422, f"{name}: TIFF without images")
-                for page in tif.pages:
-                    _check_pixels(tuple(page.shape), max_pixels, name)
-                    # A truncated file: the image data is said to lie beyond the end of the file.
-                    for offset, count in zip(page.dataoffsets, page.databytecounts):
-                        if offset + count > size:
-                            raise UploadError(422, f"{name}: truncated TIFF (image data ends after the file)")
-        except UploadError:
-            raise
-        except Exception as exc:
-            raise UploadError(422, f"{name}: unreadable TIFF ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
-        return kind
-    if kind in ("png", "jpeg"):
-        from PIL import Image
+    The data layer's header check (protloc.data.limits.check_image_header, the one the CLI applies):
+    413 over the pixel limit, 415 not an image, 422 a damaged or truncated header.
+    """
+    from protloc.data.limits import ImageTooLargeError, NotAnImageError, check_image_header
+    from protloc.errors import DataError
 
-        try:
-            with Image.open(path) as image:  # reads the header only
-                width, height = image.size
-        except Image.DecompressionBombError as exc:  # Pillow's own guard fired on the header
-            raise UploadError(413, f"{name}: {exc}") from None
-        except Exception as exc:
-            raise UploadError(422, f"{name}: unreadable {kind.upper()} ({exc})") from None
-        _check_pixels((height, width), max_pixels, name)
-        return kind
-    if kind == "zip":  # an NPZ is a zip of .npy arrays
-        try:
-            with zipfile.ZipFile(path) as archive:
-                for info in archive.infolist():
-                    if info.file_size > 64 * max_pixels:  # 4 float64 planes at the pixel limit and more
-                        raise UploadError(413, f"{name}: array {info.filename} unpacks to {info.file_size} bytes")
-                    if info.filename.endswith(".npy"):
-                        with archive.open(info) as member:
-                            version = np.lib.format.read_magic(member)
-                            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                                           else np.lib.format.read_array_header_2_0)
-                            shape, _, _ = read_header(member)
-                        _check_pixels(tuple(shape), max_pixels, name)
-        except UploadError:
-            raise
-        except Exception as exc:
-            raise UploadError(422, f"{name}: unreadable NPZ ({exc})") from None
-        return "npz"
-    raise UploadError(415, f"{name}: not an image (expected TIFF, PNG, JPEG or a multi-channel TIFF/NPZ)")
+    try:
+        return check_image_header(path, name=name, limit=max_pixels)
+    except ImageTooLargeError as exc:
+        raise UploadError(413, str(exc)) from None
+    except NotAnImageError as exc:
+        raise UploadError(415, str(exc)) from None
+    except DataError as exc:
+        raise UploadError(422, str(exc)) from None
 
 
 def decode_channel(received: ReceivedFile, channel: str, max_pixels: int) -> np.ndarray:
@@ -442,9 +390,25 @@ def assemble_sample(planes: dict[str, np.ndarray], names: dict[str, str]) -> np.
 # zip archives
 
 
-def check_zip(path: Path, max_total_bytes: int, max_members: int = 100_000) -> list[zipfile.ZipInfo]:
-    """The members of a zip that is safe to extract; UploadError for escaping paths or a zip bomb."""
-    if _sniff(path) != "zip":
+# Below this many bytes a zip may unpack to anything (within the total limit): a few blank test
+# images compress a thousandfold and are no threat; above it the expansion ratio is bounded too.
+ZIP_RATIO_FREE_BYTES = 16 << 20
+
+
+def zip_budget(path: Path, max_total_bytes: int, max_ratio: float) -> int:
+    """The most bytes a zip of this size may unpack to: the total limit, and the expansion ratio."""
+    return min(max_total_bytes, max(ZIP_RATIO_FREE_BYTES, int(path.stat().st_size * max_ratio)))
+
+
+def check_zip(path: Path, max_total_bytes: int, max_ratio: float = 100.0, max_members: int = 100_000) -> list[zipfile.ZipInfo]:
+    """The members of a zip that is safe to extract; UploadError for escaping paths or a zip bomb.
+
+    Decided from the central directory alone, before anything is extracted: the declared sizes must
+    stay within the total limit and within ``max_ratio`` times the archive's own size.
+    """
+    from protloc.data.limits import sniff_kind
+
+    if sniff_kind(path) != "zip":
         raise UploadError(415, "batch upload must be a zip archive")
     try:
         with zipfile.ZipFile(path) as archive:
@@ -453,6 +417,7 @@ def check_zip(path: Path, max_total_bytes: int, max_members: int = 100_000) -> l
         raise UploadError(422, f"damaged zip archive ({exc})") from None
     if len(members) > max_members:
         raise UploadError(413, f"zip has {len(members)} members (at most {max_members})")
+    budget = zip_budget(path, max_total_bytes, max_ratio)
     total = 0
     for info in members:
         name = info.filename.replace("\\", "/")
@@ -462,14 +427,18 @@ def check_zip(path: Path, max_total_bytes: int, max_members: int = 100_000) -> l
         if (info.external_attr >> 16) & 0o170000 == 0o120000:
             raise UploadError(400, f"zip member {info.filename!r} is a symbolic link")
         total += info.file_size
-        if total > max_total_bytes:
-            raise UploadError(413, f"zip unpacks to more than {max_total_bytes / 2**20:g} MB")
+    if total > max_total_bytes:
+        raise UploadError(413, f"zip unpacks to more than {max_total_bytes / 2**20:g} MB")
+    if total > budget:
+        raise UploadError(413, f"zip bomb refused: {path.stat().st_size / 2**20:.2f} MB would unpack to "
+                               f"{total / 2**20:.0f} MB ({total / max(1, path.stat().st_size):.0f}:1; at most {max_ratio:g}:1)")
     return members
 
 
-def extract_zip(path: Path, dest: Path, max_total_bytes: int) -> list[Path]:
+def extract_zip(path: Path, dest: Path, max_total_bytes: int, max_ratio: float = 100.0) -> list[Path]:
     """Extract a checked zip under ``dest``; every file provably inside it, sizes enforced on the fly."""
-    members = check_zip(path, max_total_bytes)
+    members = check_zip(path, max_total_bytes, max_ratio)
+    max_total_bytes = zip_budget(path, max_total_bytes, max_ratio)
     dest = dest.resolve()
     written = 0
     files = []
@@ -489,6 +458,21 @@ def extract_zip(path: Path, dest: Path, max_total_bytes: int) -> list[Path]:
                     out.write(chunk)
             files.append(target)
     return files
+
+
+def sample_id_of(filename: str) -> str | None:
+    """The sample id of a channel file ``<id>_<colour>.<ext>`` by the readers' parser, else None."""
+    from protloc.data.filenames import parse_channel_filename
+
+    parsed = parse_channel_filename(PurePosixPath(filename).name)
+    return parsed.prefix if parsed else None
+
+
+def shared_sample_id(filenames: list[str]) -> str | None:
+    """The sample id four channel files share (HPA's and Kaggle's names), the one ``group_samples``
+    groups a batch by; None when the names do not share one."""
+    ids = {sample_id_of(filename) for filename in filenames}
+    return ids.pop() if len(ids) == 1 and None not in ids else None
 
 
 def group_samples(files: list[Path], root: Path) -> tuple[list[dict], list[dict]]:
@@ -512,8 +496,10 @@ def group_samples(files: list[Path], root: Path) -> tuple[list[dict], list[dict]
         if channel is None:
             samples.append({"name": relative, "kind": "multichannel", "files": {"image": file}})
             continue
-        stem = file.name[: file.name.lower().rfind("_")]
-        key = (PurePosixPath(relative).parent / stem).as_posix()
+        # ``blue.png`` without an id: the folder holds one sample and names it
+        stem = sample_id_of(file.name)
+        folder = PurePosixPath(relative).parent
+        key = (folder / stem).as_posix() if stem else (folder.as_posix() if folder.parts else "sample")
         group = groups.setdefault(key, {})
         if channel in group:
             skipped.append({"name": relative, "reason": f"second {channel} file for sample {key}"})
@@ -532,5 +518,5 @@ def group_samples(files: list[Path], root: Path) -> tuple[list[dict], list[dict]
 __all__ = [
     "BlobStore", "ReceivedFile", "ReceivedForm", "UploadError", "assemble_sample",
     "channel_from_filename", "check_zip", "decode_channel", "decode_multichannel", "extract_zip",
-    "group_samples", "inspect_image", "load_stored_sample", "normalise_channel_name", "stream_multipart",
+    "group_samples", "inspect_image", "shared_sample_id", "load_stored_sample", "normalise_channel_name", "stream_multipart",
 ]

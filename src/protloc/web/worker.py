@@ -6,7 +6,8 @@ waiting sample of the same model into the paper's covering patches and runs them
 network together (``max_batch_patches`` per forward pass); each sample's probability is the mean of
 its own patches' sigmoids, exactly as ``Predictor.predict_proba``. The result, its rendered images
 and the ``done`` status are committed together; on start, submissions left ``queued`` or ``running``
-by a previous process are put back in the queue (``recover_unfinished``).
+by a previous process are put back in the queue (``recover_unfinished``); a row whose batch raises is
+marked ``failed`` with the reason at once, never left ``running``.
 """
 
 from __future__ import annotations
@@ -47,36 +48,33 @@ class WorkerStats:
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
 
 
-def batched_probabilities(predictor, images: list[np.ndarray], max_batch_patches: int, stats: WorkerStats | None = None) -> list[np.ndarray]:
-    """Probabilities of several samples, their covering patches sharing forward passes."""
-    import torch
+def batched_probabilities(predictor, images: list[np.ndarray], max_batch_patches: int, stats: WorkerStats | None = None,
+                          pixel_sizes: list[float | None] | None = None) -> list[np.ndarray]:
+    """Probabilities of several samples, their covering patches sharing forward passes (the one
+    ``Inferer``; fp32: GapNet-PL's fast path, equal to the plain forward's logits within 1e-6)."""
 
-    from protloc.data.patches import extract_patches
-    from protloc.inference import forward_probabilities
+    def count(patches: int, samples: int) -> None:
+        if stats is not None:
+            stats.forward_passes += 1
+            stats.patches += patches
+            stats.max_samples_per_pass = max(stats.max_samples_per_pass, samples)
 
-    patch_sets = [np.ascontiguousarray(extract_patches(image, predictor.patch_size)) for image in images]
-    owners = np.concatenate([np.full(len(p), i) for i, p in enumerate(patch_sets)])
-    patches = torch.from_numpy(np.concatenate(patch_sets))
-    network = predictor.network
-    outputs = []
-    was_training = network.training
-    network.eval()
-    try:
-        with torch.no_grad():
-            for start in range(0, len(patches), max(1, max_batch_patches)):
-                chunk = patches[start : start + max_batch_patches]
-                # fp32: GapNet-PL's fast path (the plain forward's logits within 1e-6), others plain
-                outputs.append(forward_probabilities(network, chunk, predictor.device, "fp32").cpu())
-                if stats is not None:
-                    stats.forward_passes += 1
-                    stats.patches += len(chunk)
-                    stats.max_samples_per_pass = max(
-                        stats.max_samples_per_pass, len(set(owners[start : start + max_batch_patches].tolist()))
-                    )
-    finally:
-        network.train(was_training)
-    probs = torch.cat(outputs).numpy()
-    return [probs[owners == i].mean(axis=0).astype(np.float32) for i in range(len(images))]
+    inferer = predictor.inferer(batch_size=max(1, max_batch_patches), precision="fp32", on_pass=count)
+    return inferer.predict_many(images, pixel_sizes)  # each image rescaled to the model's pixel size
+
+
+def stored_pixel_size(store: BlobStore, files: list[dict], image: np.ndarray) -> float | None:
+    """A submission's µm per pixel from its stored files' metadata or its original names' layout."""
+    from protloc.data.pixel_size import pixel_size_of
+    from protloc.web.storage import KIND_SUFFIX
+
+    paths = [store.path_of(entry["sha256"], KIND_SUFFIX.get(entry["kind"], "")) for entry in files]
+    return pixel_size_of(paths, *image.shape[-2:], names=[entry.get("filename") or "" for entry in files]).um
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
 def render_submission(predictor, image: np.ndarray, predicted: list[str], probs: np.ndarray, folder: Path) -> list[str]:
@@ -85,7 +83,7 @@ def render_submission(predictor, image: np.ndarray, predicted: list[str], probs:
     With no class over its threshold, the map of the most probable class is drawn instead, so the
     page always shows where the network looked. Returns the classes with a map.
     """
-    from protloc import render
+    from protloc import visualization as render
 
     folder.mkdir(parents=True, exist_ok=True)
     composite = render.composite(image)
@@ -175,10 +173,7 @@ class PredictionWorker:
                     break
                 ids.append(item)
             started = time.monotonic()
-            try:
-                self._process(ids)
-            except Exception:  # never let one bad batch kill the worker
-                log.exception("prediction batch failed")
+            self._process(ids)
             self.stats.busy_seconds += time.monotonic() - started
             if stop_after:
                 return
@@ -200,8 +195,33 @@ class PredictionWorker:
             if row is not None:
                 row.status, row.error, row.finished_at = db.FAILED, reason, db.utcnow()
 
+    def _fail_unfinished(self, ids: list[str], reason: str) -> int:
+        """Rows this worker claimed and left ``running``: failed with the reason, not left for a restart."""
+        with self.sessions.begin() as session:
+            rows = session.scalars(
+                select(db.Submission).where(db.Submission.id.in_(ids), db.Submission.status == db.RUNNING)
+            ).all()
+            for row in rows:
+                row.status, row.error, row.finished_at = db.FAILED, reason, db.utcnow()
+        self.stats.failures += len(rows)
+        return len(rows)
+
     def _process(self, ids: list[str]) -> None:
-        rows = self._claim(list(dict.fromkeys(ids)))
+        """Never lets one bad batch kill the worker, and never leaves a claimed row ``running``."""
+        claimed: list[str] = []
+        try:
+            rows = self._claim(list(dict.fromkeys(ids)))
+            claimed = [row.id for row in rows]
+            self._predict(rows)
+        except Exception as exc:
+            log.error("prediction batch failed: %s", _one_line(exc), exc_info=True)
+            if claimed:
+                try:
+                    self._fail_unfinished(claimed, f"prediction failed: {_one_line(exc)}")
+                except Exception as again:  # the database itself is down: the restart requeues them
+                    log.error("cannot mark the batch's submissions failed: %s", _one_line(again))
+
+    def _predict(self, rows: list[db.Submission]) -> None:
         by_model: dict[str, list[tuple[db.Submission, np.ndarray]]] = {}
         for row in rows:
             predictor = self.predictors.get(row.model_key)
@@ -219,16 +239,21 @@ class PredictionWorker:
             started = time.monotonic()
             try:
                 all_probs = batched_probabilities(
-                    predictor, [image for _, image in items], self.max_batch_patches, self.stats
+                    predictor, [image for _, image in items], self.max_batch_patches, self.stats,
+                    [stored_pixel_size(self.store, row.files, image) for row, image in items],
                 )
             except Exception as exc:
                 log.exception("forward pass failed")
                 for row, _ in items:
-                    self._fail(row.id, f"prediction failed: {exc}")
+                    self._fail(row.id, f"prediction failed: {_one_line(exc)}")
                 continue
             shared = (time.monotonic() - started) / len(items)
             for (row, image), probs in zip(items, all_probs):
-                self._finish(predictor, row, image, probs, shared)
+                try:
+                    self._finish(predictor, row, image, probs, shared)
+                except Exception as exc:  # this sample only; the others of the batch go on
+                    log.error("finishing %s failed: %s", row.id, _one_line(exc), exc_info=True)
+                    self._fail(row.id, f"prediction failed: {_one_line(exc)}")
 
     def _finish(self, predictor, row: db.Submission, image: np.ndarray, probs: np.ndarray, shared_seconds: float) -> None:
         started = time.monotonic()

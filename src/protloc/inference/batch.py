@@ -45,15 +45,15 @@ class _RowWriter:
 
     def __init__(self, path: Path, fmt: str, columns: list[str]):
         self.path, self.fmt, self.columns = path, fmt, columns
-        self.done: set[str] = set()
-        if path.exists() and path.stat().st_size > 0:
-            self.done = self._read_ids()
         path.parent.mkdir(parents=True, exist_ok=True)
+        # First drop a partial last line (a crash mid-write), then read the ids: a row cut inside its
+        # last field, or missing only its newline, must not count as done and then be deleted.
         self._truncate_partial_last_line()
+        self.done: set[str] = self._read_ids() if path.exists() and path.stat().st_size > 0 else set()
         self.handle = open(path, "a", newline="")
         if fmt == "csv":
             self.csv = csv.writer(self.handle)
-            if not self.done and path.stat().st_size == 0:
+            if path.stat().st_size == 0:
                 self.csv.writerow(columns)
                 self.handle.flush()
 
@@ -79,21 +79,37 @@ class _RowWriter:
         return ids
 
     def _truncate_partial_last_line(self) -> None:
-        # A crash mid-write can leave a partial last line; drop it so the file stays parseable.
+        """Cut the file after its last newline: every row is written with its newline and fsynced,
+        so anything after the last one is a row a crash interrupted."""
         if not self.path.exists():
             return
-        data = self.path.read_bytes()
-        if data and not data.endswith(b"\n"):
-            cut = data.rfind(b"\n") + 1
-            with open(self.path, "r+b") as handle:
-                handle.truncate(cut)
+        with open(self.path, "r+b") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            if size == 0:
+                return
+            handle.seek(size - 1)
+            if handle.read(1) == b"\n":
+                return
+            # Look back in blocks for the last newline (files of millions of rows are not read whole).
+            end = size
+            while end > 0:
+                start = max(0, end - (1 << 16))
+                handle.seek(start)
+                found = handle.read(end - start).rfind(b"\n")
+                if found >= 0:
+                    handle.truncate(start + found + 1)
+                    return
+                end = start
+            handle.truncate(0)
 
-    def write(self, sample_id: str, probs: np.ndarray, predicted: list[str], classes: list[str]) -> None:
+    def write(self, sample_id: str, probs: np.ndarray, predicted: list[str], classes: list[str],
+              pixel_size_um: float | None = None, scale: float = 1.0) -> None:
         if self.fmt == "csv":
-            self.csv.writerow([sample_id, *(f"{p:.6f}" for p in probs), ";".join(predicted)])
+            self.csv.writerow([sample_id, *(f"{p:.6f}" for p in probs), "" if pixel_size_um is None else
+                               f"{pixel_size_um:g}", f"{scale:g}", ";".join(predicted)])
         else:
             row = {"id": sample_id, **{c: round(float(p), 6) for c, p in zip(classes, probs)},
-                   "predicted": predicted}
+                   "pixel_size_um": pixel_size_um, "scale": round(float(scale), 6), "predicted": predicted}
             self.handle.write(json.dumps(row) + "\n")
         self.handle.flush()
         os.fsync(self.handle.fileno())
@@ -113,7 +129,7 @@ class _ImageDataset:
         return len(self.entries)
 
     def __getitem__(self, i):
-        from protloc.data.readers import load_entry
+        from protloc.data.inputs import load_entry
 
         entry = self.entries[i]
         try:
@@ -147,12 +163,20 @@ def run_batch_prediction(
     input_format: str | None = None,
     progress: bool = True,
     precision: str = "fp32",
+    pixel_size: float | None = None,
+    reader_options: dict | None = None,  # hook (issue 14): OME --channels/--projection
 ) -> BatchResult:
+    """Predict every input into ``out``. Each image is brought to the model's pixel size first: its
+    own is ``pixel_size`` (µm per pixel) when given, else what its files state or its layout implies
+    (``protloc.data.pixel_size``); one line on stderr says what was done, and each row records the
+    input's pixel size and the resize factor (``pixel_size_um``, ``scale``)."""
     import torch
     from tqdm import tqdm
 
-    from protloc.data.readers import discover_inputs
-    from protloc.predictor import load_model
+    from protloc.data.inputs import discover_inputs
+    from protloc.data.pixel_size import check_pixel_size, describe, pixel_size_of, scale_factor, warn_unknown
+    from protloc.inference.maps import write_maps
+    from protloc.inference.predictor import load_model
 
     out = Path(out)
     fmt = output_format(out)
@@ -161,7 +185,7 @@ def run_batch_prediction(
         predictor.patch_size = int(patch_size)
     if whole_image and not predictor.fully_convolutional:
         raise ProtlocError(f"{predictor.model_name} has fixed-size dense layers: --whole-image needs GapNet-PL")
-    entries = discover_inputs(list(inputs), format=input_format)
+    entries = discover_inputs(list(inputs), format=input_format, reader_options=reader_options)
     if not entries:
         raise ProtlocError("no images found in the inputs")
 
@@ -170,12 +194,22 @@ def run_batch_prediction(
     journal = out.with_name(out.name + ".journal.jsonl") if fmt == "parquet" else out
     if world > 1:
         journal = journal.with_name(f"{journal.name}.rank{rank}")
-    columns = ["id", *predictor.classes, "predicted"]
+    columns = ["id", *predictor.classes, "pixel_size_um", "scale", "predicted"]
+    if pixel_size is not None:
+        check_pixel_size(pixel_size)
+    entry_of = {e.id: e for e in entries}
+    said = warned = False
     row_format = "csv" if fmt == "csv" else "jsonl"
+    sync = None
+    if world > 1:
+        from protloc.inference.ranks import RankSync
+
+        sync = RankSync(journal, rank, world)
     writer = _RowWriter(journal, row_format, columns)
     my_entries = [e for i, e in enumerate(entries) if i % world == rank]
     todo = [e for e in my_entries if e.id not in writer.done]
     result = BatchResult(already_done=len(my_entries) - len(todo), out=final_out)
+    sources_by_id = {e.id: e.sources for e in todo}  # hook (issue 14): maps of OME-Zarr inputs go back as labels
 
     loader = torch.utils.data.DataLoader(
         _ImageDataset(todo), batch_size=1, collate_fn=_first, num_workers=workers if len(todo) > 1 else 0,
@@ -187,48 +221,53 @@ def run_batch_prediction(
             if failure is not None:
                 result.failures.append({"id": sample_id, "reason": failure})
                 continue
+            size = pixel_size_of(entry_of[sample_id].sources, *image.shape[-2:], override=pixel_size)
+            if not said:  # one line per run; an unknown pixel size is the warning below instead
+                if size.known or predictor.pixel_size_um is None:
+                    print(describe(size, predictor.pixel_size_um), file=sys.stderr)
+                said = True
+            if not size.known and not warned:
+                warn_unknown(predictor.pixel_size_um)
+                warned = True
             probs = predictor.predict_proba(image, whole_image=whole_image, tta=tta, batch_size=batch_size,
-                                            precision=precision)
+                                            precision=precision, pixel_size_um=size.um)
             predicted = predictor.predicted(probs)
             if maps_dir is not None:
-                write_maps(predictor, sample_id, image, probs, predicted, Path(maps_dir))
-            writer.write(sample_id, probs, predicted, predictor.classes)
+                write_maps(predictor, sample_id, image, probs, predicted, Path(maps_dir),
+                           sources=sources_by_id.get(sample_id))  # hook (issue 14): OME-Zarr labels
+            writer.write(sample_id, probs, predicted, predictor.classes, size.um,
+                         scale_factor(size.um, predictor.pixel_size_um))
             result.predicted += 1
     finally:
         writer.close()
+        if sync is not None:
+            sync.close()
     if result.failures:
         result.errors_file = final_out.with_name(final_out.stem + ".errors.csv" + (f".rank{rank}" if world > 1 else ""))
         with open(result.errors_file, "w", newline="") as handle:
             csv.writer(handle).writerows([["id", "reason"], *[[f["id"], f["reason"]] for f in result.failures]])
-    if world > 1:
-        _merge_ranks(final_out, journal, fmt, columns, rank, world)
+    if sync is not None:
+        sync.finish()
+        if rank == 0:
+            _merge_parts(sync.wait_for_all(), sync.base, final_out, fmt, columns)
+            sync.cleanup()
     elif fmt == "parquet":
         _journal_to_parquet(journal, final_out, columns)
     return result
 
 
-def _merge_ranks(out: Path, journal: Path, fmt: str, columns: list[str], rank: int, world: int) -> None:
-    import torch.distributed as dist
-
-    initialised_here = False
-    if not dist.is_initialized():
-        dist.init_process_group("gloo")
-        initialised_here = True
-    dist.barrier()
-    if rank == 0:
-        parts = [journal.with_name(journal.name.rsplit(".rank", 1)[0] + f".rank{r}") for r in range(world)]
-        merged = journal.with_name(journal.name.rsplit(".rank", 1)[0])
-        with open(merged, "w", newline="") as target:
-            if fmt == "csv":
-                target.write(",".join(columns) + "\n")
-            for part in parts:
-                lines = part.read_text().splitlines(keepends=True)
-                target.writelines(lines[1:] if fmt == "csv" else lines)
-        if fmt == "parquet":
-            _journal_to_parquet(merged, out, columns)
-    dist.barrier()
-    if initialised_here:
-        dist.destroy_process_group()
+def _merge_parts(parts: list[Path], merged: Path, out: Path, fmt: str, columns: list[str]) -> None:
+    """Rank 0: the ranks' rows in one file (the Parquet journal converted), written atomically."""
+    tmp = merged.with_name(merged.name + ".tmp")
+    with open(tmp, "w", newline="") as target:
+        if fmt == "csv":
+            target.write(",".join(columns) + "\n")
+        for part in parts:
+            lines = part.read_text().splitlines(keepends=True)
+            target.writelines(lines[1:] if fmt == "csv" else lines)
+    os.replace(tmp, merged)
+    if fmt == "parquet":
+        _journal_to_parquet(merged, out, columns)
 
 
 def _journal_to_parquet(journal: Path, out: Path, columns: list[str]) -> None:
@@ -240,22 +279,3 @@ def _journal_to_parquet(journal: Path, out: Path, columns: list[str]) -> None:
     tmp = out.with_name(out.name + ".tmp")
     pq.write_table(table, tmp)
     os.replace(tmp, out)
-
-
-def _safe_name(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
-
-
-def write_maps(predictor, sample_id: str, image: np.ndarray, probs: np.ndarray, predicted: list[str], folder: Path) -> list[Path]:
-    """Composite plus one overlay per predicted class (the most probable one when none passes its threshold)."""
-    from protloc import render
-
-    classes = predicted or [predictor.classes[int(np.argmax(probs))]]
-    maps = predictor.localization_maps(image, classes)
-    stem = _safe_name(sample_id)
-    composite = render.composite(image)
-    written = [render.save_png(composite, folder / f"{stem}__composite.png")]
-    for cls, heat in maps.items():
-        written.append(render.save_png(render.overlay_map(image, heat, base=composite),
-                                       folder / f"{stem}__{_safe_name(cls)}.png"))
-    return written

@@ -2,8 +2,8 @@
 
 ``FastGapNetPL(network)`` wraps a trained ``GapNetPL`` (it shares its parameters; nothing is copied
 that is not re-derived when the parameters change) and computes the same logits from a *raw* batch
-[N, 4, H, W]: the per-image, per-channel normalisation of ``protloc.inference.normalize_batch`` is
-part of it. What makes it faster, each exact in real arithmetic (measured effects in BENCHMARKS.md):
+[N, 4, H, W]: the per-image, per-channel normalisation of ``protloc.inference.normalize`` (same
+rule, same epsilon) is part of it. What makes it faster, each exact in real arithmetic (measured effects in BENCHMARKS.md):
 
 * channels-last (NHWC) activations, the layout oneDNN's convolutions are fastest in on CPU, with
   the weights converted once (not at every call) and re-derived only when a parameter changes;
@@ -32,15 +32,16 @@ from __future__ import annotations
 
 import math
 import threading
+import warnings
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from protloc.errors import ProtlocError
-
-EPS = 1e-7
-PRECISIONS = ("fp32", "bf16")
+from protloc.inference.normalization import EPSILON
+from protloc.inference.precision import check_precision
+from protloc.models.gapnet_pl import GapNetPL
 # Conv-output rows of the first convolution per strip. 64 rows of a 2048-wide image: a 129 x 2048 x 4
 # centred input strip (4 MiB) and a 64 x 1024 x 32 output strip (8 MiB), both reused from strip to
 # strip and cache-resident.
@@ -51,7 +52,8 @@ _ROW = 4096
 
 
 _compiled_selu = None
-_compiled_selu_failed = False
+# Why compiling SELU failed in this process (None: it has not failed). Tests read it.
+compiled_selu_error: str | None = None
 
 
 def _selu_flat_(values: torch.Tensor) -> torch.Tensor:
@@ -62,8 +64,8 @@ def _selu_flat_(values: torch.Tensor) -> torch.Tensor:
 def _selu_(x: torch.Tensor, compiled: bool) -> torch.Tensor:
     """SELU in place; ``compiled``: one inductor kernel over the flat storage (compiled once per
     process for any size, ~2.5x faster than ATen's elu on CPU), ATen when compilation is unavailable."""
-    global _compiled_selu, _compiled_selu_failed
-    if compiled and not _compiled_selu_failed:
+    global _compiled_selu, compiled_selu_error
+    if compiled and compiled_selu_error is None:
         if x.is_contiguous(memory_format=torch.channels_last) and x.ndim == 4:
             flat = x.permute(0, 2, 3, 1).reshape(-1)
         elif x.is_contiguous():
@@ -76,8 +78,11 @@ def _selu_(x: torch.Tensor, compiled: bool) -> torch.Tensor:
                     _compiled_selu = torch.compile(_selu_flat_, dynamic=True)
                 _compiled_selu(flat)
                 return x
-            except Exception:  # no C++ compiler, unsupported platform: ATen from now on
-                _compiled_selu_failed = True
+            except Exception as exc:  # no C++ compiler, unsupported platform: ATen from now on, said once
+                compiled_selu_error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+                warnings.warn(f"--compile-selu: compiling SELU failed ({compiled_selu_error}); GapNet-PL runs "
+                              "the uncompiled SELU from now on (same results, 5-10% slower)", RuntimeWarning,
+                              stacklevel=2)
     return F.selu(x, inplace=True)
 
 
@@ -91,27 +96,6 @@ def _max_pool2(x: torch.Tensor) -> torch.Tensor:
     rows = x.permute(0, 2, 3, 1).reshape(n, h // 2, 2, w, c)
     pairs = torch.maximum(rows[:, :, 0], rows[:, :, 1]).view(n, h // 2, w // 2, 2, c)
     return torch.maximum(pairs[:, :, :, 0], pairs[:, :, :, 1]).permute(0, 3, 1, 2)
-
-
-def is_gapnet(network: nn.Module) -> bool:
-    return all(hasattr(network, name) for name in ("blocks", "head", "conv1", "conv8", "fc1"))
-
-
-def check_precision(precision: str) -> str:
-    if precision not in PRECISIONS:
-        raise ProtlocError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-    return precision
-
-
-def bf16_supported(device: torch.device | str = "cpu") -> bool:
-    """Whether bfloat16 convolutions run natively (AVX512-BF16/AMX on CPU; Ampere or newer on CUDA)."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def _sums(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -181,7 +165,7 @@ class FastGapNetPL(nn.Module):
         first_block_fp32: bool = False,
     ) -> None:
         super().__init__()
-        if not is_gapnet(network):
+        if not isinstance(network, GapNetPL):
             raise ProtlocError(f"the fast inference path is for GapNet-PL, not {getattr(network, 'name', network)}")
         check_precision(precision)
         if strip_rows is not None and (strip_rows < 2 or strip_rows % 2):
@@ -293,7 +277,7 @@ class FastGapNetPL(nn.Module):
         weights = self._converted()
         x = x.float().contiguous()
         mean, std = image_moments(x)
-        block1, average1 = self._block1(x, mean, 1.0 / (std + EPS))
+        block1, average1 = self._block1(x, mean, 1.0 / (std + EPSILON))
 
         def conv(name: str, h: torch.Tensor, stride: int = 1) -> torch.Tensor:
             weight, bias = weights[name]
@@ -347,7 +331,7 @@ def fast_network(network: nn.Module, *, precision: str = "fp32", **options) -> n
     with the network.
     """
     check_precision(precision)
-    if not is_gapnet(network):
+    if not isinstance(network, GapNetPL):
         return None
     options = {**DEFAULT_OPTIONS, **options}
     key = (precision, tuple(sorted(options.items())))

@@ -1,4 +1,4 @@
-"""The prediction API shared by the CLI, the web platform and the expert study.
+"""The prediction API of the CLI and the web platform: a model file and the one inferer, ready to use.
 
 ``load_model("pretrained" | FILE | RUN_DIR)`` returns a ``Predictor``: the network (canonical channel
 order in, logits out) with its classes, decision thresholds and training crop size, and methods that
@@ -12,10 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 
-from protloc.checkpoint import build_network, read_model_file
+from protloc.checkpoint import build_network, model_pixel_size, read_model_file
 from protloc.errors import ProtlocError
+from protloc.inference.inferer import Inferer
+from protloc.inference.precision import check_precision
 
 DEFAULT_PATCH_SIZE = 1024
 
@@ -37,14 +38,6 @@ def resolve_model_file(spec: str | Path) -> Path:
     return path
 
 
-def _dihedral_views(image: torch.Tensor):
-    """The eight flips and 90° rotations of an image tensor [..., H, W]."""
-    for k in range(4):
-        rotated = torch.rot90(image, k, dims=(-2, -1))
-        yield rotated
-        yield torch.flip(rotated, dims=(-1,))
-
-
 @dataclass
 class Predictor:
     network: torch.nn.Module
@@ -55,6 +48,8 @@ class Predictor:
     source: dict = field(default_factory=dict)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     name: str = ""
+    pixel_size_um: float | None = None  # the pixel size the network was trained at (None: not recorded)
+    pixel_size_source: str = "unknown"
 
     @property
     def fully_convolutional(self) -> bool:
@@ -68,8 +63,12 @@ class Predictor:
         tta: bool = False,
         batch_size: int = 4,
         precision: str = "fp32",
+        pixel_size_um: float | None = None,
     ) -> np.ndarray:
         """Class probabilities [num_classes] for one raw canonical sample [4, H, W] of any size.
+
+        ``pixel_size_um``: the sample's µm per pixel; it is first rescaled to the model's pixel size
+        (``self.pixel_size_um``). None: used as it is.
 
         Default: the paper's covering patches of the training crop size, sigmoid outputs averaged.
         ``whole_image``: one pass over the whole normalised image (fully convolutional models only).
@@ -79,25 +78,19 @@ class Predictor:
         probabilities within a few hundredths, max 0.04 on the synthetic samples of BENCHMARKS.md;
         other networks run under bf16 autocast).
         """
-        from protloc.fast_inference import check_precision
-        from protloc.inference import predict_image, predict_whole
+        inferer = self.inferer(whole_image=whole_image, tta=tta, batch_size=batch_size, precision=precision)
+        return inferer(self._check_image(image), pixel_size_um)
 
+    def inferer(self, *, whole_image: bool = False, tta: bool = False, batch_size: int = 4,
+                precision: str = "fp32", on_pass=None) -> Inferer:
+        """The ``Inferer`` of this model with these options (see ``predict_proba``; ``on_pass``: see
+        ``Inferer``)."""
         check_precision(precision)
-        image = self._check_image(image)
         if whole_image and not self.fully_convolutional:
             raise ProtlocError(f"{self.model_name} has fixed-size dense layers: whole-image prediction needs patches")
-        views = _dihedral_views(torch.from_numpy(image)) if tta else [torch.from_numpy(image)]
-        results = []
-        for view in views:
-            view = np.ascontiguousarray(view.numpy())
-            if whole_image:
-                results.append(predict_whole(self.network, view, device=self.device, precision=precision))
-            else:
-                results.append(
-                    predict_image(self.network, view, self.patch_size, batch_size=batch_size, device=self.device,
-                                  precision=precision)
-                )
-        return np.mean(results, axis=0).astype(np.float32)
+        return Inferer(self.network, None if whole_image else self.patch_size, batch_size=batch_size, tta=tta,
+                       precision=precision, device=self.device, on_pass=on_pass,
+                       model_pixel_size_um=self.pixel_size_um)
 
     def predict(self, image: np.ndarray, **options) -> dict[str, float]:
         probs = self.predict_proba(image, **options)
@@ -113,7 +106,8 @@ class Predictor:
         logit with respect to each averaged feature, times that feature's map, summed over the three
         blocks). Other models: patch probabilities on a sliding grid of half-patch stride.
         """
-        from protloc.localization import class_activation_maps, sliding_window_maps
+        from protloc.inference.maps import class_activation_maps, sliding_window_maps
+        from protloc.models.gapnet_pl import GapNetPL
 
         image = self._check_image(image)
         wanted = list(classes) if classes is not None else list(self.classes)
@@ -121,10 +115,10 @@ class Predictor:
         if unknown:
             raise ProtlocError(f"unknown class {unknown[0]!r} for this model")
         indices = [self.classes.index(c) for c in wanted]
-        if hasattr(self.network, "blocks") and hasattr(self.network, "head"):
+        if isinstance(self.network, GapNetPL):
             maps = class_activation_maps(self.network, image, indices, device=self.device)
         else:
-            maps = sliding_window_maps(self.network, image, indices, self.patch_size, device=self.device)
+            maps = sliding_window_maps(Inferer(self.network, self.patch_size, device=self.device), image, indices)
         return dict(zip(wanted, maps))
 
     def _check_image(self, image: np.ndarray) -> np.ndarray:
@@ -142,6 +136,11 @@ class Predictor:
 
 def load_model(spec: str | Path = "pretrained", device: str | torch.device = "cpu") -> Predictor:
     """A ready-to-use predictor from ``pretrained``, a protloc model file or a training run folder."""
+    # --- hook (issue 14): an exported .onnx model runs through onnxruntime ---
+    if str(spec).lower().endswith(".onnx"):
+        from protloc.export.onnx_runtime import load_onnx_predictor
+        return load_onnx_predictor(spec, device=device)
+    # --- end hook ---
     path = resolve_model_file(spec)
     payload = read_model_file(path)
     device = torch.device(device)
@@ -151,6 +150,7 @@ def load_model(spec: str | Path = "pretrained", device: str | torch.device = "cp
     if len(thresholds) != len(classes):
         raise ProtlocError(f"{path}: {len(thresholds)} thresholds for {len(classes)} classes")
     label = "pretrained" if str(spec) == "pretrained" else Path(spec).name
+    pixel_size_um, pixel_size_source = model_pixel_size(payload)
     return Predictor(
         network=network,
         classes=classes,
@@ -160,4 +160,6 @@ def load_model(spec: str | Path = "pretrained", device: str | torch.device = "cp
         source={**payload.get("source", {}), "channels": payload["channels"], "file": str(path)},
         device=device,
         name=f"{payload['model']} ({label})",
+        pixel_size_um=pixel_size_um,
+        pixel_size_source=pixel_size_source,
     )

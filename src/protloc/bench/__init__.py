@@ -1,0 +1,80 @@
+"""protloc's benchmarks: each figure against a baseline measured in the same run, reported as a ratio.
+
+Run with ``protloc bench`` (installed with the package: ``protloc.bench``); sections:
+
+* ``inference``: GapNet-PL on a 2048² four-channel image, as four 1024² patches and as one whole
+  image, fp32 and bf16, each lever of ``protloc.models.gapnet_pl_fast`` switched off in turn; baseline: the
+  plain eager NCHW fp32 forward (``network(normalize(x))``) on the four patches. Outputs are
+  compared with the baseline's (max logit difference, relative), and bf16's predicted classes with
+  fp32's on synthetic samples. ``--tf-result`` adds the authors' TensorFlow graph
+  (``tools/tf_benchmark.py``, run in a separate process and environment) to the same table.
+* ``training``: one optimiser step (forward, loss, backward, SGD) per network on CPU-sized crops;
+  baseline: eager NCHW fp32; against channels-last and bf16 autocast.
+* ``data``: random training crops per second from the prepared memory-mapped cache against decoding
+  the TIFF files for every crop.
+* ``platform``: the web platform under concurrent requests (``protloc serve`` in its own process on loopback):
+  latency and throughput; baseline: one request at a time.
+* ``scaling``: whole-image inference time and peak memory from 1024² to 4096², training step time and
+  peak memory by batch size, each point in its own subprocess (peak RSS from ``ru_maxrss``).
+* ``onnxruntime``: the ONNX export of GapNet-PL run by onnxruntime against the fast fp32 path, same
+  Predictor call and threads, on the inference section's image (``protloc.bench.onnx_runtime``).
+
+Timings interleave the variants round-robin (each round runs every variant once), so a load change
+on a shared machine hits all of them alike; the table reports the best round and the median.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from protloc.bench.common import SECTIONS, Progress, Settings, machine_info
+from protloc.bench.report import markdown
+
+__all__ = ["SECTIONS", "Settings", "markdown", "parse_sections", "run"]
+
+STEPS = {"inference": 40, "training": 30, "data": 12, "platform": 5, "scaling": 20, "onnxruntime": 10}
+
+
+def run(sections: list[str], settings: Settings) -> dict:
+    import torch
+    from tqdm.auto import tqdm
+
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    started = time.strftime("%Y-%m-%dT%H:%M:%S")
+    results: dict = {"protloc_bench": 1, "quick": settings.quick, "started": started, "machine": machine_info(),
+                     "command": "protloc bench " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["bench"] else sys.argv[1:]),
+                     "sections": {}}
+    from protloc.bench.inference import inference_section
+    from protloc.bench.platform import platform_section
+    from protloc.bench.scaling import scaling_section
+    from protloc.bench.training import data_section, training_section
+
+    functions = {"inference": inference_section, "training": training_section, "data": data_section,
+                 "platform": platform_section, "scaling": scaling_section}
+    if "onnxruntime" in sections:  # needs the formats extra
+        from protloc.bench.onnx_runtime import onnxruntime_section
+
+        functions["onnxruntime"] = onnxruntime_section
+    total = sum(STEPS[s] for s in sections)
+    with tqdm(total=total, desc="bench", unit="step", disable=not settings.progress, file=sys.stderr) as bar:
+        progress = Progress(bar)
+        for section in sections:
+            start = time.perf_counter()
+            results["sections"][section] = functions[section](settings, progress)
+            results["sections"][section]["seconds"] = round(time.perf_counter() - start, 1)
+    results["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    results["machine"]["load_average_at_end"] = list(os.getloadavg())
+    return results
+
+
+def parse_sections(text: str) -> list[str]:
+    from protloc.errors import ProtlocError
+
+    sections = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [s for s in sections if s not in SECTIONS]
+    if unknown or not sections:
+        raise ProtlocError(f"unknown section {unknown[0] if unknown else text!r}; choose from {', '.join(SECTIONS)}")
+    return sections

@@ -1,0 +1,170 @@
+"""The HTTP API under /api/v1 (and /health): each route is a thin call into ``Platform``.
+
+The OpenAPI schema says what each route really answers: the 4xx answers with their reason
+(``{"detail": ...}``), ``text/csv`` for the exports and ``image/png`` for the images, so a client
+generated from /openapi.json handles them.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
+
+from protloc import __version__
+from protloc.data.channels import CHANNELS
+from protloc.web import db
+from protloc.web.auth import viewer_of
+from protloc.web.service import MAX_OFFSET, MB, Platform, Viewer, owner_of, results_csv
+from protloc.web.storage import ReceivedForm, UploadError, stream_multipart
+
+log = logging.getLogger("protloc.web")
+
+
+class ErrorAnswer(BaseModel):
+    """Why a request was refused: one line, or FastAPI's list of invalid parameters."""
+
+    detail: str | list[dict]
+
+
+def errors(*statuses: int) -> dict:
+    reasons = {
+        401: "no valid API token, or a revoked one (only when the server requires tokens)",
+        400: "malformed request (not multipart/form-data, too many files, a bad zip member)",
+        404: "no such submission, batch or image (or another user's: they are not told apart)",
+        413: "over a size limit: bytes per upload, pixels per image, a zip's unpacked size",
+        415: "not an image (or, for a batch, not a zip)",
+        422: "invalid parameters or content: unknown model or channel, channels of different sizes, ...",
+    }
+    # The schema inline, not as "model": FastAPI would give a model the route's own media type (text/csv, image/png).
+    content = {"application/json": {"schema": ErrorAnswer.model_json_schema()}}
+    return {status: {"content": content, "description": reasons[status]} for status in (401, *statuses)}
+
+
+class CSVResponse(Response):
+    media_type = "text/csv"
+
+
+class PNGResponse(FileResponse):
+    media_type = "image/png"
+
+
+CSV_CONTENT = {200: {"content": {"text/csv": {"schema": {"type": "string"}}}, "description": "CSV, one row per submission"}}
+PNG_CONTENT = {200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}, "description": "PNG image"}}
+MULTIPART_SAMPLE = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object",
+    "properties": {
+        "files": {"type": "array", "items": {"type": "string", "format": "binary"},
+                  "description": "four channel files (HPA names *_blue/_red/_yellow/_green) or one four-channel TIFF/NPZ"},
+        "channels": {"type": "array", "items": {"type": "string"},
+                     "description": "optional, one per file in order: nucleus|microtubules|er|protein (or blue|red|yellow|green)"},
+        "model": {"type": "string", "description": "model key from GET /api/v1/models"},
+    },
+    "required": ["files"],
+}}}}}
+MULTIPART_ZIP = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object",
+    "properties": {"file": {"type": "string", "format": "binary", "description": "zip of samples"},
+                   "model": {"type": "string"}},
+    "required": ["file"],
+}}}}}
+
+
+async def receive_form(request: Request, platform: Platform, limit: int, max_files: int) -> ReceivedForm:
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > limit + 64 * 1024:
+        raise UploadError(413, f"upload of {int(length) / MB:.1f} MB exceeds the limit of {limit / MB:g} MB")
+    try:
+        return await stream_multipart(request.headers.get("content-type"), request.stream(), platform.store, limit, max_files)
+    except ClientDisconnect:
+        # Nothing was kept (stream_multipart removed its temporary files); one line, not a traceback.
+        client = f"{request.client.host}:{request.client.port}" if request.client else "a client"
+        log.warning("%s disconnected during the upload to %s; nothing stored", client, request.url.path)
+        raise UploadError(400, "client disconnected during the upload") from None
+
+
+def text_query():
+    return Query(None, description="text in a submission's name or the start of its id (matched literally)")
+
+
+def class_query():
+    return Query(None, alias="class", description="a predicted class")
+
+
+def api_router(platform: Platform) -> APIRouter:
+    settings = platform.settings
+    router = APIRouter()
+
+    @router.get("/health", tags=["service"])
+    def health() -> dict:
+        return {"status": "ok", "version": __version__, "models": len(platform.predictors),
+                "worker": "running" if platform.worker.alive else "off", "queue": platform.worker.pending()}
+
+    @router.get("/api/v1/models", tags=["models"], responses=errors())
+    def list_models() -> dict:
+        return {"models": [platform.model_info(key) for key in platform.predictors], "default": platform.default_model}
+
+    @router.post("/api/v1/predictions", status_code=202, tags=["predictions"], openapi_extra=MULTIPART_SAMPLE,
+                 responses=errors(400, 413, 415, 422))
+    async def create_prediction(request: Request, viewer: Viewer | None = Depends(viewer_of)) -> dict:
+        """Upload one sample; returns its id at once, the prediction runs in the background."""
+        form = await receive_form(request, platform, settings.max_upload_bytes, max_files=len(CHANNELS))
+        submission_id = await run_in_threadpool(platform.create_submission, form, owner_id=owner_of(viewer))
+        return {"id": submission_id, "status": db.QUEUED, "url": f"/api/v1/predictions/{submission_id}",
+                "page": f"/submissions/{submission_id}"}
+
+    @router.get("/api/v1/predictions", tags=["predictions"], responses=errors(422))
+    def list_predictions(q: str | None = text_query(), cls: str | None = class_query(), status: str | None = None,
+                         limit: int = Query(50, ge=1, le=1000), offset: int = Query(0, ge=0, le=MAX_OFFSET),
+                         viewer: Viewer | None = Depends(viewer_of)) -> dict:
+        total, items = platform.list_submissions(q, cls, status, limit, offset, viewer)
+        return {"total": total, "items": items}
+
+    @router.get("/api/v1/predictions/export.csv", tags=["predictions"], response_class=CSVResponse,
+                responses={**CSV_CONTENT, **errors(422)})
+    def export_predictions(q: str | None = text_query(), cls: str | None = class_query(), status: str | None = None,
+                           viewer: Viewer | None = Depends(viewer_of)):
+        _, items = platform.list_submissions(q, cls, status, 100_000, 0, viewer)
+        return CSVResponse(results_csv(items), headers={"Content-Disposition": 'attachment; filename="protloc-results.csv"'})
+
+    @router.get("/api/v1/predictions/{submission_id}", tags=["predictions"], responses=errors(404))
+    def get_prediction(submission_id: str, viewer: Viewer | None = Depends(viewer_of)) -> dict:
+        return platform.get_submission(submission_id, viewer)
+
+    @router.get("/api/v1/predictions/{submission_id}/result.json", tags=["predictions"], responses=errors(404))
+    def download_json(submission_id: str, viewer: Viewer | None = Depends(viewer_of)) -> dict:
+        data = platform.get_submission(submission_id, viewer)
+        return JSONResponse(data, headers={"Content-Disposition": f'attachment; filename="protloc-{submission_id}.json"'})
+
+    @router.get("/api/v1/predictions/{submission_id}/result.csv", tags=["predictions"], response_class=CSVResponse,
+                responses={**CSV_CONTENT, **errors(404)})
+    def download_csv(submission_id: str, viewer: Viewer | None = Depends(viewer_of)):
+        data = platform.get_submission(submission_id, viewer)
+        return CSVResponse(results_csv([data]), headers={"Content-Disposition": f'attachment; filename="protloc-{submission_id}.csv"'})
+
+    @router.get("/api/v1/predictions/{submission_id}/images/{name}", tags=["predictions"], response_class=PNGResponse,
+                responses={**PNG_CONTENT, **errors(404)})
+    def prediction_image(submission_id: str, name: str, viewer: Viewer | None = Depends(viewer_of)):
+        return PNGResponse(platform.submission_image(submission_id, name, viewer))
+
+    @router.post("/api/v1/batches", status_code=202, tags=["batches"], openapi_extra=MULTIPART_ZIP,
+                 responses=errors(400, 413, 415, 422))
+    async def create_batch(request: Request, viewer: Viewer | None = Depends(viewer_of)) -> dict:
+        """Upload a zip of many samples (channel files named <id>_<colour>.<ext>, or multi-channel files)."""
+        form = await receive_form(request, platform, settings.max_batch_bytes, max_files=1)
+        batch_id = await run_in_threadpool(platform.batches.create, form, owner_of(viewer))
+        return {"id": batch_id, "url": f"/api/v1/batches/{batch_id}", "page": f"/batches/{batch_id}"}
+
+    @router.get("/api/v1/batches/{batch_id}", tags=["batches"], responses=errors(404))
+    def get_batch(batch_id: str, viewer: Viewer | None = Depends(viewer_of)) -> dict:
+        return platform.batches.get(batch_id, viewer)
+
+    @router.get("/api/v1/worker", tags=["service"], responses=errors())
+    def worker_stats() -> dict:
+        return {"alive": platform.worker.alive, "queue": platform.worker.pending(), **platform.worker.stats.to_dict()}
+
+    return router

@@ -1,0 +1,359 @@
+"""The platform's logic, without HTTP: settings, models, submissions, listing and the CSV export.
+
+``Platform`` is what the routers call; it knows nothing of FastAPI. Bad input raises
+``UploadError(status, reason)`` (``NotFound`` for an unknown id), which the application turns into
+an HTTP answer with that status and reason.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy import func, or_, select
+
+from protloc.data.channels import CHANNELS
+from protloc.data.limits import DEFAULT_MAX_PIXELS
+from protloc.errors import ProtlocError
+from protloc.web import db
+from protloc.web.storage import (
+    BlobStore,
+    ReceivedFile,
+    ReceivedForm,
+    UploadError,
+    assemble_sample,
+    channel_from_filename,
+    decode_channel,
+    decode_multichannel,
+    normalise_channel_name,
+    shared_sample_id,
+)
+from protloc.web.worker import PredictionWorker
+
+MB = 1 << 20
+# SQLite (and PostgreSQL's BIGINT) hold signed 64-bit integers: a larger OFFSET is an overflow, not a query.
+MAX_OFFSET = 2**63 - 1
+
+
+class NotFound(UploadError):
+    def __init__(self, reason: str) -> None:
+        super().__init__(404, reason)
+
+
+@dataclass(frozen=True)
+class Viewer:
+    """Who is asking: a user sees their own submissions and batches, an admin everyone's.
+
+    No viewer at all (``None``) is a server without tokens: one user, who sees everything.
+    """
+
+    user_id: int | None
+    name: str
+    admin: bool = False
+
+    def sees(self, owner_id: int | None) -> bool:
+        return self.admin or (owner_id is not None and owner_id == self.user_id)
+
+
+def visible(owner_id: int | None, viewer: Viewer | None) -> bool:
+    return viewer is None or viewer.sees(owner_id)
+
+
+def owner_of(viewer: Viewer | None) -> int | None:
+    return viewer.user_id if viewer is not None else None
+
+
+@dataclass
+class WebSettings:
+    """Everything ``create_app`` needs; ``protloc serve`` fills it from the command line."""
+
+    models: list[str] = field(default_factory=lambda: ["pretrained"])  # specs for protloc.load_model
+    predictors: dict | None = None  # already loaded predictors by key (skips ``models``)
+    data_dir: Path = Path("protloc-data")
+    database_url: str | None = None  # default: sqlite file in data_dir
+    auth_tokens: list[str] = field(default_factory=list)  # accepted bearer tokens besides the tokens table
+    require_auth: bool = False  # tokens table only (no --auth-token given)
+    max_upload_bytes: int = 512 * MB  # per sample (one request)
+    max_batch_bytes: int = 8192 * MB  # a zip upload, and its total uncompressed size
+    max_zip_ratio: float = 100.0  # uncompressed / compressed size of a batch zip (zip bombs stop here)
+    max_pixels: int = DEFAULT_MAX_PIXELS  # per channel plane: decompression bombs stop here
+    run_worker: bool = True  # False: accept and queue only (a later server with a worker runs them)
+    max_batch_patches: int = 64
+    linger_seconds: float = 0.02
+    device: str = "cpu"
+    expert_study: Path | None = None  # an expert-study folder: its annotation pages are mounted at /expert
+    expert_db_url: str | None = None  # its answer database (default: the study's own)
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.auth_tokens) or self.require_auth
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(Path(self.data_dir) / 'protloc.db').resolve()}"
+
+
+def model_key_for(spec: str, taken: set[str]) -> str:
+    base = "pretrained" if spec == "pretrained" else (Path(spec).stem if Path(spec).suffix else Path(spec).name)
+    base = "".join(c if c.isalnum() or c in "-_." else "-" for c in base) or "model"
+    key, n = base, 2
+    while key in taken:
+        key, n = f"{base}-{n}", n + 1
+    return key
+
+
+def load_predictors(specs: list[str], device: str = "cpu") -> dict:
+    from protloc import load_model
+
+    if not specs:
+        raise ProtlocError("give at least one --model")
+    predictors: dict = {}
+    for spec in specs:
+        key = model_key_for(str(spec), set(predictors))
+        predictor = load_model(spec, device=device)
+        predictor.web_source = str(spec)
+        predictors[key] = predictor
+    return predictors
+
+
+class Platform:
+    """The state behind one application: settings, database, file store, models and worker."""
+
+    def __init__(self, settings: WebSettings) -> None:
+        from protloc.web.batches import Batches
+
+        self.settings = settings
+        Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
+        self.store = BlobStore(settings.data_dir)
+        self.store.clean_tmp()
+        self.sessions = db.open_database(settings.resolved_database_url())
+        self.predictors = settings.predictors if settings.predictors is not None else load_predictors(settings.models, settings.device)
+        if not self.predictors:
+            raise ProtlocError("no model loaded")
+        self.default_model = next(iter(self.predictors))
+        self._record_models()
+        self.worker = PredictionWorker(
+            self.predictors, self.sessions, self.store,
+            max_batch_patches=settings.max_batch_patches, linger_seconds=settings.linger_seconds,
+        )
+        self.batches = Batches(self)
+        # Tokens are required when the command line asks for them or the database holds any
+        # (users made with --create-user): a server with users never opens to everyone by omission.
+        self.auth_required = settings.auth_enabled or db.holds_tokens(self.sessions)
+
+    def _record_models(self) -> None:
+        with self.sessions.begin() as session:
+            for key, predictor in self.predictors.items():
+                row = session.get(db.ModelRecord, key) or db.ModelRecord(key=key)
+                row.name = getattr(predictor, "name", key) or key
+                row.source = getattr(predictor, "web_source", None) or str(predictor.source.get("file", ""))
+                row.classes = list(predictor.classes)
+                row.patch_size = int(predictor.patch_size)
+                row.last_loaded_at = db.utcnow()
+                session.add(row)
+
+    def model_info(self, key: str) -> dict:
+        predictor = self.predictors[key]
+        return {
+            "key": key,
+            "name": getattr(predictor, "name", key),
+            "architecture": getattr(predictor, "model_name", ""),
+            "classes": list(predictor.classes),
+            "thresholds": [float(t) for t in predictor.thresholds],
+            "patch_size": int(predictor.patch_size),
+            "default": key == self.default_model,
+        }
+
+    def model_key(self, form: ReceivedForm) -> str:
+        model_key = (form.value("model") or self.default_model).strip()
+        if model_key not in self.predictors:
+            raise UploadError(422, f"unknown model {model_key!r}; choose one of {', '.join(self.predictors)}")
+        return model_key
+
+    # -- submissions ------------------------------------------------------------------------------
+    def create_submission(self, form: ReceivedForm, batch_id: str | None = None, sample_name: str | None = None,
+                          owner_id: int | None = None) -> str:
+        """Validate a received sample completely, then store it and its row in one step.
+
+        Runs in a worker thread (decoding is CPU work). On any UploadError the temporary files are
+        removed and nothing is written to the database.
+        """
+        try:
+            model_key = self.model_key(form)
+            files = form.files
+            if not files:
+                raise UploadError(422, "no image file in the request (send four channel files or one four-channel TIFF/NPZ)")
+            entries: list[dict]
+            if len(files) == 1:
+                image = decode_multichannel(files[0], self.settings.max_pixels)
+                input_kind = "multichannel"
+                entries = [{"filename": files[0].filename, "sha256": files[0].sha256, "kind": files[0].kind, "channel": None}]
+            elif len(files) == len(CHANNELS):
+                channels = self._assign_channels(files, form.fields.get("channels", []))
+                planes = {}
+                for received, channel in zip(files, channels):
+                    planes[channel] = decode_channel(received, channel, self.settings.max_pixels)
+                image = assemble_sample(planes, {c: f.filename for f, c in zip(files, channels)})
+                input_kind = "channels"
+                entries = [
+                    {"filename": f.filename, "sha256": f.sha256, "kind": f.kind, "channel": c}
+                    for f, c in zip(files, channels)
+                ]
+            else:
+                raise UploadError(
+                    422,
+                    f"wrong channel count: got {len(files)} files; send {len(CHANNELS)} channel files "
+                    f"({', '.join(CHANNELS)}) or one four-channel TIFF/NPZ",
+                )
+            height, width = int(image.shape[1]), int(image.shape[2])
+            for received in files:
+                self.store.keep(received)
+        except BaseException:
+            form.discard()
+            raise
+        names = [e["filename"] for e in entries]
+        # HPA's four files of one sample are named by it: 57639_1283_B2_10_blue.jpg ... -> 57639_1283_B2_10
+        filenames = sample_name or (input_kind == "channels" and shared_sample_id(names)) or " ".join(names)
+        with self.sessions.begin() as session:
+            row = db.Submission(
+                model_key=model_key, input_kind=input_kind, files=entries, filenames=filenames, owner_id=owner_id,
+                height=height, width=width, batch_id=batch_id, status=db.QUEUED,
+            )
+            session.add(row)
+            session.flush()
+            submission_id = row.id
+        if self.settings.run_worker:
+            self.worker.submit(submission_id)
+        return submission_id
+
+    @staticmethod
+    def _assign_channels(files: list[ReceivedFile], given: list[str]) -> list[str]:
+        if given and len(given) != len(files):
+            raise UploadError(422, f"{len(given)} channel names for {len(files)} files")
+        channels = []
+        for index, received in enumerate(files):
+            explicit = given[index].strip() if given else ""
+            if explicit:
+                channel = normalise_channel_name(explicit)
+                if channel is None:
+                    raise UploadError(422, f"unknown channel {explicit!r} for {received.filename} (use {', '.join(CHANNELS)} or HPA colours)")
+            else:
+                channel = channel_from_filename(received.filename)
+                if channel is None:
+                    raise UploadError(
+                        422,
+                        f"cannot tell the channel of {received.filename}: name it *_blue/_red/_yellow/_green "
+                        "or send a 'channels' field per file",
+                    )
+            channels.append(channel)
+        if sorted(channels) != sorted(CHANNELS):
+            doubled = sorted({c for c in channels if channels.count(c) > 1})
+            raise UploadError(422, f"each channel once please: {', '.join(doubled)} given twice, "
+                              f"{', '.join(c for c in CHANNELS if c not in channels)} missing")
+        return channels
+
+    def submission_dict(self, row: db.Submission) -> dict:
+        base = f"/api/v1/predictions/{row.id}"
+        data = {
+            "id": row.id,
+            "status": row.status,
+            "model": row.model_key,
+            "created_at": row.created_at.isoformat() + "Z",
+            "finished_at": row.finished_at.isoformat() + "Z" if row.finished_at else None,
+            "filenames": [entry["filename"] for entry in row.files],
+            "name": row.filenames,
+            "input_kind": row.input_kind,
+            "height": row.height,
+            "width": row.width,
+            "batch_id": row.batch_id,
+            "error": row.error,
+            "links": {"self": base, "page": f"/submissions/{row.id}", "csv": f"{base}/result.csv", "json": f"{base}/result.json"},
+        }
+        result = row.result
+        if row.status == db.DONE and result is not None:
+            order = sorted(range(len(result.classes)), key=lambda i: -result.probabilities[i])
+            data.update(
+                classes=list(result.classes),
+                probabilities={result.classes[i]: result.probabilities[i] for i in order},
+                thresholds={c: t for c, t in zip(result.classes, result.thresholds)},
+                predicted=list(result.predicted),
+                seconds=round(result.seconds, 4),
+                images={
+                    "composite": f"{base}/images/composite.png",
+                    "channels": {c: f"{base}/images/channel-{c}.png" for c in CHANNELS},
+                },
+                maps={c: f"{base}/images/map-{result.classes.index(c)}.png" for c in result.maps},
+            )
+        return data
+
+    def get_submission(self, submission_id: str, viewer: Viewer | None = None) -> dict:
+        with self.sessions() as session:
+            row = session.get(db.Submission, submission_id)
+            if row is None or not visible(row.owner_id, viewer):  # another's is as absent as none: 404
+                raise NotFound(f"no submission {submission_id!r}")
+            return self.submission_dict(row)
+
+    def submission_image(self, submission_id: str, name: str, viewer: Viewer | None = None) -> Path:
+        allowed = {"composite.png"} | {f"channel-{c}.png" for c in CHANNELS}
+        if name not in allowed and not (name.startswith("map-") and name.endswith(".png") and name[4:-4].isdigit()):
+            raise NotFound(f"no image {name!r}")
+        if not submission_id.isalnum():
+            raise NotFound(f"no submission {submission_id!r}")
+        if viewer is not None:
+            with self.sessions() as session:
+                owner = session.scalar(select(db.Submission.owner_id).where(db.Submission.id == submission_id))
+            if not viewer.sees(owner):
+                raise NotFound(f"no submission {submission_id!r}")
+        path = self.store.render_dir(submission_id) / name
+        if not path.is_file():
+            raise NotFound("image not available (yet)")
+        return path
+
+    def list_submissions(self, q: str | None, cls: str | None, status: str | None, limit: int, offset: int,
+                         viewer: Viewer | None = None) -> tuple[int, list[dict]]:
+        if not 0 <= offset <= MAX_OFFSET:
+            raise UploadError(422, f"offset must lie between 0 and {MAX_OFFSET}")
+        with self.sessions() as session:
+            query = select(db.Submission).outerjoin(db.Result)
+            if viewer is not None and not viewer.admin:
+                query = query.where(db.Submission.owner_id == viewer.user_id)
+            if q:
+                # autoescape: '%' and '_' in a search are characters to find, not LIKE wildcards
+                needle = q.strip()
+                query = query.where(or_(db.Submission.id.startswith(needle.lower(), autoescape=True),
+                                        db.Submission.filenames.contains(needle, autoescape=True)))
+            if cls:
+                query = query.where(db.Result.predicted_text.contains(f"|{cls}|", autoescape=True))
+            if status:
+                query = query.where(db.Submission.status == status)
+            total = session.scalar(select(func.count()).select_from(query.subquery()))
+            rows = session.scalars(query.order_by(db.Submission.created_at.desc()).limit(limit).offset(offset)).all()
+            return int(total or 0), [self.submission_dict(row) for row in rows]
+
+
+# A spreadsheet runs a cell that starts with one of these as a formula (OWASP "CSV injection").
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(text: str) -> str:
+    """A text cell a spreadsheet shows as text: a leading quote defuses a formula."""
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
+
+
+def results_csv(items: list[dict]) -> str:
+    classes: list[str] = []
+    for item in items:
+        for cls in item.get("classes", []):
+            if cls not in classes:
+                classes.append(cls)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["id", "name", "model", "status", "created_at", "predicted"] + [spreadsheet_safe(c) for c in classes])
+    for item in items:
+        probs = item.get("probabilities", {})
+        text = [item["id"], item["name"], item["model"], item["status"], item["created_at"], ";".join(item.get("predicted", []))]
+        writer.writerow([spreadsheet_safe(str(cell)) for cell in text] + [f"{probs[c]:.6f}" if c in probs else "" for c in classes])
+    return buffer.getvalue()

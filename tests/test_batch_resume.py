@@ -1,0 +1,92 @@
+"""Resuming an interrupted ``protloc predict``: whatever byte a crash cut the output at, every image
+ends up predicted exactly once (issue 11, defect 1).
+
+Hundreds of resumed runs: the model is loaded once and its forward replaced by a cheap deterministic
+function of the image, so each run costs milliseconds; the bookkeeping under test is the real one.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from protloc.checkpoint import save_model_file
+from protloc.inference import predictor as predictor_module
+from protloc.inference.batch import run_batch_prediction
+from protloc.labels import HPA13
+from protloc.models import create_model
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> tuple[Path, Path, list[str]]:
+    root = tmp_path_factory.mktemp("resume")
+    torch.manual_seed(0)
+    model = root / "tiny.pt"
+    save_model_file(model, create_model("gapnet-pl"), model_name="gapnet-pl", classes=HPA13.classes,
+                    label_set="hpa13", crop_size=32, thresholds=[0.5] * 13)
+    folder = root / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    ids = ["s1", "s2", "s3"]
+    for sample_id in ids:
+        np.savez(folder / f"{sample_id}.npz", sample=rng.integers(0, 255, (36, 36, 4), dtype=np.uint8))
+    return model, folder, ids
+
+
+@pytest.fixture
+def cheap_model(monkeypatch, inputs):
+    predictor = predictor_module.load_model(inputs[0])
+
+    def probabilities(image, **_options):
+        means = image.reshape(image.shape[0], -1).mean(axis=1) / 255.0
+        return np.resize(means, len(predictor.classes)).astype(np.float32)
+
+    predictor.predict_proba = probabilities
+    monkeypatch.setattr(predictor_module, "load_model", lambda *_args, **_kwargs: predictor)
+
+
+def ids_in(path: Path) -> list[str]:
+    text = path.read_text()
+    if path.suffix == ".csv":
+        return [row[0] for row in list(csv.reader(io.StringIO(text)))[1:]]
+    return [json.loads(line)["id"] for line in text.splitlines()]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_a_cut_at_any_byte_of_the_last_row_loses_and_repeats_nothing(inputs, cheap_model, tmp_path, suffix):
+    model, folder, ids = inputs
+    out = tmp_path / f"pred{suffix}"
+    options = dict(workers=0, progress=False)
+    assert run_batch_prediction([str(folder)], str(model), out, **options).predicted == 3
+    complete = out.read_bytes()
+    assert sorted(ids_in(out)) == ids
+    last_row = complete.rindex(b"\n", 0, len(complete) - 1) + 1
+    cuts = range(last_row, len(complete))  # from the whole row gone to only its newline missing
+    assert len(cuts) > 100
+    for cut in cuts:
+        out.write_bytes(complete[:cut])
+        result = run_batch_prediction([str(folder)], str(model), out, **options)
+        assert (result.predicted, result.already_done) == (1, 2), f"cut at byte {cut}"
+        assert sorted(ids_in(out)) == ids, f"cut at byte {cut}"
+        assert out.read_bytes() == complete, f"cut at byte {cut}"
+
+
+def test_a_cut_header_or_first_row_starts_over(inputs, tmp_path):
+    """With the real network."""
+    model, folder, ids = inputs
+    out = tmp_path / "pred.csv"
+    run_batch_prediction([str(folder)], str(model), out, workers=0, progress=False)
+    complete = out.read_bytes()
+    header_end = complete.index(b"\n") + 1
+    first_row_end = complete.index(b"\n", header_end) + 1
+    for cut in (1, header_end - 1, header_end, header_end + 5, first_row_end - 1):
+        out.write_bytes(complete[:cut])
+        result = run_batch_prediction([str(folder)], str(model), out, workers=0, progress=False)
+        assert result.predicted + result.already_done == 3
+        assert sorted(ids_in(out)) == ids, f"cut at byte {cut}"
