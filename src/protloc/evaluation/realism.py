@@ -240,7 +240,7 @@ def run_realism(out: str | Path, *, published=None, trained=None, real: str | Pa
     """Run the measurements whose inputs are given; write ``realism.json``, ``realism.md`` and a PNG."""
     from protloc.data.synth import PIXEL_SIZE_UM
     from protloc.evaluation.report import write_json, write_text_atomic
-    from protloc.predictor import load_model
+    from protloc.inference.predictor import load_model
 
     if published is None and trained is None:
         raise ProtlocError("nothing to measure: give the published weights and/or a synthetic-trained model")
