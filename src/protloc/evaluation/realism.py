@@ -10,7 +10,7 @@
 
 The real set is a measurement only: nothing here, in the generator or in the demo was tuned on it.
 Kaggle's labels come from a later HPA release than the Cyto 2017 data of the published weights,
-and mapping 28 classes onto 13 is a choice (``KAGGLE28_TO_HPA13``), not a fact of the source.
+and mapping 28 classes onto 13 is a choice (``labelsets/kaggle28-to-hpa13.json``), not a fact of the source.
 """
 
 from __future__ import annotations
@@ -33,31 +33,17 @@ PUBLISHED_PIXEL_SIZE_UM = 0.08
 KAGGLE_PNG_PIXEL_SIZE_UM = 0.32
 MIN_POSITIVES = 5  # classes with fewer positive real fields are listed but left out of the headline mean
 
-# Kaggle 2018's 28 classes onto the paper's 13. Kept here until the shared mapping file lands in
-# src/protloc/labelsets/ (another branch): the lead points ``kaggle_to_hpa13`` at it then.
-# Sub-compartments go to the compartment that holds them in HPA's hierarchy; Kaggle classes without
-# a Cyto 2017 counterpart go to the nearest one (vesicle-like bodies to Vesicles, cytoplasmic
-# aggregates to Cytosol, microtubule structures to Microtubules, MTOC to Centrosome).
-KAGGLE28_TO_HPA13: dict[str, str] = {
-    "Nucleoplasm": "Nucleus", "Nuclear membrane": "Nuclear membrane", "Nucleoli": "Nucleoli",
-    "Nucleoli fibrillar center": "Nucleoli", "Nuclear speckles": "Nucleus", "Nuclear bodies": "Nucleus",
-    "Endoplasmic reticulum": "Endoplasmic reticulum", "Golgi apparatus": "Golgi apparatus",
-    "Peroxisomes": "Vesicles", "Endosomes": "Vesicles", "Lysosomes": "Vesicles",
-    "Intermediate filaments": "Intermediate filaments", "Actin filaments": "Actin filaments",
-    "Focal adhesion sites": "Actin filaments", "Microtubules": "Microtubules",
-    "Microtubule ends": "Microtubules", "Cytokinetic bridge": "Microtubules", "Mitotic spindle": "Microtubules",
-    "Microtubule organizing center": "Centrosome", "Centrosome": "Centrosome", "Lipid droplets": "Vesicles",
-    "Plasma membrane": "Plasma membrane", "Cell junctions": "Plasma membrane", "Mitochondria": "Mitochondria",
-    "Aggresome": "Cytosol", "Cytosol": "Cytosol", "Cytoplasmic bodies": "Cytosol", "Rods & rings": "Cytosol",
-}
+# Kaggle 2018's 28 classes onto the paper's 13: the shared mapping file
+# src/protloc/labelsets/kaggle28-to-hpa13.json (each line says why; five classes are dropped). A real
+# field left without any mapped class is left out and counted.
+MAPPING = "kaggle28-to-hpa13"
 
 
-def kaggle_to_hpa13() -> list[int]:
-    """For each of Kaggle's 28 class indices, the index of its HPA13 class."""
-    from protloc.labels import load_label_set
+def kaggle_to_hpa13() -> list[int | None]:
+    """For each of Kaggle's 28 class indices, the index of its HPA13 class (None: dropped)."""
+    from protloc.labels import load_label_mapping
 
-    kaggle = load_label_set("kaggle28")
-    return [HPA13.index(KAGGLE28_TO_HPA13[name]) for name in kaggle.classes]
+    return list(load_label_mapping(MAPPING).targets)
 
 
 def rescale(image: np.ndarray, factor: float) -> np.ndarray:
@@ -77,6 +63,7 @@ class RealSet:
     ids: list[str]
     sources: list[dict[str, str]]
     labels: np.ndarray  # [n, 13] HPA13 targets after the mapping
+    left_out: list[str]  # fields whose classes were all dropped by the mapping
 
 
 def read_real_set(root: str | Path) -> RealSet:
@@ -88,13 +75,17 @@ def read_real_set(root: str | Path) -> RealSet:
     if not table.is_file():
         raise ProtlocError(f"{root}: no train.csv (Id,Target): not a Kaggle-layout real set")
     mapping = kaggle_to_hpa13()
-    ids, sources, labels = [], [], []
+    ids, sources, labels, left_out = [], [], [], []
     with table.open(newline="") as handle:
         for row in csv.DictReader(handle):
             try:
                 targets = [mapping[int(t)] for t in row["Target"].split()]
-            except (KeyError, ValueError, IndexError):
+            except (KeyError, ValueError, IndexError, TypeError, AttributeError):
                 raise ProtlocError(f"{table}: bad row {row}") from None
+            targets = [t for t in targets if t is not None]
+            if not targets:
+                left_out.append(row["Id"])
+                continue
             files = {ch: str(root / "train" / f"{row['Id']}_{colour}.png") for ch, colour in COLOUR_OF_CHANNEL.items()}
             missing = [p for p in files.values() if not Path(p).is_file()]
             if missing:
@@ -104,7 +95,7 @@ def read_real_set(root: str | Path) -> RealSet:
             labels.append(HPA13.vector(targets))
     if not ids:
         raise ProtlocError(f"{table}: no samples")
-    return RealSet(ids, sources, np.asarray(labels, dtype=np.float32))
+    return RealSet(ids, sources, np.asarray(labels, dtype=np.float32), left_out)
 
 
 def per_class_auc(y_true: np.ndarray, probs: np.ndarray, min_positives: int = 1) -> dict:
@@ -204,7 +195,8 @@ def markdown(results: dict) -> str:
             r = results[p]
             notes.append(f"{titles[p]}: {r['samples']} real fields at {r['real_pixel_size_um']} µm/px rescaled "
                          f"x{r['rescale_factor']:g} to {r['network_pixel_size_um']} µm/px; (n) = positive real "
-                         "fields per class after mapping Kaggle's 28 classes onto the 13.")
+                         "fields per class after mapping Kaggle's 28 classes onto the 13 "
+                         f"({r.get('mapping', MAPPING)}; {len(r.get('left_out', []))} fields left without a mapped class).")
     return "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
 
 
@@ -270,6 +262,9 @@ def run_realism(out: str | Path, *, published=None, trained=None, real: str | Pa
                                                 "synthetic-trained model on real fields")
         np.savez_compressed(out / "trained_on_real.npz", labels=real_set.labels, probs=p)
         results["trained_on_real"]["model"] = str(trained)
+    for key in ("trained_on_real", "published_on_real"):
+        if key in results:
+            results[key].update(mapping=MAPPING, left_out=real_set.left_out)
     write_json(out / "realism.json", results)
     write_text_atomic(out / "realism.md", markdown(results))
     plot(out / "realism.png", results)
