@@ -154,6 +154,17 @@ def test_cell_masks_and_cells_csv_agree(small_set: Path) -> None:
         assert shown == labels
 
 
+def test_every_cell_is_one_piece_without_holes() -> None:
+    from scipy import ndimage as ndi
+
+    for index in range(4):
+        _, field = synth.draw_field(99, index, 320, 320)
+        for cell in field.cells:
+            mask = field.cell_mask == cell.cell_id
+            assert ndi.label(mask)[1] == 1, (index, cell.cell_id)
+            assert (ndi.binary_fill_holes(mask) & (field.cell_mask == 0)).sum() == 0, (index, cell.cell_id)
+
+
 def test_cells_vary_expressing_mitotic_and_localisation() -> None:
     fields = [synth.draw_field(21, i, 256, 256)[1] for i in range(24)]
     cells = [c for f in fields for c in f.cells]

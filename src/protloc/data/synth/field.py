@@ -203,7 +203,7 @@ def make_field(rng: np.random.Generator, height: int, width: int) -> Field:
 def _drop_fragments(owner: np.ndarray, rc_map: np.ndarray, dn_map: np.ndarray, nuc_centre: np.ndarray) -> None:
     """Keep one connected piece per cell (the one holding its nucleus, else the largest) and fill its
     holes: the lobed edges can cut off islands and enclose gaps, which no real cell has."""
-    for i, box in enumerate(ndi.find_objects(owner + 1)[1:]):
+    for i, box in enumerate(ndi.find_objects(owner + 1)):  # label i + 1 is cell i
         if box is None:
             continue
         mine = owner[box] == i
