@@ -82,13 +82,15 @@ class Predictor:
         return inferer(self._check_image(image), pixel_size_um)
 
     def inferer(self, *, whole_image: bool = False, tta: bool = False, batch_size: int = 4,
-                precision: str = "fp32") -> Inferer:
-        """The ``Inferer`` of this model with these options (see ``predict_proba``)."""
+                precision: str = "fp32", on_pass=None) -> Inferer:
+        """The ``Inferer`` of this model with these options (see ``predict_proba``; ``on_pass``: see
+        ``Inferer``)."""
         check_precision(precision)
         if whole_image and not self.fully_convolutional:
             raise ProtlocError(f"{self.model_name} has fixed-size dense layers: whole-image prediction needs patches")
         return Inferer(self.network, None if whole_image else self.patch_size, batch_size=batch_size, tta=tta,
-                       precision=precision, device=self.device, model_pixel_size_um=self.pixel_size_um)
+                       precision=precision, device=self.device, on_pass=on_pass,
+                       model_pixel_size_um=self.pixel_size_um)
 
     def predict(self, image: np.ndarray, **options) -> dict[str, float]:
         probs = self.predict_proba(image, **options)

@@ -271,6 +271,7 @@ def train(config: TrainConfig, resume: bool = False) -> RunResult:
     check_crop(config, paper, index, train_ids + val_ids)
     from protloc.training.transfer import prepare_transfer
 
+    check_crop(config, paper, index, train_ids + val_ids)  # before the notes: a refused run prints one line
     scale = prepare_transfer(network, config, index, announce=rank == 0)
 
     layout = torchrun_layout()

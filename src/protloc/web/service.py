@@ -15,6 +15,7 @@ from pathlib import Path
 from sqlalchemy import func, or_, select
 
 from protloc.data.channels import CHANNELS
+from protloc.data.limits import DEFAULT_MAX_PIXELS
 from protloc.errors import ProtlocError
 from protloc.web import db
 from protloc.web.storage import (
@@ -77,7 +78,7 @@ class WebSettings:
     max_upload_bytes: int = 512 * MB  # per sample (one request)
     max_batch_bytes: int = 8192 * MB  # a zip upload, and its total uncompressed size
     max_zip_ratio: float = 100.0  # uncompressed / compressed size of a batch zip (zip bombs stop here)
-    max_pixels: int = 50_000_000  # per channel plane: decompression bombs stop here
+    max_pixels: int = DEFAULT_MAX_PIXELS  # per channel plane: decompression bombs stop here
     run_worker: bool = True  # False: accept and queue only (a later server with a worker runs them)
     max_batch_patches: int = 64
     linger_seconds: float = 0.02

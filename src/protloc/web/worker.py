@@ -59,8 +59,7 @@ def batched_probabilities(predictor, images: list[np.ndarray], max_batch_patches
             stats.patches += patches
             stats.max_samples_per_pass = max(stats.max_samples_per_pass, samples)
 
-    inferer = predictor.inferer(batch_size=max(1, max_batch_patches), precision="fp32")
-    inferer.on_pass = count
+    inferer = predictor.inferer(batch_size=max(1, max_batch_patches), precision="fp32", on_pass=count)
     return inferer.predict_many(images, pixel_sizes)  # each image rescaled to the model's pixel size
 
 
