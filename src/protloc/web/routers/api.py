@@ -148,8 +148,11 @@ def api_router(platform: Platform) -> APIRouter:
 
     @router.get("/api/v1/predictions/{submission_id}/images/{name}", tags=["predictions"], response_class=PNGResponse,
                 responses={**PNG_CONTENT, **errors(404)})
-    def prediction_image(submission_id: str, name: str, viewer: Viewer | None = Depends(viewer_of)):
-        return PNGResponse(platform.submission_image(submission_id, name, viewer))
+    def prediction_image(submission_id: str, name: str, viewer: Viewer | None = Depends(viewer_of),
+                         full: bool = Query(False, description="full resolution (default: display size, "
+                                                               "the longest side at most 1024 px)")):
+        """A finished submission's picture, drawn on first request (or earlier by an idle worker) and cached."""
+        return PNGResponse(platform.submission_image(submission_id, name, viewer, full))
 
     @router.post("/api/v1/batches", status_code=202, tags=["batches"], openapi_extra=MULTIPART_ZIP,
                  responses=errors(400, 413, 415, 422))
