@@ -109,6 +109,7 @@ class DatabaseJobs:
         self.lease = timedelta(seconds=lease_seconds)
         self.poll_seconds = poll_seconds
         self.postgres = sessions.kw["bind"].dialect.name == "postgresql"
+        self.model_keys: list[str] | None = None  # claim only submissions for these models (the worker's)
         self._stopped = threading.Event()
         self._wake = threading.Event()
 
@@ -123,8 +124,10 @@ class DatabaseJobs:
         return 0
 
     def claimable(self, now):
-        return or_(db.Submission.status == db.QUEUED,
-                   and_(db.Submission.status == db.RUNNING, db.Submission.lease_until < now))
+        waiting = or_(db.Submission.status == db.QUEUED,
+                      and_(db.Submission.status == db.RUNNING, db.Submission.lease_until < now))
+        # A worker without a submission's model leaves it to one that has it, rather than failing it.
+        return waiting if self.model_keys is None else and_(waiting, db.Submission.model_key.in_(self.model_keys))
 
     def take(self, most: int, linger: float, wait: float) -> list | None:
         deadline = time.monotonic() + wait

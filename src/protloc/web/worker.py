@@ -107,6 +107,8 @@ class PredictionWorker:
         self.name = worker_name()
         self.jobs = jobs if jobs is not None else MemoryJobs(sessions, self.name)
         self.jobs.name = self.name
+        if isinstance(self.jobs, DatabaseJobs):
+            self.jobs.model_keys = list(predictors)
         self.eager_render = eager_render
         self.renderer = renderer or Renderer(predictors, sessions, store)
         self.stats = WorkerStats()
