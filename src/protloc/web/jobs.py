@@ -12,7 +12,6 @@ again by the next worker that looks. A worker writes a result only while it stil
 
 from __future__ import annotations
 
-import logging
 import os
 import queue
 import socket
@@ -21,12 +20,11 @@ import time
 import uuid
 from datetime import timedelta
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from protloc.web import db
 
-log = logging.getLogger("protloc.web.jobs")
 STOP = object()
 
 
@@ -118,7 +116,7 @@ class DatabaseJobs:
 
     def pending(self) -> int:
         with self.sessions() as session:
-            return len(session.scalars(select(db.Submission.id).where(db.Submission.status == db.QUEUED)).all())
+            return int(session.scalar(select(func.count()).select_from(db.Submission).where(db.Submission.status == db.QUEUED)))
 
     def recover(self) -> int:  # nothing to do: an expired lease is claimed like a queued row
         return 0

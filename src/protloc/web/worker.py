@@ -37,6 +37,8 @@ log = logging.getLogger("protloc.web.worker")
 # Decoded samples the web server hands to the worker of its own process, so it need not decode the
 # stored files again; a few only (a 2048² field is 64 MB).
 MAX_HANDED_OVER = 4
+# Pictures are drawn only once no job has come for this long: a burst of uploads is predicted first.
+IDLE_BEFORE_PICTURES = 0.25
 
 
 @dataclass
@@ -180,8 +182,8 @@ class PredictionWorker:
     # -- the loop -----------------------------------------------------------------------------------
     def _run(self) -> None:
         while not self._stopping.is_set():
-            # Pictures wait while predictions do: with pictures to draw, only peek at the jobs.
-            wait = 0.0 if self.to_render else 1.0
+            # Pictures wait while predictions do: they are drawn once the jobs pause.
+            wait = IDLE_BEFORE_PICTURES if self.to_render else 1.0
             try:
                 ids = self.jobs.take(self.max_samples, self.linger_seconds, wait)
             except Exception as exc:
