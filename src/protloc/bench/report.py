@@ -75,8 +75,9 @@ def platform_markdown(s: dict) -> list[str]:
     out += [_table(["variant", "to probabilities s (best / median)", "ratio", "page with pictures s (best / median)",
                     "ratio", "pictures"],
                    [[r["variant"], f"{r['probabilities_best_s']} / {r['probabilities_median_s']}",
-                     f"**{r['probabilities_ratio']}x**", f"{r['page_best_s']} / {r['page_median_s']}",
-                     f"**{r['page_ratio']}x**", r["pictures_on_page"]] for r in s["field_rows"]]), ""]
+                     f"**{r['probabilities_ratio']}x**",
+                     f"{r['page_best_s']} / {r['page_median_s']}" if r["page_best_s"] else "",
+                     f"**{r['page_ratio']}x**" if r["page_ratio"] else "", r["pictures_on_page"]] for r in s["field_rows"]]), ""]
     t = s["throughput"]
     out += [f"Uploads of a {t['sample']}, {t['requests_per_level']} per client count.", ""]
     out += [_table(["variant", "clients", "requests/s", "p50 latency s", "ratio"],
