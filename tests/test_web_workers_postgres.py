@@ -164,7 +164,7 @@ def stop(*processes: subprocess.Popen) -> None:
 
 def tiff_bytes(tmp_path: Path, size: int, seed: int) -> bytes:
     path = tmp_path / f"sample-{size}-{seed}.tif"
-    tifffile.imwrite(path, cell_like_sample(size, size, seed=seed))
+    tifffile.imwrite(path, cell_like_sample(size, size, seed=seed), photometric="minisblack")
     return path.read_bytes()
 
 
