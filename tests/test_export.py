@@ -139,7 +139,8 @@ def test_bad_exports_are_one_line_errors(model_file, tmp_path, capsys):
     assert "is an exported model" in one_line_error(capsys)
     assert main(["export", str(model_file), "--format", "onnx", "--out", str(tmp_path / "m.bin")]) == 2
     assert "a .onnx file" in one_line_error(capsys)
-    assert main(["export", str(model_file), "--format", "bioimageio", "--out", str(tmp_path / "m.zip")]) == 2
+    assert main(["export", str(model_file), "--format", "bioimageio", "--out", str(tmp_path / "m.zip"),
+                 "--pixel-size", "0.08"]) == 2
     assert "--author" in one_line_error(capsys)  # weights someone trained: the package must say who
     assert not (tmp_path / "m.zip").exists()
     # an ONNX file that protloc did not write: no classes, no channels, so no guessing
@@ -213,3 +214,46 @@ def test_a_network_whose_trace_bakes_in_its_size_is_exported_at_its_crop_size(tm
     assert np.abs(pt.predict_proba(image) - ox.predict_proba(image)).max() < 1e-5
     assert main(["export", str(model), "--format", "torchscript", "--out", str(tmp_path / "cm.pt")]) == 0
     assert "input 96x96" in capsys.readouterr().out
+
+
+def test_quick_onnxruntime_benchmark_section(tmp_path, model_file):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--quick", "--sections", "onnxruntime", "--model", str(model_file), "--repeats", "1",
+                 "--out", str(out)]) == 0
+    section = json.loads(out.read_text())["sections"]["onnxruntime"]
+    rows = {row["variant"]: row for row in section["rows"]}
+    assert rows["protloc fast fp32 (baseline)"]["ratio_vs_fast"] == 1.0
+    assert rows["onnxruntime fp32"]["best_s"] > 0 and rows["onnxruntime fp32"]["max_logit_diff_rel"] < 1e-4
+    assert "max |difference|" in section["export_checks"][-1]
+
+
+def test_bioimageio_package_of_weights_you_trained(model_file, tmp_path, capsys):
+    """Your own weights: your name, your licence, your pixel size; no borrowed LICENSE file."""
+    from bioimageio.spec import InvalidDescr, load_description
+
+    package = tmp_path / "mine.zip"
+    assert main(["export", str(model_file), "--format", "bioimageio", "--out", str(package), "--author", "A. Person",
+                 "--license", "MIT", "--pixel-size", "0.32", "--test-size", "128"]) == 0
+    assert "pixel size 0.32 µm" in capsys.readouterr().out
+    with zipfile.ZipFile(package) as archive:
+        rdf = yaml.safe_load(archive.read("rdf.yaml"))
+        assert "LICENSE" not in archive.namelist()
+        assert np.load(__import__("io").BytesIO(archive.read("test_input.npy"))).shape == (1, 4, 128, 128)
+    assert rdf["authors"] == [{"name": "A. Person"}] and rdf["license"] == "MIT"
+    assert rdf["inputs"][0]["axes"][2]["scale"] == 0.32
+    assert rdf["config"]["protloc"]["thresholds"] == [0.4] * 13
+    assert not isinstance(load_description(package), InvalidDescr)
+    assert main(["export", str(model_file), "--format", "bioimageio", "--out", str(package), "--author", "A",
+                 "--pixel-size", "0.32", "--test-size", "100"]) == 2
+    assert "multiple of 16" in one_line_error(capsys)
+
+
+def test_pixel_size_travels_with_the_onnx_export(published_model, model_file, tmp_path, capsys):
+    out = tmp_path / "published.onnx"
+    assert main(["export", str(published_model), "--format", "onnx", "--out", str(out)]) == 0
+    predictor = protloc.load_model(out)
+    assert predictor.pixel_size_um == 0.08 and predictor.pixel_size_um == protloc.load_model(published_model).pixel_size_um
+    # a model that does not record its pixel size cannot be packaged for the zoo without one
+    assert main(["export", str(model_file), "--format", "bioimageio", "--out", str(tmp_path / "m.zip"),
+                 "--author", "A. Person"]) == 2
+    assert "--pixel-size" in one_line_error(capsys)

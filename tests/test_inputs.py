@@ -212,6 +212,12 @@ def test_non_utf8_names_in_errors_are_printable(tmp_path, capsys):
     assert main(["data", "scan", str(data)]) == 0
     out = capsys.readouterr().out
     assert "b\\xe9: unreadable b\\xe9_red.png: not an image" in out
+    folder = Path(os.fsdecode(bytes(tmp_path) + b"/\xffdir"))
+    folder.mkdir()
+    write_sample(folder, "a", seed=3)
+    assert main(["data", "scan", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].startswith(str(tmp_path / "\\xffdir")) and "\\xffdir/.protloc/index.json" in out
     missing = Path(os.fsdecode(bytes(tmp_path) + b"/\xff.tif"))
     assert main(["data", "scan", str(missing)]) == 2
     assert "no such folder" in capsys.readouterr().err
@@ -341,3 +347,29 @@ def test_control_characters_in_names_stay_on_one_line(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "  two\\nthree: missing channel red (microtubules)\n" in out
 
+
+
+def test_a_data_error_in_a_loader_worker_keeps_its_one_line_reason():
+    class Broken(torch.utils.data.Dataset):
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, i):
+            raise DataError("x_blue.tif: truncated TIFF (image data ends after the file)")
+
+    with pytest.raises(DataError) as info:
+        next(iter(torch.utils.data.DataLoader(Broken(), num_workers=1)))
+    assert str(info.value) == "x_blue.tif: truncated TIFF (image data ends after the file)"
+
+
+def test_an_index_scanned_with_a_raised_limit_stays_readable(tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    write_sample(data, "a", seed=1)
+    assert main(["data", "scan", str(data), "--max-pixels", "6000"]) == 0  # 72 x 72 = 5184
+    index = DatasetIndex.load(data / ".protloc" / "index.json")
+    assert index.max_pixels == 6000 and index.ids() == ["a"]
+    os.environ["PROTLOC_MAX_PIXELS"] = "1000"  # a later step run with a lower limit in force
+    assert index.load_image("a").shape == (4, SIZE, SIZE)
+    with pytest.raises(ImageTooLargeError):
+        read_channel_file(data / "a_blue.png")

@@ -288,7 +288,7 @@ def test_real_hpa_field_as_ome_tiff_with_published_weights(tmp_path):
         if __import__("os").environ.get("CI"):
             pytest.fail("../shared is not beside the repository")
         pytest.skip("../shared is not beside the repository")
-    from protloc.data.readers import discover_inputs, load_entry
+    from protloc.data.inputs import discover_inputs, load_entry
 
     model = tmp_path / "gapnet-pl.pt"
     assert main(["pretrained", "import", str(checkpoint), "--out", str(model)]) == 0
@@ -333,7 +333,9 @@ def test_predict_plate_with_maps_writes_ngff_labels(tmp_path, model_file):
         assert sorted(named.values()) == sorted(shown)  # the classes whose maps were drawn
         nodes = list(Reader(parse_url(str(plate / well / "0")))())
         assert any(isinstance(spec, Label) for node in nodes for spec in node.specs)
-    assert (tmp_path / "maps" / "screen_B_2_0__composite.png").is_file()
+    from protloc.inference.maps import map_file_stem
+
+    assert (tmp_path / "maps" / f"{map_file_stem('screen/B/2/0')}__composite.png").is_file()
 
 
 def test_plate_listing_reads_no_pixels_and_a_damaged_field_is_reported(tmp_path, model_file):
@@ -351,3 +353,29 @@ def test_plate_listing_reads_no_pixels_and_a_damaged_field_is_reported(tmp_path,
     assert sorted(row["id"] for row in read_csv(out)) == ["plate/B/2/0", "plate/B/2/1", "plate/B/3/1"]
     (error,) = read_csv(tmp_path / "p.errors.csv")
     assert error["id"] == "plate/B/3/0" and "unreadable pixels" in error["reason"]
+
+
+def test_pixel_limit_applies_to_ome_inputs_before_reading(tmp_path):
+    from protloc.data.limits import ImageTooLargeError
+
+    path = write_ome_tiff(tmp_path / "big.ome.tif", field(14))  # 72 x 56 = 4032 pixels per plane
+    with pytest.raises(ImageTooLargeError, match="exceeds the limit of 4000"):
+        read_ome_source(ome_inputs(path)[0][1], max_pixels=4000)
+    assert read_ome_source(ome_inputs(path)[0][1], max_pixels=4032).image.shape == (4, 72, 56)
+    plate = tmp_path / "plate.zarr"
+    write_plate(plate, fields_per_well=1, wells=("B/2",))
+    with pytest.raises(ImageTooLargeError, match="exceeds the limit"):
+        read_ome_source(ome_inputs(plate)[0][1], max_pixels=4000)
+
+
+def test_multichannel_upload_of_a_named_ome_tiff_follows_the_names(tmp_path):
+    """The web platform and other single-file paths take "a 4-plane TIFF in canonical order"; an
+    OME-TIFF naming its channels in another order is read by the names, never by plane order."""
+    from protloc.data.readers import read_multichannel_file
+
+    data = field(15)
+    named = write_ome_tiff(tmp_path / "named.ome.tif", data)
+    assert np.array_equal(read_multichannel_file(named), canonical(data))
+    plain = tmp_path / "plain.tif"
+    tifffile.imwrite(plain, data)  # no OME names: the documented canonical plane order
+    assert np.array_equal(read_multichannel_file(plain), data.astype(np.float32))

@@ -9,6 +9,8 @@ A model file is a ``torch.save`` dict with ``format == "protloc-model/1"``:
 - ``normalization``: how inputs are normalised (``{"kind": "per-channel-zscore", "eps": 1e-7}``)
 - ``crop_size``: the training crop size (default patch size at prediction)
 - ``thresholds``: optional per-class decision thresholds (else 0.5)
+- ``pixel_size_um``: µm per pixel of the images the network was trained at (None: not known), and
+  ``pixel_size_source``: where that figure comes from; inputs are rescaled to it before prediction
 - ``source``: free-form provenance (training run, imported checkpoint with sha256 of its inputs, ...)
 
 Files are written atomically (temporary file, fsync, rename) so a crash never leaves a corrupt one.
@@ -45,6 +47,8 @@ def save_model_file(
     crop_size: int | None = None,
     thresholds: list[float] | None = None,
     source: dict | None = None,
+    pixel_size_um: float | None = None,
+    pixel_size_source: str | None = None,
 ) -> None:
     payload = {
         "format": FORMAT,
@@ -58,8 +62,27 @@ def save_model_file(
         "crop_size": crop_size,
         "thresholds": list(thresholds) if thresholds is not None else None,
         "source": dict(source or {}),
+        "pixel_size_um": None if pixel_size_um is None else float(pixel_size_um),
+        "pixel_size_source": pixel_size_source,
     }
     atomic_torch_save(payload, path)
+
+
+def model_pixel_size(payload: dict) -> tuple[float | None, str]:
+    """(µm per pixel the network was trained at, where that comes from); (None, "unknown") if not recorded.
+
+    Model files imported from the published GapNet-PL release before the field existed get the
+    release's pixel size (they are the same weights).
+    """
+    value = payload.get("pixel_size_um")
+    if value is not None:
+        return float(value), str(payload.get("pixel_size_source") or "model file")
+    source = payload.get("source") or {}
+    if source.get("kind") == "imported-tensorflow-checkpoint" and source.get("published_release"):
+        from protloc.data.pixel_size import HPA_CONFOCAL_PIXEL_SIZE_UM, HPA_CONFOCAL_SOURCE
+
+        return HPA_CONFOCAL_PIXEL_SIZE_UM, HPA_CONFOCAL_SOURCE
+    return None, "unknown"
 
 
 def read_model_file(path: str | Path) -> dict:

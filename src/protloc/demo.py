@@ -23,7 +23,8 @@ ALL_MODELS = ("gapnet-pl", "densenet-121", "m-cnn", "deeploc", "conv-mil")
 class DemoSettings:
     """A set-up sized for a 2-core CPU: about ten minutes for GapNet-PL.
 
-    Measured on the 2-core development machine (README): 60 epochs of 1,200 training crops at about
+    Measured on the 2-core development machine with the generator before issue 16's redraw (not yet
+    re-measured on the redrawn one; README): 60 epochs of 1,200 training crops at about
     200 crops/s, the learning rate halved three times by the plateau rule; test mean AUC 0.99, mean
     F1 0.91. Fewer epochs stop before the halvings that take the small-structure classes
     (centrosome, mitochondria, Golgi) from about 0.93 to 0.97 validation AUC.

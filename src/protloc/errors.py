@@ -22,11 +22,20 @@ def printable(text: str) -> str:
     return text.translate(_CONTROL_ESCAPES)
 
 
+def _worker_reason(text: str) -> str:
+    """torch's DataLoader re-raises a worker's exception as the same type with the worker's whole
+    traceback as its message; the user's reason is the last line, after the exception's name."""
+    if text.startswith("Caught ") and "\nOriginal Traceback" in text:
+        last = text.rstrip().splitlines()[-1]
+        return last.split(": ", 1)[1] if ": " in last else last
+    return text
+
+
 class ProtlocError(Exception):
     """A problem with the user's input (path, file, option), reported without a traceback."""
 
     def __init__(self, *args) -> None:
-        super().__init__(*(printable(arg) if isinstance(arg, str) else arg for arg in args))
+        super().__init__(*(printable(_worker_reason(arg)) if isinstance(arg, str) else arg for arg in args))
 
 
 class DataError(ProtlocError):

@@ -16,6 +16,11 @@ Run with ``protloc bench`` (installed with the package: ``protloc.bench``); sect
   latency and throughput; baseline: one request at a time.
 * ``scaling``: whole-image inference time and peak memory from 1024² to 4096², training step time and
   peak memory by batch size, each point in its own subprocess (peak RSS from ``ru_maxrss``).
+* ``onnxruntime``: the ONNX export of GapNet-PL run by onnxruntime against the fast fp32 path, same
+  Predictor call and threads, on the inference section's image (``protloc.bench.onnx_runtime``).
+* ``cells``: segmentation + per-cell prediction of the real 2048² HPA field against the image-level
+  prediction of the same field (``protloc.bench.cells``; per-cell accuracy: ``python -m
+  protloc.bench.cells --accuracy``).
 
 Timings interleave the variants round-robin (each round runs every variant once), so a load change
 on a shared machine hits all of them alike; the table reports the best round and the median.
@@ -32,7 +37,7 @@ from protloc.bench.report import markdown
 
 __all__ = ["SECTIONS", "Settings", "markdown", "parse_sections", "run"]
 
-STEPS = {"inference": 40, "training": 30, "data": 12, "platform": 5, "scaling": 20}
+STEPS = {"inference": 40, "training": 30, "data": 12, "platform": 5, "scaling": 20, "onnxruntime": 10, "cells": 8}
 
 
 def run(sections: list[str], settings: Settings) -> dict:
@@ -52,6 +57,14 @@ def run(sections: list[str], settings: Settings) -> dict:
 
     functions = {"inference": inference_section, "training": training_section, "data": data_section,
                  "platform": platform_section, "scaling": scaling_section}
+    if "onnxruntime" in sections:  # needs the formats extra
+        from protloc.bench.onnx_runtime import onnxruntime_section
+
+        functions["onnxruntime"] = onnxruntime_section
+    if "cells" in sections:  # needs the cells extra
+        from protloc.bench.cells import cells_section
+
+        functions["cells"] = cells_section
     total = sum(STEPS[s] for s in sections)
     with tqdm(total=total, desc="bench", unit="step", disable=not settings.progress, file=sys.stderr) as bar:
         progress = Progress(bar)

@@ -13,7 +13,7 @@ from typing import Callable
 
 import numpy as np
 
-SECTIONS = ("inference", "training", "data", "platform", "scaling")
+SECTIONS = ("inference", "training", "data", "platform", "scaling", "onnxruntime", "cells")
 CHECKPOINT_CHANNEL_ORDER = ["nucleus", "protein", "microtubules", "er"]
 
 

@@ -63,6 +63,14 @@ def markdown(results: dict) -> str:
         out += [_table(["batch", "best s", "samples/s", "peak RSS MiB", "peak - before MiB"],
                        [[r["batch"], r.get("best_s", r.get("error")), r.get("samples_per_s"), r.get("peak_rss_mib"),
                          r.get("peak_minus_before_mib")] for r in s["training"]]), ""]
+    if "onnxruntime" in sections:
+        from protloc.bench.onnx_runtime import onnxruntime_markdown
+
+        out += onnxruntime_markdown(sections["onnxruntime"])
+    if "cells" in sections:
+        from protloc.bench.cells import cells_markdown
+
+        out += cells_markdown(sections["cells"])
     return "\n".join(out)
 
 

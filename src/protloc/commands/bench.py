@@ -12,16 +12,18 @@ from pathlib import Path
 from protloc.errors import ProtlocError
 from protloc.files import atomic_write_text
 
-SECTIONS = ("inference", "training", "data", "platform", "scaling")
+SECTIONS = ("inference", "training", "data", "platform", "scaling", "onnxruntime", "cells")
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "bench",
-        help="benchmark inference, training, data path, platform and scaling (ratios vs baselines)",
+        help="benchmark inference, training, data path, platform, scaling and onnxruntime (ratios vs baselines)",
         description="Measure GapNet-PL inference (patches and whole image, fp32 and bf16, each speed lever), "
         "a training step per network, random crops from the prepared cache against TIFF decoding, the web "
-        "platform under concurrent requests, and how time and memory grow with image and batch size. "
+        "platform under concurrent requests, how time and memory grow with image and batch size, single cells "
+        "(segmentation + per-cell prediction against image-level prediction), and the "
+        "ONNX export under onnxruntime against the fast path. "
         "Every figure comes with a baseline measured in the same run. Results go to a JSON file; "
         "the Markdown tables are printed.",
     )

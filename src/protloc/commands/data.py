@@ -45,7 +45,9 @@ def register(subparsers) -> None:
 
 
 def _format_summary(index, summary: dict, splits: dict, single: dict, written: Path | None) -> str:
-    lines = [f"{index.root}  (format {index.format}, label set {index.label_set.name})"]
+    from protloc.errors import printable
+
+    lines = [f"{printable(str(index.root))}  (format {index.format}, label set {index.label_set.name})"]
     lines.append(f"valid samples: {summary['valid']}   excluded: {len(summary['excluded'])}")
     if summary["shapes"]:
         lines.append("image sizes:   " + ", ".join(f"{shape} ({n})" for shape, n in summary["shapes"].items()))
@@ -71,13 +73,13 @@ def _format_summary(index, summary: dict, splits: dict, single: dict, written: P
             lines.append(f"  ... and {len(summary['excluded']) - MAX_LISTED} more (all of them: --json, or "
                          "'excluded' in index.json)")
     if written is not None:
-        lines.append(f"wrote {written / 'index.json'} and {written / 'splits.json'}")
+        lines.append(printable(f"wrote {written / 'index.json'} and {written / 'splits.json'}"))
     return "\n".join(lines)
 
 
 def run_scan(args) -> int:
     from protloc.data.index import INDEX_DIRNAME, folder_is_writable, scan_dataset
-    from protloc.errors import ProtlocError
+    from protloc.errors import ProtlocError, printable
     from protloc.data.limits import set_max_pixels
     from protloc.data.splits import make_splits, save_splits, single_label_ids
 
@@ -100,7 +102,7 @@ def run_scan(args) -> int:
         if args.out:
             raise ProtlocError(f"cannot write to {out_dir}: {problem}")
         written = None
-        print(f"protloc: note: {out_dir} is not writable ({problem}); nothing was written "
+        print(f"protloc: note: {printable(str(out_dir))} is not writable ({problem}); nothing was written "
               "(use --out OUTDIR to save the index and splits elsewhere)", file=sys.stderr)
 
     summary = index.summary()

@@ -16,8 +16,8 @@ def register(subparsers) -> None:
     parser.add_argument("--format", required=True, choices=["onnx", "torchscript", "bioimageio"])
     parser.add_argument("--out", required=True, help="output file (.onnx, .pt, or .zip for bioimageio)")
     parser.add_argument("--pixel-size", type=float, metavar="UM",
-                        help="bioimageio: the pixel size in µm the model expects (default: the model's own, "
-                        "else 0.08 µm, HPA's full-resolution fields)")
+                        help="bioimageio: the pixel size in µm the model expects (default: the one its model "
+                        "file records; the published weights: 0.08 µm, HPA's full-resolution fields)")
     parser.add_argument("--author", action="append", metavar="NAME",
                         help="bioimageio: who trained the model (repeatable; default for the published weights: "
                         "the paper's authors)")

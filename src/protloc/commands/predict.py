@@ -33,6 +33,9 @@ def register(subparsers) -> None:
     parser.add_argument("--compile-selu", action="store_true",
                         help="GapNet-PL: SELU as one compiled kernel (the first image pays 1-5 s of compiling, "
                         "later ones run 5-10%% faster; for runs of many images)")
+    parser.add_argument("--pixel-size", type=float, metavar="UM",
+                        help="µm per pixel of the inputs (default: stated by the files, e.g. TIFF resolution tags, "
+                        "or implied by the layout, e.g. Kaggle 2018 PNGs); inputs are rescaled to the model's")
     # hook (issue 14): options of the OME-TIFF / OME-Zarr readers
     parser.add_argument("--channels", metavar="MAPPING",
                         help="OME inputs: which channel is which when names are missing or unusual, e.g. "
@@ -70,6 +73,7 @@ def _predict(args) -> int:
         args.inputs, args.model, args.out, whole_image=args.whole_image, tta=args.tta, maps_dir=args.maps,
         patch_size=args.patch_size, batch_size=args.batch_size, workers=args.workers, device=args.device,
         input_format=args.input_format, progress=sys.stderr.isatty(), precision=args.precision,
+        pixel_size=args.pixel_size,
         reader_options=_ome_reader_options(args),
     )
     print(f"predicted {result.predicted} image(s), {result.already_done} already done -> {result.out}")

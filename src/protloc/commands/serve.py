@@ -39,8 +39,9 @@ def register(subparsers) -> None:
     parser.add_argument("--max-upload-mb", type=float, default=512, help="upload limit per sample in MB (default: %(default)s)")
     parser.add_argument("--max-batch-mb", type=float, default=8192,
                         help="limit for a batch zip and its uncompressed contents in MB (default: %(default)s)")
-    parser.add_argument("--max-pixels", type=int, default=50_000_000,
-                        help="largest image plane in pixels; larger ones are refused before decoding (default: %(default)s)")
+    from protloc.data.limits import add_max_pixels_argument
+
+    add_max_pixels_argument(parser)
     parser.add_argument("--expert-study", metavar="STUDY",
                         help="also serve the annotation pages of this expert study at /expert/")
     parser.add_argument("--client-timeout", type=float, default=30, metavar="SECONDS",
@@ -66,7 +67,10 @@ def settings_from_args(args):
     from protloc.errors import ProtlocError
     from protloc.web.app import MB, WebSettings
 
-    if (args.max_upload_mb <= 0 or args.max_batch_mb <= 0 or args.max_pixels <= 0 or args.client_timeout <= 0
+    from protloc.data.limits import max_pixels
+
+    pixel_limit = max_pixels() if args.max_pixels is None else args.max_pixels
+    if (args.max_upload_mb <= 0 or args.max_batch_mb <= 0 or pixel_limit <= 0 or args.client_timeout <= 0
             or args.lease <= 0):
         raise ProtlocError("--max-upload-mb, --max-batch-mb, --max-pixels, --client-timeout and --lease must be positive")
     tokens = list(args.auth_tokens or [])
@@ -80,7 +84,7 @@ def settings_from_args(args):
         require_auth=args.require_auth,
         max_upload_bytes=int(args.max_upload_mb * MB),
         max_batch_bytes=int(args.max_batch_mb * MB),
-        max_pixels=args.max_pixels,
+        max_pixels=pixel_limit,
         device=args.device,
         expert_study=Path(args.expert_study) if args.expert_study else None,
         run_worker=not args.no_worker,

@@ -14,9 +14,16 @@ def register(subparsers) -> None:
         "validation). Defaults: the model's paper settings; a YAML --config and the flags override them. "
         "Run the same command under torchrun for several GPUs or machines.",
     )
+    add_training_arguments(parser)
+    parser.add_argument("--folds", type=int, metavar="K",
+                        help="K-fold cross-validation with fixed folds instead of one run (as `protloc crossval`)")
+    parser.set_defaults(handler=run)
+
+
+def add_training_arguments(parser, out_help: str = "run directory to create (or resume)") -> None:
     parser.add_argument("--model", help="network: gapnet-pl, densenet-121, m-cnn, deeploc, conv-mil")
     parser.add_argument("--data", help="data folder (channels, npz or kaggle-hpa layout) or its index.json")
-    parser.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory to create (or resume)")
+    parser.add_argument("--out", required=True, metavar="RUN_DIR", help=out_help)
     parser.add_argument("--config", metavar="YAML", help="options file, or a shipped config name (e.g. gapnet-pl)")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--crop-size", type=int, help="training crop and validation patch size (paper: 1024)")
@@ -33,10 +40,27 @@ def register(subparsers) -> None:
     cache.add_argument("--cache", metavar="DIR", help="prepared-data cache folder (default DATA/.protloc/cache)")
     cache.add_argument("--no-cache", action="store_true", help="decode the image files every epoch instead")
     parser.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from its last checkpoint")
+    parser.add_argument("--init", metavar="MODEL", help="start from these weights: pretrained, a model file or a run "
+                        "folder; a different label set replaces the output layer and keeps the rest")
+    parser.add_argument("--freeze-encoder", action="store_true", default=None,
+                        help="train only the head (the dense layers); the convolutional encoder stays as loaded")
+    parser.add_argument("--head-lr", type=float, help="learning rate of the head (default: --lr)")
+    parser.add_argument("--pixel-size", type=float, metavar="UM", help="µm per pixel of the data (default: stated by "
+                        "the files or implied by the layout); with --init the data is rescaled to the model's")
     from protloc.data.limits import add_max_pixels_argument
 
     add_max_pixels_argument(parser)
-    parser.set_defaults(handler=run)
+
+
+def overrides_from(args) -> dict:
+    return {
+        "model": args.model, "data": args.data, "out": args.out, "epochs": args.epochs,
+        "crop_size": args.crop_size, "batch_size": args.batch_size, "learning_rate": args.lr, "seed": args.seed,
+        "device": args.device, "devices": args.devices, "workers": args.workers, "plateau_patience": args.patience,
+        "precision": args.precision, "limit_train": args.limit_train,
+        "cache": "none" if args.no_cache else args.cache,
+        "init": args.init, "freeze_encoder": args.freeze_encoder, "head_lr": args.head_lr, "pixel_size": args.pixel_size,
+    }
 
 
 def run(args) -> int:
@@ -48,13 +72,13 @@ def run(args) -> int:
     from protloc.training.run import resume_config, train
 
     set_max_pixels(args.max_pixels)
-    overrides = {
-        "model": args.model, "data": args.data, "out": args.out, "epochs": args.epochs,
-        "crop_size": args.crop_size, "batch_size": args.batch_size, "learning_rate": args.lr, "seed": args.seed,
-        "device": args.device, "devices": args.devices, "workers": args.workers, "plateau_patience": args.patience,
-        "precision": args.precision, "limit_train": args.limit_train,
-        "cache": "none" if args.no_cache else args.cache,
-    }
+    overrides = overrides_from(args)
+    if args.folds is not None:
+        from protloc.commands.crossval import run_folds
+
+        if args.resume:
+            raise ProtlocError("--folds runs every fold afresh (finished folds are kept); drop --resume")
+        return run_folds(args, overrides, mapping=None, min_positives=3, baseline=True)
     if args.resume:
         if args.config:
             raise ProtlocError("--resume uses the run's own config.yaml; drop --config")

@@ -96,10 +96,14 @@ class DatasetIndex:
         return path if path.is_absolute() else Path(self.root) / path
 
     def load_image(self, entry_or_id: str | SampleEntry) -> np.ndarray:
-        """The sample's raw image, float32 [4, H, W] in CHANNELS order. DataError if it cannot be read."""
+        """The sample's raw image, float32 [4, H, W] in CHANNELS order. DataError if it cannot be read.
+
+        The pixel limit is the larger of the one in force and the one the scan accepted the sample
+        under: a data set scanned with a raised ``--max-pixels`` stays usable by every later step.
+        """
         entry = self.entry(entry_or_id)
         sources = {key: str(self.resolve(value)) for key, value in entry.sources.items()}
-        return read_sample(sources, self.format)
+        return read_sample(sources, self.format, max_pixels=max(self.max_pixels, max_pixels()))
 
     def label_vector(self, entry_or_id: str | SampleEntry) -> np.ndarray:
         """Binary float32 vector over the label set's classes; ProtlocError if the sample is unlabeled."""

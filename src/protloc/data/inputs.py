@@ -128,15 +128,16 @@ def _image_names(files: list[Path]) -> list[Path]:
     return [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS + (".npz",)]
 
 
-def _list_flat(listing: _Listing, files: list[Path], folder_id: str, multichannel: bool = True) -> None:
-    """Channel files of one folder: prefixed ones by prefix, bare ones as the sample ``folder_id``."""
+def _list_root_files(listing: _Listing, files: list[Path]) -> None:
+    """The data folder's own files: channel files by prefix (bare ``blue.png`` ones make the folder
+    itself a sample), multichannel files by their stem."""
     for path in _image_names(files):
         parsed = parse_channel_filename(path.name)
         if parsed is not None:
-            listing.add_channel(parsed.prefix if parsed.prefix is not None else folder_id, parsed.channel, path)
-        elif multichannel and is_multichannel_candidate(path.name):
-            stem = path.stem if folder_id == listing.root.name else f"{folder_id}/{path.stem}"
-            listing.add_multichannel(stem, path)
+            prefix = parsed.prefix if parsed.prefix is not None else listing.root.name
+            listing.add_channel(prefix, parsed.channel, path)
+        elif is_multichannel_candidate(path.name):
+            listing.add_multichannel(path.stem, path)
 
 
 def _loops_back(folder: Path, root: Path) -> bool:
@@ -152,7 +153,7 @@ def _loops_back(folder: Path, root: Path) -> bool:
 def _list_channels(root: Path) -> _Listing:
     listing = _Listing(root)
     files, folders = _entries(root)
-    _list_flat(listing, files, root.name)
+    _list_root_files(listing, files)
     top_level_ids = set(listing.sources)
     for folder in folders:
         sample_id = printable_id(folder.name)

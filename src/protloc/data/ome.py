@@ -22,6 +22,8 @@ from protloc.data.channels import CHANNELS
 from protloc.errors import DataError, ProtlocError
 
 PROJECTIONS: tuple[str, ...] = ("max", "mean")
+# A Z-stack or time series is read whole before it is projected: at most this many planes at the limit.
+MAX_STACK_PLANES = 64
 
 # Names a channel goes by in microscopy metadata: stains, dyes, targets. One-word entries match a
 # whole word of the name ("anti-Tubulin (Alexa 594)"), several-word entries a phrase in it.
@@ -273,14 +275,29 @@ def is_ome_source(sources: dict) -> bool:
     return ome_tiff.SOURCE_KEY in sources or ome_zarr.SOURCE_KEY in sources
 
 
-def read_ome_source(sources: dict[str, str]) -> OmeImage:
-    """Read one sample listed by ``ome_inputs``."""
+def check_size(shape: tuple[int, ...], axes: str, where: str, max_pixels: int | None = None) -> None:
+    """The pixel limit (``protloc.data.limits``) on an OME image before its pixels are read: one Y x X
+    plane at most the limit, and the whole stack (channels, Z, T) at most MAX_STACK_PLANES planes."""
+    from protloc.data.limits import RAISE_HINT, ImageTooLargeError, check_pixels
+    from protloc.data.limits import max_pixels as limit_in_force
+
+    limit = limit_in_force() if max_pixels is None else int(max_pixels)
+    sizes = dict(zip(axes, shape))
+    check_pixels((sizes.get("Y", 1), sizes.get("X", 1)), where, limit)
+    total = int(np.prod([int(d) for d in shape]))
+    if total > MAX_STACK_PLANES * limit:
+        raise ImageTooLargeError(f"{where}: holds {total} values ({axes} {'x'.join(map(str, shape))}), more than "
+                                 f"{MAX_STACK_PLANES} planes at the limit of {limit} pixels ({RAISE_HINT})")
+
+
+def read_ome_source(sources: dict[str, str], max_pixels: int | None = None) -> OmeImage:
+    """Read one sample listed by ``ome_inputs`` (refused from its metadata when over the pixel limit)."""
     from protloc.data import ome_tiff, ome_zarr
 
     if ome_tiff.SOURCE_KEY in sources:
-        return ome_tiff.read(sources)
+        return ome_tiff.read(sources, max_pixels)
     if ome_zarr.SOURCE_KEY in sources:
-        return ome_zarr.read(sources)
+        return ome_zarr.read(sources, max_pixels)
     raise ProtlocError("not an OME-TIFF or OME-Zarr sample")
 
 

@@ -18,6 +18,7 @@ from protloc.data.ome import (
     OPTION_CHANNELS,
     OPTION_PROJECTION,
     OmeImage,
+    check_size,
     flatten_extra_axes,
     length_in_um,
     match_channels,
@@ -126,7 +127,7 @@ def inspect(path: str | Path, sources: dict[str, str] | None = None) -> tuple[Om
     return header, order
 
 
-def read(sources: dict[str, str]) -> OmeImage:
+def read(sources: dict[str, str], max_pixels: int | None = None) -> OmeImage:
     """The sample of an OME-TIFF as an ``OmeImage`` (full resolution; channels matched by name)."""
     import tifffile
 
@@ -136,7 +137,10 @@ def read(sources: dict[str, str]) -> OmeImage:
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
             axes = series.axes
+            check_size(series.shape, axes.replace("S", "C") if "C" not in axes else axes, path.name, max_pixels)
             array = series.asarray(level=0)  # level 0 of a pyramid is the full resolution
+    except DataError:
+        raise
     except Exception as exc:
         raise _open_error(path, exc) from None
     array = np.asarray(array)
@@ -155,3 +159,24 @@ def read(sources: dict[str, str]) -> OmeImage:
         )
     image = to_canonical(array, axes, order, path.name)
     return OmeImage(image, header.pixel_size_um, tuple(header.channel_names[i] for i in order))
+
+
+def read_if_named(path: str | Path, max_pixels: int | None = None) -> OmeImage | None:
+    """A TIFF handed over as "a 4-plane TIFF in canonical order" (an upload, a multichannel file) that
+    turns out to be an OME-TIFF naming its channels is read by those names; None for any other TIFF
+    (no OME-XML, or channels without names), which keeps the canonical-order rule."""
+    path = Path(path)
+    if not is_ome_tiff(path):
+        return None
+    try:
+        import tifffile
+
+        with tifffile.TiffFile(path) as tif:
+            header = parse_ome_xml(tif.ome_metadata or "", path.name)
+    except DataError:
+        return None
+    except Exception as exc:
+        raise _open_error(path, exc) from None
+    if all(name == f"channel {i}" for i, name in enumerate(header.channel_names)):
+        return None
+    return read({SOURCE_KEY: str(path)}, max_pixels)

@@ -21,6 +21,7 @@ from protloc.data.ome import (
     OPTION_CHANNELS,
     OPTION_PROJECTION,
     OmeImage,
+    check_size,
     flatten_extra_axes,
     length_in_um,
     match_channels,
@@ -201,7 +202,7 @@ def header_of(sources: dict[str, str]) -> tuple[tuple[str, ...], tuple[float, fl
     return tuple(header["names"][i] for i in order), header["pixel_size"]
 
 
-def read(sources: dict[str, str]) -> OmeImage:
+def read(sources: dict[str, str], max_pixels: int | None = None) -> OmeImage:
     """One image of an OME-Zarr store (full resolution, channels matched by name) as an ``OmeImage``."""
     path = Path(sources[SOURCE_KEY])
     image_path = sources.get(IMAGE_KEY, "")
@@ -213,6 +214,7 @@ def read(sources: dict[str, str]) -> OmeImage:
         raise DataError(f"{where}: cannot open the image ({exc})") from None
     header = _image_header(group, where)
     order = _check_header(header, sources, where)
+    check_size(tuple(header["array"].shape), header["axes"], where, max_pixels)
     try:
         array = np.asarray(header["array"][...])
     except Exception as exc:  # a missing or damaged chunk

@@ -240,6 +240,11 @@ def read_multichannel_file(path: str | Path, max_pixels: int | None = None) -> n
     if not path.is_file():
         raise DataError(f"missing file {path.name}")
     check_image_header(path, limit=_limit(max_pixels))
+    # --- hook (issue 14): an OME-TIFF that names its channels is read by those names, not plane order ---
+    from protloc.data.ome_tiff import read_if_named
+    if (named := read_if_named(path, max_pixels)) is not None:
+        return named.image
+    # --- end hook ---
     try:
         array = _read_tiff(path)
     except DataError:
@@ -277,7 +282,7 @@ def read_sample(sources: dict[str, str], format: str | None = None, max_pixels: 
     # --- hook (issue 14): OME-TIFF / OME-Zarr samples listed by protloc.data.ome.ome_inputs ---
     from protloc.data.ome import is_ome_source, read_ome_source
     if is_ome_source(sources):
-        return read_ome_source(sources).image
+        return read_ome_source(sources, max_pixels).image
     # --- end hook ---
     if "multichannel" in sources:
         return read_multichannel_file(sources["multichannel"], max_pixels)

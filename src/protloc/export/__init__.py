@@ -66,8 +66,11 @@ def export_model(spec: str | Path, format: str, out: str | Path, **options) -> E
 
 def model_metadata(model: dict) -> dict:
     """What a user of an exported file needs beside the weights (stored inside ONNX and TorchScript)."""
+    from protloc.checkpoint import model_pixel_size
+
     payload = model["payload"]
     classes = list(payload["classes"])
+    pixel_size, pixel_size_source = model_pixel_size(payload)
     return {
         "format": "protloc-export/1",
         "model": payload["model"],
@@ -80,6 +83,7 @@ def model_metadata(model: dict) -> dict:
         "output": "float32 [batch, classes] logits; sigmoid gives the class probabilities",
         "thresholds": list(payload.get("thresholds") or [0.5] * len(classes)),
         "crop_size": payload.get("crop_size"),
-        "pixel_size_um": payload.get("pixel_size_um"),
+        "pixel_size_um": pixel_size,
+        "pixel_size_source": pixel_size_source,
         "source": {k: v for k, v in (payload.get("source") or {}).items() if k != "files"},
     }

@@ -22,10 +22,10 @@ import yaml
 
 import protloc
 from protloc.errors import ProtlocError
+from protloc.inference.normalization import EPSILON, normalize
 from protloc.export import ExportResult, model_metadata
 
 FORMAT_VERSION = "0.5.4"
-DEFAULT_PIXEL_SIZE_UM = 0.08  # HPA's full-resolution 2048² fields (field-2026.md), the published weights' data
 PAPER = ("Rumetshofer E, Hofmarcher M, Röhrl C, Hochreiter S, Klambauer G. Human-level protein localization "
          "with convolutional neural networks. International Conference on Learning Representations (ICLR) 2019.")
 PAPER_URL = "https://openreview.net/forum?id=ryl5khRcKm"
@@ -69,12 +69,6 @@ def sha256(path: Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def normalize(image: np.ndarray, eps: float = 1e-7) -> np.ndarray:
-    mean = image.mean(axis=(-2, -1), keepdims=True)
-    std = image.std(axis=(-2, -1), keepdims=True)
-    return ((image - mean) / (std + eps)).astype(np.float32)
 
 
 def test_image(size: int) -> np.ndarray:
@@ -154,7 +148,10 @@ def export_bioimageio(model: dict, out: str | Path, *, pixel_size_um: float | No
     meta = model_metadata(model)
     source = payload.get("source") or {}
     published = bool(source.get("published_release"))
-    pixel_size = float(pixel_size_um or payload.get("pixel_size_um") or DEFAULT_PIXEL_SIZE_UM)
+    pixel_size = pixel_size_um or meta["pixel_size_um"]
+    if pixel_size is None:
+        raise ProtlocError("the model file does not record the pixel size it was trained at: give --pixel-size UM")
+    pixel_size = float(pixel_size)
     if pixel_size <= 0:
         raise ProtlocError(f"--pixel-size must be positive, got {pixel_size}")
     if authors:
@@ -212,7 +209,7 @@ def export_bioimageio(model: dict, out: str | Path, *, pixel_size_um: float | No
                 "test_tensor": file("test_input.npy"),
                 "data": {"type": "float32"},
                 "preprocessing": [{"id": "ensure_dtype", "kwargs": {"dtype": "float32"}},
-                                  {"id": "zero_mean_unit_variance", "kwargs": {"axes": ["y", "x"], "eps": 1e-7}}],
+                                  {"id": "zero_mean_unit_variance", "kwargs": {"axes": ["y", "x"], "eps": EPSILON}}],
             }],
             "outputs": [{
                 "id": "probabilities",

@@ -85,4 +85,6 @@ def load_onnx_predictor(path: str | Path, device: str | torch.device = "cpu"):
                 "runtime": "onnxruntime"},
         device=torch.device("cpu"),
         name=f"{metadata['model']} ({path.name}, onnxruntime)",
+        pixel_size_um=metadata.get("pixel_size_um"),
+        pixel_size_source=metadata.get("pixel_size_source") or "unknown",
     )

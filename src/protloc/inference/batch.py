@@ -102,12 +102,14 @@ class _RowWriter:
                 end = start
             handle.truncate(0)
 
-    def write(self, sample_id: str, probs: np.ndarray, predicted: list[str], classes: list[str]) -> None:
+    def write(self, sample_id: str, probs: np.ndarray, predicted: list[str], classes: list[str],
+              pixel_size_um: float | None = None, scale: float = 1.0) -> None:
         if self.fmt == "csv":
-            self.csv.writerow([sample_id, *(f"{p:.6f}" for p in probs), ";".join(predicted)])
+            self.csv.writerow([sample_id, *(f"{p:.6f}" for p in probs), "" if pixel_size_um is None else
+                               f"{pixel_size_um:g}", f"{scale:g}", ";".join(predicted)])
         else:
             row = {"id": sample_id, **{c: round(float(p), 6) for c, p in zip(classes, probs)},
-                   "predicted": predicted}
+                   "pixel_size_um": pixel_size_um, "scale": round(float(scale), 6), "predicted": predicted}
             self.handle.write(json.dumps(row) + "\n")
         self.handle.flush()
         os.fsync(self.handle.fileno())
@@ -161,12 +163,18 @@ def run_batch_prediction(
     input_format: str | None = None,
     progress: bool = True,
     precision: str = "fp32",
+    pixel_size: float | None = None,
     reader_options: dict | None = None,  # hook (issue 14): OME --channels/--projection
 ) -> BatchResult:
+    """Predict every input into ``out``. Each image is brought to the model's pixel size first: its
+    own is ``pixel_size`` (µm per pixel) when given, else what its files state or its layout implies
+    (``protloc.data.pixel_size``); one line on stderr says what was done, and each row records the
+    input's pixel size and the resize factor (``pixel_size_um``, ``scale``)."""
     import torch
     from tqdm import tqdm
 
     from protloc.data.inputs import discover_inputs
+    from protloc.data.pixel_size import check_pixel_size, describe, pixel_size_of, scale_factor, warn_unknown
     from protloc.inference.maps import write_maps
     from protloc.inference.predictor import load_model
 
@@ -186,7 +194,11 @@ def run_batch_prediction(
     journal = out.with_name(out.name + ".journal.jsonl") if fmt == "parquet" else out
     if world > 1:
         journal = journal.with_name(f"{journal.name}.rank{rank}")
-    columns = ["id", *predictor.classes, "predicted"]
+    columns = ["id", *predictor.classes, "pixel_size_um", "scale", "predicted"]
+    if pixel_size is not None:
+        check_pixel_size(pixel_size)
+    entry_of = {e.id: e for e in entries}
+    said = warned = False
     row_format = "csv" if fmt == "csv" else "jsonl"
     sync = None
     if world > 1:
@@ -209,13 +221,22 @@ def run_batch_prediction(
             if failure is not None:
                 result.failures.append({"id": sample_id, "reason": failure})
                 continue
+            size = pixel_size_of(entry_of[sample_id].sources, *image.shape[-2:], override=pixel_size)
+            if not said:  # one line per run; an unknown pixel size is the warning below instead
+                if size.known or predictor.pixel_size_um is None:
+                    print(describe(size, predictor.pixel_size_um), file=sys.stderr)
+                said = True
+            if not size.known and not warned:
+                warn_unknown(predictor.pixel_size_um)
+                warned = True
             probs = predictor.predict_proba(image, whole_image=whole_image, tta=tta, batch_size=batch_size,
-                                            precision=precision)
+                                            precision=precision, pixel_size_um=size.um)
             predicted = predictor.predicted(probs)
             if maps_dir is not None:
                 write_maps(predictor, sample_id, image, probs, predicted, Path(maps_dir),
                            sources=sources_by_id.get(sample_id))  # hook (issue 14): OME-Zarr labels
-            writer.write(sample_id, probs, predicted, predictor.classes)
+            writer.write(sample_id, probs, predicted, predictor.classes, size.um,
+                         scale_factor(size.um, predictor.pixel_size_um))
             result.predicted += 1
     finally:
         writer.close()

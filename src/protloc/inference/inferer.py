@@ -10,8 +10,9 @@ rotations. Patches of several images share forward passes (``Inferer.predict_man
 Everything that turns an image into model outputs goes through ``Inferer``: ``protloc predict``,
 validation during training, evaluation, the expert study (``forward=`` its penultimate features), the
 web worker and the sliding-window maps (``window_outputs``). Each image passes through
-``Inferer.model_input`` once before it is cut, the one place where a later version can bring an
-image to the model's pixel size.
+``Inferer.model_input`` once before it is cut: the one place where an image is brought to the model's
+pixel size (``model_pixel_size_um``) from its own (``pixel_size_um``, per call or the inferer's
+default), by ``protloc.data.pixel_size.rescale``; unknown either way, the image is used as it is.
 
 The inferer puts the network in eval mode for the call and restores its previous mode afterwards;
 it runs under ``torch.no_grad`` and inherits any autocast context of the caller (Lightning's
@@ -108,6 +109,8 @@ class Inferer:
         device: torch.device | str | None = None,
         forward: Forward | None = None,
         on_pass: Callable[[int, int], None] | None = None,
+        model_pixel_size_um: float | None = None,
+        pixel_size_um: float | None = None,
     ) -> None:
         if patch_size is None:
             paper = getattr(network, "paper", None)
@@ -129,15 +132,26 @@ class Inferer:
             warn_if_bf16_emulated(check_precision(precision), self.device)
         self.forward = forward or sigmoid_forward(network, precision)
         self.on_pass = on_pass
+        self.model_pixel_size_um = model_pixel_size_um
+        self.pixel_size_um = pixel_size_um  # the inputs' µm per pixel when a call does not say
 
     # -- the images as the model sees them ----------------------------------------------------------
-    def model_input(self, image) -> np.ndarray:
-        """The image as the network takes it: float32 [C, H, W]. The one place each image passes
-        through before it is cut into patches."""
+    def scale(self, pixel_size_um: float | None = None) -> float:
+        """The resize factor from an input of this pixel size (default the inferer's) to the model's."""
+        from protloc.data.pixel_size import scale_factor
+
+        data = self.pixel_size_um if pixel_size_um is None else pixel_size_um
+        return scale_factor(data, self.model_pixel_size_um)
+
+    def model_input(self, image, pixel_size_um: float | None = None) -> np.ndarray:
+        """The image as the network takes it: float32 [C, H, W] at the model's pixel size. The one
+        place each image passes through before it is cut into patches."""
+        from protloc.data.pixel_size import rescale
+
         image = np.asarray(image)
         if image.ndim != 3:
             raise ProtlocError(f"expected an image [channels, height, width], got shape {list(image.shape)}")
-        return image.astype(np.float32, copy=False)
+        return rescale(image.astype(np.float32, copy=False), self.scale(pixel_size_um))
 
     def patches(self, image: np.ndarray) -> np.ndarray:
         """The covering patches [N, C, patch, patch] of one model input (the whole image when
@@ -168,9 +182,13 @@ class Inferer:
         outputs = self._run(np.concatenate(patch_sets), owners).numpy()
         return [outputs[owners == i].mean(axis=0) for i in range(len(views))]
 
-    def predict_many(self, images: Iterable) -> list[np.ndarray]:
-        """Mean output [K] of each raw image (averaged over the eight views with ``tta``)."""
-        inputs = [self.model_input(image) for image in images]
+    def predict_many(self, images: Iterable, pixel_sizes: Sequence[float | None] | None = None) -> list[np.ndarray]:
+        """Mean output [K] of each raw image (averaged over the eight views with ``tta``).
+
+        ``pixel_sizes``: each image's µm per pixel (None entries: the inferer's default)."""
+        images = list(images)
+        sizes = list(pixel_sizes) if pixel_sizes is not None else [None] * len(images)
+        inputs = [self.model_input(image, size) for image, size in zip(images, sizes)]
         if not inputs:
             return []
         per_image = 8 if self.tta else 1
@@ -179,9 +197,9 @@ class Inferer:
         return [np.mean(outputs[i * per_image : (i + 1) * per_image], axis=0).astype(np.float32)
                 for i in range(len(inputs))]
 
-    def __call__(self, image) -> np.ndarray:
-        """Mean output [K] of one raw image [C, H, W]."""
-        return self.predict_many([image])[0]
+    def __call__(self, image, pixel_size_um: float | None = None) -> np.ndarray:
+        """Mean output [K] of one raw image [C, H, W] (of ``pixel_size_um`` µm per pixel, if known)."""
+        return self.predict_many([image], [pixel_size_um])[0]
 
     def window_outputs(self, image, corners: Sequence[tuple[int, int]]) -> np.ndarray:
         """Outputs [len(corners), K] of the patches at the given top-left corners (the sliding-window

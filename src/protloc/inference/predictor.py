@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from protloc.checkpoint import build_network, read_model_file
+from protloc.checkpoint import build_network, model_pixel_size, read_model_file
 from protloc.errors import ProtlocError
 from protloc.inference.inferer import Inferer
 from protloc.inference.precision import check_precision
@@ -48,6 +48,8 @@ class Predictor:
     source: dict = field(default_factory=dict)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     name: str = ""
+    pixel_size_um: float | None = None  # the pixel size the network was trained at (None: not recorded)
+    pixel_size_source: str = "unknown"
 
     @property
     def fully_convolutional(self) -> bool:
@@ -61,8 +63,12 @@ class Predictor:
         tta: bool = False,
         batch_size: int = 4,
         precision: str = "fp32",
+        pixel_size_um: float | None = None,
     ) -> np.ndarray:
         """Class probabilities [num_classes] for one raw canonical sample [4, H, W] of any size.
+
+        ``pixel_size_um``: the sample's µm per pixel; it is first rescaled to the model's pixel size
+        (``self.pixel_size_um``). None: used as it is.
 
         Default: the paper's covering patches of the training crop size, sigmoid outputs averaged.
         ``whole_image``: one pass over the whole normalised image (fully convolutional models only).
@@ -72,16 +78,19 @@ class Predictor:
         probabilities within a few hundredths, max 0.04 on the synthetic samples of BENCHMARKS.md;
         other networks run under bf16 autocast).
         """
-        return self.inferer(whole_image=whole_image, tta=tta, batch_size=batch_size, precision=precision)(self._check_image(image))
+        inferer = self.inferer(whole_image=whole_image, tta=tta, batch_size=batch_size, precision=precision)
+        return inferer(self._check_image(image), pixel_size_um)
 
     def inferer(self, *, whole_image: bool = False, tta: bool = False, batch_size: int = 4,
-                precision: str = "fp32") -> Inferer:
-        """The ``Inferer`` of this model with these options (see ``predict_proba``)."""
+                precision: str = "fp32", on_pass=None) -> Inferer:
+        """The ``Inferer`` of this model with these options (see ``predict_proba``; ``on_pass``: see
+        ``Inferer``)."""
         check_precision(precision)
         if whole_image and not self.fully_convolutional:
             raise ProtlocError(f"{self.model_name} has fixed-size dense layers: whole-image prediction needs patches")
         return Inferer(self.network, None if whole_image else self.patch_size, batch_size=batch_size, tta=tta,
-                       precision=precision, device=self.device)
+                       precision=precision, device=self.device, on_pass=on_pass,
+                       model_pixel_size_um=self.pixel_size_um)
 
     def predict(self, image: np.ndarray, **options) -> dict[str, float]:
         probs = self.predict_proba(image, **options)
@@ -141,6 +150,7 @@ def load_model(spec: str | Path = "pretrained", device: str | torch.device = "cp
     if len(thresholds) != len(classes):
         raise ProtlocError(f"{path}: {len(thresholds)} thresholds for {len(classes)} classes")
     label = "pretrained" if str(spec) == "pretrained" else Path(spec).name
+    pixel_size_um, pixel_size_source = model_pixel_size(payload)
     return Predictor(
         network=network,
         classes=classes,
@@ -150,4 +160,6 @@ def load_model(spec: str | Path = "pretrained", device: str | torch.device = "cp
         source={**payload.get("source", {}), "channels": payload["channels"], "file": str(path)},
         device=device,
         name=f"{payload['model']} ({label})",
+        pixel_size_um=pixel_size_um,
+        pixel_size_source=pixel_size_source,
     )

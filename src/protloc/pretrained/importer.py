@@ -17,6 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from protloc.data.channels import AUTHORS_CHANNEL_ORDER, CHANNELS
+# The weights were trained on the Cyto Challenge 2017 fields at their original resolution (paper,
+# section 2: "samples were not resized"): HPA confocal fields, about 0.08 µm per pixel.
+from protloc.data.pixel_size import HPA_CONFOCAL_PIXEL_SIZE_UM, HPA_CONFOCAL_SOURCE
 from protloc.errors import ProtlocError
 from protloc.pretrained.tensorbundle import TensorBundle, read_tensor_bundle
 
@@ -161,7 +164,8 @@ def import_checkpoint(
     }
     save_model_file(
         out, network, model_name=MODEL_NAME, classes=label_set.classes, label_set=label_set.name,
-        crop_size=CROP_SIZE, source=source,
+        crop_size=CROP_SIZE, source=source, pixel_size_um=HPA_CONFOCAL_PIXEL_SIZE_UM,
+        pixel_size_source=HPA_CONFOCAL_SOURCE,
     )
     return {
         "out": Path(out),

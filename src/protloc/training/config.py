@@ -61,6 +61,12 @@ class TrainConfig:
     workers: int | None = None  # DataLoader workers; None: by device and cores
     val_batch_size: int | None = None  # patches per forward pass in validation; None: batch_size
     progress: bool | None = None  # progress bars; None: when stderr is a terminal
+    # transfer learning (training/transfer.py)
+    init: str | None = None  # pretrained | model file | run folder to start from
+    freeze_encoder: bool = False  # train only the head (the dense layers)
+    head_lr: float | None = None  # the head's learning rate; None: learning_rate
+    pixel_size: float | None = None  # µm per pixel of the data; None: stated by the files / implied by the layout
+    splits: str | None = None  # a splits.json to use instead of a fresh random split (cross-validation folds)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -83,9 +89,10 @@ ALIASES = {"lr": "learning_rate", "patience": "plateau_patience"}
 
 _INT = {"epochs", "crop_size", "batch_size", "plateau_patience", "seed", "split_seed", "limit_train", "limit_val",
         "workers", "val_batch_size"}
-_FLOAT = {"learning_rate", "dropout", "momentum", "l1", "l2", "grad_clip_norm", "plateau_factor", "plateau_threshold"}
-_BOOL = {"channels_last", "progress"}
-_STR = {"model", "data", "out", "cache", "device", "precision", "plateau_threshold_mode"}
+_FLOAT = {"learning_rate", "dropout", "momentum", "l1", "l2", "grad_clip_norm", "plateau_factor", "plateau_threshold",
+          "head_lr", "pixel_size"}
+_BOOL = {"channels_last", "progress", "freeze_encoder"}
+_STR = {"model", "data", "out", "cache", "device", "precision", "plateau_threshold_mode", "init", "splits"}
 
 
 def _coerce(key: str, value: Any, source: str) -> Any:
@@ -235,6 +242,12 @@ def check(config: TrainConfig) -> None:
     for name in ("l1", "l2", "momentum", "plateau_threshold"):
         if getattr(config, name) < 0:
             raise ProtlocError(f"{name} must not be negative, got {getattr(config, name)}")
+    if config.head_lr is not None and config.head_lr <= 0:
+        raise ProtlocError(f"head-lr must be positive, got {config.head_lr}")
+    if config.pixel_size is not None:
+        from protloc.data.pixel_size import check_pixel_size
+
+        check_pixel_size(config.pixel_size)
     if config.workers < 0:
         raise ProtlocError(f"workers must be 0 or more, got {config.workers}")
     for name in ("limit_train", "limit_val"):

@@ -89,6 +89,12 @@ class WholeImages(Dataset):
         return position, torch.from_numpy(image), torch.from_numpy(self.labels[position])
 
 
+def _rescaled(read, factor: float, sample_id: str) -> np.ndarray:
+    from protloc.data.pixel_size import rescale
+
+    return rescale(np.asarray(read(sample_id), dtype=np.float32), factor)
+
+
 def first_item(batch):
     """Collate for whole images of different sizes: batches of one, unwrapped."""
     return batch[0]
@@ -127,8 +133,9 @@ class ProtlocDataModule(_lightning_datamodule_base()):
 
     def __init__(self, index, train_ids: Sequence[str], val_ids: Sequence[str], *, crop_size: int,
                  batch_size: int, seed: int, workers: int, pin_memory: bool, cache_dir=None,
-                 progress: bool | None = None) -> None:
+                 progress: bool | None = None, scale: float = 1.0) -> None:
         super().__init__()
+        self.scale = scale  # images are resized by this factor to the model's pixel size
         self.index, self.train_ids, self.val_ids = index, list(train_ids), list(val_ids)
         self.crop_size, self.batch_size, self.seed = crop_size, batch_size, seed
         self.workers, self.pin_memory, self.progress = workers, pin_memory, progress
@@ -143,7 +150,12 @@ class ProtlocDataModule(_lightning_datamodule_base()):
             self.cache.build(self.train_ids + self.val_ids, progress=self.progress)
 
     def reader(self) -> Callable[[str], np.ndarray]:
-        return self.cache.open if self.cache is not None else self.index.load_image
+        read = self.cache.open if self.cache is not None else self.index.load_image
+        if self.scale == 1.0:
+            return read
+        from functools import partial
+
+        return partial(_rescaled, read, self.scale)
 
     def labels(self, ids: Sequence[str]) -> np.ndarray:
         return np.stack([self.index.label_vector(i) for i in ids]).astype(np.float32)

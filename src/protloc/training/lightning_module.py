@@ -133,7 +133,10 @@ class LocalizationModule(pl.LightningModule):
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self):
         cfg = self.config
-        optimizer = torch.optim.SGD(self.network.parameters(), lr=cfg.learning_rate, momentum=cfg.momentum)
+        from protloc.training.transfer import parameter_groups
+
+        groups = parameter_groups(self.network, cfg.learning_rate, getattr(cfg, "head_lr", None))
+        optimizer = torch.optim.SGD(groups, lr=cfg.learning_rate, momentum=cfg.momentum)
         self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode="max", factor=cfg.plateau_factor, patience=cfg.plateau_patience,
             threshold=cfg.plateau_threshold, threshold_mode=cfg.plateau_threshold_mode,
@@ -158,6 +161,10 @@ class LocalizationModule(pl.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         torch.manual_seed(epoch_seed(self.config.seed, self.current_epoch, self.global_rank))
+        if getattr(self.config, "freeze_encoder", False):
+            from protloc.training.transfer import set_frozen_modules_eval
+
+            set_frozen_modules_eval(self.network)
         self._reset_epoch_stats()
 
     def training_step(self, batch, batch_idx):

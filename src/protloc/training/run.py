@@ -180,7 +180,7 @@ def _cache_dir(config: TrainConfig, index, run_dir: Path) -> Path | None:
     return default if folder_is_writable(default) else run_dir / "cache"
 
 
-def export_model(run_dir: Path, config: TrainConfig, network, options: dict, index) -> Path | None:
+def export_model(run_dir: Path, config: TrainConfig, network, options: dict, index, scale=None) -> Path | None:
     """model.pt from checkpoints/best.ckpt, with thresholds tuned on that epoch's validation predictions."""
     import numpy as np
     import torch
@@ -208,7 +208,10 @@ def export_model(run_dir: Path, config: TrainConfig, network, options: dict, ind
         classes=list(index.label_set.classes), label_set=index.label_set.name, model_options=options,
         crop_size=config.crop_size, thresholds=thresholds,
         source={"kind": "training-run", "run_dir": str(run_dir.resolve()), "epoch": info.get("best_epoch"),
-                "val_mean_f1": info.get("best_f1"), "thresholds_tuned_on": "val" if thresholds else None},
+                "val_mean_f1": info.get("best_f1"), "thresholds_tuned_on": "val" if thresholds else None,
+                **({"transfer": scale.init.to_dict()} if scale is not None and scale.init is not None else {})},
+        pixel_size_um=None if scale is None else scale.model_um,
+        pixel_size_source=None if scale is None else scale.model_source,
     )
     return path
 
@@ -252,7 +255,10 @@ def train(config: TrainConfig, resume: bool = False) -> RunResult:
         if not Path(config.data).exists():
             raise ProtlocError(f"data folder not found: {config.data}")
         index = open_dataset(config.data)
-        splits = make_splits(index, seed=config.split_seed, fractions=tuple(config.split_fractions))
+        if config.splits:
+            splits = load_splits(config.splits)
+        else:
+            splits = make_splits(index, seed=config.split_seed, fractions=tuple(config.split_fractions))
     labelled = {entry.id for entry in index.samples if entry.labels is not None}
     train_ids = [i for i in splits["train"] if i in labelled][: config.limit_train]
     val_ids = [i for i in splits["val"] if i in labelled][: config.limit_val]
@@ -263,6 +269,10 @@ def train(config: TrainConfig, resume: bool = False) -> RunResult:
                            "add samples or change split_fractions in a --config file")
     network, options, paper = build_network(config, len(index.label_set))
     check_crop(config, paper, index, train_ids + val_ids)
+    from protloc.training.transfer import prepare_transfer
+
+    check_crop(config, paper, index, train_ids + val_ids)  # before the notes: a refused run prints one line
+    scale = prepare_transfer(network, config, index, announce=rank == 0)
 
     layout = torchrun_layout()
     if layout is not None:
@@ -303,6 +313,7 @@ def train(config: TrainConfig, resume: bool = False) -> RunResult:
     datamodule = ProtlocDataModule(
         index, train_ids, val_ids, crop_size=config.crop_size, batch_size=config.batch_size, seed=config.seed,
         workers=config.workers, pin_memory=cuda, cache_dir=_cache_dir(config, index, run_dir), progress=progress,
+        scale=scale.factor,
     )
     module = LocalizationModule(network, config, index.label_set.classes, run_dir=run_dir)
     # Two callbacks: Lightning's save_last only writes last.ckpt when the monitored top-k file is
@@ -346,7 +357,7 @@ def train(config: TrainConfig, resume: bool = False) -> RunResult:
         status, message = "nan-loss", str(exc)
     model_path = None
     if rank == 0:
-        model_path = export_model(run_dir, config, network, options, index)
+        model_path = export_model(run_dir, config, network, options, index, scale=scale)
     epochs_done = trainer.current_epoch if status == "completed" else module.current_epoch
     if status == "completed":
         message = (f"trained {config.model} for {epochs_done} epochs; best val mean F1 "

@@ -16,6 +16,7 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.orm import contains_eager
 
 from protloc.data.channels import CHANNELS
+from protloc.data.limits import DEFAULT_MAX_PIXELS
 from protloc.errors import ProtlocError
 from protloc.web import db
 from protloc.web.storage import (
@@ -80,7 +81,7 @@ class WebSettings:
     max_upload_bytes: int = 512 * MB  # per sample (one request)
     max_batch_bytes: int = 8192 * MB  # a zip upload, and its total uncompressed size
     max_zip_ratio: float = 100.0  # uncompressed / compressed size of a batch zip (zip bombs stop here)
-    max_pixels: int = 50_000_000  # per channel plane: decompression bombs stop here
+    max_pixels: int = DEFAULT_MAX_PIXELS  # per channel plane: decompression bombs stop here
     run_worker: bool = True  # False: accept and queue only (`protloc worker` processes, or a later server, run them)
     eager_render: bool = False  # True: the old path, full-size pictures drawn before a submission is done
     lease_seconds: float = 60.0  # PostgreSQL: a claimed submission's lease; a dead worker's job waits this long

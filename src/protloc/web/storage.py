@@ -284,20 +284,6 @@ def normalise_channel_name(value: str) -> str | None:
     return HPA_COLOURS.get(value)
 
 
-def _sniff(path: Path) -> str:
-    with open(path, "rb") as handle:
-        head = handle.read(8)
-    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
-        return "tiff"
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "png"
-    if head[:3] == b"\xff\xd8\xff":
-        return "jpeg"
-    if head[:4] == b"PK\x03\x04":
-        return "zip"
-    return "unknown"
-
-
 def _check_pixels(shape: tuple[int, ...], max_pixels: int, name: str) -> None:
     """The data layer's pixel limit (protloc.data.limits.check_pixels) as a 413."""
     from protloc.data.limits import ImageTooLargeError, check_pixels
@@ -420,7 +406,9 @@ def check_zip(path: Path, max_total_bytes: int, max_ratio: float = 100.0, max_me
     Decided from the central directory alone, before anything is extracted: the declared sizes must
     stay within the total limit and within ``max_ratio`` times the archive's own size.
     """
-    if _sniff(path) != "zip":
+    from protloc.data.limits import sniff_kind
+
+    if sniff_kind(path) != "zip":
         raise UploadError(415, "batch upload must be a zip archive")
     try:
         with zipfile.ZipFile(path) as archive:

@@ -59,7 +59,8 @@ class WorkerStats:
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
 
 
-def batched_probabilities(predictor, images: list[np.ndarray], max_batch_patches: int, stats: WorkerStats | None = None) -> list[np.ndarray]:
+def batched_probabilities(predictor, images: list[np.ndarray], max_batch_patches: int, stats: WorkerStats | None = None,
+                          pixel_sizes: list[float | None] | None = None) -> list[np.ndarray]:
     """Probabilities of several samples, their covering patches sharing forward passes (the one
     ``Inferer``; fp32: GapNet-PL's fast path, equal to the plain forward's logits within 1e-6)."""
 
@@ -69,9 +70,17 @@ def batched_probabilities(predictor, images: list[np.ndarray], max_batch_patches
             stats.patches += patches
             stats.max_samples_per_pass = max(stats.max_samples_per_pass, samples)
 
-    inferer = predictor.inferer(batch_size=max(1, max_batch_patches), precision="fp32")
-    inferer.on_pass = count
-    return inferer.predict_many(images)
+    inferer = predictor.inferer(batch_size=max(1, max_batch_patches), precision="fp32", on_pass=count)
+    return inferer.predict_many(images, pixel_sizes)  # each image rescaled to the model's pixel size
+
+
+def stored_pixel_size(store: BlobStore, files: list[dict], image: np.ndarray) -> float | None:
+    """A submission's µm per pixel from its stored files' metadata or its original names' layout."""
+    from protloc.data.pixel_size import pixel_size_of
+    from protloc.web.storage import KIND_SUFFIX
+
+    paths = [store.path_of(entry["sha256"], KIND_SUFFIX.get(entry["kind"], "")) for entry in files]
+    return pixel_size_of(paths, *image.shape[-2:], names=[entry.get("filename") or "" for entry in files]).um
 
 
 def _one_line(exc: BaseException) -> str:
@@ -268,7 +277,8 @@ class PredictionWorker:
             started = time.monotonic()
             try:
                 all_probs = batched_probabilities(
-                    predictor, [image for _, image in items], self.max_batch_patches, self.stats
+                    predictor, [image for _, image in items], self.max_batch_patches, self.stats,
+                    [stored_pixel_size(self.store, row.files, image) for row, image in items],
                 )
             except Exception as exc:
                 log.exception("forward pass failed")

@@ -34,15 +34,19 @@ def _nucleoli(rng, field, refs, expr):
 
 
 def _nuclear_membrane(rng, field, refs, expr):
-    return np.exp(-((field.dn / 1.8) ** 2)) * field.cell * field.per_cell(expr)
+    """A thin, uneven rim at the nuclear envelope over a faint nucleoplasm."""
+    rim = np.exp(-((field.dn / 0.9) ** 2)) * np.clip(1.0 + 0.4 * field.texture[:, ::-1], 0.2, 2.0)
+    return (rim + 0.15 * field.nucleus) * field.cell * field.per_cell(expr)
 
 
 def _cytosol(rng, field, refs, expr):
     cytoplasm = field.cytoplasm
-    return cytoplasm * (DIFFUSE_LEVEL + 0.05 * field.texture) * field.per_cell(expr)
+    return cytoplasm * DIFFUSE_LEVEL * np.clip(1.0 + 0.25 * field.texture, 0.0, 2.0) * field.per_cell(expr)
 
 
 def _plasma_membrane(rng, field, refs, expr):
+    """A thin line along each cell's outline and fine granules of membrane over the cell, denser
+    towards its edge (the dorsal membrane seen in a confocal section)."""
     owner = field.owner
     edge = np.zeros(owner.shape, dtype=bool)
     vertical = owner[1:, :] != owner[:-1, :]
@@ -54,49 +58,64 @@ def _plasma_membrane(rng, field, refs, expr):
     # each membrane pixel glows as bright as the brighter of its cells (a non-expressing cell has none)
     level = field.per_cell(expr)
     level = np.maximum(level, ndi.maximum_filter(level, size=3)) * edge
-    return np.minimum(ndi.gaussian_filter(level, 1.0, truncate=3.0) * 2.2, 1.0)
+    line = np.minimum(ndi.gaussian_filter(level, 0.8, truncate=3.0) * 0.3, 1.0)
+    counts = rng.integers(350, 700, field.n)
+    ys, xs, cells = random_points_in_cells(rng, field, counts, field.cell_radius * 0.3, field.cell_radius * 1.3,
+                                           power=0.3)
+    ok = field.keep(ys, xs, cells)
+    canvas = Canvas(field.height, field.width)
+    canvas.add(ys[ok], xs[ok], 0.8 * rng.uniform(0.3, 1.0, ok.sum()) * expr[cells[ok]], 0.6, "dot")
+    return line + canvas.render()
 
 
 def _mitochondria(rng, field, refs, expr):
-    """Short tubules (6-16 px), many, concentrated around the nucleus."""
-    counts = rng.integers(45, 80, field.n)
-    r_min = field.nuc_axes.mean(1) + 2.0
-    ys0, xs0, cells = random_points_in_cells(rng, field, counts, r_min, field.cell_radius * 1.05, power=1.5)
-    steps = 16
-    length = rng.uniform(6.0, 16.0, len(cells))
+    """A dense network of thin tubules (4-20 px) over the cytoplasm, densest around the nucleus."""
+    counts = rng.integers(140, 240, field.n)
+    r_min = field.nuc_axes.mean(1) + 1.0
+    ys0, xs0, cells = random_points_in_cells(rng, field, counts, r_min, field.cell_radius * 1.1, power=1.8)
+    steps = 20
+    length = rng.uniform(4.0, 20.0, len(cells))
     ys, xs = polylines(np.column_stack([ys0, xs0]), rng.uniform(0, 2 * math.pi, len(cells)), steps,
-                       rng.normal(0, 0.12, len(cells)), 0.08, rng)
+                       rng.normal(0, 0.1, len(cells)), 0.15, rng)
     within = np.arange(steps)[None, :] < length[:, None]
     cells_pts = np.broadcast_to(cells[:, None], ys.shape)[within]
     ys, xs = ys[within], xs[within]
     ok = field.keep(ys, xs, cells_pts) & (field.dn_at(ys, xs) > 0.5)
+    weight = np.repeat(rng.uniform(0.4, 1.0, len(cells)), within.sum(1))
     canvas = Canvas(field.height, field.width)
-    canvas.add(ys[ok], xs[ok], 0.8 * expr[cells_pts[ok]], 0.9, "line")
+    canvas.add(ys[ok], xs[ok], 0.7 * weight[ok] * expr[cells_pts[ok]], 0.6, "line")
     return np.minimum(canvas.render(), 1.2)
 
 
 def _actin_filaments(rng, field, refs, expr):
-    """Stress fibres: long straight parallel lines across each cell, plus a faint cortical rim."""
-    counts = rng.integers(7, 14, field.n)
+    """Stress fibres (thin bundles, parallel within a cell, ending in focal adhesions) and a bright,
+    ruffled cortex along the cell edge over a granular haze."""
+    counts = rng.integers(6, 16, field.n)
     cells = np.repeat(np.arange(field.n), counts)
-    theta = rng.uniform(0, math.pi, field.n)[cells] + rng.normal(0, 0.07, len(cells))
+    theta = rng.uniform(0, math.pi, field.n)[cells] + rng.normal(0, 0.12, len(cells))
     across = rng.uniform(-1.0, 1.0, len(cells)) * field.cell_radius[cells]
-    half = 1.3 * field.cell_radius.max()
+    half = 1.6 * field.cell_radius.max()
     # start at one end of a chord through the cell centre, offset sideways by `across`
     normal = np.column_stack([np.cos(theta), -np.sin(theta)])
     direction = np.column_stack([np.sin(theta), np.cos(theta)])
     start = field.centre[cells] + normal * across[:, None] - direction * half
     steps = int(2 * half)
-    ys, xs = polylines(start, theta, steps, np.zeros(len(cells)), 0.0, rng)
+    ys, xs = polylines(start, theta, steps, np.zeros(len(cells)), 0.004, rng)
     cells_pts = np.broadcast_to(cells[:, None], ys.shape).ravel()
     ys, xs = ys.ravel(), xs.ravel()
-    ok = field.keep(ys, xs, cells_pts) & (field.rc[np.clip(np.rint(ys).astype(int), 0, field.height - 1),
-                                                        np.clip(np.rint(xs).astype(int), 0, field.width - 1)] < 0.97)
-    weight = np.repeat(rng.uniform(0.5, 1.0, len(cells)), steps)
+    iy = np.clip(np.rint(ys).astype(int), 0, field.height - 1)
+    ix = np.clip(np.rint(xs).astype(int), 0, field.width - 1)
+    rc = field.rc[iy, ix]
+    ok = field.keep(ys, xs, cells_pts) & (rc < 0.97)
+    # fibres are brighter towards their ends, where they anchor in focal adhesions
+    weight = np.repeat(rng.uniform(0.3, 1.0, len(cells)), steps) * (0.6 + 0.8 * np.clip(rc - 0.6, 0, 1) / 0.4)
     canvas = Canvas(field.height, field.width)
-    canvas.add(ys[ok], xs[ok], 0.75 * weight[ok] * expr[cells_pts[ok]], 0.8, "line")
-    cortex = np.exp(-(((field.rc - 0.95) / 0.04) ** 2)) * field.cell * 0.25 * field.per_cell(expr)
-    return np.minimum(canvas.render() + cortex, 1.2)
+    canvas.add(ys[ok], xs[ok], 1.4 * weight[ok] * expr[cells_pts[ok]], 0.6, "line")
+    level = field.per_cell(expr)
+    ruffles = np.clip(1.0 + 0.6 * field.texture[::-1], 0.0, 2.5)
+    cortex = np.exp(-(((field.rc - 0.93) / 0.05) ** 2)) * field.cell * 0.3 * level * ruffles
+    haze = 0.04 * field.cytoplasm * level
+    return np.minimum(canvas.render() + cortex + haze, 1.3)
 
 
 def _microtubules(rng, field, refs, expr):
@@ -120,7 +139,7 @@ def _intermediate_filaments(rng, field, refs, expr):
     ys, xs = ys.ravel(), xs.ravel()
     ok = field.keep(ys, xs, cells_pts) & (field.dn_at(ys, xs) > 0.0)
     canvas = Canvas(field.height, field.width)
-    canvas.add(ys[ok], xs[ok], 0.6 * expr[cells_pts[ok]], 1.0, "line")
+    canvas.add(ys[ok], xs[ok], 0.6 * expr[cells_pts[ok]], 0.7, "line")
     return np.minimum(canvas.render(), 1.2)
 
 
@@ -139,23 +158,25 @@ def _centrosome(rng, field, refs, expr):
     ws.append(expr[two])
     canvas = Canvas(field.height, field.width)
     # centrioles are the brightest and tightest puncta of all
-    canvas.add(np.concatenate(ys), np.concatenate(xs), 1.5 * PUNCTA_LEVEL * np.concatenate(ws), 1.6, "dot")
+    canvas.add(np.concatenate(ys), np.concatenate(xs), 1.5 * PUNCTA_LEVEL * np.concatenate(ws), 1.0, "dot")
     return np.minimum(canvas.render(), 1.8 * PUNCTA_LEVEL)
 
 
 def _golgi(rng, field, refs, expr):
-    """A cluster of blobs hugging the nucleus on one side (the Golgi side, as the centrosome)."""
-    counts = rng.integers(10, 20, field.n)
+    """A compact ribbon of small bright elements hugging the nucleus on one side (the centrosome's)."""
+    counts = rng.integers(25, 50, field.n)
     cells = np.repeat(np.arange(field.n), counts)
-    phi = field.golgi_angle[cells] + rng.normal(0, 0.35, len(cells))
+    spread = rng.uniform(0.25, 0.6, field.n)[cells]
+    phi = field.golgi_angle[cells] + rng.normal(0, 1.0, len(cells)) * spread
     edge = ellipse_radius(field.nuc_axes[cells], field.nuc_angle[cells], phi)
-    r = edge + rng.uniform(1.0, 11.0, len(cells))
+    r = edge + 1.0 + rng.gamma(2.0, 2.0, len(cells))
     ys = field.nuc_centre[cells, 0] + r * np.sin(phi)
     xs = field.nuc_centre[cells, 1] + r * np.cos(phi)
     ok = field.keep(ys, xs, cells)
     canvas = Canvas(field.height, field.width)
-    canvas.add(ys[ok], xs[ok], 0.5 * PUNCTA_LEVEL * rng.uniform(0.6, 1.0, ok.sum()) * expr[cells[ok]], 2.0, "dot")
-    return np.minimum(canvas.render(), 1.2 * PUNCTA_LEVEL)
+    canvas.add(ys[ok], xs[ok], 0.6 * PUNCTA_LEVEL * rng.uniform(0.4, 1.0, ok.sum()) * expr[cells[ok]], 0.9, "dot")
+    haze = 0.06 * field.cytoplasm * field.per_cell(expr)
+    return np.minimum(canvas.render(), 1.2 * PUNCTA_LEVEL) + haze
 
 
 def _er(rng, field, refs, expr):
@@ -169,7 +190,7 @@ def _vesicles(rng, field, refs, expr):
     ys, xs, cells = random_points_in_cells(rng, field, counts, r_min, field.cell_radius * 1.1)
     ok = field.keep(ys, xs, cells)
     canvas = Canvas(field.height, field.width)
-    canvas.add(ys[ok], xs[ok], 0.75 * PUNCTA_LEVEL * rng.uniform(0.5, 1.0, ok.sum()) * expr[cells[ok]], 1.3, "dot")
+    canvas.add(ys[ok], xs[ok], 0.75 * PUNCTA_LEVEL * rng.uniform(0.4, 1.0, ok.sum()) * expr[cells[ok]], 0.9, "dot")
     return np.minimum(canvas.render(), 0.9 * PUNCTA_LEVEL)
 
 

@@ -9,11 +9,12 @@ from functools import cached_property
 import numpy as np
 from scipy import ndimage as ndi
 
-# The generator draws at this pixel size. A cell is about 90 px (36 µm) across and its nucleus about
-# 38 px (15 µm) long, as in HPA's fields of U-2 OS or A-431 cells; HPA's confocal originals are
-# about 0.08 µm/px and Kaggle's 512² PNGs of them 0.32 µm/px. Geometry is in pixels and does not
+# The generator draws at this pixel size: a cell is about 90 px (45 µm) across and its nucleus about
+# 38 px (19 µm) long, as in HPA's fields of U-2 OS or A-431 cells, and fine structures (filaments,
+# puncta) are about one pixel wide, as a confocal image's are at this sampling. HPA's confocal
+# originals are about 0.08 µm/px, Kaggle's 512² PNGs of them 0.32 µm/px. Geometry is in pixels and does not
 # depend on the image size: a larger image holds more cells rather than larger ones.
-PIXEL_SIZE_UM = 0.4
+PIXEL_SIZE_UM = 0.5
 CELL_RADIUS = 44.0  # mean cell radius in pixels
 # Chance that a cell is in mitosis (rounded up, chromosomes condensed into a plate, a spindle).
 MITOTIC_PROB = 0.05
@@ -193,9 +194,33 @@ def make_field(rng: np.random.Generator, height: int, width: int) -> Field:
         owner[y0:y1, x0:x1][win] = i
         rc_map[y0:y1, x0:x1][win] = rc[win]
         dn_map[y0:y1, x0:x1][win] = dn[win]
+    _drop_fragments(owner, rc_map, dn_map, nuc_centre)
     texture = smooth_noise(rng, height, width, 1.8)
     return Field(height, width, owner, dn_map, rc_map, centre, nuc_centre, nuc_axes, nuc_angle,
                  cell_radius, mtoc, golgi_angle, texture, mitotic)
+
+
+def _drop_fragments(owner: np.ndarray, rc_map: np.ndarray, dn_map: np.ndarray, nuc_centre: np.ndarray) -> None:
+    """Keep one connected piece per cell (the one holding its nucleus, else the largest) and fill its
+    holes: the lobed edges can cut off islands and enclose gaps, which no real cell has."""
+    for i, box in enumerate(ndi.find_objects(owner + 1)):  # label i + 1 is cell i
+        if box is None:
+            continue
+        mine = owner[box] == i
+        holes = ndi.binary_fill_holes(mine) & (owner[box] < 0)
+        owner[box][holes] = i
+        rc_map[box][holes] = 0.95
+        dn_map[box][holes] = 20.0
+        pieces, count = ndi.label(mine | holes)
+        if count <= 1:
+            continue
+        cy, cx = int(round(nuc_centre[i, 0])) - box[0].start, int(round(nuc_centre[i, 1])) - box[1].start
+        inside = 0 <= cy < pieces.shape[0] and 0 <= cx < pieces.shape[1]
+        keep = pieces[cy, cx] if inside and pieces[cy, cx] > 0 else 1 + int(np.argmax(np.bincount(pieces.ravel())[1:]))
+        drop = (pieces > 0) & (pieces != keep)
+        owner[box][drop] = -1
+        rc_map[box][drop] = 2.0
+        dn_map[box][drop] = 99.0
 
 
 def ellipse_radius(axes: np.ndarray, angle: np.ndarray, direction: np.ndarray) -> np.ndarray:

@@ -56,7 +56,7 @@ def draw_microtubules(rng: np.random.Generator, field: Field) -> np.ndarray:
     in_nucleus = (field.dn_at(ys, xs) < 0) & ~field.mitotic[cells_pts]
     weight = np.where(in_nucleus, 0.25, 1.0) * rng.uniform(0.6, 1.0, len(ys))
     canvas = Canvas(field.height, field.width)
-    canvas.add(ys[ok], xs[ok], weight[ok] * 0.55, 0.8, "line", spacing)
+    canvas.add(ys[ok], xs[ok], weight[ok] * 0.55, 0.6, "line", spacing)
     network = canvas.render()
     cytoplasm = field.cytoplasm
     return np.clip(network + 0.12 * cytoplasm, 0, 1.5)

@@ -1,0 +1,111 @@
+"""Label images users bring (Cellpose, HPA-Cell-Segmentation, their own) and the ones protloc writes.
+
+A folder holds ``<id>_cellmask.<png|tif|tiff>`` per image and optionally ``<id>_nucleimask.<ext>``:
+single-plane integer images, 0 = background, each cell one positive id. Ids need not be consecutive
+(gaps are kept: a cell keeps the id its mask gives it, so results map back onto the user's mask).
+protloc writes its own segmentations in the same layout (16-bit PNG), so they can be edited and fed
+back with ``--masks``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from protloc.errors import DataError, ProtlocError
+
+MASK_EXTENSIONS = (".png", ".tif", ".tiff")
+CELL_SUFFIX = "_cellmask"
+NUCLEI_SUFFIX = "_nucleimask"
+
+
+def _find(folder: Path, image_id: str, suffix: str) -> Path | None:
+    for ext in MASK_EXTENSIONS:
+        for candidate in (folder / f"{image_id}{suffix}{ext}", folder / f"{image_id}{suffix}{ext.upper()}"):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def read_label_image(path: str | Path) -> np.ndarray:
+    """A label image as int32 [H, W]; DataError for colour images, negative or fractional ids."""
+    path = Path(path)
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
+
+            array = np.asarray(tifffile.imread(path))
+        else:
+            from PIL import Image
+
+            with Image.open(path) as picture:
+                picture.load()
+                if picture.mode in ("RGB", "RGBA", "P", "CMYK"):
+                    raise DataError(f"{path.name}: a colour image ({picture.mode}), not a label image of integer ids")
+                array = np.asarray(picture)
+    except DataError:
+        raise
+    except Exception as exc:  # decoders raise many types
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"unreadable mask {path.name}: {reason}") from None
+    array = np.squeeze(array)
+    if array.ndim != 2:
+        raise DataError(f"{path.name}: a label image must be one plane, got shape {list(array.shape)}")
+    if array.dtype.kind == "b":
+        array = array.astype(np.int32)
+    if array.dtype.kind == "f":
+        if not np.all(np.isfinite(array)) or not np.all(array == np.round(array)):
+            raise DataError(f"{path.name}: cell ids must be whole numbers")
+    elif array.dtype.kind not in "iu":
+        raise DataError(f"{path.name}: unsupported mask type {array.dtype}")
+    if array.size and array.min() < 0:
+        raise DataError(f"{path.name}: negative cell ids")
+    if array.size and array.max() > np.iinfo(np.int32).max:
+        raise DataError(f"{path.name}: cell ids above 2^31")
+    return array.astype(np.int32)
+
+
+def read_masks(folder: str | Path, image_id: str, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray | None]:
+    """(cells, nuclei or None) for one image from a masks folder, checked against the image's size."""
+    folder = Path(folder)
+    cell_path = _find(folder, image_id, CELL_SUFFIX)
+    if cell_path is None:
+        raise DataError(f"no {image_id}{CELL_SUFFIX}.png|tif in {folder}")
+    cells = read_label_image(cell_path)
+    if cells.shape != tuple(shape):
+        raise DataError(
+            f"{cell_path.name} is {cells.shape[0]}x{cells.shape[1]} but the image is {shape[0]}x{shape[1]}"
+        )
+    nuclei_path = _find(folder, image_id, NUCLEI_SUFFIX)
+    nuclei = None
+    if nuclei_path is not None:
+        nuclei = read_label_image(nuclei_path)
+        if nuclei.shape != tuple(shape):
+            raise DataError(
+                f"{nuclei_path.name} is {nuclei.shape[0]}x{nuclei.shape[1]} but the image is {shape[0]}x{shape[1]}"
+            )
+    return cells, nuclei
+
+
+def check_masks_folder(folder: str | Path) -> Path:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ProtlocError(f"--masks {folder}: no such folder")
+    return folder
+
+
+def write_label_image(path: str | Path, labels: np.ndarray) -> Path:
+    """16-bit PNG (32-bit TIFF when ids exceed 65535), the layout ``read_masks`` reads back."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if labels.size and int(labels.max()) > 65535:
+        import tifffile
+
+        path = path.with_suffix(".tif")
+        tifffile.imwrite(path, labels.astype(np.uint32), photometric="minisblack", metadata=None)
+        return path
+    from PIL import Image
+
+    Image.fromarray(labels.astype(np.uint16)).save(path)
+    return path
