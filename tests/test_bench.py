@@ -89,14 +89,26 @@ def test_benchmark_results_in_the_repository_are_valid():
             assert "machine" in results and results["sections"], path.name
 
 
-def test_quick_platform_runs_protloc_serve_and_measures_every_level(tmp_path, capsys):
+def test_quick_platform_runs_both_servers_and_measures_every_part(tmp_path, capsys):
     out = tmp_path / "platform.json"
     assert main(["bench", "--quick", "--sections", "platform", "--out", str(out)]) == 0
     platform = json.loads(out.read_text())["sections"]["platform"]
     assert "skipped" not in platform, platform
-    assert [row["concurrent_clients"] for row in platform["rows"]] == [1, 2]
-    assert all(row["requests"] == 4 and row["throughput_per_s"] > 0 for row in platform["rows"])
-    assert platform["worker"]["samples"] >= 9 and platform["worker"]["failures"] == 0  # warm-up + 2 x 4
+    variants = ["today (eager pictures, baseline)", "probabilities first"]
+    floor, *served = platform["field_rows"]
+    assert floor["variant"].startswith("Predictor.predict_proba") and floor["probabilities_best_s"] > 0
+    assert [row["variant"] for row in served] == variants
+    assert all(row["pictures_on_page"] >= 6 and row["page_best_s"] >= row["probabilities_best_s"] > 0 for row in served)
+    assert [(row["variant"], row["clients"]) for row in platform["throughput"]["rows"]] == [
+        (v, n) for v in variants for n in (1, 2)]
+    assert all(row["requests"] == 4 and row["per_s"] > 0 for row in platform["throughput"]["rows"])
+    assert all(row["p95_s"] > 0 for row in platform["list"]["rows"])
+    assert all(len(row["settled_mib"]) == 2 for row in platform["memory"]["rows"])
+    eager, first = (platform["worker"][v] for v in variants)
+    # warm-up + 2 field rounds + 2 x 4 uploads + 2 x 5 memory uploads, none failed
+    assert eager["samples"] == first["samples"] == 21 and eager["failures"] == first["failures"] == 0
+    assert eager["rendered"] == 0 and first["rendered"] >= 1  # pictures after done only on the new path
+    assert "Platform: probabilities first" in capsys.readouterr().out
 
 
 def test_bench_runs_from_an_installed_package_without_the_source_tree(tmp_path):

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The Debian packages the test suite drives for real: Chromium (the web pages), Xvfb with Mesa and
-# Qt's X11 libraries (the napari viewer). Installs only what is missing; where it may not install
-# (no root, no apt), it says so and the tests that need a missing package fail under CI=true.
+# Qt's X11 libraries (the napari viewer), PostgreSQL (the multi-worker platform tests start a
+# throw-away cluster). Installs only what is missing; where it may not install (no root, no apt), it says so and the tests that need a missing package fail under CI=true.
 set -u
 packages=(
   chromium
   xvfb xauth libgl1-mesa-dri libgl1 libegl1 libxkbcommon-x11-0 libxcb-icccm4 libxcb-image0
   libxcb-keysyms1 libxcb-randr0 libxcb-render-util0 libxcb-xinerama0 libxcb-xinput0 libxcb-xfixes0
   libxcb-shape0 libxcb-cursor0 libdbus-1-3 libfontconfig1
+  postgresql
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -12,8 +12,9 @@ Run with ``protloc bench`` (installed with the package: ``protloc.bench``); sect
   baseline: eager NCHW fp32; against channels-last and bf16 autocast.
 * ``data``: random training crops per second from the prepared memory-mapped cache against decoding
   the TIFF files for every crop.
-* ``platform``: the web platform under concurrent requests (``protloc serve`` in its own process on loopback):
-  latency and throughput; baseline: one request at a time.
+* ``platform``: two ``protloc serve`` processes on loopback at once, probabilities first against
+  today's path (``--render-eagerly``, the baseline): a real 2048² field to its probabilities and to
+  its complete page, 1024² upload throughput, 200 concurrent list requests, memory over upload rounds.
 * ``scaling``: whole-image inference time and peak memory from 1024² to 4096², training step time and
   peak memory by batch size, each point in its own subprocess (peak RSS from ``ru_maxrss``).
 * ``onnxruntime``: the ONNX export of GapNet-PL run by onnxruntime against the fast fp32 path, same

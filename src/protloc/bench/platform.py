@@ -1,10 +1,26 @@
-"""The platform section: ``protloc serve`` in its own process under concurrent requests."""
+"""The platform section: two ``protloc serve`` processes side by side, today's path against the old one.
+
+The baseline is the platform as it was (``--render-eagerly``: full-size composite, channels and maps
+drawn before a submission is done); the other server runs probabilities first (pictures at display
+size, on first view or when the worker is idle). Both run at once, each in its own process, with the
+same model and data, and every measurement alternates between them, so a change of load on a shared
+machine hits both alike. Measured (issue 15's targets):
+
+* ``field``: one real 2048² HPA field (four JPEGs) from the POST to the probabilities, and to the
+  result page with every picture loaded (six connections, as a browser);
+* ``throughput``: 1024² uploads with several clients, requests per second;
+* ``list``: 200 concurrent ``GET /api/v1/predictions``, latency percentiles;
+* ``memory``: the server's resident memory over rounds of 50 uploads (settled after each round).
+"""
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -12,116 +28,333 @@ import numpy as np
 
 from protloc.bench.common import Progress, Settings
 
+POLL_SECONDS = 0.02  # one client waiting for one field
+THROUGHPUT_POLL_SECONDS = 0.05  # several clients: their polls must not become the server's main load
+VARIANTS = {"today (eager pictures, baseline)": ["--render-eagerly"], "probabilities first": []}
+FIELD_ID = "57639_1283_B2_10"
 
 
+def find_field() -> Path | None:
+    """The real HPA field in ../shared (or $PROTLOC_SHARED): beside the source tree, or the working folder."""
+    candidates = [Path(os.environ["PROTLOC_SHARED"])] if os.environ.get("PROTLOC_SHARED") else []
+    candidates += [Path(__file__).resolve().parents[4] / "shared", Path.cwd().parent / "shared", Path.cwd() / "shared"]
+    for shared in candidates:
+        folder = shared / "real-hpa" / "hpa-download"
+        if all((folder / f"{FIELD_ID}_{c}.jpg").is_file() for c in ("blue", "red", "yellow", "green")):
+            return folder
+    return None
 
-# A client polls its result this often (the upload page polls every 400 ms).
-POLL_SECONDS = 0.05
+
+def field_files(tmp: Path, quick: bool) -> tuple[list[tuple[str, bytes]], str]:
+    folder = find_field()
+    if folder is not None and not quick:
+        return ([(p.name, p.read_bytes()) for p in sorted(folder.glob(f"{FIELD_ID}_*.jpg"))],
+                f"real HPA field {FIELD_ID}, 2048² four JPEGs ({folder})")
+    from PIL import Image
+
+    size = 256 if quick else 2048
+    rng = np.random.default_rng(1)
+    files = []
+    for colour in ("blue", "red", "yellow", "green"):
+        path = tmp / f"synthetic_{colour}.jpg"
+        Image.fromarray((rng.random((size, size)) * 255).astype(np.uint8)).save(path, quality=90)
+        files.append((path.name, path.read_bytes()))
+    return files, f"synthetic {size}² four JPEGs" + ("" if quick else " (the real field was not found)")
+
+
+def tiff_payload(tmp: Path, size: int) -> bytes:
+    import tifffile
+
+    rng = np.random.default_rng(0)
+    path = tmp / f"sample-{size}.tif"
+    tifffile.imwrite(path, (rng.random((4, size, size)) * 4000).astype(np.uint16), photometric="minisblack")
+    return path.read_bytes()
+
+
+def resident_mib(pid: int) -> float:
+    match = re.search(r"VmRSS:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())
+    return int(match.group(1)) / 1024 if match else float("nan")
+
+
+class Server:
+    """``protloc serve`` in its own process, as a facility runs it."""
+
+    def __init__(self, name: str, flags: list[str], model: str, folder: Path) -> None:
+        import socket
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        self.name, self.url = name, f"http://127.0.0.1:{port}"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "protloc", "serve", "--model", model, "--data-dir", str(folder), "--host", "127.0.0.1",
+             "--port", str(port), "--log-level", "warning", *flags],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    def wait_ready(self, httpx) -> None:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.process.kill()
+                raise RuntimeError(f"{self.name}: the server did not start: {(self.process.communicate()[1] or '')[-300:]}")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def predict(client, files: list[tuple[str, bytes]], poll: float = POLL_SECONDS) -> tuple[str, float]:
+    """POST a sample; (id, seconds until GET says done)."""
+    start = time.perf_counter()
+    response = client.post("/api/v1/predictions", files=[("files", item) for item in files])
+    response.raise_for_status()
+    sid = response.json()["id"]
+    while True:
+        data = client.get(f"/api/v1/predictions/{sid}").json()
+        if data["status"] == "done":
+            return sid, time.perf_counter() - start
+        if data["status"] == "failed":
+            raise RuntimeError(f"prediction failed: {data['error']}")
+        time.sleep(poll)
+
+
+def page_complete(client, sid: str) -> None:
+    """The result page and every picture on it, six at a time (a browser's connections per host)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    page = client.get(f"/submissions/{sid}")
+    page.raise_for_status()
+    sources = re.findall(r'<img[^>]* src="([^"]+)"', page.text)
+
+    def fetch(url: str) -> int:
+        answer = client.get(url)
+        answer.raise_for_status()
+        return len(answer.content)
+
+    with ThreadPoolExecutor(6) as pool:
+        list(pool.map(fetch, sources))
+    return len(sources)
+
+
+def field_sample(tmp: Path, files: list[tuple[str, bytes]]) -> np.ndarray:
+    """The field as the command line reads it: float32 [4, H, W] by the project's channel reader."""
+    from protloc.data.channels import CHANNELS, COLOUR_OF_CHANNEL
+    from protloc.data.readers import read_channel_file
+
+    folder = tmp / "field"
+    folder.mkdir(exist_ok=True)
+    by_colour = {}
+    for name, data in files:
+        (folder / name).write_bytes(data)
+        by_colour[Path(name).stem.rsplit("_", 1)[-1]] = folder / name
+    return np.stack([np.asarray(read_channel_file(by_colour[COLOUR_OF_CHANNEL[c]], colour=COLOUR_OF_CHANNEL[c]),
+                                dtype=np.float32) for c in CHANNELS])
+
+
+def field_rounds(servers, clients, files, rounds: int, progress: Progress, reference=None) -> list[dict]:
+    times: dict[str, dict[str, list[float]]] = {s.name: {"probabilities": [], "page": [], "pictures": []} for s in servers}
+    floor: list[float] = []
+    for index in range(rounds):
+        if reference is not None:  # the same field through Predictor.predict_proba in this process: the floor
+            start = time.perf_counter()
+            reference()
+            floor.append(time.perf_counter() - start)
+        order = servers if index % 2 == 0 else servers[::-1]
+        for server in order:
+            client = clients[server.name]
+            start = time.perf_counter()
+            sid, seconds = predict(client, files)
+            pictures = page_complete(client, sid)
+            times[server.name]["probabilities"].append(seconds)
+            times[server.name]["page"].append(time.perf_counter() - start)
+            times[server.name]["pictures"].append(pictures)
+        progress.step(f"platform field {index + 1}/{rounds}")
+    rows = [{"variant": "Predictor.predict_proba alone (no server, no upload, no decoding)",
+             "probabilities_best_s": round(min(floor), 3), "probabilities_median_s": round(float(np.median(floor)), 3),
+             "page_best_s": None, "page_median_s": None, "pictures_on_page": 0}] if floor else []
+    return rows + [{"variant": name, "probabilities_best_s": round(min(t["probabilities"]), 3),
+             "probabilities_median_s": round(float(np.median(t["probabilities"])), 3),
+             "page_best_s": round(min(t["page"]), 3), "page_median_s": round(float(np.median(t["page"])), 3),
+             "pictures_on_page": t["pictures"][0]} for name, t in times.items()]
+
+
+def throughput(server, payload: bytes, clients: int, requests: int, httpx) -> dict:
+    latencies: list[float] = []
+    lock = threading.Lock()
+
+    def work(count: int) -> None:
+        with httpx.Client(base_url=server.url, timeout=600) as client:
+            for _ in range(count):
+                _, latency = predict(client, [("sample.tif", payload)], THROUGHPUT_POLL_SECONDS)
+                with lock:
+                    latencies.append(latency)
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=work, args=(requests // clients,)) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - start
+    return {"requests": len(latencies), "per_s": round(len(latencies) / wall, 2),
+            "latency_p50_s": round(float(np.percentile(latencies, 50)), 3)}
+
+
+def list_burst(server, concurrent: int) -> dict:
+    import asyncio
+
+    import httpx
+
+    async def burst() -> list[float]:
+        limits = httpx.Limits(max_connections=concurrent, max_keepalive_connections=concurrent)
+        async with httpx.AsyncClient(base_url=server.url, timeout=120, limits=limits) as client:
+            async def one() -> float:
+                start = time.perf_counter()
+                answer = await client.get("/api/v1/predictions")
+                answer.raise_for_status()
+                assert answer.json()["items"], "the list is empty"
+                return time.perf_counter() - start
+
+            return await asyncio.gather(*(one() for _ in range(concurrent)))
+
+    latencies = asyncio.run(burst())
+    return {"p50_s": round(float(np.percentile(latencies, 50)), 3), "p95_s": round(float(np.percentile(latencies, 95)), 3),
+            "max_s": round(max(latencies), 3)}
+
+
+def wait_idle(client, seconds: float = 1.0) -> None:
+    """Until the server's queue is empty and nothing is running, then ``seconds`` more (idle work)."""
+    while True:
+        listed = client.get("/api/v1/predictions", params={"status": "queued", "limit": 1}).json()["total"]
+        running = client.get("/api/v1/predictions", params={"status": "running", "limit": 1}).json()["total"]
+        if listed == 0 and running == 0:
+            break
+        time.sleep(0.2)
+    time.sleep(seconds)
+
+
+def memory_rounds(server, client, payload: bytes, rounds: int, per_round: int, progress: Progress) -> dict:
+    from concurrent.futures import ThreadPoolExecutor
+
+    pid = server.process.pid
+    settled, peaks = [], []
+    for index in range(rounds):
+        peak = [resident_mib(pid)]
+        done = threading.Event()
+
+        def sample() -> None:
+            while not done.wait(0.05):
+                peak[0] = max(peak[0], resident_mib(pid))
+
+        watcher = threading.Thread(target=sample, daemon=True)
+        watcher.start()
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(lambda _: client.post("/api/v1/predictions", files=[("files", ("s.tif", payload))]).raise_for_status(),
+                          range(per_round)))
+        wait_idle(client, seconds=2.0)
+        done.set()
+        watcher.join()
+        settled.append(round(resident_mib(pid), 1))
+        peaks.append(round(peak[0], 1))
+        progress.step(f"platform memory {server.name[:12]} {index + 1}/{rounds}")
+    growth = (settled[-1] - settled[0]) / settled[0] * 100
+    return {"settled_mib": settled, "peak_mib": peaks, "growth_first_to_last_pct": round(growth, 1)}
 
 
 def platform_section(settings: Settings, progress: Progress) -> dict:
-    import socket
-    import threading
-
     try:
         import httpx
     except ImportError as exc:
         return {"skipped": f"{exc.name} is not installed (pip install -e '.[dev]')"}
-    import tifffile
-    import torch
 
-    from protloc.checkpoint import save_model_file
-    from protloc.labels import HPA13
-    from protloc.models import create_model
-
-    size = 128 if settings.quick else 1024
-    levels = (1, 2) if settings.quick else (1, 4, 8)
-    per_level = 4 if settings.quick else 16
+    quick = settings.quick
     with tempfile.TemporaryDirectory(prefix="protloc-bench-web-") as tmp:
         tmp = Path(tmp)
-        if settings.model:
-            model = settings.model
-        else:
-            torch.manual_seed(0)
-            save_model_file(tmp / "model.pt", create_model("gapnet-pl"), model_name="gapnet-pl",
-                            classes=list(HPA13.classes), label_set="hpa13", crop_size=1024)
-            model = str(tmp / "model.pt")
-        rng = np.random.default_rng(0)
-        sample = (rng.random((size, size, 4)) * 4000).astype(np.uint16)
-        tiff = tmp / "sample.tif"
-        tifffile.imwrite(tiff, np.moveaxis(sample, -1, 0))
-        payload = tiff.read_bytes()
-        # The server runs as `protloc serve` in its own process, as a facility would run it: clients in
-        # this process then do not share its interpreter lock with the web server and the worker.
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        url = f"http://127.0.0.1:{port}"
-        server = subprocess.Popen(
-            [sys.executable, "-m", "protloc", "serve", "--model", model, "--data-dir", str(tmp / "data"),
-             "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                server.kill()
-                return {"skipped": f"the server did not start: {(server.communicate()[1] or '').strip()[-300:]}"}
-            time.sleep(0.1)
-        rows = []
+        model, weights = bench_model(settings, tmp)
+        files, field = field_files(tmp, quick)
+        size = 128 if quick else 1024
+        payload = tiff_payload(tmp, size)
+        servers = [Server(name, flags, model, tmp / f"data-{i}") for i, (name, flags) in enumerate(VARIANTS.items())]
+        load_start = os.getloadavg()[0]
         try:
-            with httpx.Client(base_url=url, timeout=600) as client:
+            for server in servers:
+                server.wait_ready(httpx)
+            clients = {s.name: httpx.Client(base_url=s.url, timeout=600) for s in servers}
+            for server in servers:  # warm-up: model loading, the first forward pass
+                predict(clients[server.name], [("warm.tif", payload)])
+            import protloc
 
-                def one() -> float:
-                    start = time.perf_counter()
-                    response = client.post("/api/v1/predictions", files=[("files", ("sample.tif", payload))])
-                    response.raise_for_status()
-                    sid = response.json()["id"]
-                    while True:
-                        data = client.get(f"/api/v1/predictions/{sid}").json()
-                        if data["status"] in ("done", "failed"):
-                            if data["status"] == "failed":
-                                raise RuntimeError(f"prediction failed: {data}")
-                            return time.perf_counter() - start
-                        time.sleep(POLL_SECONDS)
-
-                one()  # warm-up: model loading, first forward
-                for level in levels:
-                    latencies: list[float] = []
-                    lock = threading.Lock()
-
-                    def worker(count: int) -> None:
-                        for _ in range(count):
-                            latency = one()
-                            with lock:
-                                latencies.append(latency)
-
-                    start = time.perf_counter()
-                    threads = [threading.Thread(target=worker, args=(per_level // level,)) for _ in range(level)]
-                    for t in threads:
-                        t.start()
-                    for t in threads:
-                        t.join()
-                    wall = time.perf_counter() - start
-                    rows.append({"concurrent_clients": level, "requests": len(latencies),
-                                 "throughput_per_s": round(len(latencies) / wall, 2),
-                                 "latency_p50_s": round(float(np.percentile(latencies, 50)), 3),
-                                 "latency_p95_s": round(float(np.percentile(latencies, 95)), 3)})
-                    progress.step(f"platform x{level}")
-                stats = client.get("/api/v1/worker").json()
+            predictor = protloc.load_model(model)
+            image = field_sample(tmp, files)
+            field_rows = field_rounds(servers, clients, files, 2 if quick else 3, progress,
+                                      reference=lambda: predictor.predict_proba(image))
+            del predictor, image
+            levels = (1, 2) if quick else (1, 4)
+            requests = 4 if quick else 16
+            through = {s.name: {} for s in servers}
+            for level in levels:
+                for server in servers:
+                    through[server.name][level] = throughput(server, payload, level, requests, httpx)
+            progress.step("platform throughput")
+            lists = {s.name: list_burst(s, 20 if quick else 200) for s in servers}
+            progress.step("platform list")
+            rounds, per_round = (2, 5) if quick else (5, 50)
+            memory = {s.name: memory_rounds(s, clients[s.name], payload, rounds, per_round, progress) for s in servers}
+            stats = {s.name: clients[s.name].get("/api/v1/worker").json() for s in servers}
+            for client in clients.values():
+                client.close()
         finally:
-            server.terminate()
-            try:
-                server.wait(30)
-            except subprocess.TimeoutExpired:
-                server.kill()
-    base = rows[0]["throughput_per_s"]
-    for row in rows:
-        row["throughput_ratio_vs_one_client"] = round(row["throughput_per_s"] / base, 2)
-    return {"sample": f"{size}x{size}x4 uint16 TIFF upload, covering patches of 1024", "rows": rows,
-            "worker": stats, "latency": f"POST /api/v1/predictions until GET says done (polled every {POLL_SECONDS * 1000:.0f} ms); "
-                       "server: `protloc serve` in its own process"}
+            for server in servers:
+                server.stop()
+    base = servers[0].name
+    baseline = next(row for row in field_rows if row["variant"] == base)
+    for row in field_rows:
+        row["probabilities_ratio"] = round(baseline["probabilities_best_s"] / row["probabilities_best_s"], 2)
+        row["page_ratio"] = round(baseline["page_best_s"] / row["page_best_s"], 2) if row["page_best_s"] else None
+    return {
+        "field": field, "weights": weights, "load_average_at_start": round(load_start, 2),
+        "field_rows": field_rows,
+        "throughput": {"sample": f"{size}² four-channel uint16 TIFF", "requests_per_level": requests,
+                       "rows": [{"variant": name, "clients": level, **row,
+                                 "ratio": round(row["per_s"] / through[base][level]["per_s"], 2)}
+                                for name, by_level in through.items() for level, row in by_level.items()]},
+        "list": {"concurrent": 20 if quick else 200,
+                 "rows": [{"variant": name, **row, "p95_ratio": round(lists[base]["p95_s"] / row["p95_s"], 2)}
+                          for name, row in lists.items()]},
+        "memory": {"rounds": rounds, "uploads_per_round": per_round, "sample": f"{size}² TIFF",
+                   "rows": [{"variant": name, **row} for name, row in memory.items()]},
+        "worker": stats,
+        "method": "both servers run at once, each `protloc serve` in its own process; measurements alternate between "
+                  f"them; probabilities: POST until GET says done (polled every {POLL_SECONDS * 1000:.0f} ms); page: "
+                  "that, then the result page and all its pictures (6 connections)",
+    }
+
+
+def bench_model(settings: Settings, tmp: Path) -> tuple[str, str]:
+    """The model both servers load: --model, the imported published weights, else random GapNet-PL weights."""
+    if settings.model:
+        return settings.model, settings.model
+    try:
+        from protloc.pretrained.fetch import resolve_pretrained
+
+        return str(resolve_pretrained()), "published GapNet-PL weights"
+    except Exception:
+        import torch
+
+        from protloc.checkpoint import save_model_file
+        from protloc.labels import HPA13
+        from protloc.models import create_model
+
+        torch.manual_seed(0)
+        save_model_file(tmp / "model.pt", create_model("gapnet-pl"), model_name="gapnet-pl",
+                        classes=list(HPA13.classes), label_set="hpa13", crop_size=1024)
+        return str(tmp / "model.pt"), "random GapNet-PL weights (no imported published weights found)"

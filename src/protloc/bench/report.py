@@ -52,15 +52,7 @@ def markdown(results: dict) -> str:
                        [[r["variant"], r["crops_per_s"], r["median_crops_per_s"], f"**{r['ratio_vs_baseline']}x**"]
                         for r in s["rows"]]), ""]
     if "platform" in sections:
-        s = sections["platform"]
-        out += ["### Platform: concurrent prediction requests", ""]
-        if "skipped" in s:
-            out += [f"skipped: {s['skipped']}", ""]
-        else:
-            out += [f"{s['sample']}; latency: {s['latency']}.", ""]
-            out += [_table(["clients", "requests", "throughput /s", "p50 latency s", "p95 latency s", "throughput ratio"],
-                           [[r["concurrent_clients"], r["requests"], r["throughput_per_s"], r["latency_p50_s"],
-                             r["latency_p95_s"], f"**{r['throughput_ratio_vs_one_client']}x**"] for r in s["rows"]]), ""]
+        out += platform_markdown(sections["platform"])
     if "scaling" in sections:
         s = sections["scaling"]
         out += ["### Scaling", "", f"Whole-image inference ({s['memory']}).", ""]
@@ -80,3 +72,31 @@ def markdown(results: dict) -> str:
 
         out += cells_markdown(sections["cells"])
     return "\n".join(out)
+
+
+def platform_markdown(s: dict) -> list[str]:
+    out = ["### Platform: probabilities first against today's path", ""]
+    if "skipped" in s:
+        return out + [f"skipped: {s['skipped']}", ""]
+    out += [f"{s['method']}. Weights: {s['weights']}; load average at start {s['load_average_at_start']}.", ""]
+    out += [f"One field ({s['field']}), best and median of the rounds; ratio = baseline best / row best.", ""]
+    out += [_table(["variant", "to probabilities s (best / median)", "ratio", "page with pictures s (best / median)",
+                    "ratio", "pictures"],
+                   [[r["variant"], f"{r['probabilities_best_s']} / {r['probabilities_median_s']}",
+                     f"**{r['probabilities_ratio']}x**",
+                     f"{r['page_best_s']} / {r['page_median_s']}" if r["page_best_s"] else "",
+                     f"**{r['page_ratio']}x**" if r["page_ratio"] else "", r["pictures_on_page"]] for r in s["field_rows"]]), ""]
+    t = s["throughput"]
+    out += [f"Uploads of a {t['sample']}, {t['requests_per_level']} per client count.", ""]
+    out += [_table(["variant", "clients", "requests/s", "p50 latency s", "ratio"],
+                   [[r["variant"], r["clients"], r["per_s"], r["latency_p50_s"], f"**{r['ratio']}x**"] for r in t["rows"]]), ""]
+    out += [f"{s['list']['concurrent']} concurrent `GET /api/v1/predictions` (50 items each).", ""]
+    out += [_table(["variant", "p50 s", "p95 s", "max s", "p95 ratio"],
+                   [[r["variant"], r["p50_s"], r["p95_s"], r["max_s"], f"**{r['p95_ratio']}x**"] for r in s["list"]["rows"]]), ""]
+    m = s["memory"]
+    out += [f"Server resident memory over {m['rounds']} rounds of {m['uploads_per_round']} uploads ({m['sample']}, "
+            "4 clients); settled = 2 s after the round's last submission is done.", ""]
+    out += [_table(["variant", "settled MiB per round", "peak MiB per round", "growth first to last"],
+                   [[r["variant"], " / ".join(map(str, r["settled_mib"])), " / ".join(map(str, r["peak_mib"])),
+                     f"{r['growth_first_to_last_pct']}%"] for r in m["rows"]]), ""]
+    return out

@@ -47,6 +47,15 @@ def register(subparsers) -> None:
     parser.add_argument("--client-timeout", type=float, default=30, metavar="SECONDS",
                         help="close a connection whose client sends nothing for this long in the middle of a request "
                         "(idle keep-alive connections close after 5 s; default: %(default)s)")
+    parser.add_argument("--no-worker", action="store_true",
+                        help="serve pages and API only; `protloc worker --db URL` processes (on this or other machines) "
+                        "predict the submissions")
+    parser.add_argument("--render-eagerly", action="store_true",
+                        help="draw every full-size picture before a submission is done (the platform before "
+                        "probabilities-first; slower, kept for comparison)")
+    parser.add_argument("--lease", type=float, default=60.0, metavar="SECONDS",
+                        help="PostgreSQL: how long this server's worker holds a claimed submission without renewal "
+                        "(default: %(default)s)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     parser.set_defaults(handler=run)
@@ -61,8 +70,9 @@ def settings_from_args(args):
     from protloc.data.limits import max_pixels
 
     pixel_limit = max_pixels() if args.max_pixels is None else args.max_pixels
-    if args.max_upload_mb <= 0 or args.max_batch_mb <= 0 or pixel_limit <= 0 or args.client_timeout <= 0:
-        raise ProtlocError("--max-upload-mb, --max-batch-mb, --max-pixels and --client-timeout must be positive")
+    if (args.max_upload_mb <= 0 or args.max_batch_mb <= 0 or pixel_limit <= 0 or args.client_timeout <= 0
+            or args.lease <= 0):
+        raise ProtlocError("--max-upload-mb, --max-batch-mb, --max-pixels, --client-timeout and --lease must be positive")
     tokens = list(args.auth_tokens or [])
     if os.environ.get("PROTLOC_AUTH_TOKEN"):
         tokens.append(os.environ["PROTLOC_AUTH_TOKEN"])
@@ -77,6 +87,9 @@ def settings_from_args(args):
         max_pixels=pixel_limit,
         device=args.device,
         expert_study=Path(args.expert_study) if args.expert_study else None,
+        run_worker=not args.no_worker,
+        eager_render=args.render_eagerly,
+        lease_seconds=args.lease,
     )
 
 
@@ -117,8 +130,9 @@ def run(args) -> int:
     except Exception as exc:  # a database URL that cannot be reached, a driver not installed
         raise ProtlocError(f"cannot start the server: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
     auth = "on" if app.state.platform.auth_required else "off (no --auth-token, no users)"
+    worker = "no worker: `protloc worker` processes predict" if args.no_worker else "worker in this process"
     print(f"protloc: serving {', '.join(app.state.platform.predictors)} on http://{args.host}:{args.port}/ "
-          f"(data in {settings.data_dir}, auth {auth})", file=sys.stderr)
+          f"(data in {settings.data_dir}, auth {auth}, {worker})", file=sys.stderr)
     from protloc.web.server import serve
 
     serve(app, args.host, args.port, args.log_level, args.client_timeout)

@@ -39,8 +39,9 @@ def class_activation_maps(network, image: np.ndarray, class_indices: list[int], 
     was_training = network.training
     network.eval()
     try:
+        with torch.no_grad():  # the maps need gradients through the head only, not the convolutions
+            blocks = list(network.blocks(x))
         with torch.enable_grad():
-            blocks = [b.detach().requires_grad_(False) for b in network.blocks(x)]
             pooled = torch.cat([b.mean(dim=(2, 3)) for b in blocks], dim=1).requires_grad_(True)
             logits = network.head(pooled)[0]
             maps = []

@@ -17,7 +17,8 @@ from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Integer, String, Tex
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
-# Submission states. "queued" and "running" are unfinished: a restart puts them back in the queue.
+# Submission states. "queued" and "running" are unfinished: a restart puts them back in the queue, and
+# a "running" row whose worker's lease has run out is taken by another worker (protloc.web.jobs).
 QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
 UNFINISHED = (QUEUED, RUNNING)
 
@@ -89,6 +90,8 @@ class Submission(Base):
     height: Mapped[int] = mapped_column(Integer)
     width: Mapped[int] = mapped_column(Integer)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    worker: Mapped[str | None] = mapped_column(String(100), nullable=True)  # who holds (or finished) it
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)  # held till then by ``worker``
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     batch_id: Mapped[str | None] = mapped_column(ForeignKey("batch_jobs.id"), nullable=True, index=True)
     batch: Mapped[BatchJob | None] = relationship(back_populates="submissions")
@@ -127,7 +130,7 @@ class ApiToken(Base):
 # Columns added after the first release: a database made before them gains them on open.
 ADDED_COLUMNS = {
     "tokens": {"user_id": "INTEGER REFERENCES users(id)", "revoked_at": "TIMESTAMP"},
-    "submissions": {"owner_id": "INTEGER REFERENCES users(id)"},
+    "submissions": {"owner_id": "INTEGER REFERENCES users(id)", "worker": "VARCHAR(100)", "lease_until": "TIMESTAMP"},
     "batch_jobs": {"owner_id": "INTEGER REFERENCES users(id)"},
 }
 

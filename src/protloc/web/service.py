@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy import func, or_, select
+from sqlalchemy.orm import contains_eager
 
 from protloc.data.channels import CHANNELS
 from protloc.data.limits import DEFAULT_MAX_PIXELS
@@ -30,6 +31,8 @@ from protloc.web.storage import (
     normalise_channel_name,
     shared_sample_id,
 )
+from protloc.web.jobs import DatabaseJobs
+from protloc.web.renders import Renderer, is_image_name
 from protloc.web.worker import PredictionWorker
 
 MB = 1 << 20
@@ -79,7 +82,9 @@ class WebSettings:
     max_batch_bytes: int = 8192 * MB  # a zip upload, and its total uncompressed size
     max_zip_ratio: float = 100.0  # uncompressed / compressed size of a batch zip (zip bombs stop here)
     max_pixels: int = DEFAULT_MAX_PIXELS  # per channel plane: decompression bombs stop here
-    run_worker: bool = True  # False: accept and queue only (a later server with a worker runs them)
+    run_worker: bool = True  # False: accept and queue only (`protloc worker` processes, or a later server, run them)
+    eager_render: bool = False  # True: the old path, full-size pictures drawn before a submission is done
+    lease_seconds: float = 60.0  # PostgreSQL: a claimed submission's lease; a dead worker's job waits this long
     max_batch_patches: int = 64
     linger_seconds: float = 0.02
     device: str = "cpu"
@@ -135,9 +140,15 @@ class Platform:
             raise ProtlocError("no model loaded")
         self.default_model = next(iter(self.predictors))
         self._record_models()
+        self.renderer = Renderer(self.predictors, self.sessions, self.store)
+        # PostgreSQL: this server's worker claims jobs from the database like `protloc worker`s on
+        # other machines; SQLite (one machine): the ids are handed over in memory.
+        postgres = self.sessions.kw["bind"].dialect.name == "postgresql"
+        jobs = DatabaseJobs(self.sessions, "", lease_seconds=settings.lease_seconds) if postgres else None
         self.worker = PredictionWorker(
             self.predictors, self.sessions, self.store,
             max_batch_patches=settings.max_batch_patches, linger_seconds=settings.linger_seconds,
+            jobs=jobs, eager_render=settings.eager_render, renderer=self.renderer,
         )
         self.batches = Batches(self)
         # Tokens are required when the command line asks for them or the database holds any
@@ -226,7 +237,7 @@ class Platform:
             session.flush()
             submission_id = row.id
         if self.settings.run_worker:
-            self.worker.submit(submission_id)
+            self.worker.submit(submission_id, image)
         return submission_id
 
     @staticmethod
@@ -296,9 +307,9 @@ class Platform:
                 raise NotFound(f"no submission {submission_id!r}")
             return self.submission_dict(row)
 
-    def submission_image(self, submission_id: str, name: str, viewer: Viewer | None = None) -> Path:
-        allowed = {"composite.png"} | {f"channel-{c}.png" for c in CHANNELS}
-        if name not in allowed and not (name.startswith("map-") and name.endswith(".png") and name[4:-4].isdigit()):
+    def submission_image(self, submission_id: str, name: str, viewer: Viewer | None = None, full: bool = False) -> Path:
+        """A picture of a finished submission: cached, or drawn now (display size unless ``full``)."""
+        if not is_image_name(name):
             raise NotFound(f"no image {name!r}")
         if not submission_id.isalnum():
             raise NotFound(f"no submission {submission_id!r}")
@@ -307,9 +318,9 @@ class Platform:
                 owner = session.scalar(select(db.Submission.owner_id).where(db.Submission.id == submission_id))
             if not viewer.sees(owner):
                 raise NotFound(f"no submission {submission_id!r}")
-        path = self.store.render_dir(submission_id) / name
-        if not path.is_file():
-            raise NotFound("image not available (yet)")
+        path = self.renderer.image(submission_id, name, full=full)
+        if path is None:
+            raise NotFound("image not available (the submission is not done, or has no such picture)")
         return path
 
     def list_submissions(self, q: str | None, cls: str | None, status: str | None, limit: int, offset: int,
@@ -317,7 +328,8 @@ class Platform:
         if not 0 <= offset <= MAX_OFFSET:
             raise UploadError(422, f"offset must lie between 0 and {MAX_OFFSET}")
         with self.sessions() as session:
-            query = select(db.Submission).outerjoin(db.Result)
+            # The result comes in the same query, not one query per listed row.
+            query = select(db.Submission).outerjoin(db.Result).options(contains_eager(db.Submission.result))
             if viewer is not None and not viewer.admin:
                 query = query.where(db.Submission.owner_id == viewer.user_id)
             if q:

@@ -1,35 +1,44 @@
 """The prediction worker: one thread that owns the networks and batches patches across submissions.
 
-Requests only write a submission row and put its id on a queue, so the event loop never waits for a
-network. The worker takes the first waiting id, lingers a few milliseconds for more, cuts every
-waiting sample of the same model into the paper's covering patches and runs them through the
-network together (``max_batch_patches`` per forward pass); each sample's probability is the mean of
-its own patches' sigmoids, exactly as ``Predictor.predict_proba``. The result, its rendered images
-and the ``done`` status are committed together; on start, submissions left ``queued`` or ``running``
-by a previous process are put back in the queue (``recover_unfinished``); a row whose batch raises is
-marked ``failed`` with the reason at once, never left ``running``.
+Requests only write a submission row and hand its id over, so the event loop never waits for a
+network. The worker takes jobs from ``protloc.web.jobs`` (an in-memory queue in the web server's own
+process, or claims with leases in a database that workers on other machines share), lingers a few
+milliseconds for more, cuts every waiting sample of the same model into the paper's covering patches
+and runs them through the network together (``max_batch_patches`` per forward pass); each sample's
+probability is the mean of its own patches' sigmoids, exactly as ``Predictor.predict_proba``.
+
+Probabilities first: the result and the ``done`` status are committed as soon as the probabilities
+are known. The pictures (composite, channels, localisation maps) come afterwards, drawn by
+``protloc.web.renders`` at display size when the worker has nothing else to do, or on first view,
+whichever comes first. ``eager_render=True`` is the platform as it was before: full-size pictures
+drawn before ``done`` (kept as the benchmark's baseline). A row whose batch raises is marked
+``failed`` with the reason at once, never left ``running``.
 """
 
 from __future__ import annotations
 
+import collections
+import ctypes
 import logging
-import queue
-import shutil
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from protloc.data.channels import CHANNELS
 from protloc.web import db
+from protloc.web.jobs import DatabaseJobs, MemoryJobs, worker_name
+from protloc.web.renders import Renderer
 from protloc.web.storage import BlobStore, load_stored_sample
 
 log = logging.getLogger("protloc.web.worker")
-_STOP = object()
+# Decoded samples the web server hands to the worker of its own process, so it need not decode the
+# stored files again; a few only (a 2048² field is 64 MB).
+MAX_HANDED_OVER = 4
+# Pictures are drawn only once no job has come for this long: a burst of uploads is predicted first.
+IDLE_BEFORE_PICTURES = 0.25
 
 
 @dataclass
@@ -40,6 +49,8 @@ class WorkerStats:
     patches: int = 0
     samples: int = 0
     failures: int = 0
+    rendered: int = 0
+    lost_leases: int = 0
     max_samples_per_pass: int = 0
     busy_seconds: float = 0.0
     started_at: float = field(default_factory=time.time)
@@ -77,25 +88,12 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
-def render_submission(predictor, image: np.ndarray, predicted: list[str], probs: np.ndarray, folder: Path) -> list[str]:
-    """Composite, channels and the localisation map of each predicted class as PNGs in ``folder``.
-
-    With no class over its threshold, the map of the most probable class is drawn instead, so the
-    page always shows where the network looked. Returns the classes with a map.
-    """
-    from protloc import visualization as render
-
-    folder.mkdir(parents=True, exist_ok=True)
-    composite = render.composite(image)
-    render.save_png(composite, folder / "composite.png")
-    for channel in CHANNELS:
-        render.save_png(render.channel_image(image, channel), folder / f"channel-{channel}.png")
-    map_classes = list(predicted) or [predictor.classes[int(np.argmax(probs))]]
-    maps = predictor.localization_maps(image, map_classes)
-    for cls in map_classes:
-        index = predictor.classes.index(cls)
-        render.save_png(render.overlay_map(image, maps[cls], base=composite), folder / f"map-{index}.png")
-    return map_classes
+def release_memory() -> None:
+    """Hand freed heap back to the system (glibc keeps it otherwise, and the server's size creeps up)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 class PredictionWorker:
@@ -107,6 +105,9 @@ class PredictionWorker:
         max_batch_patches: int = 64,
         max_samples: int = 16,
         linger_seconds: float = 0.02,
+        jobs: MemoryJobs | DatabaseJobs | None = None,
+        eager_render: bool = False,
+        renderer: Renderer | None = None,
     ) -> None:
         self.predictors = predictors
         self.sessions = sessions
@@ -114,9 +115,21 @@ class PredictionWorker:
         self.max_batch_patches = max_batch_patches
         self.max_samples = max_samples
         self.linger_seconds = linger_seconds
-        self.queue: queue.Queue = queue.Queue()
+        self.name = worker_name()
+        self.jobs = jobs if jobs is not None else MemoryJobs(sessions, self.name)
+        self.jobs.name = self.name
+        if isinstance(self.jobs, DatabaseJobs):
+            self.jobs.model_keys = list(predictors)
+        self.eager_render = eager_render
+        self.renderer = renderer or Renderer(predictors, sessions, store)
         self.stats = WorkerStats()
+        self.to_render: collections.deque = collections.deque(maxlen=10_000)
+        self._handed: collections.OrderedDict = collections.OrderedDict()
+        self._held: list[str] = []
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self._heartbeat: threading.Thread | None = None
 
     # -- life cycle -------------------------------------------------------------------------------
     def start(self) -> int:
@@ -124,115 +137,140 @@ class PredictionWorker:
         rerun = self.recover_unfinished()
         self._thread = threading.Thread(target=self._run, name="protloc-prediction-worker", daemon=True)
         self._thread.start()
+        if isinstance(self.jobs, DatabaseJobs):
+            self._heartbeat = threading.Thread(target=self._renew_leases, name="protloc-lease", daemon=True)
+            self._heartbeat.start()
         return rerun
 
     def stop(self, timeout: float = 30.0) -> None:
+        self._stopping.set()
+        self.jobs.stop()
         if self._thread is not None and self._thread.is_alive():
-            self.queue.put(_STOP)
             self._thread.join(timeout)
+
+    def run_forever(self) -> None:
+        """``protloc worker``: work until stopped (Ctrl+C or SIGTERM finish the batch in hand first)."""
+        self.start()
+        try:
+            while self.alive:
+                self._thread.join(0.5)
+        finally:
+            self.stop()
 
     @property
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
     def recover_unfinished(self) -> int:
-        with self.sessions.begin() as session:
-            ids = session.scalars(
-                select(db.Submission.id).where(db.Submission.status.in_(db.UNFINISHED)).order_by(db.Submission.created_at)
-            ).all()
-            if ids:
-                session.execute(update(db.Submission).where(db.Submission.id.in_(ids)).values(status=db.QUEUED))
-        for submission_id in ids:
-            self.queue.put(submission_id)
-        if ids:
-            log.info("rerunning %d unfinished submission(s)", len(ids))
-        return len(ids)
+        count = self.jobs.recover()
+        if count:
+            log.info("rerunning %d unfinished submission(s)", count)
+        return count
 
-    def submit(self, submission_id: str) -> None:
-        self.queue.put(submission_id)
+    def submit(self, submission_id: str, image: np.ndarray | None = None) -> None:
+        if image is not None and isinstance(self.jobs, MemoryJobs) and not self.eager_render:
+            with self._lock:
+                self._handed[submission_id] = image
+                while len(self._handed) > MAX_HANDED_OVER:
+                    self._handed.popitem(last=False)
+        self.jobs.put(submission_id)
 
     def pending(self) -> int:
-        return self.queue.qsize()
+        return self.jobs.pending()
+
+    def _renew_leases(self) -> None:
+        interval = max(0.2, self.jobs.lease.total_seconds() / 3)
+        while not self._stopping.wait(interval):
+            with self._lock:
+                held = list(self._held)
+            try:
+                self.jobs.renew(held)
+            except Exception as exc:  # the database is away for a moment: the next beat tries again
+                log.warning("cannot renew the lease of %d submission(s): %s", len(held), _one_line(exc))
 
     # -- the loop -----------------------------------------------------------------------------------
     def _run(self) -> None:
-        while True:
-            first = self.queue.get()
-            if first is _STOP:
+        while not self._stopping.is_set():
+            # Pictures wait while predictions do: they are drawn once the jobs pause.
+            wait = IDLE_BEFORE_PICTURES if self.to_render else 1.0
+            try:
+                ids = self.jobs.take(self.max_samples, self.linger_seconds, wait)
+            except Exception as exc:
+                log.error("cannot take jobs: %s", _one_line(exc))
+                self._stopping.wait(1.0)
+                continue
+            if ids is None:
                 return
-            ids = [first]
-            stop_after = False
-            deadline = time.monotonic() + self.linger_seconds
-            while len(ids) < self.max_samples:
-                try:
-                    item = self.queue.get(timeout=max(0.0, deadline - time.monotonic()))
-                except queue.Empty:
-                    break
-                if item is _STOP:
-                    stop_after = True
-                    break
-                ids.append(item)
-            started = time.monotonic()
-            self._process(ids)
-            self.stats.busy_seconds += time.monotonic() - started
-            if stop_after:
-                return
+            if ids:
+                started = time.monotonic()
+                self._process(ids)
+                self.stats.busy_seconds += time.monotonic() - started
+                release_memory()
+            elif self.to_render:
+                self._render_one(self.to_render.popleft())
 
-    def _claim(self, ids: list[str]) -> list[db.Submission]:
-        with self.sessions.begin() as session:
-            rows = session.scalars(
-                select(db.Submission).where(db.Submission.id.in_(ids), db.Submission.status == db.QUEUED)
-            ).all()
-            for row in rows:
-                row.status = db.RUNNING
-                row.attempts += 1
-            return list(rows)
+    def _render_one(self, submission_id: str) -> None:
+        try:
+            self.renderer.render_all(submission_id)
+            self.stats.rendered += 1
+        except Exception as exc:  # a picture that cannot be drawn is drawn (or refused) on view
+            log.warning("rendering %s failed: %s", submission_id, _one_line(exc))
+        release_memory()
 
     def _fail(self, submission_id: str, reason: str) -> None:
         self.stats.failures += 1
         with self.sessions.begin() as session:
             row = session.get(db.Submission, submission_id)
-            if row is not None:
-                row.status, row.error, row.finished_at = db.FAILED, reason, db.utcnow()
+            if row is not None and row.status == db.RUNNING and row.worker == self.name:
+                row.status, row.error, row.finished_at, row.lease_until = db.FAILED, reason, db.utcnow(), None
 
     def _fail_unfinished(self, ids: list[str], reason: str) -> int:
         """Rows this worker claimed and left ``running``: failed with the reason, not left for a restart."""
         with self.sessions.begin() as session:
             rows = session.scalars(
-                select(db.Submission).where(db.Submission.id.in_(ids), db.Submission.status == db.RUNNING)
+                select(db.Submission).where(db.Submission.id.in_(ids), db.Submission.status == db.RUNNING,
+                                            db.Submission.worker == self.name)
             ).all()
             for row in rows:
-                row.status, row.error, row.finished_at = db.FAILED, reason, db.utcnow()
+                row.status, row.error, row.finished_at, row.lease_until = db.FAILED, reason, db.utcnow(), None
         self.stats.failures += len(rows)
         return len(rows)
 
     def _process(self, ids: list[str]) -> None:
         """Never lets one bad batch kill the worker, and never leaves a claimed row ``running``."""
-        claimed: list[str] = []
+        with self._lock:
+            self._held = list(ids)
         try:
-            rows = self._claim(list(dict.fromkeys(ids)))
-            claimed = [row.id for row in rows]
-            self._predict(rows)
+            with self.sessions() as session:
+                rows = session.scalars(select(db.Submission).where(db.Submission.id.in_(ids))).all()
+            self._predict(list(rows))
         except Exception as exc:
             log.error("prediction batch failed: %s", _one_line(exc), exc_info=True)
-            if claimed:
-                try:
-                    self._fail_unfinished(claimed, f"prediction failed: {_one_line(exc)}")
-                except Exception as again:  # the database itself is down: the restart requeues them
-                    log.error("cannot mark the batch's submissions failed: %s", _one_line(again))
+            try:
+                self._fail_unfinished(ids, f"prediction failed: {_one_line(exc)}")
+            except Exception as again:  # the database itself is down: the restart requeues them
+                log.error("cannot mark the batch's submissions failed: %s", _one_line(again))
+        finally:
+            with self._lock:
+                self._held = []
+                for submission_id in ids:
+                    self._handed.pop(submission_id, None)
 
     def _predict(self, rows: list[db.Submission]) -> None:
         by_model: dict[str, list[tuple[db.Submission, np.ndarray]]] = {}
         for row in rows:
             predictor = self.predictors.get(row.model_key)
             if predictor is None:
-                self._fail(row.id, f"model {row.model_key!r} is not loaded on this server")
+                self._fail(row.id, f"model {row.model_key!r} is not loaded on this worker")
                 continue
-            try:
-                image = load_stored_sample(self.store, row.input_kind, row.files)
-            except Exception as exc:
-                self._fail(row.id, f"cannot read the stored sample: {exc}")
-                continue
+            with self._lock:
+                image = self._handed.get(row.id)
+            if image is None:
+                try:
+                    image = load_stored_sample(self.store, row.input_kind, row.files)
+                except Exception as exc:
+                    self._fail(row.id, f"cannot read the stored sample: {exc}")
+                    continue
             by_model.setdefault(row.model_key, []).append((row, image))
         for model_key, items in by_model.items():
             predictor = self.predictors[model_key]
@@ -258,22 +296,26 @@ class PredictionWorker:
     def _finish(self, predictor, row: db.Submission, image: np.ndarray, probs: np.ndarray, shared_seconds: float) -> None:
         started = time.monotonic()
         predicted = predictor.predicted(probs)
-        final = self.store.render_dir(row.id)
-        staging = self.store.tmp / f"render-{row.id}"
-        shutil.rmtree(staging, ignore_errors=True)
-        try:
-            map_classes = render_submission(predictor, image, predicted, probs, staging)
-        except Exception as exc:
-            shutil.rmtree(staging, ignore_errors=True)
-            log.exception("rendering failed")
-            self._fail(row.id, f"rendering failed: {exc}")
-            return
-        # Images first, then the row that points at them: a crash in between only leaves a rerun.
-        shutil.rmtree(final, ignore_errors=True)
-        staging.rename(final)
+        # With no class over its threshold the page shows the most probable class's map: it always
+        # shows where the network looked.
+        map_classes = list(predicted) or [predictor.classes[int(np.argmax(probs))]]
+        if self.eager_render:  # the old path: full-size pictures before the row says done
+            from protloc.web.renders import render_maps, render_views
+
+            folder = self.renderer.folder(row.id, full=False)
+            render_views(image, folder, 1)
+            render_maps(predictor, image, map_classes, folder, 1)
         with self.sessions.begin() as session:
-            current = session.get(db.Submission, row.id)
-            if current is None:
+            # Still ours? A worker whose lease ran out (it stalled) must not finish a row another took.
+            owned = session.execute(
+                update(db.Submission)
+                .where(db.Submission.id == row.id, db.Submission.status == db.RUNNING, db.Submission.worker == self.name)
+                .values(status=db.DONE, error=None, finished_at=db.utcnow(), lease_until=None)
+                .execution_options(synchronize_session=False)
+            ).rowcount
+            if owned != 1:
+                self.stats.lost_leases += 1
+                log.warning("%s: lease lost to another worker; this worker's result is dropped", row.id)
                 return
             existing = session.get(db.Result, row.id)
             if existing is not None:
@@ -291,5 +333,7 @@ class PredictionWorker:
                     seconds=shared_seconds + time.monotonic() - started,
                 )
             )
-            current.status, current.error, current.finished_at = db.DONE, None, db.utcnow()
         self.stats.samples += 1
+        log.info("done %s", row.id)
+        if not self.eager_render:
+            self.to_render.append(row.id)

@@ -165,6 +165,22 @@ const protloc = (() => {
       .catch(() => window.location.reload());
   }
 
+  // A finished submission's pictures are drawn after its probabilities: each figure says "drawing…"
+  // until its picture arrives, and asks again a few times when the server could not draw it yet.
+  function watchPictures() {
+    for (const img of document.querySelectorAll("figure.picture img")) {
+      const figure = img.closest("figure");
+      if (img.complete && img.naturalWidth > 0) continue;
+      figure.classList.add("drawing");
+      let tries = 0;
+      img.addEventListener("load", () => figure.classList.remove("drawing", "unavailable"));
+      img.addEventListener("error", () => {
+        if (++tries > 5) { figure.classList.remove("drawing"); figure.classList.add("unavailable"); return; }
+        setTimeout(() => { const url = new URL(img.src); url.searchParams.set("try", tries); img.src = url; }, 1500);
+      });
+    }
+  }
+
   async function pollBatch(id) {
     for (;;) {
       const response = await fetch("/api/v1/batches/" + id);
@@ -190,5 +206,5 @@ const protloc = (() => {
     return String(text).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
   }
 
-  return { initUpload, pollSubmission, pollBatch, channelOf };
+  return { initUpload, pollSubmission, pollBatch, watchPictures, channelOf };
 })();

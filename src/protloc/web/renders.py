@@ -1,0 +1,141 @@
+"""A submission's pictures, made after its probabilities: on first view or by an idle worker, then cached.
+
+Two groups, each rendered in one go and cached as PNGs under the store's render folder: the *views*
+(composite and the four channels; cheap) and the *maps* (the localisation map of each class the
+result names; a backward pass through the network). Both are drawn at display size (the longest side
+at most ``DISPLAY_SIZE``, by block means) unless full resolution is asked for (``full=True``, cached
+in ``full/``). The pictures are written to a staging file and moved into place, so two processes
+that render the same submission at once (a worker and a web server on first view) never show a
+half-written file; within one process a lock per group makes the second caller wait for the first.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from protloc.data.channels import CHANNELS
+from protloc.web import db
+from protloc.web.storage import BlobStore, load_stored_sample
+
+DISPLAY_SIZE = 1024
+VIEW_NAMES = ("composite.png", *(f"channel-{c}.png" for c in CHANNELS))
+
+
+def is_image_name(name: str) -> bool:
+    return name in VIEW_NAMES or (name.startswith("map-") and name.endswith(".png") and name[4:-4].isdigit())
+
+
+def display_factor(height: int, width: int, full: bool) -> int:
+    return 1 if full else max(1, math.ceil(max(height, width) / DISPLAY_SIZE))
+
+
+def shrink(array: np.ndarray, factor: int) -> np.ndarray:
+    """Block means over ``factor``² pixels of the last two axes (edges cropped to whole blocks)."""
+    if factor == 1:
+        return array
+    h, w = array.shape[-2] // factor * factor, array.shape[-1] // factor * factor
+    cropped = array[..., :h, :w]
+    return cropped.reshape(*array.shape[:-2], h // factor, factor, w // factor, factor).mean(axis=(-3, -1))
+
+
+def _save_atomically(picture: np.ndarray, path: Path) -> None:
+    from protloc import visualization
+
+    staging = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    visualization.save_png(picture, staging)
+    os.replace(staging, path)
+
+
+def render_views(image: np.ndarray, folder: Path, factor: int) -> None:
+    from protloc import visualization
+
+    small = shrink(image, factor).astype(np.float32, copy=False)
+    folder.mkdir(parents=True, exist_ok=True)
+    for channel in CHANNELS:
+        _save_atomically(visualization.channel_image(small, channel), folder / f"channel-{channel}.png")
+    _save_atomically(visualization.composite(small), folder / "composite.png")  # last: it marks the group done
+
+
+def render_maps(predictor, image: np.ndarray, map_classes: list[str], folder: Path, factor: int) -> None:
+    from protloc import visualization
+
+    maps = predictor.localization_maps(image, map_classes)  # at full resolution: where the network looked
+    small = shrink(image, factor).astype(np.float32, copy=False)
+    base = visualization.composite(small)
+    folder.mkdir(parents=True, exist_ok=True)
+    for cls in map_classes:
+        index = predictor.classes.index(cls)
+        _save_atomically(visualization.overlay_map(small, shrink(maps[cls], factor), base=base), folder / f"map-{index}.png")
+
+
+class Renderer:
+    """Finds or draws one picture of a submission; ``render_all`` draws a finished one's display set."""
+
+    def __init__(self, predictors: dict, sessions, store: BlobStore) -> None:
+        self.predictors = predictors
+        self.sessions = sessions
+        self.store = store
+        self._locks: dict[tuple, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def folder(self, submission_id: str, full: bool) -> Path:
+        base = self.store.render_dir(submission_id)
+        return base / "full" if full else base
+
+    def cached(self, submission_id: str, name: str, full: bool = False) -> Path | None:
+        path = self.folder(submission_id, full) / name
+        return path if path.is_file() else None
+
+    def image(self, submission_id: str, name: str, full: bool = False, image: np.ndarray | None = None) -> Path | None:
+        """The picture's file, drawn now if it is not cached; None when the submission has no such picture."""
+        path = self.cached(submission_id, name, full)
+        if path is not None:
+            return path
+        group = "views" if name in VIEW_NAMES else "maps"
+        with self._lock((submission_id, group, full)):
+            path = self.cached(submission_id, name, full)  # drawn while we waited
+            if path is not None:
+                return path
+            if not self._draw(submission_id, group, full, image):
+                return None
+        return self.cached(submission_id, name, full)
+
+    def render_all(self, submission_id: str, image: np.ndarray | None = None) -> None:
+        """Views and maps at display size, unless cached (an idle worker's low-priority work)."""
+        self.image(submission_id, "composite.png", image=image)
+        with self.sessions() as session:
+            result = session.get(db.Result, submission_id)
+            names = [f"map-{result.classes.index(c)}.png" for c in result.maps] if result is not None else []
+        if names:
+            self.image(submission_id, names[0], image=image)
+
+    def _lock(self, key: tuple) -> threading.Lock:
+        with self._guard:
+            if len(self._locks) > 256:  # forget idle locks of old submissions
+                self._locks = {k: v for k, v in self._locks.items() if v.locked()}
+            return self._locks.setdefault(key, threading.Lock())
+
+    def _draw(self, submission_id: str, group: str, full: bool, image: np.ndarray | None) -> bool:
+        with self.sessions() as session:
+            row = session.get(db.Submission, submission_id)
+            result = session.get(db.Result, submission_id) if row is not None else None
+            if row is None or row.status != db.DONE or result is None:
+                return False
+            kind, files, model_key = row.input_kind, list(row.files), row.model_key
+            map_classes = list(result.maps)
+        if group == "maps" and (model_key not in self.predictors or not map_classes):
+            return False
+        if image is None:
+            image = load_stored_sample(self.store, kind, files)
+        factor = display_factor(image.shape[1], image.shape[2], full)
+        folder = self.folder(submission_id, full)
+        if group == "views":
+            render_views(image, folder, factor)
+        else:
+            render_maps(self.predictors[model_key], image, map_classes, folder, factor)
+        return True
