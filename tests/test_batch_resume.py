@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from protloc.checkpoint import save_model_file
+from protloc.errors import ProtlocError
 from protloc.inference import predictor as predictor_module
 from protloc.inference.batch import run_batch_prediction
 from protloc.labels import HPA13
@@ -90,3 +91,41 @@ def test_a_cut_header_or_first_row_starts_over(inputs, tmp_path):
         result = run_batch_prediction([str(folder)], str(model), out, workers=0, progress=False)
         assert result.predicted + result.already_done == 3
         assert sorted(ids_in(out)) == ids, f"cut at byte {cut}"
+
+
+@pytest.mark.parametrize("name", ["pred.csv", "pred.jsonl", "pred.parquet"])
+def test_an_output_that_is_not_ours_is_refused_in_one_line_and_left_alone(inputs, cheap_model, tmp_path, name):
+    """Found by tools/attack.py: a --out file holding bytes that are not UTF-8 (or, for Parquet, its
+    journal) gave a UnicodeDecodeError traceback; the refusal must come before any byte is changed."""
+    model, folder, _ids = inputs
+    out = tmp_path / name
+    foreign = out.with_name(out.name + ".journal.jsonl") if name.endswith(".parquet") else out
+    content = b"id,x\n\xff\xfe not text\npartial"
+    foreign.write_bytes(content)
+    with pytest.raises(ProtlocError, match="not a protloc prediction file"):
+        run_batch_prediction([str(folder)], str(model), out, workers=0, progress=False)
+    assert foreign.read_bytes() == content
+
+
+def test_a_cut_inside_a_multibyte_character_of_the_last_row_resumes(inputs, cheap_model, tmp_path):
+    model, folder, ids = inputs
+    out = tmp_path / "pred.jsonl"
+    run_batch_prediction([str(folder)], str(model), out, workers=0, progress=False)
+    complete = out.read_bytes()
+    out.write_bytes(complete + '{"id": "caf\u00e9'.encode()[:-1])  # a crash between the two bytes of é
+    result = run_batch_prediction([str(folder)], str(model), out, workers=0, progress=False)
+    assert (result.predicted, result.already_done) == (0, 3) and out.read_bytes() == complete
+
+
+@pytest.mark.parametrize("where", ["folder", "under a file"])
+def test_an_out_path_that_cannot_be_a_file_is_refused_in_one_line(inputs, cheap_model, tmp_path, where):
+    """Found by tools/attack.py: IsADirectoryError / FileExistsError tracebacks."""
+    model, folder, _ids = inputs
+    if where == "folder":
+        out = tmp_path / "pred.csv"
+        out.mkdir()
+    else:
+        (tmp_path / "a-file").write_text("x")
+        out = tmp_path / "a-file" / "pred.csv"
+    with pytest.raises(ProtlocError, match="folder"):
+        run_batch_prediction([str(folder)], str(model), out, workers=0, progress=False)

@@ -45,21 +45,39 @@ class _RowWriter:
 
     def __init__(self, path: Path, fmt: str, columns: list[str]):
         self.path, self.fmt, self.columns = path, fmt, columns
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_dir():
+            raise ProtlocError(f"{path} is a folder: --out takes a file name (.csv, .jsonl or .parquet)")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ProtlocError(f"cannot create the folder of {path}: {exc.strerror}") from None
+        self._refuse_foreign_file()
         # First drop a partial last line (a crash mid-write), then read the ids: a row cut inside its
         # last field, or missing only its newline, must not count as done and then be deleted.
         self._truncate_partial_last_line()
         self.done: set[str] = self._read_ids() if path.exists() and path.stat().st_size > 0 else set()
-        self.handle = open(path, "a", newline="")
+        self.handle = open(path, "a", newline="", encoding="utf-8")
         if fmt == "csv":
             self.csv = csv.writer(self.handle)
             if path.stat().st_size == 0:
                 self.csv.writerow(columns)
                 self.handle.flush()
 
+    def _refuse_foreign_file(self) -> None:
+        """A file we wrote is UTF-8 up to its last newline (after it, a crash may have cut a character);
+        refuse anything else before the cut below changes a byte of it."""
+        if not self.path.exists():
+            return
+        data = self.path.read_bytes()
+        try:
+            data[: data.rfind(b"\n") + 1].decode("utf-8")
+        except UnicodeDecodeError:
+            raise ProtlocError(f"{self.path} exists and is not a protloc prediction file (not UTF-8 text): "
+                               "choose another --out") from None
+
     def _read_ids(self) -> set[str]:
         ids: set[str] = set()
-        with open(self.path, newline="") as handle:
+        with open(self.path, newline="", encoding="utf-8") as handle:
             if self.fmt == "csv":
                 reader = csv.reader(handle)
                 header = next(reader, None)
