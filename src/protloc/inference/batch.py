@@ -51,17 +51,38 @@ class _RowWriter:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ProtlocError(f"cannot create the folder of {path}: {exc.strerror}") from None
-        self._refuse_foreign_file()
-        # First drop a partial last line (a crash mid-write), then read the ids: a row cut inside its
-        # last field, or missing only its newline, must not count as done and then be deleted.
-        self._truncate_partial_last_line()
-        self.done: set[str] = self._read_ids() if path.exists() and path.stat().st_size > 0 else set()
+        self._lock = self._lock_against_a_second_run()
+        try:
+            self._refuse_foreign_file()
+            # First drop a partial last line (a crash mid-write), then read the ids: a row cut inside its
+            # last field, or missing only its newline, must not count as done and then be deleted.
+            self._truncate_partial_last_line()
+            self.done: set[str] = self._read_ids() if path.stat().st_size > 0 else set()
+        except BaseException:
+            self._lock.close()
+            raise
         self.handle = open(path, "a", newline="", encoding="utf-8")
         if fmt == "csv":
             self.csv = csv.writer(self.handle)
             if path.stat().st_size == 0:
                 self.csv.writerow(columns)
                 self.handle.flush()
+
+    def _lock_against_a_second_run(self):
+        """Two runs appending to one file would each predict every image once: duplicated rows. The
+        lock is the kernel's (flock), so a run killed with -9 leaves none behind."""
+        lock = open(self.path, "ab")
+        try:
+            import fcntl
+        except ImportError:  # Windows: no flock; one run per output file is then the user's to keep
+            return lock
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            lock.close()
+            raise ProtlocError(f"another protloc predict is writing {self.path}: wait for it to finish "
+                               "(it resumes where it stopped if killed), or choose another --out") from None
+        return lock
 
     def _refuse_foreign_file(self) -> None:
         """A file we wrote is UTF-8 up to its last newline (after it, a crash may have cut a character);
@@ -135,6 +156,7 @@ class _RowWriter:
 
     def close(self) -> None:
         self.handle.close()
+        self._lock.close()
 
 
 class _ImageDataset:
