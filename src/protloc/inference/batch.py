@@ -13,6 +13,7 @@ import json
 import os
 import sys
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -154,6 +155,10 @@ class _RowWriter:
         os.fsync(self.handle.fileno())
         self.done.add(sample_id)
 
+    @property
+    def lock_fd(self) -> int:
+        return self._lock.fileno()
+
     def close(self) -> None:
         self.handle.close()
         self._lock.close()
@@ -178,6 +183,12 @@ class _ImageDataset:
             return entry.id, None, str(exc)
         except Exception as exc:  # a decoder's own exception type: report it, keep going
             return entry.id, None, f"{type(exc).__name__}: {exc}"
+
+
+def _close_in_worker(fd: int, _worker_id: int) -> None:
+    """A decoding worker inherits the output's lock; were the main process killed, the lock would live
+    on in it until the worker noticed, and refuse the resume."""
+    os.close(fd)
 
 
 def _first(batch):
@@ -253,6 +264,7 @@ def run_batch_prediction(
 
     loader = torch.utils.data.DataLoader(
         _ImageDataset(todo), batch_size=1, collate_fn=_first, num_workers=workers if len(todo) > 1 else 0,
+        worker_init_fn=partial(_close_in_worker, writer.lock_fd),
         prefetch_factor=2 if workers and len(todo) > 1 else None,
     )
     bar = tqdm(loader, total=len(todo), desc="predict", unit="img", disable=not progress, file=sys.stderr)
