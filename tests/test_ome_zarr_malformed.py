@@ -1,0 +1,30 @@
+"""OME-Zarr metadata is the user's JSON: fields of the wrong type are a one-line refusal naming the
+store (issue 11; found by tools/attack.py: ``"multiscales": 5`` gave a TypeError traceback)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from protloc.data.ome_zarr import list_samples
+from protloc.errors import ProtlocError
+
+MALFORMED = {
+    "multiscales an int": {"multiscales": 5},
+    "datasets of strings": {"multiscales": [{"datasets": ["0"]}]},
+    "multiscale a string": {"multiscales": ["x"]},
+    "plate wells of ints": {"plate": {"wells": 3}},
+    "well images of strings": {"well": {"images": ["0"]}},
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_malformed_ngff_metadata_is_a_one_line_refusal(tmp_path, case):
+    store = tmp_path / "field.zarr"
+    store.mkdir()
+    (store / "zarr.json").write_text(json.dumps(
+        {"zarr_format": 3, "node_type": "group", "attributes": {"ome": {"version": "0.5", **MALFORMED[case]}}}))
+    with pytest.raises(ProtlocError, match="field") as refusal:
+        list_samples(store)
+    assert "\n" not in str(refusal.value)
