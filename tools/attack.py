@@ -369,7 +369,7 @@ def attack_web(root: Path, model: Path, seconds: float) -> Tally:
         headers = {"Authorization": f"Bearer {token}"}
         # the six kinds of token on every route
         schema = httpx.get(base + "/openapi.json", headers=headers).json()
-        kinds = {"none": {}, "empty": {"Authorization": "Bearer "}, "wrong": {"Authorization": "Bearer nope"},
+        kinds = {"none": {}, "empty": {"Authorization": "Bearer"}, "wrong": {"Authorization": "Bearer nope"},
                  "malformed": {"Authorization": "Basic Zm9vOmJhcg=="},
                  "huge": {"Authorization": "Bearer " + "x" * 250_000}, "query": {}, "valid": headers}
         for path, methods in schema["paths"].items():
