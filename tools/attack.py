@@ -136,6 +136,16 @@ def build_corpus(root: Path) -> dict[str, list[Path]]:
         group = zarr.open_group(str(zarr_dir), mode="w")
         group.create_array("data", shape=(4, 64, 64), dtype="uint8")
     cases["zarr without NGFF"] = [zarr_dir]
+    malformed = root / "malformed.zarr"
+    malformed.mkdir(exist_ok=True)
+    (malformed / "zarr.json").write_text(json.dumps({"zarr_format": 3, "node_type": "group",
+                                                     "attributes": {"ome": {"version": "0.5", "multiscales": 5}}}))
+    cases["zarr malformed NGFF"] = [malformed]
+    tifffile.imwrite(single / "badxml.ome.tif", np.ones((4, 32, 32), np.uint8), metadata=None,
+                     description='<OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06"><Image ID="Image:0">'
+                                 '<Pixels ID="P:0" SizeC="abc" SizeX="32" SizeY="32" DimensionOrder="XYCZT" '
+                                 'Type="uint8"/></Image></OME>')
+    cases["file badxml.ome.tif"] = [single / "badxml.ome.tif"]
     bad_dir = root / "baddir"
     bad_dir.mkdir(exist_ok=True)
     cases["a folder of nothing"] = [bad_dir]
@@ -231,7 +241,7 @@ def attack_cli(root: Path, model: Path) -> Tally:
     out = root / "out"
     out.mkdir(exist_ok=True)
     for name, inputs in cases.items():
-        if name.startswith("file") or name in ("mixed folder", "good folder", "zarr without NGFF", "a folder of nothing"):
+        if name.startswith(("file", "zarr")) or name in ("mixed folder", "good folder", "a folder of nothing"):
             run_cli(tally, "data scan", ["data", "scan", inputs[0], "--out", out / "scan"])
     for name, inputs in cases.items():
         stem = "".join(ch if ch.isalnum() else "-" for ch in name)
