@@ -225,11 +225,12 @@ def run_cli(tally: Tally, entry: str, args: list, timeout: float = 300, cwd=None
     if "Traceback" in err:
         tally.add(entry, "traceback", f"$ protloc {label}\n{err[-1200:]}")
     if proc.returncode != 0:
-        errors = [line for line in err.splitlines() if line.strip() and "it/s" not in line and "%|" not in line]
-        if len(errors) > 1 or not errors:
-            tally.add(entry, "multi-line error", f"$ protloc {label}\n" + "\n".join(errors[-8:]))
+        # the refusal is the last line, one line starting "protloc: error:"; warnings and notes may precede it
+        lines = [line for line in err.splitlines() if line.strip() and "it/s" not in line and "%|" not in line]
+        if not lines or not lines[-1].startswith("protloc: error: ") or sum("protloc: error" in x for x in lines) > 1:
+            tally.add(entry, "multi-line error", f"$ protloc {label}\n" + "\n".join(lines[-8:]))
         else:
-            tally.add(entry, "refused", f"{label}: {errors[-1]}")
+            tally.add(entry, "refused", f"{label}: {lines[-1]}")
     else:
         tally.add(entry, "ok", label)
     return proc
