@@ -149,3 +149,52 @@ def test_a_second_run_on_the_same_output_is_refused_while_the_first_writes(input
     run_batch_prediction([str(folder)], str(model), out, workers=0, progress=False)  # the lock went with it
     if name.endswith(".csv"):
         assert sorted(ids_in(out)) == ids
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="Linux: the kernel kills the workers with their parent")
+def test_decoding_workers_die_with_a_main_process_killed_with_sigkill(inputs, tmp_path):
+    """Found by tools/attack.py: after kill -9 of `protloc predict`, its two decoding workers lived on,
+    ~170 MB each, blocked on their queue for good."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    model, _folder, _ids = inputs
+    folder = tmp_path / "many"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(40):
+        np.savez(folder / f"m{i}.npz", sample=rng.integers(0, 255, (160, 160, 4), dtype=np.uint8))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    proc = subprocess.Popen([sys.executable, "-m", "protloc", "predict", "--model", str(model), "--workers", "2",
+                             "--out", str(tmp_path / "p.csv"), str(folder)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    children_file = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+    workers: list[int] = []
+    deadline = time.monotonic() + 120
+    while len(workers) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        workers = [int(pid) for pid in children_file.read_text().split()] if children_file.exists() else []
+        time.sleep(0.02)
+    assert len(workers) == 2, "the run ended before its workers could be seen"
+    out = tmp_path / "p.csv"  # kill once images flow: workers blocked feeding their queue are the ones that stayed
+    while proc.poll() is None and (not out.exists() or out.read_text().count("\n") < 3) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+    def living(pid: int) -> bool:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+        except OSError:
+            return False
+
+    deadline = time.monotonic() + 15
+    while any(living(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    alive = [pid for pid in workers if living(pid)]
+    for pid in alive:
+        os.kill(pid, signal.SIGKILL)
+    assert not alive
