@@ -13,7 +13,7 @@ import pkgutil
 import sys
 
 from protloc import __version__
-from protloc.errors import ProtlocError
+from protloc.errors import ProtlocError, printable
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,3 +47,14 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except OSError as exc:  # the file system refused (a file where a folder must go, disk full, no permission)
+        print(f"protloc: error: {_os_error_line(exc)}", file=sys.stderr)
+        return 2
+
+
+def _os_error_line(exc: OSError) -> str:
+    """``File exists: /out/afile`` rather than ``[Errno 17] File exists: '/out/afile'`` and a traceback."""
+    if exc.filename is None:
+        return exc.strerror or str(exc)
+    names = [printable(str(name)) for name in (exc.filename, exc.filename2) if name is not None]
+    return f"{exc.strerror or type(exc).__name__}: {' -> '.join(names)}"

@@ -80,17 +80,26 @@ def parse_ome_xml(xml: str, where: str) -> OmeTiffHeader:
     names = []
     for i, channel in enumerate(el for el in pixels if _local(el.tag) == "Channel"):
         names.append(channel.get("Name") or channel.get("Fluor") or f"channel {i}")
-    sizes = {axis: int(pixels.get(f"Size{axis}", "1")) for axis in "TZC"}
+    sizes = {axis: _number(pixels, f"Size{axis}", int, where, "1") for axis in "TZC"}
     # A channel element may stand for several samples (RGB); then names cannot be matched one to one.
     if len(names) != sizes["C"]:
         names = [f"channel {i}" for i in range(sizes["C"])]
     pixel_size = None
     if pixels.get("PhysicalSizeX") and pixels.get("PhysicalSizeY"):
         pixel_size = (
-            length_in_um(float(pixels.get("PhysicalSizeY")), pixels.get("PhysicalSizeYUnit"), where),
-            length_in_um(float(pixels.get("PhysicalSizeX")), pixels.get("PhysicalSizeXUnit"), where),
+            length_in_um(_number(pixels, "PhysicalSizeY", float, where), pixels.get("PhysicalSizeYUnit"), where),
+            length_in_um(_number(pixels, "PhysicalSizeX", float, where), pixels.get("PhysicalSizeXUnit"), where),
         )
     return OmeTiffHeader(names, pixel_size, sizes, len(images))
+
+
+def _number(pixels, attribute: str, kind, where: str, default: str | None = None):
+    """An attribute of OME-XML's Pixels element as a number; the user's XML may hold anything there."""
+    text = pixels.get(attribute, default)
+    try:
+        return kind(text)
+    except (TypeError, ValueError):
+        raise DataError(f"{where}: OME-XML Pixels {attribute}={text!r} is not a number") from None
 
 
 def _open_error(path: Path, exc: Exception) -> DataError:

@@ -13,6 +13,7 @@ field's ``labels/`` group with ``image-label`` metadata, through ome-zarr's writ
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -96,8 +97,25 @@ def _scale(transformations: list | None, ndim: int) -> np.ndarray:
     return scale
 
 
+@contextmanager
+def _ngff_metadata(where: str):
+    """Metadata is the user's JSON: a field of the wrong type (``"multiscales": 5``) is a one-line
+    refusal naming the store, not a TypeError from deep inside the reader."""
+    try:
+        yield
+    except (DataError, ProtlocError):
+        raise
+    except (TypeError, AttributeError, KeyError, IndexError, ValueError) as exc:
+        raise DataError(f"{where}: malformed OME-NGFF metadata ({type(exc).__name__}: {exc})") from None
+
+
 def _image_header(group, where: str) -> dict:
     """The full-resolution array, its axes, channel names and pixel size; metadata only."""
+    with _ngff_metadata(where):
+        return _read_image_header(group, where)
+
+
+def _read_image_header(group, where: str) -> dict:
     meta = ngff_attributes(group)
     multiscales = meta.get("multiscales")
     if not multiscales:
@@ -163,6 +181,23 @@ def list_samples(path: str | Path, options: dict[str, str] | None = None) -> lis
     root = _open_group(path)
     meta = ngff_attributes(root)
     name = store_name(path)
+    try:
+        with _ngff_metadata(path.name):
+            images, ids = _listed_images(root, meta, name, path)
+    except DataError as exc:
+        raise ProtlocError(str(exc)) from None
+    if not images:
+        raise ProtlocError(f"{path.name}: the OME-Zarr store lists no images")
+    options = dict(options or {})
+    first = images[0]
+    try:
+        _check_header(_image_header(root[first] if first else root, ids[0]), options, ids[0])
+    except DataError as exc:
+        raise ProtlocError(str(exc)) from None
+    return [(sample_id, {SOURCE_KEY: str(path), IMAGE_KEY: image, **options}) for sample_id, image in zip(ids, images)]
+
+
+def _listed_images(root, meta: dict, name: str, path: Path) -> tuple[list[str], list[str]]:
     if "plate" in meta:
         images = _plate_fields(root, meta)
         ids = [f"{name}/{image}" for image in images]
@@ -180,15 +215,7 @@ def list_samples(path: str | Path, options: dict[str, str] | None = None) -> lis
             f"{path.name} is a Zarr store without OME-NGFF metadata (no multiscales, plate or well): "
             "write it as OME-Zarr (e.g. with ome-zarr-py or bioformats2raw)"
         )
-    if not images:
-        raise ProtlocError(f"{path.name}: the OME-Zarr store lists no images")
-    options = dict(options or {})
-    first = images[0]
-    try:
-        _check_header(_image_header(root[first] if first else root, ids[0]), options, ids[0])
-    except DataError as exc:
-        raise ProtlocError(str(exc)) from None
-    return [(sample_id, {SOURCE_KEY: str(path), IMAGE_KEY: image, **options}) for sample_id, image in zip(ids, images)]
+    return images, ids
 
 
 def header_of(sources: dict[str, str]) -> tuple[tuple[str, ...], tuple[float, float] | None]:

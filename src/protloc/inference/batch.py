@@ -13,6 +13,7 @@ import json
 import os
 import sys
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -45,21 +46,60 @@ class _RowWriter:
 
     def __init__(self, path: Path, fmt: str, columns: list[str]):
         self.path, self.fmt, self.columns = path, fmt, columns
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # First drop a partial last line (a crash mid-write), then read the ids: a row cut inside its
-        # last field, or missing only its newline, must not count as done and then be deleted.
-        self._truncate_partial_last_line()
-        self.done: set[str] = self._read_ids() if path.exists() and path.stat().st_size > 0 else set()
-        self.handle = open(path, "a", newline="")
+        if path.is_dir():
+            raise ProtlocError(f"{path} is a folder: --out takes a file name (.csv, .jsonl or .parquet)")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ProtlocError(f"cannot create the folder of {path}: {exc.strerror}") from None
+        self._lock = self._lock_against_a_second_run()
+        try:
+            self._refuse_foreign_file()
+            # First drop a partial last line (a crash mid-write), then read the ids: a row cut inside its
+            # last field, or missing only its newline, must not count as done and then be deleted.
+            self._truncate_partial_last_line()
+            self.done: set[str] = self._read_ids() if path.stat().st_size > 0 else set()
+        except BaseException:
+            self._lock.close()
+            raise
+        self.handle = open(path, "a", newline="", encoding="utf-8")
         if fmt == "csv":
             self.csv = csv.writer(self.handle)
             if path.stat().st_size == 0:
                 self.csv.writerow(columns)
                 self.handle.flush()
 
+    def _lock_against_a_second_run(self):
+        """Two runs appending to one file would each predict every image once: duplicated rows. The
+        lock is the kernel's (flock), so a run killed with -9 leaves none behind."""
+        lock = open(self.path, "ab")
+        try:
+            import fcntl
+        except ImportError:  # Windows: no flock; one run per output file is then the user's to keep
+            return lock
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            lock.close()
+            raise ProtlocError(f"another protloc predict is writing {self.path}: wait for it to finish "
+                               "(it resumes where it stopped if killed), or choose another --out") from None
+        return lock
+
+    def _refuse_foreign_file(self) -> None:
+        """A file we wrote is UTF-8 up to its last newline (after it, a crash may have cut a character);
+        refuse anything else before the cut below changes a byte of it."""
+        if not self.path.exists():
+            return
+        data = self.path.read_bytes()
+        try:
+            data[: data.rfind(b"\n") + 1].decode("utf-8")
+        except UnicodeDecodeError:
+            raise ProtlocError(f"{self.path} exists and is not a protloc prediction file (not UTF-8 text): "
+                               "choose another --out") from None
+
     def _read_ids(self) -> set[str]:
         ids: set[str] = set()
-        with open(self.path, newline="") as handle:
+        with open(self.path, newline="", encoding="utf-8") as handle:
             if self.fmt == "csv":
                 reader = csv.reader(handle)
                 header = next(reader, None)
@@ -115,8 +155,13 @@ class _RowWriter:
         os.fsync(self.handle.fileno())
         self.done.add(sample_id)
 
+    @property
+    def lock_fd(self) -> int:
+        return self._lock.fileno()
+
     def close(self) -> None:
         self.handle.close()
+        self._lock.close()
 
 
 class _ImageDataset:
@@ -138,6 +183,20 @@ class _ImageDataset:
             return entry.id, None, str(exc)
         except Exception as exc:  # a decoder's own exception type: report it, keep going
             return entry.id, None, f"{type(exc).__name__}: {exc}"
+
+
+def _close_in_worker(fd: int, main_pid: int, _worker_id: int) -> None:
+    """A decoding worker inherits the output's lock; were the main process killed, the lock would live
+    on in it and refuse the resume. And a worker outlives a main process killed with -9 (blocked on its
+    queue, ~170 MB each, for good): on Linux it asks the kernel to kill it with its parent."""
+    os.close(fd)
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+        if os.getppid() != main_pid:  # the main process died before the request took effect
+            os._exit(0)
 
 
 def _first(batch):
@@ -213,6 +272,7 @@ def run_batch_prediction(
 
     loader = torch.utils.data.DataLoader(
         _ImageDataset(todo), batch_size=1, collate_fn=_first, num_workers=workers if len(todo) > 1 else 0,
+        worker_init_fn=partial(_close_in_worker, writer.lock_fd, os.getpid()),
         prefetch_factor=2 if workers and len(todo) > 1 else None,
     )
     bar = tqdm(loader, total=len(todo), desc="predict", unit="img", disable=not progress, file=sys.stderr)
