@@ -26,11 +26,12 @@ import numpy as np
 from protloc.errors import ProtlocError
 from protloc.labels import HPA13
 
-# HPA's confocal fields, on which the published weights were trained (Cyto Challenge 2017: 1728² to
-# 3072² fields of the Cell Atlas), are about 0.08 µm per pixel; Kaggle 2018's 512² PNGs are 2048²
-# originals downscaled 4x (PROVENANCE.md of the real set), so 0.32 µm per pixel.
-PUBLISHED_PIXEL_SIZE_UM = 0.08
-KAGGLE_PNG_PIXEL_SIZE_UM = 0.32
+# The pixel sizes and the resampler are the data layer's (protloc.data.pixel_size), the same ones
+# prediction uses: HPA confocal fields ~0.08 µm/px, Kaggle 2018's 512² PNGs 0.32 µm/px.
+from protloc.data.pixel_size import HPA_CONFOCAL_PIXEL_SIZE_UM as PUBLISHED_PIXEL_SIZE_UM  # noqa: E402
+from protloc.data.pixel_size import KAGGLE2018_PIXEL_SIZE_UM as KAGGLE_PNG_PIXEL_SIZE_UM  # noqa: E402
+from protloc.data.pixel_size import rescale  # noqa: E402,F401  (also used by tools/realism_figures.py)
+
 MIN_POSITIVES = 5  # classes with fewer positive real fields are listed but left out of the headline mean
 
 # Kaggle 2018's 28 classes onto the paper's 13: the shared mapping file
@@ -39,31 +40,19 @@ MIN_POSITIVES = 5  # classes with fewer positive real fields are listed but left
 MAPPING = "kaggle28-to-hpa13"
 
 
-def kaggle_to_hpa13() -> list[int | None]:
-    """For each of Kaggle's 28 class indices, the index of its HPA13 class (None: dropped)."""
-    from protloc.labels import load_label_mapping
-
-    return list(load_label_mapping(MAPPING).targets)
-
-
-def rescale(image: np.ndarray, factor: float) -> np.ndarray:
-    """Resample a [C, H, W] image by ``factor`` (linear; area-averaged first when shrinking)."""
-    from scipy import ndimage as ndi
-
-    if abs(factor - 1.0) < 1e-6:
-        return image.astype(np.float32, copy=False)
-    image = image.astype(np.float32, copy=False)
-    if factor < 1.0:  # anti-alias: blur to the new pixel size before sampling
-        image = ndi.gaussian_filter(image, (0, 0.4 / factor, 0.4 / factor))
-    return ndi.zoom(image, (1, factor, factor), order=1, prefilter=False, grid_mode=True, mode="nearest")
-
-
 @dataclass
 class RealSet:
     ids: list[str]
     sources: list[dict[str, str]]
     labels: np.ndarray  # [n, 13] HPA13 targets after the mapping
     left_out: list[str]  # fields whose classes were all dropped by the mapping
+
+
+def kaggle_to_hpa13() -> list[int | None]:
+    """For each of Kaggle's 28 class indices, the index of its HPA13 class (None: dropped)."""
+    from protloc.labels import load_label_mapping
+
+    return list(load_label_mapping(MAPPING).targets)
 
 
 def read_real_set(root: str | Path) -> RealSet:
