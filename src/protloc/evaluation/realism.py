@@ -16,10 +16,9 @@ and mapping 28 classes onto 13 is a choice (``labelsets/kaggle28-to-hpa13.json``
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 

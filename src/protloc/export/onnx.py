@@ -92,6 +92,30 @@ def max_difference_onnx(network: torch.nn.Module, path: Path, sizes: list[tuple[
     return worst
 
 
+def traced_and_checked(network: torch.nn.Module, metadata: dict, what: str, write, max_difference
+                       ) -> tuple[int | None, list[tuple[int, int]], float, list[str]]:
+    """Trace with dynamic height and width, check the traced file against the network at several sizes,
+    and fall back to the crop size where the trace baked its input size in (Python-side shape arithmetic).
+
+    ``write(fixed)`` writes the traced file (``fixed``: None or the one input side);
+    ``max_difference(sizes)`` compares it with the network. Returns (fixed, sizes, difference, notes).
+    """
+    notes: list[str] = []
+    fixed = None
+    while True:
+        write(fixed)
+        _, sizes = export_shapes(network, fixed)
+        difference = max_difference(sizes)
+        if difference <= MAX_ABS_DIFF or fixed is not None or not fully_convolutional(network):
+            break
+        fixed = int(metadata.get("crop_size") or network.paper.input_size)
+        notes.append(f"the graph traced at one size differs at others by {difference:.1e}: "
+                     f"exported at the crop size {fixed}x{fixed}")
+    if difference > MAX_ABS_DIFF:
+        raise ProtlocError(f"the {what} export differs from the network by {difference:.2e} (over {MAX_ABS_DIFF})")
+    return fixed, sizes, difference, notes
+
+
 def export_onnx(network: torch.nn.Module, out: str | Path, *, metadata: dict, opset: int = OPSET) -> ExportResult:
     """Dynamic height and width where the traced graph holds at every size checked; a network whose
     trace bakes in its input size (Python-side shape arithmetic) is exported at its crop size instead."""
@@ -100,20 +124,10 @@ def export_onnx(network: torch.nn.Module, out: str | Path, *, metadata: dict, op
         raise ProtlocError(f"an ONNX export is written to a .onnx file, not {out.name}")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp.onnx")
-    notes = []
     try:
-        fixed = None
-        while True:
-            trace_to_onnx(network, tmp, opset, fixed)
-            _, sizes = export_shapes(network, fixed)
-            difference = max_difference_onnx(network, tmp, sizes)
-            if difference <= MAX_ABS_DIFF or fixed is not None or not fully_convolutional(network):
-                break
-            fixed = int(metadata.get("crop_size") or network.paper.input_size)
-            notes.append(f"the graph traced at one size differs at others by {difference:.1e}: "
-                         f"exported at the crop size {fixed}x{fixed} (prediction uses patches)")
-        if difference > MAX_ABS_DIFF:
-            raise ProtlocError(f"the ONNX export differs from the network by {difference:.2e} (over {MAX_ABS_DIFF})")
+        fixed, sizes, difference, notes = traced_and_checked(
+            network, metadata, "ONNX", lambda fixed: trace_to_onnx(network, tmp, opset, fixed),
+            lambda sizes: max_difference_onnx(network, tmp, sizes))
         add_metadata(tmp, metadata)
         os.replace(tmp, out)
     finally:

@@ -17,7 +17,7 @@ import torch
 
 from protloc.errors import ProtlocError
 from protloc.export import ExportResult
-from protloc.export.onnx import MAX_ABS_DIFF, example_input, export_shapes, fully_convolutional
+from protloc.export.onnx import example_input, export_shapes, fully_convolutional, traced_and_checked
 
 METADATA_FILE = "protloc.json"
 
@@ -49,24 +49,17 @@ def export_torchscript(network: torch.nn.Module, out: str | Path, *, metadata: d
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    notes = []
+    def write(fixed: int | None) -> None:
+        trace_size, _ = export_shapes(network, fixed)
+        traced = trace(network, trace_size)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # torch.export keeps no dynamic sizes simply
+            torch.jit.save(traced, str(tmp), _extra_files={
+                METADATA_FILE: json.dumps({**metadata, "fixed_size": fixed})})
+
     try:
-        fixed = None
-        while True:
-            trace_size, sizes = export_shapes(network, fixed)
-            traced = trace(network, trace_size)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeprecationWarning)  # torch.export keeps no dynamic sizes simply
-                torch.jit.save(traced, str(tmp), _extra_files={
-                    METADATA_FILE: json.dumps({**metadata, "fixed_size": fixed})})
-            difference = max_difference_torchscript(network, tmp, sizes)
-            if difference <= MAX_ABS_DIFF or fixed is not None or not fully_convolutional(network):
-                break
-            fixed = int(metadata.get("crop_size") or network.paper.input_size)
-            notes.append(f"the graph traced at one size differs at others by {difference:.1e}: "
-                         f"traced at the crop size {fixed}x{fixed}")
-        if difference > MAX_ABS_DIFF:
-            raise ProtlocError(f"the TorchScript export differs from the network by {difference:.2e}")
+        fixed, sizes, difference, notes = traced_and_checked(
+            network, metadata, "TorchScript", write, lambda sizes: max_difference_torchscript(network, tmp, sizes))
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
