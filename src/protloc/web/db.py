@@ -112,6 +112,22 @@ class Result(Base):
     submission: Mapped[Submission] = relationship(back_populates="result")
 
 
+class CellResult(Base):
+    """A submission's cells (``protloc.cells``), written with its probabilities: the per-cell rows, or
+    why there are none (``note``: no cells found, not a GapNet-PL model, scikit-image missing...).
+    The label image lies in the store (``protloc.web.cells.labels_path``), a compressed 16/32-bit PNG/TIFF."""
+
+    __tablename__ = "cell_results"
+    submission_id: Mapped[str] = mapped_column(ForeignKey("submissions.id"), primary_key=True)
+    count: Mapped[int] = mapped_column(Integer, default=0)
+    # [{"cell_id", "centroid_y", "centroid_x", "area", "border", "probabilities": [...], "predicted": [...],
+    #   "top_class", "outline": [[x, y], ...]}, ...] in the order of the cell ids
+    cells: Mapped[list] = mapped_column(JSON, default=list)
+    note: Mapped[str | None] = mapped_column(Text, nullable=True)
+    seconds: Mapped[float] = mapped_column(default=0.0)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
 class ApiToken(Base):
     """A bearer token a facility hands to a user; only its sha256 is stored.
 

@@ -8,7 +8,7 @@ and runs them through the network together (``max_batch_patches`` per forward pa
 probability is the mean of its own patches' sigmoids, exactly as ``Predictor.predict_proba``.
 
 Probabilities first: the result and the ``done`` status are committed as soon as the probabilities
-are known. The pictures (composite, channels, localisation maps) come afterwards, drawn by
+are known, together with the sample's cells (``protloc.web.cells``; off with ``cells=False``). The pictures (composite, channels, localisation maps) come afterwards, drawn by
 ``protloc.web.renders`` at display size when the worker has nothing else to do, or on first view,
 whichever comes first. ``eager_render=True`` is the platform as it was before: full-size pictures
 drawn before ``done`` (kept as the benchmark's baseline). A row whose batch raises is marked
@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from protloc.web import db
 from protloc.web.jobs import DatabaseJobs, MemoryJobs, worker_name
+from protloc.web.cells import CellsStage
 from protloc.web.renders import Renderer
 from protloc.web.storage import BlobStore, load_stored_sample
 
@@ -108,6 +109,7 @@ class PredictionWorker:
         jobs: MemoryJobs | DatabaseJobs | None = None,
         eager_render: bool = False,
         renderer: Renderer | None = None,
+        cells: bool = True,
     ) -> None:
         self.predictors = predictors
         self.sessions = sessions
@@ -122,6 +124,7 @@ class PredictionWorker:
             self.jobs.model_keys = list(predictors)
         self.eager_render = eager_render
         self.renderer = renderer or Renderer(predictors, sessions, store)
+        self.cells = CellsStage(store, enabled=cells)
         self.stats = WorkerStats()
         self.to_render: collections.deque = collections.deque(maxlen=10_000)
         self._handed: collections.OrderedDict = collections.OrderedDict()
@@ -305,6 +308,7 @@ class PredictionWorker:
             folder = self.renderer.folder(row.id, full=False)
             render_views(image, folder, 1)
             render_maps(predictor, image, map_classes, folder, 1)
+        cells = self.cells.compute(predictor, row.id, image)
         with self.sessions.begin() as session:
             # Still ours? A worker whose lease ran out (it stalled) must not finish a row another took.
             owned = session.execute(
@@ -317,10 +321,13 @@ class PredictionWorker:
                 self.stats.lost_leases += 1
                 log.warning("%s: lease lost to another worker; this worker's result is dropped", row.id)
                 return
-            existing = session.get(db.Result, row.id)
-            if existing is not None:
-                session.delete(existing)
-                session.flush()
+            for table in (db.Result, db.CellResult):  # a rerun replaces what an earlier run stored
+                existing = session.get(table, row.id)
+                if existing is not None:
+                    session.delete(existing)
+            session.flush()
+            if cells is not None:
+                session.add(cells)
             session.add(
                 db.Result(
                     submission_id=row.id,
