@@ -115,10 +115,10 @@ class Renderer:
             result = session.get(db.Result, submission_id)
             names = [f"map-{result.classes.index(c)}.png" for c in result.maps] if result is not None else []
             has_cells = session.scalar(select(db.CellResult.count).where(db.CellResult.submission_id == submission_id))
+        if has_cells:  # cheap, before the map's backward pass
+            self.image(submission_id, CELLS_NAME, image=image)
         if names:
             self.image(submission_id, names[0], image=image)
-        if has_cells:
-            self.image(submission_id, CELLS_NAME, image=image)
 
     def _lock(self, key: tuple) -> threading.Lock:
         with self._guard:
