@@ -215,14 +215,23 @@ def colour_classes(cells: list[dict], classes: list[str]) -> dict[int, str | Non
     return chosen
 
 
+def class_colours(classes: list[str]) -> dict[str, tuple[int, int, int]]:
+    """The colour of each class in the overlays (``protloc.cells.overlay``'s palette, in class order)."""
+    from protloc.cells.overlay import _PALETTE
+
+    return {name: _PALETTE[i % len(_PALETTE)] for i, name in enumerate(classes)}
+
+
 def render_overlay(image: np.ndarray, labels: np.ndarray, record: db.CellResult, classes: list[str],
                    factor: int, path: Path) -> None:
-    """The cell outlines over the composite at display size, coloured by class, with a legend."""
-    from protloc.cells.overlay import class_overlay
+    """The cell outlines over the composite at display size, coloured by class (the page gives the
+    legend: drawn into a small picture it would hide the cells)."""
+    from protloc.cells.overlay import NO_CLASS, outline_overlay
     from protloc.web.renders import _save_atomically, shrink
 
     small = shrink(image, factor).astype(np.float32, copy=False)
     grid = labels[factor // 2 :: factor, factor // 2 :: factor][: small.shape[1], : small.shape[2]]
     by_id = colour_classes(record.cells, classes)
-    tops = [by_id.get(i) for i in range(1, int(grid.max(initial=0)) + 1)]
-    _save_atomically(class_overlay(small, grid, None, tops, classes), path)
+    colour_of = class_colours(classes)
+    colours = [colour_of.get(by_id.get(i), NO_CLASS) for i in range(1, int(grid.max(initial=0)) + 1)]
+    _save_atomically(outline_overlay(small, grid, None, colours, thickness=max(1, round(max(grid.shape) / 500))), path)
