@@ -170,14 +170,15 @@ def cell_view(cell: dict, classes: list[str], outline: bool = True) -> dict:
     return view
 
 
-def summary(record: db.CellResult | None, status: str, base: str) -> dict:
-    """What ``GET /api/v1/predictions/{id}`` says of the cells: how many, why none, where they are."""
+def summary(record, status: str, base: str) -> dict:
+    """What ``GET /api/v1/predictions/{id}`` says of the cells: how many, why none, where they are.
+    ``record``: the CellResult, or just its (count, note) -- the polled answer never loads the cells."""
     if status != db.DONE:
         count, note = 0, PENDING_NOTE
     elif record is None:
         count, note = 0, OFF_NOTE
     else:
-        count, note = record.count, record.note
+        count, note = (record.count, record.note) if isinstance(record, db.CellResult) else tuple(record)
     links = {"cells": f"{base}/cells", "mask": f"{base}/cells/mask"}
     if count:
         links["overlay"] = f"{base}/images/cells.png"
@@ -194,7 +195,7 @@ def sort_cells(cells: list[dict], sort: str, classes: list[str]) -> list[dict]:
         index = classes.index(key)
         return sorted(cells, key=lambda c: c["probabilities"][index], reverse=descending)
     if key not in SORT_KEYS:
-        raise UploadError(422, f"cannot sort cells by {key!r}: use {', '.join(SORT_KEYS)} or a class name, "
+        raise UploadError(422, f"cannot sort cells by {key[:60]!r}: use {', '.join(SORT_KEYS)} or a class name, "
                                "with '-' first for descending")
     if key == "top_probability":
         def value(c):
