@@ -192,6 +192,12 @@ def test_batch_upload_shows_progress(server, page, tmp_path):
     assert "3 done, 0 failed" in page.locator("#batch-summary").inner_text()
     assert page.locator("#batch-rows tr").count() == 3
     assert np.isclose(float(page.eval_on_selector("#batch-fill", "e => parseFloat(e.style.width)")), 100.0)
+    with page.expect_download() as download_info:
+        page.click("#download-batch")
+    with zipfile.ZipFile(download_info.value.path()) as results:
+        assert "results.csv" in results.namelist()
+        rows = list(csv.DictReader(io.StringIO(results.read("results.csv").decode())))
+    assert sorted(r["name"] for r in rows if r["level"] == "image") == [f"plate/well{i}" for i in range(3)]
     assert page.js_errors == []
 
 
