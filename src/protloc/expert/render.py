@@ -63,12 +63,11 @@ def render_views(study, sample_id: str, folder: Path | None = None, overwrite: b
 
 
 def cells_missing() -> str | None:
-    """Why cell outlines cannot be drawn here (scikit-image, the cells extra, is missing), or None."""
-    try:
-        import skimage  # noqa: F401
-    except ImportError:
-        return "cell outlines need scikit-image: pip install 'protloc[cells]'"
-    return None
+    """Why cell outlines cannot be drawn here (scikit-image, the cells extra, is missing), or None:
+    the platform's own check (``protloc.web.cells.missing_extra``)."""
+    from protloc.web.cells import missing_extra
+
+    return missing_extra()
 
 
 def outline_picture(cells, thickness: int | None = None):

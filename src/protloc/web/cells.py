@@ -32,15 +32,12 @@ SORT_KEYS = ("cell_id", "area", "border", "centroid_x", "centroid_y", "top_class
 
 
 def missing_extra() -> str | None:
-    """Why cells cannot be computed here (the ``cells`` extra is not installed), or None."""
-    from protloc.errors import ProtlocError
-
+    """Why cells cannot be computed here, or None: segmentation needs scikit-image (the ``cells``
+    extra; its anndata is for ``protloc cells``' files, not needed here, and not imported)."""
     try:
-        from protloc.cells.pipeline import require_cells_extra
-
-        require_cells_extra()
-    except ProtlocError as exc:
-        return str(exc)
+        import skimage  # noqa: F401
+    except ImportError:
+        return "cells need scikit-image: pip install 'protloc[cells]'"
     return None
 
 
