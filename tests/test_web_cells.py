@@ -52,7 +52,7 @@ def submit(client, folder, name, image) -> dict:
 
 
 def test_cells_come_with_the_probabilities_as_the_library_gives_them(server, client, predictor, tmp_path):
-    from protloc.cells.pipeline import analyse_image
+    from protloc.cells.pipeline import analyse_image, cell_rows
 
     image = cell_like_sample(256, 256, seed=4)
     data = submit(client, tmp_path, "field", image)
@@ -63,13 +63,12 @@ def test_cells_come_with_the_probabilities_as_the_library_gives_them(server, cli
 
     everything = client.get(f"/api/v1/predictions/{data['id']}/cells").json()
     assert everything["total"] == len(ids) and [c["cell_id"] for c in everything["items"]] == ids
-    for cell, probs, centroid, area, border in zip(everything["items"], expected.predictions.probabilities,
-                                                   expected.centroids, expected.areas, expected.border):
-        assert [cell["probabilities"][c] for c in predictor.classes] == pytest.approx(probs.tolist(), abs=1e-5)
-        assert (cell["centroid_y"], cell["centroid_x"]) == pytest.approx(tuple(centroid), abs=0.01)
-        assert cell["area"] == area and cell["border"] == bool(border)
-        assert cell["top_class"] == predictor.classes[int(np.argmax(probs))]
-        assert cell["predicted"] == list(predictor.predicted(probs))
+    # the library's own rows (protloc cells writes the same): the per-cell answer, predicted and top classes
+    for cell, row in zip(everything["items"], cell_rows(expected, predictor)):
+        assert [cell["probabilities"][c] for c in predictor.classes] == pytest.approx([row[c] for c in predictor.classes], abs=1e-5)
+        assert (cell["centroid_y"], cell["centroid_x"]) == pytest.approx((row["centroid_y"], row["centroid_x"]), abs=0.01)
+        assert (cell["cell_id"], cell["area"], cell["border"]) == (row["cell_id"], row["area"], row["border"])
+        assert cell["top_class"] == row["top_class"] and ";".join(cell["predicted"]) == row["predicted"]
         # the outline goes round the cell: its vertices' mean lies near the centroid, inside the image
         outline = np.array(cell["outline"], dtype=float)
         assert len(outline) >= 4 and outline.min() >= 0 and outline[:, 0].max() <= 256 and outline[:, 1].max() <= 256
@@ -206,3 +205,25 @@ def test_cells_never_cost_a_submission_its_probabilities(predictor, tmp_path, mo
     record = stage.compute(predictor, "abc", image)
     assert record.count == 0 and record.note == "cell segmentation failed: labels overflow"
     assert CellsStage(store=None, enabled=False).compute(predictor, "abc", image) is None
+
+
+def test_a_database_from_before_cells_opens_and_says_no_cells_were_computed(tmp_path):
+    """Results written before cells existed gain the cells columns on open; their JSON says why there are none."""
+    import sqlite3
+
+    from sqlalchemy import inspect
+
+    path = tmp_path / "old.db"
+    connection = sqlite3.connect(path)
+    connection.executescript(
+        "CREATE TABLE results (submission_id VARCHAR(32) PRIMARY KEY, classes JSON, probabilities JSON, thresholds JSON,"
+        " predicted JSON, predicted_text TEXT, maps JSON, seconds FLOAT, created_at DATETIME);")
+    connection.close()
+    sessions = db.open_database(f"sqlite:///{path}")
+    columns = {c["name"] for c in inspect(sessions.kw["bind"]).get_columns("results")}
+    assert {"cells_count", "cells_note"} <= columns
+    from protloc.web.cells import summary
+
+    old = db.Result(submission_id="x", classes=["A"], probabilities=[0.5], thresholds=[0.5], predicted=[], maps=[])
+    assert summary(old, db.DONE, "/api/v1/predictions/x")["note"] == OFF_NOTE
+    assert summary(None, db.QUEUED, "/api/v1/predictions/x")["note"].startswith("cells come with the probabilities")

@@ -167,15 +167,15 @@ def cell_view(cell: dict, classes: list[str], outline: bool = True) -> dict:
     return view
 
 
-def summary(record, status: str, base: str) -> dict:
-    """What ``GET /api/v1/predictions/{id}`` says of the cells: how many, why none, where they are.
-    ``record``: the CellResult, or just its (count, note) -- the polled answer never loads the cells."""
-    if status != db.DONE:
+def summary(result: db.Result | None, status: str, base: str) -> dict:
+    """What a submission's JSON says of its cells: how many, why none, where they are (from its
+    result's ``cells_count`` and ``cells_note``: listing or polling never reads the cells)."""
+    if status != db.DONE or result is None:
         count, note = 0, PENDING_NOTE
-    elif record is None:
+    elif result.cells_count is None:
         count, note = 0, OFF_NOTE
     else:
-        count, note = (record.count, record.note) if isinstance(record, db.CellResult) else tuple(record)
+        count, note = result.cells_count, result.cells_note
     links = {"cells": f"{base}/cells", "mask": f"{base}/cells/mask"}
     if count:
         links["overlay"] = f"{base}/images/cells.png"

@@ -109,6 +109,10 @@ class Result(Base):
     maps: Mapped[list] = mapped_column(JSON)  # class names with a rendered localisation map
     seconds: Mapped[float] = mapped_column(default=0.0)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    # How many cells its CellResult holds, or why none (NULL, NULL: no cells were computed, --no-cells):
+    # here so that a submission's JSON, listed or polled, says so without reading the cells.
+    cells_count: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    cells_note: Mapped[str | None] = mapped_column(Text, nullable=True)
     submission: Mapped[Submission] = relationship(back_populates="result")
 
 
@@ -148,6 +152,7 @@ ADDED_COLUMNS = {
     "tokens": {"user_id": "INTEGER REFERENCES users(id)", "revoked_at": "TIMESTAMP"},
     "submissions": {"owner_id": "INTEGER REFERENCES users(id)", "worker": "VARCHAR(100)", "lease_until": "TIMESTAMP"},
     "batch_jobs": {"owner_id": "INTEGER REFERENCES users(id)"},
+    "results": {"cells_count": "INTEGER", "cells_note": "TEXT"},
 }
 
 

@@ -29,6 +29,7 @@ from protloc.web.storage import (
     normalise_channel_name,
     shared_sample_id,
 )
+from protloc.web.cells import summary as cells_summary
 from protloc.web.exports import results_csv, spreadsheet_safe  # noqa: F401  (their home before exports.py)
 from protloc.web.jobs import DatabaseJobs
 from protloc.web.renders import Renderer, is_image_name
@@ -298,32 +299,27 @@ class Platform:
                 },
                 maps={c: f"{base}/images/map-{result.classes.index(c)}.png" for c in result.maps},
             )
+        data["cells"] = cells_summary(result if row.status == db.DONE else None, row.status, base)
         return data
 
     def get_submission(self, submission_id: str, viewer: Viewer | None = None, cells: bool = False) -> dict:
         """One submission with a summary of its cells; ``cells=True`` lists them all (the downloads)."""
-        from protloc.web.cells import cell_view, summary
+        from protloc.web.cells import cell_view
 
         with self.sessions() as session:
             row = session.get(db.Submission, submission_id)
             if row is None or not visible(row.owner_id, viewer):  # another's is as absent as none: 404
                 raise NotFound(f"no submission {submission_id!r}")
             data = self.submission_dict(row)
-            record = None
-            if row.status == db.DONE and cells:
-                record = session.get(db.CellResult, row.id)
-            elif row.status == db.DONE:  # polled often: the count and the note, not the cells
-                record = session.execute(select(db.CellResult.count, db.CellResult.note)
-                                         .where(db.CellResult.submission_id == row.id)).first()
-            data["cells"] = summary(record, row.status, data["links"]["self"])
             if cells:
+                record = session.get(db.CellResult, row.id) if row.status == db.DONE else None
                 classes = data.get("classes", [])
                 data["cells"]["items"] = [cell_view(c, classes) for c in record.cells] if record is not None else []
             return data
 
     def submission_cells(self, submission_id: str, viewer: Viewer | None, limit: int, offset: int, sort: str) -> dict:
         """A page of a submission's cells, sorted (``protloc.web.cells.sort_cells``)."""
-        from protloc.web.cells import cell_view, sort_cells, summary
+        from protloc.web.cells import cell_view, sort_cells
 
         with self.sessions() as session:
             row = session.get(db.Submission, submission_id)
@@ -332,7 +328,7 @@ class Platform:
             record = session.get(db.CellResult, row.id) if row.status == db.DONE else None
             classes = list(row.result.classes) if row.result is not None else []
             cells = sort_cells(list(record.cells) if record is not None else [], sort, classes)
-            answer = summary(record, row.status, f"/api/v1/predictions/{row.id}")
+            answer = cells_summary(row.result if row.status == db.DONE else None, row.status, f"/api/v1/predictions/{row.id}")
             return {"id": row.id, "status": row.status, "total": answer["count"], "note": answer["note"],
                     "classes": classes, "links": answer["links"],
                     "items": [cell_view(c, classes) for c in cells[offset : offset + limit]]}

@@ -338,6 +338,8 @@ class PredictionWorker:
                     predicted_text="|" + "|".join(predicted) + "|",
                     maps=map_classes,
                     seconds=shared_seconds + time.monotonic() - started,
+                    cells_count=cells.count if cells is not None else None,
+                    cells_note=cells.note if cells is not None else None,
                 )
             )
         self.stats.samples += 1
