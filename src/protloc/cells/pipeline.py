@@ -67,7 +67,7 @@ def require_cells_extra() -> None:
         raise ProtlocError(f"single-cell analysis needs {', '.join(missing)}: pip install 'protloc[cells]'")
 
 
-def _cell_geometry(cells: np.ndarray, nuclei: np.ndarray | None, cell_ids: np.ndarray):
+def _cell_geometry(cells: np.ndarray, nuclei: np.ndarray | None, cell_ids: np.ndarray, boxes: list | None = None):
     """Centroids [n, 2] (y, x), areas and nucleus areas (NaN without a nucleus mask) of the cells,
     each from its own bounding box (work about the image's size, whatever the number of cells)."""
     from scipy import ndimage as ndi
@@ -75,7 +75,8 @@ def _cell_geometry(cells: np.ndarray, nuclei: np.ndarray | None, cell_ids: np.nd
     centroids = np.zeros((len(cell_ids), 2))
     areas = np.zeros(len(cell_ids), np.int64)
     nucleus_areas = np.full(len(cell_ids), np.nan)
-    boxes = ndi.find_objects(cells) if len(cell_ids) else []
+    if boxes is None:
+        boxes = ndi.find_objects(cells) if len(cell_ids) else []
     for k, cell_id in enumerate(cell_ids):
         box = boxes[int(cell_id) - 1]
         inside = cells[box] == cell_id
@@ -109,7 +110,7 @@ def analyse_image(predictor, image: np.ndarray, image_id: str = "image", *, cell
     ids = predictions.cell_ids
     flags = border_cells(cells)
     border = flags[ids - 1] if len(ids) else np.zeros(0, dtype=bool)
-    centroids, areas, nucleus_areas = _cell_geometry(cells, nuclei, ids)
+    centroids, areas, nucleus_areas = _cell_geometry(cells, nuclei, ids, predictions.boxes)
     return ImageCells(image_id, cells, nuclei, predictions, border, centroids, areas, nucleus_areas)
 
 

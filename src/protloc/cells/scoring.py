@@ -56,13 +56,14 @@ def check_scoring(name: str) -> str:
     return name
 
 
-def relative_expression(protein: np.ndarray, labels: np.ndarray, cell_ids: np.ndarray) -> np.ndarray:
+def relative_expression(protein: np.ndarray, labels: np.ndarray, cell_ids: np.ndarray,
+                        boxes: list | None = None) -> np.ndarray:
     """Each cell's mean protein intensity above the background, over the field's largest such value.
 
     Background: the median of the protein channel outside every cell (on every other pixel of every
     other row; the 1st percentile of the channel where the cells cover the field). Values in [0, 1];
     1 for the strongest cell; all 1 when no cell rises above the background (nothing to tell them
-    apart by).
+    apart by). ``boxes``: the cells' bounding boxes (``scipy.ndimage.find_objects``) when known.
     """
     from scipy import ndimage as ndi
 
@@ -70,7 +71,7 @@ def relative_expression(protein: np.ndarray, labels: np.ndarray, cell_ids: np.nd
         return np.zeros(0, np.float32)
     sample, outside = protein[::2, ::2], labels[::2, ::2] == 0
     background = float(np.median(sample[outside]) if outside.any() else np.percentile(sample, 1.0))
-    boxes = ndi.find_objects(labels)
+    boxes = ndi.find_objects(labels) if boxes is None else boxes
     means = np.empty(len(cell_ids))
     for k, cell_id in enumerate(cell_ids):
         box = boxes[int(cell_id) - 1]
