@@ -28,15 +28,6 @@ from protloc.cells.segmentation import segment  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def model_file(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "tiny.pt"
-    save_model_file(path, create_model("gapnet-pl"), model_name="gapnet-pl", classes=HPA13.classes,
-                    label_set="hpa13", crop_size=64, thresholds=[0.5] * 13)
-    return path
-
-
-@pytest.fixture(scope="module")
 def predictor(model_file):
     return protloc.load_model(model_file)
 

@@ -34,11 +34,6 @@ def _model(path: Path, pixel_size_um: float | None = None) -> Path:
 
 
 @pytest.fixture(scope="module")
-def model_file(tmp_path_factory) -> Path:
-    return _model(tmp_path_factory.mktemp("model") / "tiny.pt")
-
-
-@pytest.fixture(scope="module")
 def predictor(model_file):
     return protloc.load_model(model_file)
 
