@@ -12,7 +12,7 @@ import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import contains_eager
 
 from protloc.data.channels import CHANNELS
@@ -32,6 +32,7 @@ from protloc.web.storage import (
     shared_sample_id,
 )
 from protloc.web.jobs import DatabaseJobs
+from protloc.web.listing import FinishedItems, filtered, list_json
 from protloc.web.renders import Renderer, is_image_name
 from protloc.web.worker import PredictionWorker
 
@@ -151,6 +152,7 @@ class Platform:
             jobs=jobs, eager_render=settings.eager_render, renderer=self.renderer,
         )
         self.batches = Batches(self)
+        self.finished_items = FinishedItems()
         # Tokens are required when the command line asks for them or the database holds any
         # (users made with --create-user): a server with users never opens to everyone by omission.
         self.auth_required = settings.auth_enabled or db.holds_tokens(self.sessions)
@@ -330,20 +332,17 @@ class Platform:
         with self.sessions() as session:
             # The result comes in the same query, not one query per listed row.
             query = select(db.Submission).outerjoin(db.Result).options(contains_eager(db.Submission.result))
-            if viewer is not None and not viewer.admin:
-                query = query.where(db.Submission.owner_id == viewer.user_id)
-            if q:
-                # autoescape: '%' and '_' in a search are characters to find, not LIKE wildcards
-                needle = q.strip()
-                query = query.where(or_(db.Submission.id.startswith(needle.lower(), autoescape=True),
-                                        db.Submission.filenames.contains(needle, autoescape=True)))
-            if cls:
-                query = query.where(db.Result.predicted_text.contains(f"|{cls}|", autoescape=True))
-            if status:
-                query = query.where(db.Submission.status == status)
+            query = filtered(query, q, cls, status, viewer)
             total = session.scalar(select(func.count()).select_from(query.subquery()))
             rows = session.scalars(query.order_by(db.Submission.created_at.desc()).limit(limit).offset(offset)).all()
             return int(total or 0), [self.submission_dict(row) for row in rows]
+
+    def list_json(self, q: str | None, cls: str | None, status: str | None, limit: int, offset: int,
+                  viewer: Viewer | None = None) -> bytes:
+        """``list_submissions`` as the API answers it, JSON bytes (finished items serialised once)."""
+        if not 0 <= offset <= MAX_OFFSET:
+            raise UploadError(422, f"offset must lie between 0 and {MAX_OFFSET}")
+        return list_json(self.sessions, self.submission_dict, self.finished_items, q, cls, status, limit, offset, viewer)
 
 
 # A spreadsheet runs a cell that starts with one of these as a formula (OWASP "CSV injection").
