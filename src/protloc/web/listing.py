@@ -30,29 +30,36 @@ def to_json(data) -> bytes:
 
 
 class FinishedItems:
-    """JSON of finished submissions by id, least recently used dropped past ``limit``."""
+    """(owner id, JSON) of finished submissions by id, least recently used dropped past ``limit``."""
 
     def __init__(self, limit: int = CACHED_ITEMS) -> None:
         self.limit = limit
-        self._items: collections.OrderedDict[str, bytes] = collections.OrderedDict()
+        self._items: collections.OrderedDict[str, tuple[int | None, bytes]] = collections.OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, submission_id: str) -> bytes | None:
+    def get(self, submission_id: str) -> tuple[int | None, bytes] | None:
         with self._lock:
             item = self._items.get(submission_id)
             if item is not None:
                 self._items.move_to_end(submission_id)
             return item
 
-    def put(self, submission_id: str, item: bytes) -> None:
+    def put(self, submission_id: str, owner_id: int | None, item: bytes) -> None:
         with self._lock:
-            self._items[submission_id] = item
+            self._items[submission_id] = (owner_id, item)
             self._items.move_to_end(submission_id)
             while len(self._items) > self.limit:
                 self._items.popitem(last=False)
 
     def __len__(self) -> int:
         return len(self._items)
+
+    def describe(self, row: db.Submission, describe) -> bytes:
+        """``describe(row)`` as JSON, kept when the row is finished."""
+        item = to_json(describe(row))
+        if row.status in FINAL:
+            self.put(row.id, row.owner_id, item)
+        return item
 
 
 def filtered(query: Select, q: str | None, cls: str | None, status: str | None, viewer) -> Select:
@@ -102,15 +109,77 @@ def list_json(sessions, describe, cache: FinishedItems, q: str | None, cls: str 
     for submission_id, state, _ in page:
         cached = cache.get(submission_id) if state in FINAL else None
         if cached is not None:
-            items[submission_id] = cached
+            items[submission_id] = cached[1]
     missing = [row.id for row in page if row.id not in items]
     if missing:
         with sessions() as session:
             for submission_id, row in rows_with_results(session, missing).items():
-                item = to_json(describe(row))
-                if row.status in FINAL:
-                    cache.put(submission_id, item)
-                items[submission_id] = item
+                items[submission_id] = cache.describe(row, describe)
     # A row deleted between the two queries is left out rather than failing the request.
     body = b",".join(items[row.id] for row in page if row.id in items)
     return b'{"total":%d,"items":[%s]}' % (int(total), body)
+
+
+def submission_json(sessions, describe, cache: FinishedItems, submission_id: str, viewer) -> bytes | None:
+    """One submission's JSON (what a client polls); None when it does not exist or the viewer may not
+    see it. A finished one comes from the cache without a query."""
+    cached = cache.get(submission_id)
+    if cached is not None:
+        owner_id, item = cached
+    else:
+        with sessions() as session:
+            row = session.get(db.Submission, submission_id)
+            if row is None:
+                return None
+            owner_id, item = row.owner_id, cache.describe(row, describe)
+    return item if viewer is None or viewer.sees(owner_id) else None
+
+
+class _Generation:
+    __slots__ = ("result", "error", "done")
+
+    def __init__(self) -> None:
+        self.result, self.error, self.done = None, None, False
+
+    def outcome(self):
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+class Coalesced:
+    """Identical requests that arrive together share one computation, which starts after they arrived.
+
+    A request never gets an answer computed before it came: it joins the generation that starts
+    next (not the one running), and one of that generation's requests computes for all of them once
+    the running one ends. 200 simultaneous identical list requests cost two or three queries.
+    """
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._slots: dict = {}  # key -> [running generation, waiting generation]
+
+    def run(self, key, compute):
+        with self._changed:
+            slot = self._slots.setdefault(key, [None, None])
+            if slot[1] is None:
+                slot[1] = _Generation()
+            generation = slot[1]
+            while not generation.done:
+                if slot[0] is None and slot[1] is generation:  # nothing running: this request computes
+                    slot[0], slot[1] = generation, None
+                    break
+                self._changed.wait()
+            else:
+                return generation.outcome()
+        try:
+            generation.result = compute()
+        except BaseException as exc:  # every request of the generation gets the same error
+            generation.error = exc
+        with self._changed:
+            generation.done = True
+            slot[0] = None
+            if slot[1] is None and self._slots.get(key) is slot:
+                del self._slots[key]
+            self._changed.notify_all()
+        return generation.outcome()

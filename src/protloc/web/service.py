@@ -32,7 +32,8 @@ from protloc.web.storage import (
     shared_sample_id,
 )
 from protloc.web.jobs import DatabaseJobs
-from protloc.web.listing import FinishedItems, filtered, list_json
+from protloc.web.listing import Coalesced, FinishedItems, filtered, list_json, submission_json
+from protloc.web.pictures import Activity
 from protloc.web.renders import Renderer, is_image_name
 from protloc.web.worker import PredictionWorker
 
@@ -146,13 +147,15 @@ class Platform:
         # other machines; SQLite (one machine): the ids are handed over in memory.
         postgres = self.sessions.kw["bind"].dialect.name == "postgresql"
         jobs = DatabaseJobs(self.sessions, "", lease_seconds=settings.lease_seconds) if postgres else None
+        self.activity = Activity()  # HTTP requests in flight: the worker's pictures wait for quiet
         self.worker = PredictionWorker(
             self.predictors, self.sessions, self.store,
             max_batch_patches=settings.max_batch_patches, linger_seconds=settings.linger_seconds,
-            jobs=jobs, eager_render=settings.eager_render, renderer=self.renderer,
+            jobs=jobs, eager_render=settings.eager_render, renderer=self.renderer, activity=self.activity,
         )
         self.batches = Batches(self)
         self.finished_items = FinishedItems()
+        self.coalesced_lists = Coalesced()  # simultaneous identical list requests share one query
         # Tokens are required when the command line asks for them or the database holds any
         # (users made with --create-user): a server with users never opens to everyone by omission.
         self.auth_required = settings.auth_enabled or db.holds_tokens(self.sessions)
@@ -285,8 +288,8 @@ class Platform:
             "error": row.error,
             "links": {"self": base, "page": f"/submissions/{row.id}", "csv": f"{base}/result.csv", "json": f"{base}/result.json"},
         }
-        result = row.result
-        if row.status == db.DONE and result is not None:
+        result = row.result if row.status == db.DONE else None  # an unfinished row's result is not loaded
+        if result is not None:
             order = sorted(range(len(result.classes)), key=lambda i: -result.probabilities[i])
             data.update(
                 classes=list(result.classes),
@@ -308,6 +311,13 @@ class Platform:
             if row is None or not visible(row.owner_id, viewer):  # another's is as absent as none: 404
                 raise NotFound(f"no submission {submission_id!r}")
             return self.submission_dict(row)
+
+    def submission_json(self, submission_id: str, viewer: Viewer | None = None) -> bytes:
+        """``get_submission`` as JSON bytes (finished submissions serialised once)."""
+        item = submission_json(self.sessions, self.submission_dict, self.finished_items, submission_id, viewer)
+        if item is None:  # another's is as absent as none: 404
+            raise NotFound(f"no submission {submission_id!r}")
+        return item
 
     def submission_image(self, submission_id: str, name: str, viewer: Viewer | None = None, full: bool = False) -> Path:
         """A picture of a finished submission: cached, or drawn now (display size unless ``full``)."""
@@ -342,7 +352,9 @@ class Platform:
         """``list_submissions`` as the API answers it, JSON bytes (finished items serialised once)."""
         if not 0 <= offset <= MAX_OFFSET:
             raise UploadError(422, f"offset must lie between 0 and {MAX_OFFSET}")
-        return list_json(self.sessions, self.submission_dict, self.finished_items, q, cls, status, limit, offset, viewer)
+        key = (viewer, q, cls, status, limit, offset)
+        return self.coalesced_lists.run(key, lambda: list_json(self.sessions, self.submission_dict, self.finished_items,
+                                                               q, cls, status, limit, offset, viewer))
 
 
 # A spreadsheet runs a cell that starts with one of these as a formula (OWASP "CSV injection").

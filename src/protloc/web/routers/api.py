@@ -133,7 +133,8 @@ def api_router(platform: Platform) -> APIRouter:
 
     @router.get("/api/v1/predictions/{submission_id}", tags=["predictions"], responses=errors(404))
     def get_prediction(submission_id: str, viewer: Viewer | None = Depends(viewer_of)) -> dict:
-        return JSONResponse(platform.get_submission(submission_id, viewer))  # polled often: no re-encoding
+        # Polled often: a finished submission's JSON comes from a cache, without a query.
+        return Response(platform.submission_json(submission_id, viewer), media_type="application/json")
 
     @router.get("/api/v1/predictions/{submission_id}/result.json", tags=["predictions"], responses=errors(404))
     def download_json(submission_id: str, viewer: Viewer | None = Depends(viewer_of)) -> dict:
