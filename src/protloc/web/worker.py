@@ -9,7 +9,8 @@ probability is the mean of its own patches' sigmoids, exactly as ``Predictor.pre
 
 Probabilities first: the result and the ``done`` status are committed as soon as the probabilities
 are known. The pictures (composite, channels, localisation maps) come afterwards, drawn by
-``protloc.web.renders`` at display size when the worker has nothing else to do, or on first view,
+``protloc.web.renders`` at display size from the sample still in memory, in a thread of their own
+(``protloc.web.pictures``) once neither predictions nor HTTP requests are waiting, or on first view,
 whichever comes first. ``eager_render=True`` is the platform as it was before: full-size pictures
 drawn before ``done`` (kept as the benchmark's baseline). A row whose batch raises is marked
 ``failed`` with the reason at once, never left ``running``.
@@ -214,7 +215,8 @@ class PredictionWorker:
                 started = time.monotonic()
                 self._process(ids)
                 self.stats.busy_seconds += time.monotonic() - started
-                release_memory()
+                if not self.busy():  # ~10 ms a call: once the queue is empty, not after every batch
+                    release_memory()
 
     def _fail(self, submission_id: str, reason: str) -> None:
         self.stats.failures += 1
