@@ -5,6 +5,7 @@ that started after they arrived; pictures drawn only while the server is quiet."
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 
@@ -166,10 +167,12 @@ def test_pictures_wait_while_predictions_or_requests_do():
     pictures = IdlePictures(renderer, busy=busy.is_set, activity=activity)
     pictures.start()
     try:
+        if hasattr(os, "setpriority"):  # Linux: the drawing thread yields the CPU to requests
+            assert wait_for(lambda: os.getpriority(os.PRIO_PROCESS, pictures._thread.native_id) > os.getpriority(os.PRIO_PROCESS, 0))
         busy.set()
         pictures.add("a")
         time.sleep(0.6)
-        assert renderer.drawn == []  # a prediction in hand: no picture
+        assert renderer.drawn == [] and len(pictures) == 1  # a prediction in hand: no picture
         busy.clear()
         activity.enter()  # a request in flight
         time.sleep(0.6)
@@ -177,5 +180,6 @@ def test_pictures_wait_while_predictions_or_requests_do():
         activity.leave()
         assert wait_for(lambda: renderer.drawn == ["a"])
         assert renderer.forgotten == ["a"]  # the kept sample is let go once drawn
+        assert wait_for(lambda: len(pictures) == 0)
     finally:
         pictures.stop()

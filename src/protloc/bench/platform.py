@@ -251,14 +251,17 @@ def list_burst(server, concurrent: int) -> dict:
             "max_s": round(max(latencies), 3), "client_cpu_ms_per_request": round((time.process_time() - cpu) * 1000 / concurrent, 2)}
 
 
-def wait_idle(client, seconds: float = 1.0) -> None:
-    """Until the server's queue is empty and nothing is running, then ``seconds`` more (idle work)."""
-    while True:
+def wait_idle(client, seconds: float = 1.0, pictures: bool = False, timeout: float = 300.0) -> None:
+    """Until the server's queue is empty and nothing is running (and, with ``pictures``, no picture
+    waits to be drawn), then ``seconds`` more."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
         listed = client.get("/api/v1/predictions", params={"status": "queued", "limit": 1}).json()["total"]
         running = client.get("/api/v1/predictions", params={"status": "running", "limit": 1}).json()["total"]
-        if listed == 0 and running == 0:
+        drawing = client.get("/api/v1/worker").json().get("pictures_waiting", 0) if pictures else 0
+        if listed == 0 and running == 0 and drawing == 0:
             break
-        time.sleep(0.2)
+        time.sleep(0.5)
     time.sleep(seconds)
 
 
@@ -328,6 +331,8 @@ def platform_section(settings: Settings, progress: Progress) -> dict:
                     count = baseline_requests if server is servers[0] else requests
                     through[server.name][level] = throughput(server, payload, level, count, httpx)
             progress.step("platform throughput")
+            for server in servers:  # the list on a quiet server: the uploads' pictures drawn first
+                wait_idle(clients[server.name], seconds=0.5, pictures=True)
             lists = {s.name: list_burst(s, 20 if quick else 200) for s in servers}
             progress.step("platform list")
             rounds, per_round = (2, 5) if quick else (5, 50)

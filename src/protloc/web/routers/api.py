@@ -169,6 +169,7 @@ def api_router(platform: Platform) -> APIRouter:
 
     @router.get("/api/v1/worker", tags=["service"], responses=errors())
     def worker_stats() -> dict:
-        return {"alive": platform.worker.alive, "queue": platform.worker.pending(), **platform.worker.stats.to_dict()}
+        return {"alive": platform.worker.alive, "queue": platform.worker.pending(),
+                "pictures_waiting": len(platform.worker.pictures), **platform.worker.stats.to_dict()}
 
     return router
