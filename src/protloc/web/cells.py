@@ -114,8 +114,11 @@ class CellsStage:
         if self.missing:
             log.warning("cells are off: %s", self.missing)
 
-    def compute(self, predictor, submission_id: str, image: np.ndarray) -> db.CellResult | None:
-        """The submission's cells as a row to store with its result (never raises for one image)."""
+    def compute(self, predictor, submission_id: str, image: np.ndarray,
+                pixel_size_um: float | None = None) -> db.CellResult | None:
+        """The submission's cells as a row to store with its result (never raises for one image).
+        ``pixel_size_um``: the sample's, as its probabilities used it (the network sees the cells at
+        the model's pixel size; masks and geometry stay on the upload's pixel grid)."""
         if not self.enabled:
             return None
         started = time.monotonic()
@@ -131,7 +134,7 @@ class CellsStage:
             from protloc.cells.pipeline import analyse_image, cell_rows
             from protloc.web.renders import display_factor
 
-            analysed = analyse_image(predictor, image, submission_id)
+            analysed = analyse_image(predictor, image, submission_id, pixel_size_um=pixel_size_um)
             rows = cell_rows(analysed, predictor)
             polygons = outlines(analysed.cells, [r["cell_id"] for r in rows],
                                 OUTLINE_GRID * display_factor(*analysed.cells.shape, full=False))

@@ -8,8 +8,10 @@ and runs them through the network together (``max_batch_patches`` per forward pa
 probability is the mean of its own patches' sigmoids, exactly as ``Predictor.predict_proba``.
 
 Probabilities first: the result and the ``done`` status are committed as soon as the probabilities
-are known, together with the sample's cells (``protloc.web.cells``; off with ``cells=False``). The pictures (composite, channels, localisation maps) come afterwards, drawn by
-``protloc.web.renders`` at display size when the worker has nothing else to do, or on first view,
+are known, together with the sample's cells (``protloc.web.cells``; off with ``cells=False``). The
+pictures (composite, channels, localisation maps) come afterwards, drawn by
+``protloc.web.renders`` at display size from the sample still in memory, in a thread of their own
+(``protloc.web.pictures``) once neither predictions nor HTTP requests are waiting, or on first view,
 whichever comes first. ``eager_render=True`` is the platform as it was before: full-size pictures
 drawn before ``done`` (kept as the benchmark's baseline). A row whose batch raises is marked
 ``failed`` with the reason at once, never left ``running``.
@@ -31,6 +33,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from protloc.web import db
 from protloc.web.jobs import DatabaseJobs, MemoryJobs, worker_name
 from protloc.web.cells import CellsStage
+from protloc.web.pictures import Activity, IdlePictures
 from protloc.web.renders import Renderer
 from protloc.web.storage import BlobStore, load_stored_sample
 
@@ -38,8 +41,6 @@ log = logging.getLogger("protloc.web.worker")
 # Decoded samples the web server hands to the worker of its own process, so it need not decode the
 # stored files again; a few only (a 2048² field is 64 MB).
 MAX_HANDED_OVER = 4
-# Pictures are drawn only once no job has come for this long: a burst of uploads is predicted first.
-IDLE_BEFORE_PICTURES = 0.25
 
 
 @dataclass
@@ -110,6 +111,7 @@ class PredictionWorker:
         eager_render: bool = False,
         renderer: Renderer | None = None,
         cells: bool = True,
+        activity: Activity | None = None,
     ) -> None:
         self.predictors = predictors
         self.sessions = sessions
@@ -126,7 +128,8 @@ class PredictionWorker:
         self.renderer = renderer or Renderer(predictors, sessions, store)
         self.cells = CellsStage(store, enabled=cells)
         self.stats = WorkerStats()
-        self.to_render: collections.deque = collections.deque(maxlen=10_000)
+        # Pictures in a thread of their own, drawn when neither predictions nor requests are waiting.
+        self.pictures = IdlePictures(self.renderer, busy=self.busy, activity=activity, on_drawn=self._count_drawn)
         self._handed: collections.OrderedDict = collections.OrderedDict()
         self._held: list[str] = []
         self._lock = threading.Lock()
@@ -140,6 +143,8 @@ class PredictionWorker:
         rerun = self.recover_unfinished()
         self._thread = threading.Thread(target=self._run, name="protloc-prediction-worker", daemon=True)
         self._thread.start()
+        if not self.eager_render:
+            self.pictures.start()
         if isinstance(self.jobs, DatabaseJobs):
             self._heartbeat = threading.Thread(target=self._renew_leases, name="protloc-lease", daemon=True)
             self._heartbeat.start()
@@ -150,6 +155,7 @@ class PredictionWorker:
         self.jobs.stop()
         if self._thread is not None and self._thread.is_alive():
             self._thread.join(timeout)
+        self.pictures.stop(timeout)
 
     def run_forever(self) -> None:
         """``protloc worker``: work until stopped (Ctrl+C or SIGTERM finish the batch in hand first)."""
@@ -181,6 +187,13 @@ class PredictionWorker:
     def pending(self) -> int:
         return self.jobs.pending()
 
+    def busy(self) -> bool:
+        """Predictions in hand or queued here (pictures wait for them)."""
+        return bool(self._held) or (isinstance(self.jobs, MemoryJobs) and self.jobs.pending() > 0)
+
+    def _count_drawn(self) -> None:
+        self.stats.rendered += 1
+
     def _renew_leases(self) -> None:
         interval = max(0.2, self.jobs.lease.total_seconds() / 3)
         while not self._stopping.wait(interval):
@@ -194,10 +207,8 @@ class PredictionWorker:
     # -- the loop -----------------------------------------------------------------------------------
     def _run(self) -> None:
         while not self._stopping.is_set():
-            # Pictures wait while predictions do: they are drawn once the jobs pause.
-            wait = IDLE_BEFORE_PICTURES if self.to_render else 1.0
             try:
-                ids = self.jobs.take(self.max_samples, self.linger_seconds, wait)
+                ids = self.jobs.take(self.max_samples, self.linger_seconds, 1.0)
             except Exception as exc:
                 log.error("cannot take jobs: %s", _one_line(exc))
                 self._stopping.wait(1.0)
@@ -208,17 +219,8 @@ class PredictionWorker:
                 started = time.monotonic()
                 self._process(ids)
                 self.stats.busy_seconds += time.monotonic() - started
-                release_memory()
-            elif self.to_render:
-                self._render_one(self.to_render.popleft())
-
-    def _render_one(self, submission_id: str) -> None:
-        try:
-            self.renderer.render_all(submission_id)
-            self.stats.rendered += 1
-        except Exception as exc:  # a picture that cannot be drawn is drawn (or refused) on view
-            log.warning("rendering %s failed: %s", submission_id, _one_line(exc))
-        release_memory()
+                if not self.busy():  # ~10 ms a call: once the queue is empty, not after every batch
+                    release_memory()
 
     def _fail(self, submission_id: str, reason: str) -> None:
         self.stats.failures += 1
@@ -279,9 +281,9 @@ class PredictionWorker:
             predictor = self.predictors[model_key]
             started = time.monotonic()
             try:
+                pixel_sizes = [stored_pixel_size(self.store, row.files, image) for row, image in items]
                 all_probs = batched_probabilities(
-                    predictor, [image for _, image in items], self.max_batch_patches, self.stats,
-                    [stored_pixel_size(self.store, row.files, image) for row, image in items],
+                    predictor, [image for _, image in items], self.max_batch_patches, self.stats, pixel_sizes,
                 )
             except Exception as exc:
                 log.exception("forward pass failed")
@@ -289,14 +291,15 @@ class PredictionWorker:
                     self._fail(row.id, f"prediction failed: {_one_line(exc)}")
                 continue
             shared = (time.monotonic() - started) / len(items)
-            for (row, image), probs in zip(items, all_probs):
+            for (row, image), probs, pixel_size in zip(items, all_probs, pixel_sizes):
                 try:
-                    self._finish(predictor, row, image, probs, shared)
+                    self._finish(predictor, row, image, probs, shared, pixel_size)
                 except Exception as exc:  # this sample only; the others of the batch go on
                     log.error("finishing %s failed: %s", row.id, _one_line(exc), exc_info=True)
                     self._fail(row.id, f"prediction failed: {_one_line(exc)}")
 
-    def _finish(self, predictor, row: db.Submission, image: np.ndarray, probs: np.ndarray, shared_seconds: float) -> None:
+    def _finish(self, predictor, row: db.Submission, image: np.ndarray, probs: np.ndarray, shared_seconds: float,
+                pixel_size: float | None = None) -> None:
         started = time.monotonic()
         predicted = predictor.predicted(probs)
         # With no class over its threshold the page shows the most probable class's map: it always
@@ -308,7 +311,7 @@ class PredictionWorker:
             folder = self.renderer.folder(row.id, full=False)
             render_views(image, folder, 1)
             render_maps(predictor, image, map_classes, folder, 1)
-        cells = self.cells.compute(predictor, row.id, image)
+        cells = self.cells.compute(predictor, row.id, image, pixel_size)
         with self.sessions.begin() as session:
             # Still ours? A worker whose lease ran out (it stalled) must not finish a row another took.
             owned = session.execute(
@@ -345,4 +348,5 @@ class PredictionWorker:
         self.stats.samples += 1
         log.info("done %s", row.id)
         if not self.eager_render:
-            self.to_render.append(row.id)
+            self.renderer.remember(row.id, image)
+            self.pictures.add(row.id)
