@@ -12,6 +12,10 @@ from the one forward pass the image needs.
 Other networks (``crop_probabilities``) have no such head: each cell is cut out in a window of the
 network's input size centred on it (pixels outside the cell set to the field's background level)
 and predicted on its own. Their "embedding" is then the probability vector itself.
+
+``predict_cells`` brings the image to the model's pixel size through the predictor's one
+``Inferer`` (the labels follow onto that grid) and adds each cell's expression (its protein signal
+relative to the field's strongest cell, ``protloc.cells.scoring``), read on the input's own grid.
 """
 
 from __future__ import annotations
