@@ -79,6 +79,7 @@ class WebSettings:
     models: list[str] = field(default_factory=lambda: ["pretrained"])  # specs for protloc.load_model
     predictors: dict | None = None  # already loaded predictors by key (skips ``models``)
     data_dir: Path = Path("protloc-data")
+    store: object | None = None  # an UploadStore (protloc.web.store); default: the directory store in data_dir
     database_url: str | None = None  # default: sqlite file in data_dir
     auth_tokens: list[str] = field(default_factory=list)  # accepted bearer tokens besides the tokens table
     require_auth: bool = False  # tokens table only (no --auth-token given)
@@ -137,7 +138,7 @@ class Platform:
 
         self.settings = settings
         Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
-        self.store = BlobStore(settings.data_dir)
+        self.store = settings.store if settings.store is not None else BlobStore(settings.data_dir)
         self.store.clean_tmp()
         self.sessions = db.open_database(settings.resolved_database_url())
         self.predictors = settings.predictors if settings.predictors is not None else load_predictors(settings.models, settings.device)

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -23,9 +21,8 @@ from typing import AsyncIterator
 import numpy as np
 
 from protloc.data.channels import CHANNELS, HPA_COLOURS
+from protloc.web.store import CHUNK_SIZE, KIND_SUFFIX, BlobStore, UploadStore
 
-CHUNK_SIZE = 1 << 20
-KIND_SUFFIX = {"tiff": ".tif", "png": ".png", "jpeg": ".jpg", "npz": ".npz", "zip": ".zip"}
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".npz")
 
 
@@ -71,64 +68,6 @@ class ReceivedForm:
     def discard(self) -> None:
         for received in self.files:
             received.path.unlink(missing_ok=True)
-
-
-class BlobStore:
-    """Files under ``root/blobs/ab/<sha256>.<ext>``; identical uploads share one file.
-
-    The suffix follows the content (``.tif`` for any TIFF), so readers that go by suffix can open it.
-    """
-
-    def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
-        self.blobs = self.root / "blobs"
-        self.tmp = self.root / "tmp"
-        self.renders = self.root / "renders"
-        for folder in (self.blobs, self.tmp, self.renders):
-            folder.mkdir(parents=True, exist_ok=True)
-
-    def path_of(self, sha256: str, suffix: str = "") -> Path:
-        if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
-            raise ValueError(f"not a sha256: {sha256!r}")
-        if suffix not in KIND_SUFFIX.values() and suffix != "":
-            raise ValueError(f"unexpected suffix {suffix!r}")
-        return self.blobs / sha256[:2] / f"{sha256}{suffix}"
-
-    def temp_file(self, suffix: str = "") -> tuple[int, Path]:
-        fd, name = tempfile.mkstemp(dir=self.tmp, suffix=suffix)
-        return fd, Path(name)
-
-    def keep(self, received: ReceivedFile) -> Path:
-        """Move a received temporary file to its content address (or drop it if already stored)."""
-        target = self.path_of(received.sha256, received.suffix)
-        if target.exists():
-            received.path.unlink(missing_ok=True)
-        else:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(received.path, target)
-        received.path = target
-        return target
-
-    def receive_file(self, source: Path) -> ReceivedFile:
-        """Copy a local file (e.g. an extracted zip member) to a temporary file, hashing it."""
-        digest = hashlib.sha256()
-        fd, tmp = self.temp_file()
-        with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
-            while chunk := src.read(CHUNK_SIZE):
-                digest.update(chunk)
-                out.write(chunk)
-        return ReceivedFile("", source.name, tmp, digest.hexdigest(), source.stat().st_size)
-
-    def render_dir(self, submission_id: str) -> Path:
-        return self.renders / submission_id
-
-    def clean_tmp(self) -> None:
-        """Temporary files left by a crash mid-upload are garbage."""
-        for leftover in self.tmp.iterdir():
-            if leftover.is_dir():
-                shutil.rmtree(leftover, ignore_errors=True)
-            else:
-                leftover.unlink(missing_ok=True)
 
 
 async def stream_multipart(
@@ -516,7 +455,7 @@ def group_samples(files: list[Path], root: Path) -> tuple[list[dict], list[dict]
 
 
 __all__ = [
-    "BlobStore", "ReceivedFile", "ReceivedForm", "UploadError", "assemble_sample",
+    "BlobStore", "KIND_SUFFIX", "ReceivedFile", "UploadStore", "ReceivedForm", "UploadError", "assemble_sample",
     "channel_from_filename", "check_zip", "decode_channel", "decode_multichannel", "extract_zip",
     "group_samples", "inspect_image", "shared_sample_id", "load_stored_sample", "normalise_channel_name", "stream_multipart",
 ]
