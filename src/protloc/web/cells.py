@@ -4,7 +4,8 @@ by the API (``/cells``, paginated) and drawn on the result page.
 
 Stored per submission: a ``CellResult`` row (one entry per cell: id, centroid, area, border flag,
 per-class probabilities, predicted classes, top class and an outline polygon for the page) and the
-label image in the store (``cells/<id>_cellmask.png``, the ``--masks`` layout of ``protloc cells``).
+label image with the submission's pictures in the store (``cellmask.png``; downloads name it
+``<sample>_cellmask.png``, the ``--masks`` layout of ``protloc cells``).
 When no cells can be given (no cells found, a network without GapNet-PL's head, scikit-image not
 installed, the segmentation failed) the row says why in ``note`` and the submission is done anyway:
 cells never cost a submission its probabilities.
@@ -42,10 +43,11 @@ def missing_extra() -> str | None:
 
 
 def labels_path(store, submission_id: str) -> Path | None:
-    """The stored label image of a submission (16-bit PNG; 32-bit TIFF past 65535 cells), or None."""
-    folder = store.root / "cells"
+    """The stored label image of a submission (16-bit PNG; 32-bit TIFF past 65535 cells), or None.
+    It lies with the submission's pictures (``UploadStore.render_dir``), so any store keeps it."""
+    folder = store.render_dir(submission_id)
     for suffix in (".png", ".tif"):
-        path = folder / f"{submission_id}_cellmask{suffix}"
+        path = folder / f"cellmask{suffix}"
         if path.is_file():
             return path
     return None
@@ -55,10 +57,10 @@ def save_labels(store, submission_id: str, labels: np.ndarray) -> Path:
     """Written under a staging name and moved into place: a reader never sees half a file."""
     from protloc.cells.masks import write_label_image
 
-    folder = store.root / "cells"
-    staging = folder / f".{submission_id}.{os.getpid()}.{threading.get_ident()}_cellmask.png"
+    folder = store.render_dir(submission_id)
+    staging = folder / f".cellmask.{os.getpid()}.{threading.get_ident()}.png"
     written = write_label_image(staging, labels)
-    target = folder / f"{submission_id}_cellmask{written.suffix}"
+    target = folder / f"cellmask{written.suffix}"
     os.replace(written, target)
     return target
 

@@ -119,7 +119,7 @@ class Result(Base):
 class CellResult(Base):
     """A submission's cells (``protloc.cells``), written with its probabilities: the per-cell rows, or
     why there are none (``note``: no cells found, not a GapNet-PL model, scikit-image missing...).
-    The label image lies in the store (``protloc.web.cells.labels_path``), a compressed 16/32-bit PNG/TIFF."""
+    The label image lies in the store (``protloc.web.cells.labels_path``): a 16-bit PNG, 32-bit TIFF past 65535 cells."""
 
     __tablename__ = "cell_results"
     submission_id: Mapped[str] = mapped_column(ForeignKey("submissions.id"), primary_key=True)
