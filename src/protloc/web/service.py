@@ -30,8 +30,8 @@ from protloc.web.storage import (
     decode_channel,
     decode_multichannel,
     normalise_channel_name,
-    shared_sample_id,
 )
+from protloc.web.archives import shared_sample_id
 from protloc.web.jobs import DatabaseJobs
 from protloc.web.listing import Coalesced, FinishedItems, filtered, list_json, submission_json
 from protloc.web.pictures import Activity
