@@ -28,8 +28,8 @@ from protloc.web.storage import (
     decode_channel,
     decode_multichannel,
     normalise_channel_name,
-    shared_sample_id,
 )
+from protloc.web.archives import shared_sample_id
 from protloc.web.cells import summary as cells_summary
 from protloc.web.exports import results_csv, spreadsheet_safe  # noqa: F401  (their home before exports.py)
 from protloc.web.jobs import DatabaseJobs
