@@ -49,7 +49,8 @@ def client(server):
 
 
 def expected_probs(predictor, image: np.ndarray) -> np.ndarray:
-    return predictor.predict_proba(image.astype(np.float32))
+    """These servers compute cells (GapNet-PL): the probabilities come from the cells' whole-image pass."""
+    return predictor.predict_proba(image.astype(np.float32), whole_image=True)
 
 
 def counts(platform) -> tuple[int, int, int, int]:
@@ -336,7 +337,15 @@ def test_history_search_and_class_filter(client, tmp_path):
     assert submission_id in page
 
 
-def test_six_concurrent_uploads_are_batched_and_answered_correctly(client, server, models, tmp_path):
+@pytest.fixture()
+def no_cells(server):
+    """This server's worker as under --no-cells for one test: covering patches, batched across uploads."""
+    server.platform.worker.cells.enabled = False
+    yield
+    server.platform.worker.cells.enabled = True
+
+
+def test_six_concurrent_uploads_are_batched_and_answered_correctly(client, server, models, tmp_path, no_cells):
     images = [cell_like_sample(96 + 8 * i, 96, seed=30 + i) for i in range(6)]
     payloads = [write_channel_files(tmp_path / str(i), f"conc{i}", image) for i, image in enumerate(images)]
     passes_before = server.platform.worker.stats.max_samples_per_pass
@@ -367,7 +376,8 @@ def test_six_concurrent_uploads_are_batched_and_answered_correctly(client, serve
         assert data["status"] == "done"
         assert data["height"] == 96 + 8 * index  # each answer belongs to its own upload
         got = np.array([data["probabilities"][c] for c in models["tiny"].classes])
-        np.testing.assert_allclose(got, expected_probs(models["tiny"], images[index]), atol=1e-5)
+        assert data["image_probabilities"]["method"] == "patches"
+        np.testing.assert_allclose(got, models["tiny"].predict_proba(images[index].astype(np.float32)), atol=1e-5)
     stats = client.get("/api/v1/worker").json()
     assert max(stats["max_samples_per_pass"], passes_before) >= 2, stats  # patches of several uploads shared a pass
     print(f"\n6 concurrent uploads answered in {elapsed:.2f} s ({6 / elapsed:.1f} samples/s); worker {stats}")

@@ -19,7 +19,7 @@ import protloc
 from protloc.cli import build_parser
 from protloc.web import db
 from protloc.web.app import WebSettings
-from protloc.web.cells import OFF_NOTE, CellsStage
+from protloc.web.cells import OFF_NOTE, PROBABILITIES_FROM, CellsStage
 
 from web_helpers import LiveServer, cell_like_sample, make_model_file, upload_channels, wait_done, write_channel_files
 
@@ -60,6 +60,11 @@ def test_cells_come_with_the_probabilities_as_the_library_gives_them(server, cli
     ids = expected.predictions.cell_ids.tolist()
     assert len(ids) >= 2 and data["cells"]["count"] == len(ids) and data["cells"]["note"] is None
     assert "items" not in data["cells"]  # the polled answer stays small: the list is its own resource
+    # the image's probabilities are those of the cells' one whole-image pass, and the answer says so
+    assert data["image_probabilities"] == {"method": "whole-image", "description": PROBABILITIES_FROM["whole-image"]}
+    assert [data["probabilities"][c] for c in predictor.classes] == pytest.approx(
+        expected.predictions.image_probabilities.tolist(), abs=1e-5)
+    assert client.get("/api/v1/models").json()["models"][0]["image_probabilities"]["method"] == "whole-image"
 
     everything = client.get(f"/api/v1/predictions/{data['id']}/cells").json()
     assert everything["total"] == len(ids) and [c["cell_id"] for c in everything["items"]] == ids
@@ -112,6 +117,7 @@ def test_cells_come_with_the_probabilities_as_the_library_gives_them(server, cli
 
     # the result page: a row per cell and a shape per cell on the picture
     html = client.get(f"/submissions/{data['id']}").text
+    assert "Image probabilities: whole image, one pass of the network" in html
     assert html.count('class="cell-row"') == len(ids) and html.count('class="cell-shape"') == len(ids)
 
 
@@ -170,7 +176,12 @@ def test_no_cells_server_and_missing_scikit_image_are_told_not_crashed(predictor
                 "cells": f"/api/v1/predictions/{data['id']}/cells", "mask": f"/api/v1/predictions/{data['id']}/cells/mask"}}
             missing = client.get(data["cells"]["links"]["mask"])
             assert missing.status_code == 404 and "no cell mask" in missing.json()["detail"]
-            assert "--no-cells" in client.get(f"/submissions/{data['id']}").text
+            page = client.get(f"/submissions/{data['id']}").text
+            assert "--no-cells" in page and "Image probabilities: covering patches" in page
+            assert data["image_probabilities"]["method"] == "patches"
+            assert client.get("/api/v1/models").json()["models"][0]["image_probabilities"]["method"] == "patches"
+            np.testing.assert_allclose([data["probabilities"][c] for c in predictor.classes],
+                                       predictor.predict_proba(image.astype(np.float32)), atol=1e-5)
         with live.platform.sessions() as session:
             assert session.get(db.CellResult, data["id"]) is None
 

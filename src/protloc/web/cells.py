@@ -30,6 +30,13 @@ PENDING_NOTE = "cells come with the probabilities: the submission is not done ye
 # Outline polygons are traced on a grid of this many display pixels.
 OUTLINE_GRID = 2
 SORT_KEYS = ("cell_id", "area", "border", "centroid_x", "centroid_y", "top_class", "top_probability")
+# How a submission's image-level probabilities were computed (``Result.probabilities_from``; NULL: an
+# older row, always patches). With cells on and a GapNet-PL model they come from the pass the cells need.
+WHOLE_IMAGE, PATCHES = "whole-image", "patches"
+PROBABILITIES_FROM = {
+    WHOLE_IMAGE: "whole image, one pass of the network (the cells come from the same pass)",
+    PATCHES: "covering patches of the training crop size, their sigmoid outputs averaged (as `protloc predict`)",
+}
 
 
 def missing_extra() -> str | None:
@@ -116,6 +123,27 @@ class CellsStage:
         if self.missing:
             log.warning("cells are off: %s", self.missing)
 
+    def one_pass(self, predictor) -> bool:
+        """Whether this stage gives the submission's probabilities too: cells on and a GapNet-PL, whose
+        whole-image pass yields the image's probabilities and every cell's (``predict_cells``)."""
+        from protloc.cells.features import is_gapnet
+
+        return self.enabled and not self.missing and is_gapnet(predictor.network)
+
+    def probabilities_from(self, predictor) -> str:
+        return WHOLE_IMAGE if self.one_pass(predictor) else PATCHES
+
+    def compute_with_probabilities(self, predictor, submission_id: str, image: np.ndarray,
+                                   pixel_size_um: float | None = None) -> tuple[np.ndarray, db.CellResult]:
+        """(image probabilities, cells) from one whole-image pass (``one_pass`` models only): the
+        probabilities are ``predict_cells``' ``image_probabilities``, as ``protloc cells`` gives them.
+        If the segmentation fails before the pass, the cells say why and the probabilities come from
+        a plain whole-image pass (the same answer); a failing network raises."""
+        probabilities, record = self._analyse(predictor, submission_id, image, pixel_size_um)
+        if probabilities is None:
+            probabilities = predictor.inferer(whole_image=True, precision="fp32")(image, pixel_size_um)
+        return probabilities, record
+
     def compute(self, predictor, submission_id: str, image: np.ndarray,
                 pixel_size_um: float | None = None) -> db.CellResult | None:
         """The submission's cells as a row to store with its result (never raises for one image).
@@ -123,7 +151,6 @@ class CellsStage:
         the model's pixel size; masks and geometry stay on the upload's pixel grid)."""
         if not self.enabled:
             return None
-        started = time.monotonic()
         if self.missing:
             return db.CellResult(submission_id=submission_id, count=0, cells=[], note=self.missing)
         from protloc.cells.features import is_gapnet
@@ -132,11 +159,19 @@ class CellsStage:
             return db.CellResult(submission_id=submission_id, count=0, cells=[],
                                  note=f"per-cell predictions on the platform need a GapNet-PL model "
                                       f"(this one is {predictor.model_name}); `protloc cells` does the others")
+        return self._analyse(predictor, submission_id, image, pixel_size_um)[1]
+
+    def _analyse(self, predictor, submission_id: str, image: np.ndarray,
+                 pixel_size_um: float | None) -> tuple[np.ndarray | None, db.CellResult]:
+        """(the image's probabilities from the cells' pass, or None if it did not run; the cells)."""
+        started = time.monotonic()
+        probabilities = None
         try:
             from protloc.cells.pipeline import analyse_image, cell_rows
             from protloc.web.renders import display_factor
 
             analysed = analyse_image(predictor, image, submission_id, pixel_size_um=pixel_size_um)
+            probabilities = np.asarray(analysed.predictions.image_probabilities, np.float32)
             rows = cell_rows(analysed, predictor)
             polygons = outlines(analysed.cells, [r["cell_id"] for r in rows],
                                 OUTLINE_GRID * display_factor(*analysed.cells.shape, full=False))
@@ -144,8 +179,9 @@ class CellsStage:
         except Exception as exc:  # this image's cells only: the probabilities are stored regardless
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             log.warning("%s: cells failed: %s", submission_id, reason, exc_info=not isinstance(exc, ValueError))
-            return db.CellResult(submission_id=submission_id, count=0, cells=[], note=f"cell segmentation failed: {reason}",
-                                 seconds=time.monotonic() - started)
+            return probabilities, db.CellResult(submission_id=submission_id, count=0, cells=[],
+                                                note=f"cell segmentation failed: {reason}",
+                                                seconds=time.monotonic() - started)
         classes = list(predictor.classes)
         cells = [{
             "cell_id": r["cell_id"], "centroid_y": r["centroid_y"], "centroid_x": r["centroid_x"], "area": r["area"],
@@ -153,9 +189,9 @@ class CellsStage:
             "predicted": [c for c in r["predicted"].split(";") if c], "top_class": r["top_class"],
             "outline": polygons.get(r["cell_id"], []),
         } for r in rows]
-        return db.CellResult(submission_id=submission_id, count=len(cells), cells=cells,
-                             note=None if cells else "no cells found in this image",
-                             seconds=time.monotonic() - started)
+        return probabilities, db.CellResult(submission_id=submission_id, count=len(cells), cells=cells,
+                                            note=None if cells else "no cells found in this image",
+                                            seconds=time.monotonic() - started)
 
 
 # -- reading them back ---------------------------------------------------------------------------
@@ -185,6 +221,12 @@ def summary(result: db.Result | None, status: str, base: str) -> dict:
     if count:
         links["overlay"] = f"{base}/images/cells.png"
     return {"count": count, "note": note, "links": links}
+
+
+def probabilities_view(method: str | None) -> dict:
+    """How a submission's (or a model's) image probabilities are computed, as the API and page say it."""
+    method = method or PATCHES
+    return {"method": method, "description": PROBABILITIES_FROM[method]}
 
 
 def sort_cells(cells: list[dict], sort: str, classes: list[str]) -> list[dict]:

@@ -113,6 +113,8 @@ class Result(Base):
     # here so that a submission's JSON, listed or polled, says so without reading the cells.
     cells_count: Mapped[int | None] = mapped_column(Integer, nullable=True)
     cells_note: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # "whole-image" (the pass that gives the cells) or "patches"; NULL: a row from before, patches.
+    probabilities_from: Mapped[str | None] = mapped_column(String(16), nullable=True)
     submission: Mapped[Submission] = relationship(back_populates="result")
 
 
@@ -152,7 +154,7 @@ ADDED_COLUMNS = {
     "tokens": {"user_id": "INTEGER REFERENCES users(id)", "revoked_at": "TIMESTAMP"},
     "submissions": {"owner_id": "INTEGER REFERENCES users(id)", "worker": "VARCHAR(100)", "lease_until": "TIMESTAMP"},
     "batch_jobs": {"owner_id": "INTEGER REFERENCES users(id)"},
-    "results": {"cells_count": "INTEGER", "cells_note": "TEXT"},
+    "results": {"cells_count": "INTEGER", "cells_note": "TEXT", "probabilities_from": "VARCHAR(16)"},
 }
 
 

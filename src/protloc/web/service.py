@@ -30,6 +30,7 @@ from protloc.web.storage import (
     normalise_channel_name,
 )
 from protloc.web.archives import shared_sample_id
+from protloc.web.cells import probabilities_view
 from protloc.web.cells import summary as cells_summary
 from protloc.web.exports import results_csv, spreadsheet_safe  # noqa: F401  (their home before exports.py)
 from protloc.web.jobs import DatabaseJobs
@@ -185,6 +186,7 @@ class Platform:
             "classes": list(predictor.classes),
             "thresholds": [float(t) for t in predictor.thresholds],
             "patch_size": int(predictor.patch_size),
+            "image_probabilities": probabilities_view(self.worker.cells.probabilities_from(predictor)),
             "default": key == self.default_model,
         }
 
@@ -301,6 +303,7 @@ class Platform:
                 probabilities={result.classes[i]: result.probabilities[i] for i in order},
                 thresholds={c: t for c, t in zip(result.classes, result.thresholds)},
                 predicted=list(result.predicted),
+                image_probabilities=probabilities_view(result.probabilities_from),
                 seconds=round(result.seconds, 4),
                 images={
                     "composite": f"{base}/images/composite.png",

@@ -7,6 +7,11 @@ milliseconds for more, cuts every waiting sample of the same model into the pape
 and runs them through the network together (``max_batch_patches`` per forward pass); each sample's
 probability is the mean of its own patches' sigmoids, exactly as ``Predictor.predict_proba``.
 
+One network pass per sample: with cells on and a GapNet-PL model, the sample's probabilities are
+the ``image_probabilities`` of the whole-image pass that gives its cells (``protloc.web.cells``,
+``CellsStage.compute_with_probabilities``), so no patch pass is made for it; other networks and
+``cells=False`` keep the batched covering patches. ``Result.probabilities_from`` records which.
+
 Probabilities first: the result and the ``done`` status are committed as soon as the probabilities
 are known, together with the sample's cells (``protloc.web.cells``; off with ``cells=False``). The
 pictures (composite, channels, localisation maps) come afterwards, drawn by
@@ -32,7 +37,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from protloc.web import db
 from protloc.web.jobs import DatabaseJobs, MemoryJobs, worker_name
-from protloc.web.cells import CellsStage
+from protloc.web.cells import PATCHES, WHOLE_IMAGE, CellsStage
 from protloc.web.pictures import Activity, IdlePictures
 from protloc.web.renders import Renderer
 from protloc.web.storage import BlobStore, load_stored_sample
@@ -279,27 +284,51 @@ class PredictionWorker:
             by_model.setdefault(row.model_key, []).append((row, image))
         for model_key, items in by_model.items():
             predictor = self.predictors[model_key]
-            started = time.monotonic()
-            try:
-                pixel_sizes = [stored_pixel_size(self.store, row.files, image) for row, image in items]
-                all_probs = batched_probabilities(
-                    predictor, [image for _, image in items], self.max_batch_patches, self.stats, pixel_sizes,
-                )
-            except Exception as exc:
-                log.exception("forward pass failed")
-                for row, _ in items:
-                    self._fail(row.id, f"prediction failed: {_one_line(exc)}")
-                continue
-            shared = (time.monotonic() - started) / len(items)
-            for (row, image), probs, pixel_size in zip(items, all_probs, pixel_sizes):
-                try:
-                    self._finish(predictor, row, image, probs, shared, pixel_size)
-                except Exception as exc:  # this sample only; the others of the batch go on
-                    log.error("finishing %s failed: %s", row.id, _one_line(exc), exc_info=True)
-                    self._fail(row.id, f"prediction failed: {_one_line(exc)}")
+            if self.cells.one_pass(predictor):
+                for row, image in items:
+                    self._predict_one_pass(predictor, row, image)
+            else:
+                self._predict_patches(predictor, items)
 
-    def _finish(self, predictor, row: db.Submission, image: np.ndarray, probs: np.ndarray, shared_seconds: float,
-                pixel_size: float | None = None) -> None:
+    def _predict_one_pass(self, predictor, row: db.Submission, image: np.ndarray) -> None:
+        """A GapNet-PL sample with cells: its probabilities and cells from one whole-image pass."""
+        started = time.monotonic()
+        try:
+            pixel_size = stored_pixel_size(self.store, row.files, image)
+            probs, cells = self.cells.compute_with_probabilities(predictor, row.id, image, pixel_size)
+            self.stats.forward_passes += 1
+            self.stats.max_samples_per_pass = max(self.stats.max_samples_per_pass, 1)
+            self._finish(predictor, row, image, probs, time.monotonic() - started, cells, WHOLE_IMAGE)
+        except Exception as exc:  # this sample only; the others of the batch go on
+            log.error("predicting %s failed: %s", row.id, _one_line(exc), exc_info=True)
+            self._fail(row.id, f"prediction failed: {_one_line(exc)}")
+
+    def _predict_patches(self, predictor, items: list[tuple[db.Submission, np.ndarray]]) -> None:
+        """The samples' covering patches through the network together, then each one's cells (if any)."""
+        started = time.monotonic()
+        try:
+            pixel_sizes = [stored_pixel_size(self.store, row.files, image) for row, image in items]
+            all_probs = batched_probabilities(
+                predictor, [image for _, image in items], self.max_batch_patches, self.stats, pixel_sizes,
+            )
+        except Exception as exc:
+            log.exception("forward pass failed")
+            for row, _ in items:
+                self._fail(row.id, f"prediction failed: {_one_line(exc)}")
+            return
+        shared = (time.monotonic() - started) / len(items)
+        for (row, image), probs, pixel_size in zip(items, all_probs, pixel_sizes):
+            try:
+                own = time.monotonic()
+                cells = self.cells.compute(predictor, row.id, image, pixel_size)
+                self._finish(predictor, row, image, probs, shared + time.monotonic() - own, cells, PATCHES)
+            except Exception as exc:  # this sample only; the others of the batch go on
+                log.error("finishing %s failed: %s", row.id, _one_line(exc), exc_info=True)
+                self._fail(row.id, f"prediction failed: {_one_line(exc)}")
+
+    def _finish(self, predictor, row: db.Submission, image: np.ndarray, probs: np.ndarray, seconds: float,
+                cells: db.CellResult | None, probabilities_from: str) -> None:
+        """Stores the result and its cells and marks the row done (if this worker still holds it)."""
         started = time.monotonic()
         predicted = predictor.predicted(probs)
         # With no class over its threshold the page shows the most probable class's map: it always
@@ -311,7 +340,6 @@ class PredictionWorker:
             folder = self.renderer.folder(row.id, full=False)
             render_views(image, folder, 1)
             render_maps(predictor, image, map_classes, folder, 1)
-        cells = self.cells.compute(predictor, row.id, image, pixel_size)
         with self.sessions.begin() as session:
             # Still ours? A worker whose lease ran out (it stalled) must not finish a row another took.
             owned = session.execute(
@@ -340,9 +368,10 @@ class PredictionWorker:
                     predicted=list(predicted),
                     predicted_text="|" + "|".join(predicted) + "|",
                     maps=map_classes,
-                    seconds=shared_seconds + time.monotonic() - started,
+                    seconds=seconds + time.monotonic() - started,
                     cells_count=cells.count if cells is not None else None,
                     cells_note=cells.note if cells is not None else None,
+                    probabilities_from=probabilities_from,
                 )
             )
         self.stats.samples += 1
