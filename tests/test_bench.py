@@ -94,7 +94,7 @@ def test_quick_platform_runs_both_servers_and_measures_every_part(tmp_path, caps
     assert main(["bench", "--quick", "--sections", "platform", "--out", str(out)]) == 0
     platform = json.loads(out.read_text())["sections"]["platform"]
     assert "skipped" not in platform, platform
-    variants = ["today (eager pictures, baseline)", "probabilities first"]
+    variants = ["today (eager pictures, baseline)", "probabilities first", "probabilities first, no cells"]
     floor, *served = platform["field_rows"]
     assert floor["variant"].startswith("Predictor.predict_proba") and floor["probabilities_best_s"] > 0
     assert [row["variant"] for row in served] == variants
@@ -105,9 +105,14 @@ def test_quick_platform_runs_both_servers_and_measures_every_part(tmp_path, caps
     assert all(row["p95_s"] > 0 for row in platform["list"]["rows"])
     # memory: today's path only (the baseline's would take ten minutes in a full run)
     assert [(row["variant"], len(row["settled_mib"])) for row in platform["memory"]["rows"]] == [(variants[1], 2)]
-    eager, first = (platform["worker"][v] for v in variants)
+    eager, first, no_cells = (platform["worker"][v] for v in variants)
     # warm-up + 2 field rounds + 2 x 4 uploads (+ 2 x 5 memory uploads on the new path), none failed
-    assert eager["samples"] == 11 and first["samples"] == 21 and eager["failures"] == first["failures"] == 0
+    assert eager["samples"] == no_cells["samples"] == 11 and first["samples"] == 21
+    assert eager["failures"] == first["failures"] == no_cells["failures"] == 0
+    # with cells, one whole-image pass per submission; without, the covering patches
+    assert first["forward_passes"] == 21 and first["patches"] == 0 and no_cells["patches"] >= 11
+    assert [platform["image_probabilities"][v].split(",")[0] for v in variants] == [
+        "whole image", "whole image", "covering patches of the training crop size"]
     assert all(row["client_cpu_ms_per_request"] > 0 for row in platform["list"]["rows"])
     assert eager["rendered"] == 0 and first["rendered"] >= 1  # pictures after done only on the new path
     assert "Platform: probabilities first" in capsys.readouterr().out

@@ -1,10 +1,11 @@
-"""The platform section: two ``protloc serve`` processes side by side, today's path against the old one.
+"""The platform section: ``protloc serve`` processes side by side, today's path against the old one.
 
 The baseline is the platform as it was (``--render-eagerly``: full-size composite, channels and maps
 drawn before a submission is done); the other server runs probabilities first (pictures at display
-size, on first view or when the worker is idle). Both run at once, each in its own process, with the
-same model and data, and every measurement alternates between them, so a change of load on a shared
-machine hits both alike. Measured (issue 15's targets):
+size, on first view or when the worker is idle), with cells (the default: one whole-image pass gives
+the probabilities and the cells) and without (``--no-cells``: the covering patches alone). All run at
+once, each in its own process, with the same model and data, and every measurement alternates between
+them, so a change of load on a shared machine hits them alike. Measured (issue 15's targets):
 
 * ``field``: one real 2048² HPA field (four JPEGs) from the POST to the probabilities, and to the
   result page with every picture loaded (six connections, as a browser);
@@ -30,7 +31,11 @@ from protloc.bench.common import Progress, Settings
 
 POLL_SECONDS = 0.02  # one client waiting for one field
 THROUGHPUT_POLL_SECONDS = 0.05  # several clients: their polls must not become the server's main load
-VARIANTS = {"today (eager pictures, baseline)": ["--render-eagerly"], "probabilities first": []}
+# With cells on (the default) a GapNet-PL submission's probabilities come from the cells' one
+# whole-image pass; "no cells" is the patch pass alone (``--no-cells``), the platform without cells.
+VARIANTS = {"today (eager pictures, baseline)": ["--render-eagerly"], "probabilities first": [],
+            "probabilities first, no cells": ["--no-cells"]}
+MEMORY_VARIANT = "probabilities first"
 FIELD_ID = "57639_1283_B2_10"
 
 
@@ -338,8 +343,11 @@ def platform_section(settings: Settings, progress: Progress) -> dict:
             rounds, per_round = (2, 5) if quick else (5, 50)
             # Memory over 250 uploads: today's path only (the baseline's full-size pictures would take
             # ten minutes, and the target is about today's path).
-            memory = {s.name: memory_rounds(s, clients[s.name], payload, rounds, per_round, progress) for s in servers[1:]}
+            memory = {s.name: memory_rounds(s, clients[s.name], payload, rounds, per_round, progress)
+                      for s in servers if s.name == MEMORY_VARIANT}
             stats = {s.name: clients[s.name].get("/api/v1/worker").json() for s in servers}
+            computed = {s.name: clients[s.name].get("/api/v1/models").json()["models"][0]["image_probabilities"]["description"]
+                        for s in servers}
             for client in clients.values():
                 client.close()
         finally:
@@ -364,6 +372,7 @@ def platform_section(settings: Settings, progress: Progress) -> dict:
         "memory": {"rounds": rounds, "uploads_per_round": per_round, "sample": f"{size}² TIFF",
                    "rows": [{"variant": name, **row} for name, row in memory.items()]},
         "worker": stats,
+        "image_probabilities": computed,
         "method": "both servers run at once, each `protloc serve` in its own process; measurements alternate between "
                   f"them; probabilities: POST until GET says done (polled every {POLL_SECONDS * 1000:.0f} ms); page: "
                   "that, then the result page and all its pictures (6 connections)",

@@ -79,6 +79,9 @@ def platform_markdown(s: dict) -> list[str]:
     if "skipped" in s:
         return out + [f"skipped: {s['skipped']}", ""]
     out += [f"{s['method']}. Weights: {s['weights']}; load average at start {s['load_average_at_start']}.", ""]
+    if s.get("image_probabilities"):
+        out += ["Image probabilities: " + "; ".join(f"{name}: {how}" for name, how in s["image_probabilities"].items())
+                + ".", ""]
     out += [f"One field ({s['field']}), best and median of the rounds; ratio = baseline best / row best.", ""]
     out += [_table(["variant", "to probabilities s (best / median)", "ratio", "page with pictures s (best / median)",
                     "ratio", "pictures"],
