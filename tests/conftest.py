@@ -72,3 +72,20 @@ def _restore_pixel_limit():
         os.environ.pop(MAX_PIXELS_ENV, None)
     else:
         os.environ[MAX_PIXELS_ENV] = saved
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory) -> Path:
+    """A GapNet-PL model file with random weights (seed 0), the 13 classes and thresholds 0.5: for tests of
+    the plumbing around a model, not of its answers."""
+    import torch
+
+    from protloc.checkpoint import save_model_file
+    from protloc.labels import HPA13
+    from protloc.models import create_model
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "tiny.pt"
+    save_model_file(path, create_model("gapnet-pl"), model_name="gapnet-pl", classes=HPA13.classes,
+                    label_set="hpa13", crop_size=64, thresholds=[0.5] * 13)
+    return path

@@ -232,6 +232,15 @@ def test_cli_human_summary_with_out_dir(broken_channels_set, tmp_path, capsys):
     assert not (broken_channels_set / ".protloc").exists()
 
 
+def test_cli_out_under_a_file_names_the_file(broken_channels_set, tmp_path, capsys):
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("keep me")
+    assert main(["data", "scan", str(broken_channels_set), "--out", str(a_file / "index")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "notes.txt is a file, not a folder" in err[0]
+    assert a_file.read_text() == "keep me"
+
+
 def test_cli_read_only_folder_prints_summary_and_writes_nothing(tmp_path, capsys):
     write_channels(tmp_path, "a", planes((16, 16), seed=1))
     os.chmod(tmp_path, 0o555)

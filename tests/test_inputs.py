@@ -17,7 +17,6 @@ import tifffile
 import torch
 from PIL import Image
 
-from protloc.checkpoint import save_model_file
 from protloc.cli import main
 from protloc.data.channels import CHANNELS, COLOUR_OF_CHANNEL
 from protloc.data.filenames import parse_channel_filename
@@ -26,8 +25,6 @@ from protloc.data.inputs import discover_inputs, load_entry
 from protloc.data.limits import DEFAULT_MAX_PIXELS, ImageTooLargeError, check_image_header
 from protloc.data.readers import read_channel_file, read_multichannel_file
 from protloc.errors import DataError, ProtlocError
-from protloc.labels import HPA13
-from protloc.models import create_model
 
 SIZE = 72
 
@@ -64,15 +61,6 @@ def tiff_bomb(path: Path, side: int = 100_000) -> Path:
                 struct.pack_into("<HI", raw, tag.offset + 2, 4, 1)
             struct.pack_into("<I", raw, tag.valueoffset, side)
     path.write_bytes(bytes(raw))
-    return path
-
-
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "tiny.pt"
-    save_model_file(path, create_model("gapnet-pl"), model_name="gapnet-pl", classes=HPA13.classes,
-                    label_set="hpa13", crop_size=64, thresholds=[0.5] * 13)
     return path
 
 

@@ -12,15 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-import torch
 
 import protloc
-from protloc.checkpoint import save_model_file
 from protloc.cli import main
 from protloc.data.channels import CHANNELS
 from protloc.data.ome import channel_of_name, ome_inputs, read_ome_source
 from protloc.labels import HPA13
-from protloc.models import create_model
 
 import zarr  # the formats extra; in dev, so CI installs it
 from ome_zarr import writer as ome_writer
@@ -29,15 +26,6 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 # The file's channel order and names: protein first, as a microscope's acquisition order might be.
 FILE_NAMES = ["GFP", "DAPI", "anti-Tubulin (Alexa 568)", "Calreticulin"]
 FILE_TO_CANONICAL = [1, 2, 3, 0]  # canonical channel i is the file's channel FILE_TO_CANONICAL[i]
-
-
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "tiny.pt"
-    save_model_file(path, create_model("gapnet-pl"), model_name="gapnet-pl", classes=HPA13.classes,
-                    label_set="hpa13", crop_size=64, thresholds=[0.5] * 13)
-    return path
 
 
 def field(seed: int, shape=(4, 72, 56)) -> np.ndarray:

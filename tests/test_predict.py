@@ -11,8 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tifffile
-import torch
 
 import protloc
 from protloc.checkpoint import save_model_file
@@ -31,15 +29,6 @@ def data_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("synth")
     generate_dataset(out, samples=6, size=96, seed=3, workers=1)
     return out
-
-
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "tiny.pt"
-    save_model_file(path, create_model("gapnet-pl"), model_name="gapnet-pl", classes=HPA13.classes,
-                    label_set="hpa13", crop_size=64, thresholds=[0.5] * 13)
-    return path
 
 
 def read_csv(path: Path) -> list[dict]:

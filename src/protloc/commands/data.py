@@ -78,7 +78,7 @@ def _format_summary(index, summary: dict, splits: dict, single: dict, written: P
 
 
 def run_scan(args) -> int:
-    from protloc.data.index import INDEX_DIRNAME, folder_is_writable, scan_dataset
+    from protloc.data.index import INDEX_DIRNAME, scan_dataset, unwritable_reason
     from protloc.errors import ProtlocError, printable
     from protloc.data.limits import set_max_pixels
     from protloc.data.splits import make_splits, save_splits, single_label_ids
@@ -91,7 +91,7 @@ def run_scan(args) -> int:
 
     out_dir = Path(args.out).expanduser() if args.out else Path(index.root) / INDEX_DIRNAME
     written: Path | None = out_dir
-    problem = None if folder_is_writable(out_dir) else "read-only"
+    problem = unwritable_reason(out_dir)
     if problem is None:
         try:
             index.save(out_dir / "index.json")

@@ -44,8 +44,8 @@ def default_splits_path(root: str | Path) -> Path:
     return Path(root) / INDEX_DIRNAME / "splits.json"
 
 
-def folder_is_writable(path: str | Path) -> bool:
-    """Whether files may be created at ``path`` (its nearest existing ancestor is checked).
+def unwritable_reason(path: str | Path) -> str | None:
+    """Why files cannot be created at ``path`` (its nearest existing ancestor is checked), or None.
 
     A folder whose permission bits allow nobody to write counts as read-only even for a user who could
     override them (root): shared, read-only data folders must stay untouched.
@@ -53,13 +53,22 @@ def folder_is_writable(path: str | Path) -> bool:
     path = Path(path).expanduser().absolute()
     while not path.exists():
         if path.parent == path:
-            return False
+            return "no existing folder above it"
         path = path.parent
     try:
         mode = path.stat().st_mode
-    except OSError:
-        return False
-    return path.is_dir() and bool(mode & 0o222) and os.access(path, os.W_OK)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    if not path.is_dir():
+        return f"{path} is a file, not a folder"
+    if not (mode & 0o222 and os.access(path, os.W_OK)):
+        return "read-only"
+    return None
+
+
+def folder_is_writable(path: str | Path) -> bool:
+    """Whether files may be created at ``path`` (see ``unwritable_reason``)."""
+    return unwritable_reason(path) is None
 
 
 @dataclass
