@@ -28,15 +28,6 @@ from protloc.cells.segmentation import segment  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def model_file(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "tiny.pt"
-    save_model_file(path, create_model("gapnet-pl"), model_name="gapnet-pl", classes=HPA13.classes,
-                    label_set="hpa13", crop_size=64, thresholds=[0.5] * 13)
-    return path
-
-
-@pytest.fixture(scope="module")
 def predictor(model_file):
     return protloc.load_model(model_file)
 
@@ -239,11 +230,13 @@ def test_cells_command_writes_table_anndata_masks_and_overlays(model_file, data_
     second = pd.read_csv(again)
     assert second["cell_id"].tolist() == table["cell_id"].tolist()
     np.testing.assert_allclose(second["Nucleus"], table["Nucleus"], atol=1e-5)
-    prior = tmp_path / "prior.csv"
-    assert main(["cells", str(data_dir), "--model", str(model_file), "--out", str(prior), "--image-prior",
-                 "--masks", str(tmp_path / "cells-masks")]) == 0
+    assert {"expression"} <= set(table) and adata.uns["scoring"] == "combined"
+    own, prior = tmp_path / "own.csv", tmp_path / "prior.csv"
+    for path, flags in ((own, ["--per-cell", "own"]), (prior, ["--image-prior"])):
+        assert main(["cells", str(data_dir), "--model", str(model_file), "--out", str(path), *flags,
+                     "--masks", str(tmp_path / "cells-masks")]) == 0
     image_level = images.obs.set_index("image_id")["Nucleus"]
-    expected = np.sqrt(table["Nucleus"].to_numpy() * image_level.loc[table["image_id"]].to_numpy())
+    expected = np.sqrt(pd.read_csv(own)["Nucleus"].to_numpy() * image_level.loc[table["image_id"]].to_numpy())
     np.testing.assert_allclose(pd.read_csv(prior)["Nucleus"], expected, rtol=1e-4, atol=1e-6)
 
 

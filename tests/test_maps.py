@@ -76,6 +76,22 @@ def test_class_activation_map_peaks_where_the_evidence_is(tmp_path):
     np.testing.assert_allclose(maps[HPA13.classes[0]], bright, atol=1e-5)
 
 
+def test_class_activation_maps_from_the_fast_block_maps_equal_the_plain_network_s():
+    """The CAM's block maps come from GapNet-PL's fast path; the maps equal those of the plain
+    ``network.blocks`` of the normalised image (a trained-like random network, odd image size)."""
+    torch.manual_seed(3)
+    network = create_model("gapnet-pl").eval()
+    image = (np.random.default_rng(4).random((4, 150, 202)) * 3000 + 200).astype(np.float32)
+    with torch.no_grad():
+        plain_blocks = network.blocks(torch.from_numpy(normalize(image))[None])
+    classes = [0, 5, 12]
+    fast = class_activation_maps(network, image, classes)
+    plain = class_activation_maps(network, image, classes, blocks=plain_blocks)
+    for fast_map, plain_map in zip(fast, plain):
+        assert fast_map.shape == (150, 202) and fast_map.max() > 0.5
+        np.testing.assert_allclose(fast_map, plain_map, atol=1e-4)
+
+
 WINDOW_NETWORKS = {  # every network but GapNet-PL; smallest input each accepts
     "densenet-121": {"size": 64, "options": {}},
     "m-cnn": {"size": 128, "options": {"input_size": 128}},

@@ -91,8 +91,8 @@ def test_the_idle_worker_draws_the_pictures_before_anyone_looks(predictor, tmp_p
         folder = server.platform.store.render_dir(sid)
         index = data["classes"].index(list(data["maps"])[0])
         expected = ["composite.png", *(f"channel-{c}.png" for c in protloc.data.channels.CHANNELS), f"map-{index}.png"]
-        for _ in range(600):
-            if all((folder / name).is_file() for name in expected):
+        for _ in range(600):  # the count goes up just after the last file is written
+            if all((folder / name).is_file() for name in expected) and server.platform.worker.stats.rendered:
                 break
             threading.Event().wait(0.1)
         assert all((folder / name).is_file() for name in expected), sorted(p.name for p in folder.iterdir())

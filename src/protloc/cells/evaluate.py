@@ -6,9 +6,11 @@
   cells, the mean over the classes that have positive cells.
 - ``evaluate_folder``: a synthetic data set written by ``protloc synth`` with its per-cell truth
   (``masks/<id>_cellmask.png`` and ``cells.csv`` with each cell's ``labels``, as ``protloc synth``
-  writes them) -> per-cell mAP
-  on the true masks and on protloc's own segmentation, against the weak baseline that gives every
-  cell its image's probabilities, plus segmentation quality.
+  writes them) -> per-cell mAP of each per-cell answer (``protloc.cells.scoring``: the default
+  combination, the cell's own, the weak baseline that gives every cell its image's probabilities,
+  the geometric mean) on the drawn masks and on protloc's own segmentation, plus segmentation quality.
+- ``collect_cells``: the per-cell evidence behind it (``CellRecords``), also for choosing the
+  combination's constants on another synthetic set (``protloc.bench.cells --select``).
 """
 
 from __future__ import annotations
@@ -104,41 +106,87 @@ def read_cell_truth(path: Path, classes: list[str]) -> dict[tuple[str, int], np.
 
 
 @dataclass
+class CellRecords:
+    """Per-cell evidence of a data set, one row per cell: truth [n, K], the cell's own and its image's
+    probabilities [n, K], expression [n], and the index of its image [n]."""
+
+    truth: list = field(default_factory=list)
+    own: list = field(default_factory=list)
+    image: list = field(default_factory=list)
+    expression: list = field(default_factory=list)
+    image_of: list = field(default_factory=list)
+
+    def add(self, predictions, rows: list[np.ndarray], image_index: int) -> None:
+        for k in range(len(predictions.cell_ids)):
+            self.truth.append(rows[k])
+            self.own.append(predictions.probabilities[k])
+            self.image.append(predictions.image_probabilities)
+            self.expression.append(predictions.expression[k])
+            self.image_of.append(image_index)
+
+    def arrays(self):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(truth=np.array(self.truth), own=np.array(self.own), image=np.array(self.image),
+                               expression=np.array(self.expression), image_of=np.array(self.image_of))
+
+    def scores(self, classes, scoring: str) -> np.ndarray:
+        from protloc.cells.scoring import check_scoring, combine
+
+        a = self.arrays()
+        check_scoring(scoring)
+        if scoring == "own":
+            return a.own
+        if scoring == "image":
+            return a.image
+        if scoring == "geometric-mean":
+            return np.sqrt(a.own * a.image)
+        return _combine_rows(a, classes, combine)
+
+
+def _combine_rows(a, classes, combine, **options) -> np.ndarray:
+    """``combine`` per row (each row has its own image's probabilities)."""
+    out = np.empty_like(a.own, dtype=np.float32)
+    for index in np.unique(a.image_of):
+        rows = a.image_of == index
+        out[rows] = combine(a.own[rows], a.image[rows][0], a.expression[rows], classes, **options)
+    return out
+
+
+@dataclass
 class CellsEvaluation:
     images: int = 0
     true_cells: int = 0
     found_cells: int = 0
     matched_cells: int = 0
     mean_iou: float = float("nan")
-    map_true_masks: float = float("nan")
-    map_true_masks_baseline: float = float("nan")
-    map_true_masks_combined: float = float("nan")
-    map_segmented: float = float("nan")
-    map_segmented_baseline: float = float("nan")
-    map_segmented_combined: float = float("nan")
-    within_image_auc: float = float("nan")
-    per_class: dict = field(default_factory=dict)
+    map_true_masks: dict = field(default_factory=dict)  # scoring -> per-cell mAP on the drawn masks
+    map_segmented: dict = field(default_factory=dict)  # scoring -> per-cell mAP on protloc's segmentation
+    within_image_auc: dict = field(default_factory=dict)  # scoring -> within-field ROC AUC
+    per_class: dict = field(default_factory=dict)  # class -> scoring -> AP (drawn masks)
 
     def lines(self) -> list[str]:
-        return [
+        from protloc.cells.scoring import SCORINGS
+
+        lines = [
             f"images {self.images}: {self.true_cells} cells drawn, {self.found_cells} found, "
             f"{self.matched_cells} matched at IoU > 0.5 (mean IoU of matched {self.mean_iou:.3f})",
-            "per-cell mAP            cells   image baseline   sqrt(cell x image)",
-            f"  true masks            {self.map_true_masks:.3f}   {self.map_true_masks_baseline:.3f}            "
-            f"{self.map_true_masks_combined:.3f}",
-            f"  own segmentation      {self.map_segmented:.3f}   {self.map_segmented_baseline:.3f}            "
-            f"{self.map_segmented_combined:.3f}",
-            f"within-image ROC AUC of the cells' probabilities, labelled vs unlabelled cells: {self.within_image_auc:.3f}",
+            "per-cell mAP        " + "".join(f"{name:>16}" for name in SCORINGS),
+            "  drawn masks       " + "".join(f"{self.map_true_masks.get(n, float('nan')):16.3f}" for n in SCORINGS),
+            "  own segmentation  " + "".join(f"{self.map_segmented.get(n, float('nan')):16.3f}" for n in SCORINGS),
+            "within-field AUC    " + "".join(f"{self.within_image_auc.get(n, float('nan')):16.3f}" for n in SCORINGS),
         ]
+        return lines
 
 
-def evaluate_folder(data: str | Path, model, ids: list[str] | None = None, progress: bool = False) -> CellsEvaluation:
-    """Per-cell mAP and segmentation quality on a synthetic data set with per-cell truth.
-
-    Own segmentation: a found cell matched to a true cell (IoU > 0.5) takes its labels; an unmatched
-    found cell counts as a cell without labels (its confident answers are false positives), and a
-    true cell that was not found is missed (it lowers recall through the cells that remain).
-    """
+def collect_cells(data: str | Path, model, ids: list[str] | None = None, progress: bool = False,
+                  segmented: bool = True):
+    """Per-cell evidence of a synthetic data set with per-cell truth: on the drawn masks, and (with
+    ``segmented``) on protloc's own segmentation. Own segmentation: a found cell matched to a drawn
+    cell (IoU > 0.5) takes its labels; an unmatched found cell counts as a cell without labels (its
+    confident answers are false positives); a drawn cell that was not found is missed (it lowers
+    recall through the cells that remain). Returns (predictor, drawn CellRecords, segmented
+    CellRecords, CellsEvaluation with the segmentation figures)."""
     from tqdm.auto import tqdm
 
     from protloc.cells.features import predict_cells
@@ -157,46 +205,45 @@ def evaluate_folder(data: str | Path, model, ids: list[str] | None = None, progr
     if not entries:
         raise ProtlocError(f"no images of the requested ids in {data}")
     result = CellsEvaluation()
-    true_rows, cell_scores, base_scores = [], [], []
-    seg_rows, seg_scores, seg_base = [], [], []
-    ious, image_of, combined_scores, seg_combined = [], [], [], []
+    drawn, found_records = CellRecords(), CellRecords()
+    ious = []
+    none = np.zeros(len(predictor.classes), np.int8)
     for entry in tqdm(entries, desc="cells", unit="image", disable=not progress):
         image = load_entry(entry)
         true_cells, _ = read_masks(data / "masks", entry.id, image.shape[1:])
         on_truth = predict_cells(predictor, image, true_cells)
-        for k, cell_id in enumerate(on_truth.cell_ids):
-            true_rows.append(truth[(entry.id, int(cell_id))])
-            cell_scores.append(on_truth.probabilities[k])
-            base_scores.append(on_truth.image_probabilities)
-            combined_scores.append(on_truth.with_image_prior()[k])
-            image_of.append(result.images)
-        found = segment(image).cells
-        matching = match_cells(true_cells, found)
-        ious.extend(matching.ious.tolist())
+        drawn.add(on_truth, [truth[(entry.id, int(i))] for i in on_truth.cell_ids], result.images)
+        if segmented:
+            found = segment(image).cells
+            matching = match_cells(true_cells, found)
+            ious.extend(matching.ious.tolist())
+            result.true_cells += matching.true_count
+            result.found_cells += matching.found_count
+            result.matched_cells += len(matching.ious)
+            on_found = predict_cells(predictor, image, found)
+            label_of = dict(zip(matching.found_ids.tolist(), matching.true_ids.tolist()))
+            rows = [truth[(entry.id, label_of[int(i)])] if int(i) in label_of else none for i in on_found.cell_ids]
+            found_records.add(on_found, rows, result.images)
         result.images += 1
-        result.true_cells += matching.true_count
-        result.found_cells += matching.found_count
-        result.matched_cells += len(matching.ious)
-        on_found = predict_cells(predictor, image, found)
-        label_of = dict(zip(matching.found_ids.tolist(), matching.true_ids.tolist()))
-        for k, cell_id in enumerate(on_found.cell_ids):
-            true_id = label_of.get(int(cell_id))
-            seg_rows.append(truth[(entry.id, true_id)] if true_id else np.zeros(len(predictor.classes), np.int8))
-            seg_scores.append(on_found.probabilities[k])
-            seg_base.append(on_found.image_probabilities)
-            seg_combined.append(on_found.with_image_prior()[k])
     result.mean_iou = float(np.mean(ious)) if ious else float("nan")
+    return predictor, drawn, found_records, result
+
+
+def evaluate_folder(data: str | Path, model, ids: list[str] | None = None, progress: bool = False) -> CellsEvaluation:
+    """Per-cell mAP of every scoring (``protloc.cells.scoring.SCORINGS``: the default combination,
+    the cell's own, the image baseline, the geometric mean) on the drawn masks and on protloc's
+    segmentation, plus segmentation quality, on a synthetic data set with per-cell truth."""
+    from protloc.cells.scoring import SCORINGS
+
+    predictor, drawn, found, result = collect_cells(data, model, ids, progress)
     classes = predictor.classes
-    true_rows = np.array(true_rows)
-    result.map_true_masks, per_class = per_cell_map(true_rows, np.array(cell_scores), classes)
-    result.map_true_masks_baseline, per_class_base = per_cell_map(true_rows, np.array(base_scores), classes)
-    result.map_true_masks_combined, per_class_combined = per_cell_map(true_rows, np.array(combined_scores), classes)
-    result.per_class = {name: {"cells": per_class[name], "baseline": per_class_base[name],
-                               "combined": per_class_combined[name]} for name in per_class}
-    result.within_image_auc = _within_image_auc(true_rows, np.array(cell_scores), np.array(image_of))
-    if seg_rows:
-        seg_rows = np.array(seg_rows)
-        result.map_segmented, _ = per_cell_map(seg_rows, np.array(seg_scores), classes)
-        result.map_segmented_baseline, _ = per_cell_map(seg_rows, np.array(seg_base), classes)
-        result.map_segmented_combined, _ = per_cell_map(seg_rows, np.array(seg_combined), classes)
+    truth = drawn.arrays().truth
+    per_class = {}
+    for scoring in SCORINGS:
+        scores = drawn.scores(classes, scoring)
+        result.map_true_masks[scoring], per_class[scoring] = per_cell_map(truth, scores, classes)
+        result.within_image_auc[scoring] = _within_image_auc(truth, scores, drawn.arrays().image_of)
+        if found.truth:
+            result.map_segmented[scoring], _ = per_cell_map(found.arrays().truth, found.scores(classes, scoring), classes)
+    result.per_class = {name: {s: per_class[s][name] for s in SCORINGS} for name in per_class["own"]}
     return result

@@ -40,12 +40,23 @@ class CellPredictions:
     image_embedding: np.ndarray
     image_probabilities: np.ndarray
     method: str  # "masked-features" or "masked-crops"
+    # each cell's protein signal relative to the field's strongest cell (protloc.cells.scoring)
+    expression: np.ndarray | None = None
+    scale: float = 1.0  # the input was resized by this factor to the model's pixel size
+    boxes: list | None = None  # the cells' bounding boxes on the input's grid (``cell_boxes``)
 
     def with_image_prior(self) -> np.ndarray:
         """Each cell's probabilities combined with its image's: the geometric mean (the usual
         single-cell-challenge combination: the field's evidence ranks cells across images, the cell's
         own tells the cells of one field apart)."""
         return np.sqrt(self.probabilities * self.image_probabilities[None, :]).astype(np.float32)
+
+    def scores(self, classes, scoring: str = "combined") -> np.ndarray:
+        """The per-cell answers [n, classes] by ``scoring`` (``protloc.cells.scoring``; default the
+        expression-gated combination of the cell's own and its image's probabilities)."""
+        from protloc.cells.scoring import cell_scores
+
+        return cell_scores(self, classes, scoring)
 
 
 def is_gapnet(network: torch.nn.Module) -> bool:
@@ -55,36 +66,21 @@ def is_gapnet(network: torch.nn.Module) -> bool:
 def block_maps(network: torch.nn.Module, raw: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """GapNet-PL's three block feature maps of a raw batch [N, 4, H, W], normalised as the predictor does.
 
-    The same values as ``network.blocks(normalize(raw))`` (``protloc.inference.normalize``), computed
-    the way GapNet-PL's fast path does (``protloc.models.gapnet_pl_fast``, whose statistics are used
-    here): the division by each channel's std folded into the first convolution's weights (zero
-    padding of the centred image equals zero padding of the normalised one), channels-last
-    activations, and max pooling before SELU (SELU increases strictly, so the exponential runs on a
-    quarter of the values). The normalised image is never materialised.
+    The same values as ``network.blocks(normalize(raw))`` (``protloc.inference.normalize``), from
+    GapNet-PL's fast path (``protloc.models.gapnet_pl_fast``): the pass the image-level prediction
+    makes, keeping the maps instead of only their averages. Block 1 is that path's per-thread
+    workspace: use it before the next pass on this thread.
     """
-    from protloc.inference import EPSILON
-    from protloc.models.gapnet_pl_fast import image_moments
+    return _maps_and_averages(network, raw)[0]
 
-    raw = raw.float()
-    mean, std = image_moments(raw)
-    centred = torch.empty_like(raw, memory_format=torch.channels_last)
-    torch.sub(raw, mean, out=centred)
-    conv1 = network.conv1
-    outputs = []
-    for n in range(raw.shape[0]):  # per image: each has its own std folded into the weights
-        weight = (conv1.weight / (std[n].reshape(1, -1, 1, 1) + EPSILON)).contiguous(memory_format=torch.channels_last)
-        outputs.append(F.conv2d(centred[n : n + 1], weight, conv1.bias, stride=2, padding=1))
-    first = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
-    del centred
-    block1 = F.selu(F.max_pool2d(first, 2, ceil_mode=True), inplace=True)
-    h = F.selu(network.conv2(block1), inplace=True)
-    h = F.selu(network.conv3(h), inplace=True)
-    h = F.selu(network.conv4(h), inplace=True)
-    block2 = F.selu(F.max_pool2d(network.conv5(h), 2, ceil_mode=True), inplace=True)
-    h = F.selu(network.conv6(block2), inplace=True)
-    h = F.selu(network.conv7(h), inplace=True)
-    block3 = F.selu(network.conv8(h), inplace=True)
-    return block1, block2, block3
+
+def _maps_and_averages(network: torch.nn.Module, raw: torch.Tensor):
+    from protloc.models.gapnet_pl_fast import fast_network
+
+    fast = fast_network(network, precision="fp32")
+    if fast is None:
+        raise ProtlocError(f"{getattr(network, 'name', 'this network')} has no block feature maps")
+    return fast.block_maps(raw.float())
 
 
 def coverage(labels: np.ndarray, cell_id: int, box: tuple[slice, slice], stride: int) -> tuple[int, int, np.ndarray]:
@@ -104,12 +100,71 @@ def coverage(labels: np.ndarray, cell_id: int, box: tuple[slice, slice], stride:
     return gy0, gx0, counts / np.outer(rows, columns).astype(np.float32)
 
 
-def masked_sums(maps: tuple[torch.Tensor, ...], labels: np.ndarray, cell_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Coverage-weighted sums [n, sum of channels] of the maps [1, C, gh, gw] over each cell, and the
-    cells' total weights [n, number of maps] (its area in grid cells on each map's grid)."""
+def coverages(labels: np.ndarray, cell_id: int, box: tuple[slice, slice]) -> dict[int, tuple[int, int, np.ndarray]]:
+    """``coverage`` on the grids of both strides (4 and 16) from one pass over the cell's box: the
+    pixel mask is taken over the box widened to the 16-px grid, counted per 4-px grid cell, and
+    those counts are added up per 16-px grid cell."""
+    height, width = labels.shape
+    big = max(BLOCK_STRIDES)
+    y0, x0 = box[0].start // big * big, box[1].start // big * big
+    y1, x1 = -(-box[0].stop // big) * big, -(-box[1].stop // big) * big
+    inside = np.zeros((y1 - y0, x1 - x0), dtype=np.float32)
+    inside[: min(y1, height) - y0, : min(x1, width) - x0] = labels[y0:y1, x0:x1] == cell_id
+    result = {}
+    counts = inside
+    done = 1
+    for stride in sorted(set(BLOCK_STRIDES)):
+        factor = stride // done
+        rows, columns = counts.shape
+        # rows first, then columns: two reductions over contiguous runs (faster than one over (1, 3))
+        counts = counts.reshape(rows // factor, factor, columns).sum(axis=1)
+        counts = counts.reshape(rows // factor, columns // factor, factor).sum(axis=2)
+        done = stride
+        gy0, gx0 = y0 // stride, x0 // stride
+        # only grid cells inside the image (the widened box may reach past its edge)
+        rows = min(counts.shape[0], -(-height // stride) - gy0)
+        columns = min(counts.shape[1], -(-width // stride) - gx0)
+        heights = np.minimum(stride, height - np.arange(gy0, gy0 + rows) * stride)
+        widths = np.minimum(stride, width - np.arange(gx0, gx0 + columns) * stride)
+        result[stride] = (gy0, gx0, counts[:rows, :columns] / np.outer(heights, widths).astype(np.float32))
+    return result
+
+
+def _huge_ids(labels: np.ndarray) -> bool:
+    """Ids far above the number of pixels (sparse ids up to 2^31): per-id tables would not fit."""
+    return int(labels.max(initial=0)) > 4 * labels.size + 65536
+
+
+def label_ids(labels: np.ndarray) -> np.ndarray:
+    """The positive ids of a label image, ascending."""
+    if _huge_ids(labels):
+        ids = np.unique(labels)
+        return ids[ids > 0].astype(np.int64)
+    return np.flatnonzero(np.bincount(labels.ravel())[1:]) + 1
+
+
+def cell_boxes(labels: np.ndarray):
+    """(ids, boxes) of a label image: its positive ids ascending, and their bounding boxes indexed
+    ``boxes[id - 1]``, from one pass (``scipy.ndimage.find_objects``; through compact ids when the
+    ids are huge)."""
     from scipy import ndimage as ndi
 
+    if _huge_ids(labels):
+        ids, compact = np.unique(labels, return_inverse=True)
+        found = ndi.find_objects(compact.reshape(labels.shape).astype(np.int32) + (0 if ids[0] == 0 else 1))
+        ids = ids[ids > 0]
+        return ids.astype(np.int64), {int(i) - 1: found[k] for k, i in enumerate(ids)}
     boxes = ndi.find_objects(labels)
+    ids = np.array([i + 1 for i, box in enumerate(boxes) if box is not None], dtype=np.int64)
+    return ids, boxes
+
+
+def masked_sums(maps: tuple[torch.Tensor, ...], labels: np.ndarray, cell_ids: np.ndarray,
+                boxes: list | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Coverage-weighted sums [n, sum of channels] of the maps [1, C, gh, gw] over each cell, and the
+    cells' total weights [n, number of maps] (its area in grid cells on each map's grid).
+    ``boxes``: ``cell_boxes(labels)`` when the caller has them."""
+    boxes = cell_boxes(labels)[1] if boxes is None else boxes
     # [gh, gw, C] views: the maps are channels-last, so these are contiguous
     planes = [block[0].permute(1, 2, 0).float().numpy() for block in maps]
     for plane, stride in zip(planes, BLOCK_STRIDES):
@@ -119,16 +174,13 @@ def masked_sums(maps: tuple[torch.Tensor, ...], labels: np.ndarray, cell_ids: np
     sums = np.zeros((len(cell_ids), sum(plane.shape[2] for plane in planes)), dtype=np.float32)
     totals = np.zeros((len(cell_ids), len(planes)), dtype=np.float32)
     for row, cell_id in enumerate(cell_ids):
-        box = boxes[int(cell_id) - 1]
+        fractions = coverages(labels, int(cell_id), boxes[int(cell_id) - 1])
         columns = 0
-        fractions = {}
         for index, (plane, stride) in enumerate(zip(planes, BLOCK_STRIDES)):
-            if stride not in fractions:
-                fractions[stride] = coverage(labels, int(cell_id), box, stride)
             gy0, gx0, weights = fractions[stride]
             window = plane[gy0 : gy0 + weights.shape[0], gx0 : gx0 + weights.shape[1]]
             channels = plane.shape[2]
-            sums[row, columns : columns + channels] = np.tensordot(weights, window, axes=([0, 1], [0, 1]))
+            sums[row, columns : columns + channels] = weights.reshape(-1) @ window.reshape(-1, channels)
             totals[row, index] = weights.sum()
             columns += channels
     return sums, totals
@@ -155,7 +207,8 @@ def background_average(maps: tuple[torch.Tensor, ...], sums: np.ndarray, totals:
     return ((everything - sums.sum(axis=0, dtype=np.float64)) / _per_channel(weight, maps))[None].astype(np.float32)
 
 
-def masked_features(predictor, image: np.ndarray, labels: np.ndarray, cell_ids: np.ndarray) -> CellPredictions:
+def masked_features(predictor, image: np.ndarray, labels: np.ndarray, cell_ids: np.ndarray,
+                    boxes: list | None = None) -> CellPredictions:
     """GapNet-PL: every cell's 224 features and probabilities from one forward pass over the image.
 
     The embedding is the cell's own masked average. The head, trained on fields with empty slide
@@ -174,9 +227,9 @@ def masked_features(predictor, image: np.ndarray, labels: np.ndarray, cell_ids: 
     network.eval()
     try:
         with torch.no_grad():
-            maps = tuple(m.cpu() for m in block_maps(network, raw))
-            image_embedding = torch.cat([m.mean(dim=(2, 3)) for m in maps], dim=1)
-            sums, totals = masked_sums(maps, labels, cell_ids)
+            maps, image_embedding = _maps_and_averages(network, raw)
+            maps, image_embedding = tuple(m.cpu() for m in maps), image_embedding.cpu()
+            sums, totals = masked_sums(maps, labels, cell_ids, boxes)
             embeddings = (sums / _per_channel(totals, maps)).astype(np.float32)
             head_input = torch.from_numpy(embeddings)
             if background_fraction > 0 and len(cell_ids):
@@ -240,14 +293,50 @@ def crop_probabilities(predictor, image: np.ndarray, labels: np.ndarray, cell_id
     )
 
 
-def predict_cells(predictor, image: np.ndarray, labels: np.ndarray) -> CellPredictions:
-    """Per-cell predictions for the cells of a label image (ids as they are; gaps in ids allowed)."""
+def labels_on_grid(labels: np.ndarray, shape: tuple[int, int], cell_ids: np.ndarray) -> np.ndarray:
+    """A label image carried to another pixel grid of the same field (nearest neighbour, pixel
+    centres mapped onto pixel centres). A cell too small to keep a pixel there keeps the one under
+    its centroid, so every cell still gets an answer."""
+    height, width = labels.shape
+    rows = np.minimum(((np.arange(shape[0]) + 0.5) * height / shape[0]).astype(np.int64), height - 1)
+    columns = np.minimum(((np.arange(shape[1]) + 0.5) * width / shape[1]).astype(np.int64), width - 1)
+    resized = labels[rows[:, None], columns[None, :]]
+    missing = np.setdiff1d(cell_ids, np.unique(resized))
+    if len(missing):
+        from scipy import ndimage as ndi
+
+        centres = ndi.center_of_mass(np.ones_like(labels), labels, missing)
+        for cell_id, (y, x) in zip(missing, centres):
+            ty = min(int((y + 0.5) * shape[0] / height), shape[0] - 1)
+            tx = min(int((x + 0.5) * shape[1] / width), shape[1] - 1)
+            resized[ty, tx] = cell_id
+    return resized
+
+
+def predict_cells(predictor, image: np.ndarray, labels: np.ndarray, *,
+                  pixel_size_um: float | None = None) -> CellPredictions:
+    """Per-cell predictions for the cells of a label image (ids as they are; gaps in ids allowed).
+
+    ``pixel_size_um``: the image's µm per pixel. The predictor's one ``Inferer`` brings the image
+    to the model's pixel size (``Inferer.model_input``) and the labels follow it onto that grid
+    (``labels_on_grid``); the cells' expression is read on the input's own grid.
+    """
+    from protloc.cells.scoring import PROTEIN_CHANNEL, relative_expression
+
     if labels.shape != image.shape[1:]:
         raise ProtlocError(
             f"cell mask is {labels.shape[0]}x{labels.shape[1]} but the image is {image.shape[1]}x{image.shape[2]}"
         )
-    cell_ids = np.unique(labels)
-    cell_ids = cell_ids[cell_ids > 0].astype(np.int64)
+    cell_ids, boxes = cell_boxes(labels)
+    inferer = predictor.inferer()
+    scale = inferer.scale(pixel_size_um)
+    model_image = inferer.model_input(image, pixel_size_um)
+    model_labels = labels if scale == 1.0 else labels_on_grid(labels, model_image.shape[1:], cell_ids)
     if is_gapnet(predictor.network):
-        return masked_features(predictor, image, labels, cell_ids)
-    return crop_probabilities(predictor, image, labels, cell_ids)
+        result = masked_features(predictor, model_image, model_labels, cell_ids, boxes if scale == 1.0 else None)
+    else:
+        result = crop_probabilities(predictor, model_image, model_labels, cell_ids)
+    result.expression = relative_expression(image[PROTEIN_CHANNEL], labels, cell_ids, boxes)
+    result.boxes = boxes
+    result.scale = scale
+    return result

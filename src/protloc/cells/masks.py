@@ -4,7 +4,14 @@ A folder holds ``<id>_cellmask.<png|tif|tiff>`` per image and optionally ``<id>_
 single-plane integer images, 0 = background, each cell one positive id. Ids need not be consecutive
 (gaps are kept: a cell keeps the id its mask gives it, so results map back onto the user's mask).
 protloc writes its own segmentations in the same layout (16-bit PNG), so they can be edited and fed
-back with ``--masks``.
+back with ``--masks``. Next to an OME-TIFF the names are ``<id>_cellmask.ome.tif`` or ``.tif``, the id
+being the OME-TIFF's (its name without ``.ome.tif``).
+
+An OME-Zarr store instead of a folder: each image's NGFF ``labels/`` group (as ``protloc.data.ome_zarr``
+writes them, or napari, ome-zarr-py and others): the label image named like cells (``cells``,
+``cell``, ``cellmask``, ``cell_mask``, ...) for the cells, one named like nuclei for the nuclei. An
+input read from that same store finds its labels under its own image path; any other input (a
+TIFF, channel files) uses the store's single image.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ import numpy as np
 
 from protloc.errors import DataError, ProtlocError
 
-MASK_EXTENSIONS = (".png", ".tif", ".tiff")
+MASK_EXTENSIONS = (".png", ".ome.tif", ".ome.tiff", ".tif", ".tiff")
 CELL_SUFFIX = "_cellmask"
 NUCLEI_SUFFIX = "_nucleimask"
 
@@ -93,6 +100,28 @@ def check_masks_folder(folder: str | Path) -> Path:
     if not folder.is_dir():
         raise ProtlocError(f"--masks {folder}: no such folder")
     return folder
+
+
+class MaskFolder:
+    """``--masks DIR``: ``<id>_cellmask.<ext>`` (and ``_nucleimask``) per image."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def read(self, entry, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray | None]:
+        return read_masks(self.folder, entry.id, shape)
+
+
+def open_masks(path: str | Path):
+    """The mask source of ``--masks``: an OME-Zarr store (``ZarrLabels``) or a folder (``MaskFolder``)."""
+    from protloc.data.ome_zarr import is_zarr_group
+
+    path = Path(path)
+    if is_zarr_group(path):
+        from protloc.cells.zarr_masks import ZarrLabels
+
+        return ZarrLabels(path)
+    return MaskFolder(check_masks_folder(path))
 
 
 def write_label_image(path: str | Path, labels: np.ndarray) -> Path:

@@ -4,10 +4,12 @@
 segmentation (or the user's masks), then every cell's embedding and probabilities.
 ``run_cells`` walks the inputs of a command line and writes
 
-- the per-cell table (``.csv`` or ``.parquet``): image id, cell id, centroid (y, x, px), area and
-  nucleus area (px), border flag, one probability column per class (the cell's own, or with
-  ``image_prior`` the geometric mean of the cell's and its image's), the predicted classes
-  (";"-joined, per-class thresholds of the model) and the top class;
+- the per-cell table (``.csv`` or ``.parquet``): image id, cell id, centroid (y, x, px of the
+  input), area and nucleus area (px of the input), border flag, expression (the cell's protein
+  signal relative to the field's strongest cell), one probability column per class (``scoring``:
+  by default the expression-gated combination of the cell's own and its image's probabilities,
+  ``protloc.cells.scoring``), the predicted classes (";"-joined, per-class thresholds of the model)
+  and the top class;
 - ``<out stem>.h5ad``: AnnData with obs = that table and X = the embeddings (SubCell's convention);
 - ``<out stem>-masks/<id>_cellmask.png`` and ``_nucleimask.png``: the label images (the ``--masks``
   layout, so they can be corrected and fed back);
@@ -39,6 +41,11 @@ class ImageCells:
     areas: np.ndarray
     nucleus_areas: np.ndarray  # NaN where no nucleus mask exists
 
+    def scores(self, classes, scoring: str = "combined") -> np.ndarray:
+        """Per-cell answers [n, classes] (``protloc.cells.scoring``; default: expression-gated
+        combination of the cell's own and its image's probabilities)."""
+        return self.predictions.scores(classes, scoring)
+
 
 @dataclass
 class CellsResult:
@@ -60,29 +67,37 @@ def require_cells_extra() -> None:
         raise ProtlocError(f"single-cell analysis needs {', '.join(missing)}: pip install 'protloc[cells]'")
 
 
-def _cell_geometry(cells: np.ndarray, nuclei: np.ndarray | None, cell_ids: np.ndarray):
-    """Centroids [n, 2] (y, x), areas and nucleus areas (NaN without a nucleus mask) of the cells:
-    three weighted counts over the label image (``np.bincount``), whatever the number of cells."""
-    if len(cell_ids) == 0:
-        return np.zeros((0, 2)), np.zeros(0, np.int64), np.zeros(0)
-    flat = cells.ravel()
-    size = int(cell_ids.max()) + 1
-    height, width = cells.shape
-    areas = np.bincount(flat, minlength=size)
-    rows = np.bincount(flat, weights=np.repeat(np.arange(height, dtype=np.float64), width), minlength=size)
-    columns = np.bincount(flat, weights=np.tile(np.arange(width, dtype=np.float64), height), minlength=size)
-    centroids = np.stack([rows[cell_ids], columns[cell_ids]], axis=1) / areas[cell_ids, None]
-    if nuclei is None:
-        nucleus_areas = np.full(len(cell_ids), np.nan)
-    else:
-        # A nucleus belongs to the cell its pixels lie in (its own id in protloc's and most tools' masks).
-        nucleus_areas = np.bincount(flat, weights=(nuclei.ravel() > 0), minlength=size)[cell_ids]
-    return centroids, areas[cell_ids].astype(np.int64), nucleus_areas.astype(np.float64)
+def _cell_geometry(cells: np.ndarray, nuclei: np.ndarray | None, cell_ids: np.ndarray, boxes: list | None = None):
+    """Centroids [n, 2] (y, x), areas and nucleus areas (NaN without a nucleus mask) of the cells,
+    each from its own bounding box (work about the image's size, whatever the number of cells)."""
+    from scipy import ndimage as ndi
+
+    centroids = np.zeros((len(cell_ids), 2))
+    areas = np.zeros(len(cell_ids), np.int64)
+    nucleus_areas = np.full(len(cell_ids), np.nan)
+    if boxes is None:
+        boxes = ndi.find_objects(cells) if len(cell_ids) else []
+    for k, cell_id in enumerate(cell_ids):
+        box = boxes[int(cell_id) - 1]
+        inside = cells[box] == cell_id
+        areas[k] = int(inside.sum())
+        rows, columns = inside.sum(axis=1), inside.sum(axis=0)
+        centroids[k] = (rows @ np.arange(box[0].start, box[0].stop) / areas[k],
+                        columns @ np.arange(box[1].start, box[1].stop) / areas[k])
+        if nuclei is not None:
+            # A nucleus belongs to the cell its pixels lie in (its own id in protloc's and most tools' masks).
+            nucleus_areas[k] = float(np.count_nonzero(nuclei[box][inside]))
+    return centroids, areas, nucleus_areas
 
 
 def analyse_image(predictor, image: np.ndarray, image_id: str = "image", *, cells: np.ndarray | None = None,
-                  nuclei: np.ndarray | None = None, nucleus_diameter: float | None = None) -> ImageCells:
-    """Cells of one canonical sample [4, H, W]: segmented here unless ``cells`` (a label image) is given."""
+                  nuclei: np.ndarray | None = None, nucleus_diameter: float | None = None,
+                  pixel_size_um: float | None = None) -> ImageCells:
+    """Cells of one canonical sample [4, H, W]: segmented here unless ``cells`` (a label image) is given.
+
+    ``pixel_size_um``: the image's µm per pixel; the network then sees it at the model's pixel size
+    (``predict_cells``). Masks, centroids and areas stay on the input's pixel grid.
+    ``ImageCells.scores(classes)`` gives the default per-cell answer."""
     from protloc.cells.features import predict_cells
     from protloc.cells.segmentation import border_cells, segment
 
@@ -91,31 +106,36 @@ def analyse_image(predictor, image: np.ndarray, image_id: str = "image", *, cell
         cells, nuclei = segmentation.cells, segmentation.nuclei
     elif cells.shape != image.shape[1:]:
         raise DataError(f"cell mask is {cells.shape[0]}x{cells.shape[1]} but the image is {image.shape[1]}x{image.shape[2]}")
-    predictions = predict_cells(predictor, image, cells)
+    predictions = predict_cells(predictor, image, cells, pixel_size_um=pixel_size_um)
     ids = predictions.cell_ids
     flags = border_cells(cells)
     border = flags[ids - 1] if len(ids) else np.zeros(0, dtype=bool)
-    centroids, areas, nucleus_areas = _cell_geometry(cells, nuclei, ids)
+    centroids, areas, nucleus_areas = _cell_geometry(cells, nuclei, ids, predictions.boxes)
     return ImageCells(image_id, cells, nuclei, predictions, border, centroids, areas, nucleus_areas)
 
 
-def cell_probabilities(result: ImageCells, image_prior: bool = False) -> np.ndarray:
-    preds = result.predictions
-    return preds.with_image_prior() if image_prior else preds.probabilities
+def cell_probabilities(result: ImageCells, image_prior: bool = False, classes=None,
+                       scoring: str | None = None) -> np.ndarray:
+    """The table's probabilities: ``scoring`` (``protloc.cells.scoring``), else the geometric mean
+    with ``image_prior`` (the older flag), else the default combination."""
+    if scoring is None:
+        scoring = "geometric-mean" if image_prior else "combined"
+    return result.predictions.scores(classes, scoring)
 
 
-def cell_rows(result: ImageCells, predictor, image_prior: bool = False) -> list[dict]:
+def cell_rows(result: ImageCells, predictor, image_prior: bool = False, scoring: str | None = None) -> list[dict]:
     """The table rows of one image's cells."""
     rows = []
     preds = result.predictions
-    scores = cell_probabilities(result, image_prior)
+    scores = cell_probabilities(result, image_prior, predictor.classes, scoring)
+    expression = preds.expression if preds.expression is not None else np.full(len(preds.cell_ids), np.nan)
     for k, cell_id in enumerate(preds.cell_ids):
         probs = scores[k]
         row = {
             "image_id": result.image_id, "cell_id": int(cell_id),
             "centroid_y": round(float(result.centroids[k, 0]), 2), "centroid_x": round(float(result.centroids[k, 1]), 2),
             "area": int(result.areas[k]), "nucleus_area": float(result.nucleus_areas[k]),
-            "border": bool(result.border[k]),
+            "border": bool(result.border[k]), "expression": round(float(expression[k]), 4),
         }
         row.update({cls: float(p) for cls, p in zip(predictor.classes, probs)})
         row["predicted"] = ";".join(predictor.predicted(probs))
@@ -169,24 +189,48 @@ def output_paths(out: str | Path) -> dict[str, Path]:
             "images": Path(f"{stem}.images.h5ad")}
 
 
+def _pixel_size(entry, image: np.ndarray, pixel_size: float | None, predictor, said: dict) -> float | None:
+    """The input's µm per pixel (``--pixel-size``, its metadata or layout), said once per run as
+    ``protloc predict`` says it (``protloc.data.pixel_size``)."""
+    from protloc.data.pixel_size import describe, pixel_size_of, warn_unknown
+
+    size = pixel_size_of(entry.sources, *image.shape[-2:], override=pixel_size)
+    if not said.get("described") and (size.known or predictor.pixel_size_um is None):
+        print(describe(size, predictor.pixel_size_um), file=sys.stderr)
+        said["described"] = True
+    if not size.known and not said.get("warned"):
+        warn_unknown(predictor.pixel_size_um)
+        said["warned"] = True
+    return size.um
+
+
 def run_cells(inputs, model, out, *, masks_dir=None, maps_dir=None, embeddings: bool = False,
               image_prior: bool = False, nucleus_diameter: float | None = None, device: str = "cpu",
-              input_format: str | None = None,
-              progress: bool = False) -> CellsResult:
-    """Segment (or read the masks of) every input image, predict its cells and write the outputs."""
+              input_format: str | None = None, scoring: str | None = None, pixel_size: float | None = None,
+              reader_options: dict | None = None, progress: bool = False) -> CellsResult:
+    """Segment (or read the masks of) every input image, predict its cells and write the outputs.
+
+    ``masks_dir``: a folder of ``<id>_cellmask`` images or an OME-Zarr store with NGFF labels
+    (``protloc.cells.masks.open_masks``). ``scoring``: the table's per-cell answer
+    (``protloc.cells.scoring.SCORINGS``; default ``combined``, ``image_prior`` = ``geometric-mean``).
+    ``pixel_size``: µm per pixel of the inputs (default: stated by their files or layout)."""
     from tqdm.auto import tqdm
 
-    from protloc.cells.masks import check_masks_folder, read_masks, write_label_image
+    from protloc.cells.masks import open_masks, write_label_image
     from protloc.cells.overlay import class_overlay, save_png
+    from protloc.cells.scoring import DESCRIPTIONS, check_scoring
     from protloc.data.inputs import discover_inputs, load_entry
+    from protloc.data.pixel_size import check_pixel_size
     from protloc.inference import load_model
 
     require_cells_extra()
+    scoring = check_scoring(scoring or ("geometric-mean" if image_prior else "combined"))
+    if pixel_size is not None:
+        check_pixel_size(pixel_size)
     paths = output_paths(out)
-    if masks_dir is not None:
-        masks_dir = check_masks_folder(masks_dir)
+    masks = open_masks(masks_dir) if masks_dir is not None else None
     predictor = load_model(model, device=device)
-    entries = discover_inputs(inputs, format=input_format)
+    entries = discover_inputs(inputs, format=input_format, reader_options=reader_options)
     paths["table"].parent.mkdir(parents=True, exist_ok=True)
     result = CellsResult()
     rows: list[dict] = []
@@ -194,14 +238,16 @@ def run_cells(inputs, model, out, *, masks_dir=None, maps_dir=None, embeddings: 
     image_rows: list[dict] = []
     image_embeddings: list[np.ndarray] = []
     method = None
+    said: dict = {}
     for entry in tqdm(entries, desc="cells", unit="image", disable=not progress):
         try:
             image = load_entry(entry)
             cells = nuclei = None
-            if masks_dir is not None:
-                cells, nuclei = read_masks(masks_dir, entry.id, image.shape[1:])
+            if masks is not None:
+                cells, nuclei = masks.read(entry, image.shape[1:])
             analysed = analyse_image(predictor, image, entry.id, cells=cells, nuclei=nuclei,
-                                     nucleus_diameter=nucleus_diameter)
+                                     nucleus_diameter=nucleus_diameter,
+                                     pixel_size_um=_pixel_size(entry, image, pixel_size, predictor, said))
         except DataError as exc:
             result.failures.append((entry.id, str(exc)))
             continue
@@ -211,17 +257,18 @@ def run_cells(inputs, model, out, *, masks_dir=None, maps_dir=None, embeddings: 
         result.cells += len(preds.cell_ids)
         if not len(preds.cell_ids):
             result.no_cells.append(entry.id)
-        rows.extend(cell_rows(analysed, predictor, image_prior))
+        scores = analysed.scores(predictor.classes, scoring)
+        rows.extend(cell_rows(analysed, predictor, scoring=scoring))
         cell_embeddings.append(preds.embeddings)
         image_rows.append({"image_id": entry.id, "cells": len(preds.cell_ids),
                            **{c: float(p) for c, p in zip(predictor.classes, preds.image_probabilities)},
                            "predicted": ";".join(predictor.predicted(preds.image_probabilities))})
         image_embeddings.append(preds.image_embedding)
-        if masks_dir is None:
+        if masks is None:
             write_label_image(paths["masks"] / f"{entry.id}_cellmask.png", analysed.cells)
             write_label_image(paths["masks"] / f"{entry.id}_nucleimask.png", analysed.nuclei)
         if maps_dir is not None:
-            tops = [_top_above_threshold(p, predictor) for p in cell_probabilities(analysed, image_prior)]
+            tops = [_top_above_threshold(p, predictor) for p in scores]
             by_id = dict(zip(preds.cell_ids.tolist(), tops))
             colours = [by_id.get(i) for i in range(1, int(analysed.cells.max(initial=0)) + 1)]
             overlay = class_overlay(image, analysed.cells, analysed.nuclei, colours, predictor.classes)
@@ -229,12 +276,12 @@ def run_cells(inputs, model, out, *, masks_dir=None, maps_dir=None, embeddings: 
     if result.images == 0:
         reasons = "; ".join(f"{i}: {r}" for i, r in result.failures[:3])
         raise ProtlocError(f"no image could be analysed ({reasons})")
-    columns = ["image_id", "cell_id", "centroid_y", "centroid_x", "area", "nucleus_area", "border",
+    columns = ["image_id", "cell_id", "centroid_y", "centroid_x", "area", "nucleus_area", "border", "expression",
                *predictor.classes, "predicted", "top_class"]
     dims = cell_embeddings[0].shape[1] if cell_embeddings else 0
     stacked = np.concatenate(cell_embeddings) if rows else np.zeros((0, dims), np.float32)
     uns = {"model": predictor.name, "classes": list(predictor.classes), "method": method,
-           "probabilities": "geometric mean of the cell's and its image's" if image_prior else "the cell's own",
+           "probabilities": DESCRIPTIONS[scoring], "scoring": scoring,
            "embedding": "gapnet-pl masked block averages (224)" if method == "masked-features" else "probabilities",
            "channels": predictor.network_channels}
     result.files.append(write_table(paths["table"], rows, columns))

@@ -45,7 +45,22 @@ def register(subparsers) -> None:
     parser.add_argument("--workers", type=int, default=2, help="image-decoding worker processes")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     add_max_pixels_argument(parser)
+    # --cells: the per-cell outputs of `protloc cells` (the same library call, protloc.cells.run_cells)
+    from protloc.commands.cells import add_cell_arguments
+
+    group = parser.add_argument_group("per cell (--cells; as `protloc cells`)")
+    group.add_argument("--cells", action="store_true",
+                       help="segment cells (or read --masks) and write one row per cell to --out (.csv or .parquet), "
+                       "an AnnData file <out>.h5ad and the label images; --maps then draws the cell outlines")
+    add_cell_arguments(group)
     parser.set_defaults(handler=run)
+
+
+# Options that only mean something per image, and the per-cell ones that need --cells.
+_IMAGE_ONLY = (("whole_image", "--whole-image"), ("tta", "--tta"), ("patch_size", "--patch-size"),
+               ("compile_selu", "--compile-selu"))
+_CELLS_ONLY = (("masks", "--masks"), ("embeddings", "--embeddings"), ("scoring", "--per-cell"),
+               ("image_prior", "--image-prior"), ("nucleus_diameter", "--nucleus-diameter"))
 
 
 def _one_line(message, category, filename, lineno, file=None, line=None) -> None:
@@ -60,9 +75,15 @@ def run(args) -> int:
 
 
 def _predict(args) -> int:
+    from protloc.errors import ProtlocError
     from protloc.inference.batch import run_batch_prediction
     from protloc.inference.precision import check_precision
 
+    if args.cells:
+        return _predict_cells(args)
+    given = [flag for name, flag in _CELLS_ONLY if getattr(args, name) not in (None, False)]
+    if given:
+        raise ProtlocError(f"{given[0]} is a per-cell option: add --cells")
     check_precision(args.precision)
     set_max_pixels(args.max_pixels)  # the readers, in the decoding workers too
     if args.compile_selu:
@@ -81,6 +102,28 @@ def _predict(args) -> int:
         print(f"skipped {len(result.failures)} unreadable image(s), reasons in {result.errors_file}:", file=sys.stderr)
         for failure in result.failures[:10]:
             print(f"  {failure['id']}: {failure['reason']}", file=sys.stderr)
+    return 0
+
+
+def _predict_cells(args) -> int:
+    """`protloc predict --cells`: the per-cell outputs, through the library call of `protloc cells`."""
+    from protloc.cells.pipeline import report, run_cells
+    from protloc.commands.cells import cell_options
+    from protloc.errors import ProtlocError
+
+    given = [flag for name, flag in _IMAGE_ONLY if getattr(args, name) not in (None, False)]
+    if given:
+        raise ProtlocError(f"{given[0]} is an image-level option: the per-cell path (--cells) makes one "
+                           "whole-image pass of its own")
+    if args.precision != "fp32":
+        raise ProtlocError("--cells runs in fp32 (the per-cell feature averages); drop --precision")
+    set_max_pixels(args.max_pixels)
+    result = run_cells(
+        args.inputs, args.model, args.out, maps_dir=args.maps, device=args.device, input_format=args.input_format,
+        pixel_size=args.pixel_size, reader_options=_ome_reader_options(args), progress=sys.stderr.isatty(),
+        **cell_options(args),
+    )
+    report(result, args.out)
     return 0
 
 

@@ -291,7 +291,8 @@ def write_label_image(
     units = {a["name"]: a["unit"] for a in kept if a.get("unit")}
     if header["pixel_size"] is not None:
         units.update({"y": "micrometer", "x": "micrometer"})
-    existing = [n for n in get_metadata(group).get("labels", []) if n != name] if "labels" in group else None
+    # the names listed by the labels group (not the image group): other label images stay listed
+    existing = [n for n in get_metadata(group["labels"]).get("labels", []) if n != name] if "labels" in group else None
     if existing is not None:
         add_metadata(group["labels"], {"labels": existing})
         if name in group["labels"]:

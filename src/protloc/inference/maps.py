@@ -24,23 +24,30 @@ def _normalise_map(heat: np.ndarray) -> np.ndarray:
     return np.clip(heat / scale, 0.0, 1.0).astype(np.float32)
 
 
-def class_activation_maps(network, image: np.ndarray, class_indices: list[int], device=None) -> list[np.ndarray]:
+def class_activation_maps(network, image: np.ndarray, class_indices: list[int], device=None,
+                          blocks: tuple[torch.Tensor, ...] | None = None) -> list[np.ndarray]:
     """CAMs through GapNet-PL's global-average features.
 
     The logit depends on the image only through the channel means of the three blocks, so
     d(logit)/d(mean feature) times each feature map, summed over channels, is a per-location
     first-order share of the logit; the three blocks' maps are upsampled to the image and summed.
+
+    The block maps come from GapNet-PL's fast path (``protloc.cells.features.block_maps``: the
+    normalisation folded into the first convolution, channels-last; equal to ``network.blocks`` of
+    the normalised image within float rounding, about twice as fast on a CPU), or from the caller
+    (``blocks``: the maps of this image, e.g. ``network.blocks(normalize(image))``).
     """
-    from protloc.inference.normalization import normalize
+    from protloc.cells.features import block_maps
 
     device = device or torch.device("cpu")
-    x = torch.from_numpy(normalize(image))[None].to(device)
     height, width = image.shape[-2:]
     was_training = network.training
     network.eval()
     try:
-        with torch.no_grad():  # the maps need gradients through the head only, not the convolutions
-            blocks = list(network.blocks(x))
+        if blocks is None:
+            with torch.no_grad():  # the maps need gradients through the head only, not the convolutions
+                blocks = block_maps(network, torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None].to(device))
+        blocks = [block.detach() for block in blocks]
         with torch.enable_grad():
             pooled = torch.cat([b.mean(dim=(2, 3)) for b in blocks], dim=1).requires_grad_(True)
             logits = network.head(pooled)[0]

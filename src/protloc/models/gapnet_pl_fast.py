@@ -272,8 +272,8 @@ class FastGapNetPL(nn.Module):
                 sums[n] += pooled.sum(dim=(0, 2, 3), dtype=torch.float32)
         return result, sums / (pooled_h * pooled_w)
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """The 224 global-average features (float32) of raw images [N, 4, H, W]."""
+    def _blocks(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(block 1, its global average [N, 32], block 2, block 3) of raw images [N, 4, H, W]."""
         weights = self._converted()
         x = x.float().contiguous()
         mean, std = image_moments(x)
@@ -290,7 +290,22 @@ class FastGapNetPL(nn.Module):
         h = _selu_(conv("conv6", block2), self.compile_selu)
         h = _selu_(conv("conv7", h), self.compile_selu)
         block3 = _selu_(conv("conv8", h), self.compile_selu)
+        return block1, average1, block2, block3
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The 224 global-average features (float32) of raw images [N, 4, H, W]."""
+        _, average1, block2, block3 = self._blocks(x)
         return torch.cat([average1, *(b.mean(dim=(2, 3), dtype=torch.float32) for b in (block2, block3))], dim=1)
+
+    def block_maps(self, x: torch.Tensor) -> tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+        """The three block feature maps (channels-last) of raw images [N, 4, H, W] and their 224
+        global averages, from the same single pass as ``features`` (the per-cell path,
+        ``protloc.cells.features``, averages the maps over each cell). Block 1 is the per-thread
+        workspace: valid until this thread's next call."""
+        with torch.no_grad():
+            block1, average1, block2, block3 = self._blocks(x)
+            averages = torch.cat([average1, *(b.mean(dim=(2, 3), dtype=torch.float32) for b in (block2, block3))], dim=1)
+        return (block1, block2, block3), averages
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != self.in_channels:

@@ -11,6 +11,7 @@ half-written file; within one process a lock per group makes the second caller w
 
 from __future__ import annotations
 
+import collections
 import math
 import os
 import threading
@@ -23,6 +24,9 @@ from protloc.web import db
 from protloc.web.storage import BlobStore, load_stored_sample
 
 DISPLAY_SIZE = 1024
+# Decoded samples kept for their pictures after their probabilities (a 2048² field is 64 MB): the
+# newest few, so that the pictures of what was just predicted are not decoded again.
+REMEMBERED_SAMPLES = 2
 VIEW_NAMES = ("composite.png", *(f"channel-{c}.png" for c in CHANNELS))
 
 
@@ -82,6 +86,18 @@ class Renderer:
         self.store = store
         self._locks: dict[tuple, threading.Lock] = {}
         self._guard = threading.Lock()
+        self._samples: collections.OrderedDict[str, np.ndarray] = collections.OrderedDict()
+
+    def remember(self, submission_id: str, image: np.ndarray) -> None:
+        """Keep a just-predicted sample for its pictures (the newest ``REMEMBERED_SAMPLES`` only)."""
+        with self._guard:
+            self._samples[submission_id] = image
+            while len(self._samples) > REMEMBERED_SAMPLES:
+                self._samples.popitem(last=False)
+
+    def forget(self, submission_id: str) -> None:
+        with self._guard:
+            self._samples.pop(submission_id, None)
 
     def folder(self, submission_id: str, full: bool) -> Path:
         base = self.store.render_dir(submission_id)
@@ -130,6 +146,9 @@ class Renderer:
             map_classes = list(result.maps)
         if group == "maps" and (model_key not in self.predictors or not map_classes):
             return False
+        if image is None:
+            with self._guard:
+                image = self._samples.get(submission_id)
         if image is None:
             image = load_stored_sample(self.store, kind, files)
         factor = display_factor(image.shape[1], image.shape[2], full)

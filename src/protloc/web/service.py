@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import csv
 import io
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import contains_eager
 
 from protloc.data.channels import CHANNELS
@@ -32,10 +33,13 @@ from protloc.web.storage import (
     shared_sample_id,
 )
 from protloc.web.jobs import DatabaseJobs
+from protloc.web.listing import Coalesced, FinishedItems, filtered, list_json, submission_json
+from protloc.web.pictures import Activity
 from protloc.web.renders import Renderer, is_image_name
 from protloc.web.worker import PredictionWorker
 
 MB = 1 << 20
+DECODERS = ThreadPoolExecutor(len(CHANNELS), thread_name_prefix="protloc-decode")
 # SQLite (and PostgreSQL's BIGINT) hold signed 64-bit integers: a larger OFFSET is an overflow, not a query.
 MAX_OFFSET = 2**63 - 1
 
@@ -145,12 +149,15 @@ class Platform:
         # other machines; SQLite (one machine): the ids are handed over in memory.
         postgres = self.sessions.kw["bind"].dialect.name == "postgresql"
         jobs = DatabaseJobs(self.sessions, "", lease_seconds=settings.lease_seconds) if postgres else None
+        self.activity = Activity()  # HTTP requests in flight: the worker's pictures wait for quiet
         self.worker = PredictionWorker(
             self.predictors, self.sessions, self.store,
             max_batch_patches=settings.max_batch_patches, linger_seconds=settings.linger_seconds,
-            jobs=jobs, eager_render=settings.eager_render, renderer=self.renderer,
+            jobs=jobs, eager_render=settings.eager_render, renderer=self.renderer, activity=self.activity,
         )
         self.batches = Batches(self)
+        self.finished_items = FinishedItems()
+        self.coalesced_lists = Coalesced()  # simultaneous identical list requests share one query
         # Tokens are required when the command line asks for them or the database holds any
         # (users made with --create-user): a server with users never opens to everyone by omission.
         self.auth_required = settings.auth_enabled or db.holds_tokens(self.sessions)
@@ -204,9 +211,9 @@ class Platform:
                 entries = [{"filename": files[0].filename, "sha256": files[0].sha256, "kind": files[0].kind, "channel": None}]
             elif len(files) == len(CHANNELS):
                 channels = self._assign_channels(files, form.fields.get("channels", []))
-                planes = {}
-                for received, channel in zip(files, channels):
-                    planes[channel] = decode_channel(received, channel, self.settings.max_pixels)
+                # The four files side by side: the decoders release the GIL (a 2048² JPEG takes ~50 ms).
+                decoded = DECODERS.map(lambda pair: decode_channel(*pair, self.settings.max_pixels), zip(files, channels))
+                planes = dict(zip(channels, decoded))
                 image = assemble_sample(planes, {c: f.filename for f, c in zip(files, channels)})
                 input_kind = "channels"
                 entries = [
@@ -283,8 +290,8 @@ class Platform:
             "error": row.error,
             "links": {"self": base, "page": f"/submissions/{row.id}", "csv": f"{base}/result.csv", "json": f"{base}/result.json"},
         }
-        result = row.result
-        if row.status == db.DONE and result is not None:
+        result = row.result if row.status == db.DONE else None  # an unfinished row's result is not loaded
+        if result is not None:
             order = sorted(range(len(result.classes)), key=lambda i: -result.probabilities[i])
             data.update(
                 classes=list(result.classes),
@@ -306,6 +313,13 @@ class Platform:
             if row is None or not visible(row.owner_id, viewer):  # another's is as absent as none: 404
                 raise NotFound(f"no submission {submission_id!r}")
             return self.submission_dict(row)
+
+    def submission_json(self, submission_id: str, viewer: Viewer | None = None) -> bytes:
+        """``get_submission`` as JSON bytes (finished submissions serialised once)."""
+        item = submission_json(self.sessions, self.submission_dict, self.finished_items, submission_id, viewer)
+        if item is None:  # another's is as absent as none: 404
+            raise NotFound(f"no submission {submission_id!r}")
+        return item
 
     def submission_image(self, submission_id: str, name: str, viewer: Viewer | None = None, full: bool = False) -> Path:
         """A picture of a finished submission: cached, or drawn now (display size unless ``full``)."""
@@ -330,20 +344,19 @@ class Platform:
         with self.sessions() as session:
             # The result comes in the same query, not one query per listed row.
             query = select(db.Submission).outerjoin(db.Result).options(contains_eager(db.Submission.result))
-            if viewer is not None and not viewer.admin:
-                query = query.where(db.Submission.owner_id == viewer.user_id)
-            if q:
-                # autoescape: '%' and '_' in a search are characters to find, not LIKE wildcards
-                needle = q.strip()
-                query = query.where(or_(db.Submission.id.startswith(needle.lower(), autoescape=True),
-                                        db.Submission.filenames.contains(needle, autoescape=True)))
-            if cls:
-                query = query.where(db.Result.predicted_text.contains(f"|{cls}|", autoescape=True))
-            if status:
-                query = query.where(db.Submission.status == status)
+            query = filtered(query, q, cls, status, viewer)
             total = session.scalar(select(func.count()).select_from(query.subquery()))
             rows = session.scalars(query.order_by(db.Submission.created_at.desc()).limit(limit).offset(offset)).all()
             return int(total or 0), [self.submission_dict(row) for row in rows]
+
+    def list_json(self, q: str | None, cls: str | None, status: str | None, limit: int, offset: int,
+                  viewer: Viewer | None = None) -> bytes:
+        """``list_submissions`` as the API answers it, JSON bytes (finished items serialised once)."""
+        if not 0 <= offset <= MAX_OFFSET:
+            raise UploadError(422, f"offset must lie between 0 and {MAX_OFFSET}")
+        key = (viewer, q, cls, status, limit, offset)
+        return self.coalesced_lists.run(key, lambda: list_json(self.sessions, self.submission_dict, self.finished_items,
+                                                               q, cls, status, limit, offset, viewer))
 
 
 # A spreadsheet runs a cell that starts with one of these as a formula (OWASP "CSV injection").

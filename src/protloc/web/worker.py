@@ -9,7 +9,8 @@ probability is the mean of its own patches' sigmoids, exactly as ``Predictor.pre
 
 Probabilities first: the result and the ``done`` status are committed as soon as the probabilities
 are known. The pictures (composite, channels, localisation maps) come afterwards, drawn by
-``protloc.web.renders`` at display size when the worker has nothing else to do, or on first view,
+``protloc.web.renders`` at display size from the sample still in memory, in a thread of their own
+(``protloc.web.pictures``) once neither predictions nor HTTP requests are waiting, or on first view,
 whichever comes first. ``eager_render=True`` is the platform as it was before: full-size pictures
 drawn before ``done`` (kept as the benchmark's baseline). A row whose batch raises is marked
 ``failed`` with the reason at once, never left ``running``.
@@ -30,6 +31,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from protloc.web import db
 from protloc.web.jobs import DatabaseJobs, MemoryJobs, worker_name
+from protloc.web.pictures import Activity, IdlePictures
 from protloc.web.renders import Renderer
 from protloc.web.storage import BlobStore, load_stored_sample
 
@@ -37,8 +39,6 @@ log = logging.getLogger("protloc.web.worker")
 # Decoded samples the web server hands to the worker of its own process, so it need not decode the
 # stored files again; a few only (a 2048² field is 64 MB).
 MAX_HANDED_OVER = 4
-# Pictures are drawn only once no job has come for this long: a burst of uploads is predicted first.
-IDLE_BEFORE_PICTURES = 0.25
 
 
 @dataclass
@@ -108,6 +108,7 @@ class PredictionWorker:
         jobs: MemoryJobs | DatabaseJobs | None = None,
         eager_render: bool = False,
         renderer: Renderer | None = None,
+        activity: Activity | None = None,
     ) -> None:
         self.predictors = predictors
         self.sessions = sessions
@@ -123,7 +124,8 @@ class PredictionWorker:
         self.eager_render = eager_render
         self.renderer = renderer or Renderer(predictors, sessions, store)
         self.stats = WorkerStats()
-        self.to_render: collections.deque = collections.deque(maxlen=10_000)
+        # Pictures in a thread of their own, drawn when neither predictions nor requests are waiting.
+        self.pictures = IdlePictures(self.renderer, busy=self.busy, activity=activity, on_drawn=self._count_drawn)
         self._handed: collections.OrderedDict = collections.OrderedDict()
         self._held: list[str] = []
         self._lock = threading.Lock()
@@ -137,6 +139,8 @@ class PredictionWorker:
         rerun = self.recover_unfinished()
         self._thread = threading.Thread(target=self._run, name="protloc-prediction-worker", daemon=True)
         self._thread.start()
+        if not self.eager_render:
+            self.pictures.start()
         if isinstance(self.jobs, DatabaseJobs):
             self._heartbeat = threading.Thread(target=self._renew_leases, name="protloc-lease", daemon=True)
             self._heartbeat.start()
@@ -147,6 +151,7 @@ class PredictionWorker:
         self.jobs.stop()
         if self._thread is not None and self._thread.is_alive():
             self._thread.join(timeout)
+        self.pictures.stop(timeout)
 
     def run_forever(self) -> None:
         """``protloc worker``: work until stopped (Ctrl+C or SIGTERM finish the batch in hand first)."""
@@ -178,6 +183,13 @@ class PredictionWorker:
     def pending(self) -> int:
         return self.jobs.pending()
 
+    def busy(self) -> bool:
+        """Predictions in hand or queued here (pictures wait for them)."""
+        return bool(self._held) or (isinstance(self.jobs, MemoryJobs) and self.jobs.pending() > 0)
+
+    def _count_drawn(self) -> None:
+        self.stats.rendered += 1
+
     def _renew_leases(self) -> None:
         interval = max(0.2, self.jobs.lease.total_seconds() / 3)
         while not self._stopping.wait(interval):
@@ -191,10 +203,8 @@ class PredictionWorker:
     # -- the loop -----------------------------------------------------------------------------------
     def _run(self) -> None:
         while not self._stopping.is_set():
-            # Pictures wait while predictions do: they are drawn once the jobs pause.
-            wait = IDLE_BEFORE_PICTURES if self.to_render else 1.0
             try:
-                ids = self.jobs.take(self.max_samples, self.linger_seconds, wait)
+                ids = self.jobs.take(self.max_samples, self.linger_seconds, 1.0)
             except Exception as exc:
                 log.error("cannot take jobs: %s", _one_line(exc))
                 self._stopping.wait(1.0)
@@ -205,17 +215,8 @@ class PredictionWorker:
                 started = time.monotonic()
                 self._process(ids)
                 self.stats.busy_seconds += time.monotonic() - started
-                release_memory()
-            elif self.to_render:
-                self._render_one(self.to_render.popleft())
-
-    def _render_one(self, submission_id: str) -> None:
-        try:
-            self.renderer.render_all(submission_id)
-            self.stats.rendered += 1
-        except Exception as exc:  # a picture that cannot be drawn is drawn (or refused) on view
-            log.warning("rendering %s failed: %s", submission_id, _one_line(exc))
-        release_memory()
+                if not self.busy():  # ~10 ms a call: once the queue is empty, not after every batch
+                    release_memory()
 
     def _fail(self, submission_id: str, reason: str) -> None:
         self.stats.failures += 1
@@ -336,4 +337,5 @@ class PredictionWorker:
         self.stats.samples += 1
         log.info("done %s", row.id)
         if not self.eager_render:
-            self.to_render.append(row.id)
+            self.renderer.remember(row.id, image)
+            self.pictures.add(row.id)

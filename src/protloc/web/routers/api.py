@@ -121,9 +121,8 @@ def api_router(platform: Platform) -> APIRouter:
     def list_predictions(q: str | None = text_query(), cls: str | None = class_query(), status: str | None = None,
                          limit: int = Query(50, ge=1, le=1000), offset: int = Query(0, ge=0, le=MAX_OFFSET),
                          viewer: Viewer | None = Depends(viewer_of)) -> dict:
-        total, items = platform.list_submissions(q, cls, status, limit, offset, viewer)
-        # Already plain JSON types: straight to json.dumps, not through FastAPI's encoder (several times slower)
-        return JSONResponse({"total": total, "items": items})
+        # Finished items come serialised from a cache; nothing passes through FastAPI's encoder.
+        return Response(platform.list_json(q, cls, status, limit, offset, viewer), media_type="application/json")
 
     @router.get("/api/v1/predictions/export.csv", tags=["predictions"], response_class=CSVResponse,
                 responses={**CSV_CONTENT, **errors(422)})
@@ -134,7 +133,8 @@ def api_router(platform: Platform) -> APIRouter:
 
     @router.get("/api/v1/predictions/{submission_id}", tags=["predictions"], responses=errors(404))
     def get_prediction(submission_id: str, viewer: Viewer | None = Depends(viewer_of)) -> dict:
-        return JSONResponse(platform.get_submission(submission_id, viewer))  # polled often: no re-encoding
+        # Polled often: a finished submission's JSON comes from a cache, without a query.
+        return Response(platform.submission_json(submission_id, viewer), media_type="application/json")
 
     @router.get("/api/v1/predictions/{submission_id}/result.json", tags=["predictions"], responses=errors(404))
     def download_json(submission_id: str, viewer: Viewer | None = Depends(viewer_of)) -> dict:
@@ -169,6 +169,7 @@ def api_router(platform: Platform) -> APIRouter:
 
     @router.get("/api/v1/worker", tags=["service"], responses=errors())
     def worker_stats() -> dict:
-        return {"alive": platform.worker.alive, "queue": platform.worker.pending(), **platform.worker.stats.to_dict()}
+        return {"alive": platform.worker.alive, "queue": platform.worker.pending(),
+                "pictures_waiting": len(platform.worker.pictures), **platform.worker.stats.to_dict()}
 
     return router

@@ -1,0 +1,114 @@
+"""A cell's answer: its own prediction, its image's, and whether it shows the protein at all.
+
+Three pieces of evidence per cell (``CellPredictions`` holds them):
+
+- the cell's own probabilities (GapNet-PL's head on the cell's masked feature averages): tell the
+  cells of one field apart, best for classes that fill a compartment every cell has;
+- its image's probabilities (the whole field through the network): the field's many cells give a
+  surer answer on sparse and fibrous patterns than one cell's average does;
+- its expression: how much protein the cell holds above the slide's background, relative to the
+  field's strongest cell (0..1). A cell that does not express the protein shows no location at all
+  (the HPA single-cell challenge's "Negative" class); neither prediction knows that, since the
+  network normalises every image and reads patterns, not amounts.
+
+``combined`` (the default answer) multiplies them:
+
+    score[c] = gate(expression) * own[c] ** w[c] * image[c] ** (1 - w[c])
+
+``gate(e) = min(1, e / EXPRESSION_FULL)``: a cell with a fraction ``EXPRESSION_FULL`` of the
+field's strongest signal or more counts as fully expressing, one without signal above the
+background scores 0. ``w`` is ``OWN_WEIGHT_FILLING`` for the classes that fill a compartment
+(``FILLING_CLASSES``) and ``OWN_WEIGHT_OTHER`` for the others. The constants were chosen on one
+synthetic set (seed 101) and the figures are reported on another (seed 102); README "Single cells".
+
+The other answers stay available (``protloc cells --per-cell``): ``own``, ``image`` (the weak
+baseline: every cell gets its image's probabilities) and ``geometric-mean`` (own and image, no gate).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from protloc.errors import ProtlocError
+
+SCORINGS = ("combined", "own", "image", "geometric-mean")
+DEFAULT_SCORING = "combined"
+# Chosen on the synthetic set of seed 101 (benchmarks/results/cells-map-selection.md: the grid's
+# best; with the model measured there the cell's own probabilities got weight 0 for every class).
+EXPRESSION_FULL = 0.3
+OWN_WEIGHT_FILLING = 0.0
+OWN_WEIGHT_OTHER = 0.0
+# Classes whose pattern fills a compartment every cell has (one cell's average samples it well).
+FILLING_CLASSES = frozenset({"Cytosol", "Nucleus", "Endoplasmic reticulum", "Mitochondria"})
+# The canonical sample's protein channel (nucleus, microtubules, ER, protein).
+PROTEIN_CHANNEL = 3
+
+DESCRIPTIONS = {
+    "combined": "expression gate x own^w x image^(1-w) (protloc.cells.scoring)",
+    "own": "the cell's own",
+    "image": "its image's (every cell of an image alike)",
+    "geometric-mean": "geometric mean of the cell's and its image's",
+}
+
+
+def check_scoring(name: str) -> str:
+    if name not in SCORINGS:
+        raise ProtlocError(f"unknown per-cell answer {name!r}: choose one of {', '.join(SCORINGS)}")
+    return name
+
+
+def relative_expression(protein: np.ndarray, labels: np.ndarray, cell_ids: np.ndarray,
+                        boxes: list | None = None) -> np.ndarray:
+    """Each cell's mean protein intensity above the background, over the field's largest such value.
+
+    Background: the median of the protein channel outside every cell (on every other pixel of every
+    other row; the 1st percentile of the channel where the cells cover the field). Values in [0, 1];
+    1 for the strongest cell; all 1 when no cell rises above the background (nothing to tell them
+    apart by). ``boxes``: the cells' bounding boxes (``scipy.ndimage.find_objects``) when known.
+    """
+    from scipy import ndimage as ndi
+
+    if not len(cell_ids):
+        return np.zeros(0, np.float32)
+    sample, outside = protein[::2, ::2], labels[::2, ::2] == 0
+    background = float(np.median(sample[outside]) if outside.any() else np.percentile(sample, 1.0))
+    boxes = ndi.find_objects(labels) if boxes is None else boxes
+    means = np.empty(len(cell_ids))
+    for k, cell_id in enumerate(cell_ids):
+        box = boxes[int(cell_id) - 1]
+        means[k] = protein[box][labels[box] == cell_id].mean(dtype=np.float64)
+    signal = np.maximum(means - background, 0.0)
+    strongest = signal.max()
+    if not strongest > 0:
+        return np.ones(len(cell_ids), np.float32)
+    return (signal / strongest).astype(np.float32)
+
+
+def own_weights(classes) -> np.ndarray:
+    return np.array([OWN_WEIGHT_FILLING if name in FILLING_CLASSES else OWN_WEIGHT_OTHER for name in classes],
+                    np.float64)
+
+
+def combine(own: np.ndarray, image: np.ndarray, expression: np.ndarray, classes, *,
+            expression_full: float | None = EXPRESSION_FULL, weights: np.ndarray | None = None) -> np.ndarray:
+    """The default per-cell answer [n, classes] (module docstring); ``expression_full`` None: no gate."""
+    weights = own_weights(classes) if weights is None else np.asarray(weights, np.float64)
+    own = np.clip(np.asarray(own, np.float64), 1e-12, 1.0)
+    image = np.clip(np.asarray(image, np.float64), 1e-12, 1.0)[None, :]
+    expression = np.asarray(expression, np.float64)
+    gate = (np.ones_like(expression) if expression_full is None
+            else np.minimum(1.0, expression / expression_full))[:, None]
+    return (gate * own**weights * image ** (1.0 - weights)).astype(np.float32)
+
+
+def cell_scores(predictions, classes, scoring: str = DEFAULT_SCORING) -> np.ndarray:
+    """Per-cell answers [n, classes] of one image's ``CellPredictions`` by the named scoring."""
+    check_scoring(scoring)
+    own = predictions.probabilities
+    if scoring == "own":
+        return own
+    if scoring == "image":
+        return np.repeat(predictions.image_probabilities[None, :], len(own), axis=0).astype(np.float32)
+    if scoring == "geometric-mean":
+        return np.sqrt(own * predictions.image_probabilities[None, :]).astype(np.float32)
+    return combine(own, predictions.image_probabilities, predictions.expression, classes)
