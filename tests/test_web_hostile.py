@@ -12,7 +12,8 @@ import pytest
 
 import protloc
 from protloc.web.app import WebSettings, results_csv
-from protloc.web.storage import UploadError, check_zip
+from protloc.web.archives import check_zip
+from protloc.web.storage import UploadError
 
 from web_helpers import LiveServer, cell_like_sample, make_model_file, upload_channels, wait_done, write_channel_files
 
@@ -146,7 +147,7 @@ def test_uploads_still_work_for_the_right_client(client, tmp_path):
 
 def test_batch_folders_of_bare_channel_names_are_samples(tmp_path):
     """``well3/blue.png`` ... ``well3/green.png``: the folder is the sample (the readers' rule)."""
-    from protloc.web.storage import group_samples
+    from protloc.web.archives import group_samples
 
     files = []
     for folder in ("plate/well3", "plate/well4"):

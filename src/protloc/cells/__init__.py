@@ -7,6 +7,8 @@
   pass per image; other networks: a masked window per cell).
 - ``analyse_image`` / ``run_cells`` (``pipeline.py``): one image to its cells; inputs of a command
   line to the per-cell table, AnnData file, label images and overlays (``protloc cells``).
+- ``cell_scores`` / ``SCORINGS`` (``scoring.py``): a cell's answer; by default its image's and its own
+  probabilities combined and gated by its expression of the protein.
 - ``evaluate_folder`` (``evaluate.py``): per-cell mAP and segmentation quality on synthetic truth.
 """
 
@@ -18,10 +20,15 @@ _EXPORTS = {
     "segment": "segmentation",
     "Segmentation": "segmentation",
     "read_masks": "masks",
+    "open_masks": "masks",
     "write_label_image": "masks",
     "predict_cells": "features",
     "CellPredictions": "features",
     "analyse_image": "pipeline",
+    "ImageCells": "pipeline",
+    "cell_scores": "scoring",
+    "SCORINGS": "scoring",
+    "relative_expression": "scoring",
     "run_cells": "pipeline",
     "evaluate_folder": "evaluate",
     "match_cells": "evaluate",

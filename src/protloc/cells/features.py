@@ -12,6 +12,10 @@ from the one forward pass the image needs.
 Other networks (``crop_probabilities``) have no such head: each cell is cut out in a window of the
 network's input size centred on it (pixels outside the cell set to the field's background level)
 and predicted on its own. Their "embedding" is then the probability vector itself.
+
+``predict_cells`` brings the image to the model's pixel size through the predictor's one
+``Inferer`` (the labels follow onto that grid) and adds each cell's expression (its protein signal
+relative to the field's strongest cell, ``protloc.cells.scoring``), read on the input's own grid.
 """
 
 from __future__ import annotations
@@ -197,12 +201,17 @@ def masked_averages(maps: tuple[torch.Tensor, ...], labels: np.ndarray, cell_ids
     return (sums / _per_channel(totals, maps)).astype(np.float32)
 
 
-def background_average(maps: tuple[torch.Tensor, ...], sums: np.ndarray, totals: np.ndarray) -> np.ndarray:
+def background_average(maps: tuple[torch.Tensor, ...], sums: np.ndarray, totals: np.ndarray,
+                       averages: np.ndarray | None = None) -> np.ndarray:
     """The maps' mean over the pixels outside every cell [1, sum of channels], from the cells' own sums:
     coverage fractions of the cells and the background add up to 1 on every grid cell, so the
-    background's sum is the map's sum less the cells' (no pass over the image's pixels)."""
-    everything = np.concatenate([block[0].float().sum(dim=(1, 2)).numpy() for block in maps])
+    background's sum is the map's sum less the cells' (no pass over the image's pixels).
+    ``averages``: the maps' global averages [sum of channels] when known (the pass computes them)."""
     grid = np.array([block.shape[2] * block.shape[3] for block in maps], dtype=np.float64)
+    if averages is None:
+        everything = np.concatenate([block[0].float().sum(dim=(1, 2)).numpy() for block in maps]).astype(np.float64)
+    else:
+        everything = np.asarray(averages, np.float64).reshape(-1) * _per_channel(grid, maps)
     weight = grid - totals.sum(axis=0, dtype=np.float64)
     return ((everything - sums.sum(axis=0, dtype=np.float64)) / _per_channel(weight, maps))[None].astype(np.float32)
 
@@ -233,7 +242,7 @@ def masked_features(predictor, image: np.ndarray, labels: np.ndarray, cell_ids: 
             embeddings = (sums / _per_channel(totals, maps)).astype(np.float32)
             head_input = torch.from_numpy(embeddings)
             if background_fraction > 0 and len(cell_ids):
-                background = background_average(maps, sums, totals)
+                background = background_average(maps, sums, totals, image_embedding[0].numpy())
                 head_input = (1.0 - background_fraction) * head_input + background_fraction * torch.from_numpy(background)
             features = torch.cat([image_embedding, head_input]).to(predictor.device)
             probabilities = torch.sigmoid(network.head(features)).cpu().numpy().astype(np.float32)

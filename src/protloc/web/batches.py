@@ -10,7 +10,8 @@ from sqlalchemy import func, select
 
 from protloc.data.channels import CHANNELS
 from protloc.web import db
-from protloc.web.storage import ReceivedForm, UploadError, check_zip, extract_zip, group_samples
+from protloc.web.archives import check_zip, extract_zip, group_samples
+from protloc.web.storage import ReceivedForm, UploadError
 
 log = logging.getLogger("protloc.web")
 

@@ -5,17 +5,13 @@ file part is written to a temporary file in chunks while its sha256 is computed 
 byte count checked against the limit, so an oversized upload is cut off after ``limit`` bytes, not
 after it has been read into memory. Images are inspected before they are decoded (``inspect_image``):
 TIFF page shapes and strip offsets, PNG/JPEG headers and NPZ array headers are checked against the
-pixel limit (decompression bombs) and the file size (truncated files). Zip archives are checked for
-members escaping the extraction folder and for their total uncompressed size (zip bombs).
+pixel limit (decompression bombs) and the file size (truncated files). Zip archives: ``archives``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import shutil
-import tempfile
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import AsyncIterator
@@ -23,9 +19,8 @@ from typing import AsyncIterator
 import numpy as np
 
 from protloc.data.channels import CHANNELS, HPA_COLOURS
+from protloc.web.store import KIND_SUFFIX, BlobStore, UploadStore
 
-CHUNK_SIZE = 1 << 20
-KIND_SUFFIX = {"tiff": ".tif", "png": ".png", "jpeg": ".jpg", "npz": ".npz", "zip": ".zip"}
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".npz")
 
 
@@ -71,64 +66,6 @@ class ReceivedForm:
     def discard(self) -> None:
         for received in self.files:
             received.path.unlink(missing_ok=True)
-
-
-class BlobStore:
-    """Files under ``root/blobs/ab/<sha256>.<ext>``; identical uploads share one file.
-
-    The suffix follows the content (``.tif`` for any TIFF), so readers that go by suffix can open it.
-    """
-
-    def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
-        self.blobs = self.root / "blobs"
-        self.tmp = self.root / "tmp"
-        self.renders = self.root / "renders"
-        for folder in (self.blobs, self.tmp, self.renders):
-            folder.mkdir(parents=True, exist_ok=True)
-
-    def path_of(self, sha256: str, suffix: str = "") -> Path:
-        if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
-            raise ValueError(f"not a sha256: {sha256!r}")
-        if suffix not in KIND_SUFFIX.values() and suffix != "":
-            raise ValueError(f"unexpected suffix {suffix!r}")
-        return self.blobs / sha256[:2] / f"{sha256}{suffix}"
-
-    def temp_file(self, suffix: str = "") -> tuple[int, Path]:
-        fd, name = tempfile.mkstemp(dir=self.tmp, suffix=suffix)
-        return fd, Path(name)
-
-    def keep(self, received: ReceivedFile) -> Path:
-        """Move a received temporary file to its content address (or drop it if already stored)."""
-        target = self.path_of(received.sha256, received.suffix)
-        if target.exists():
-            received.path.unlink(missing_ok=True)
-        else:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(received.path, target)
-        received.path = target
-        return target
-
-    def receive_file(self, source: Path) -> ReceivedFile:
-        """Copy a local file (e.g. an extracted zip member) to a temporary file, hashing it."""
-        digest = hashlib.sha256()
-        fd, tmp = self.temp_file()
-        with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
-            while chunk := src.read(CHUNK_SIZE):
-                digest.update(chunk)
-                out.write(chunk)
-        return ReceivedFile("", source.name, tmp, digest.hexdigest(), source.stat().st_size)
-
-    def render_dir(self, submission_id: str) -> Path:
-        return self.renders / submission_id
-
-    def clean_tmp(self) -> None:
-        """Temporary files left by a crash mid-upload are garbage."""
-        for leftover in self.tmp.iterdir():
-            if leftover.is_dir():
-                shutil.rmtree(leftover, ignore_errors=True)
-            else:
-                leftover.unlink(missing_ok=True)
 
 
 async def stream_multipart(
@@ -390,133 +327,8 @@ def assemble_sample(planes: dict[str, np.ndarray], names: dict[str, str]) -> np.
 # zip archives
 
 
-# Below this many bytes a zip may unpack to anything (within the total limit): a few blank test
-# images compress a thousandfold and are no threat; above it the expansion ratio is bounded too.
-ZIP_RATIO_FREE_BYTES = 16 << 20
-
-
-def zip_budget(path: Path, max_total_bytes: int, max_ratio: float) -> int:
-    """The most bytes a zip of this size may unpack to: the total limit, and the expansion ratio."""
-    return min(max_total_bytes, max(ZIP_RATIO_FREE_BYTES, int(path.stat().st_size * max_ratio)))
-
-
-def check_zip(path: Path, max_total_bytes: int, max_ratio: float = 100.0, max_members: int = 100_000) -> list[zipfile.ZipInfo]:
-    """The members of a zip that is safe to extract; UploadError for escaping paths or a zip bomb.
-
-    Decided from the central directory alone, before anything is extracted: the declared sizes must
-    stay within the total limit and within ``max_ratio`` times the archive's own size.
-    """
-    from protloc.data.limits import sniff_kind
-
-    if sniff_kind(path) != "zip":
-        raise UploadError(415, "batch upload must be a zip archive")
-    try:
-        with zipfile.ZipFile(path) as archive:
-            members = archive.infolist()
-    except zipfile.BadZipFile as exc:
-        raise UploadError(422, f"damaged zip archive ({exc})") from None
-    if len(members) > max_members:
-        raise UploadError(413, f"zip has {len(members)} members (at most {max_members})")
-    budget = zip_budget(path, max_total_bytes, max_ratio)
-    total = 0
-    for info in members:
-        name = info.filename.replace("\\", "/")
-        pure = PurePosixPath(name)
-        if pure.is_absolute() or ".." in pure.parts or (len(name) > 1 and name[1] == ":"):
-            raise UploadError(400, f"zip member {info.filename!r} escapes the archive's folder")
-        if (info.external_attr >> 16) & 0o170000 == 0o120000:
-            raise UploadError(400, f"zip member {info.filename!r} is a symbolic link")
-        total += info.file_size
-    if total > max_total_bytes:
-        raise UploadError(413, f"zip unpacks to more than {max_total_bytes / 2**20:g} MB")
-    if total > budget:
-        raise UploadError(413, f"zip bomb refused: {path.stat().st_size / 2**20:.2f} MB would unpack to "
-                               f"{total / 2**20:.0f} MB ({total / max(1, path.stat().st_size):.0f}:1; at most {max_ratio:g}:1)")
-    return members
-
-
-def extract_zip(path: Path, dest: Path, max_total_bytes: int, max_ratio: float = 100.0) -> list[Path]:
-    """Extract a checked zip under ``dest``; every file provably inside it, sizes enforced on the fly."""
-    members = check_zip(path, max_total_bytes, max_ratio)
-    max_total_bytes = zip_budget(path, max_total_bytes, max_ratio)
-    dest = dest.resolve()
-    written = 0
-    files = []
-    with zipfile.ZipFile(path) as archive:
-        for info in members:
-            if info.is_dir():
-                continue
-            target = (dest / info.filename.replace("\\", "/")).resolve()
-            if not target.is_relative_to(dest):
-                raise UploadError(400, f"zip member {info.filename!r} escapes the archive's folder")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with archive.open(info) as src, open(target, "wb") as out:
-                while chunk := src.read(CHUNK_SIZE):
-                    written += len(chunk)
-                    if written > max_total_bytes:  # declared sizes can lie
-                        raise UploadError(413, f"zip unpacks to more than {max_total_bytes / 2**20:g} MB")
-                    out.write(chunk)
-            files.append(target)
-    return files
-
-
-def sample_id_of(filename: str) -> str | None:
-    """The sample id of a channel file ``<id>_<colour>.<ext>`` by the readers' parser, else None."""
-    from protloc.data.filenames import parse_channel_filename
-
-    parsed = parse_channel_filename(PurePosixPath(filename).name)
-    return parsed.prefix if parsed else None
-
-
-def shared_sample_id(filenames: list[str]) -> str | None:
-    """The sample id four channel files share (HPA's and Kaggle's names), the one ``group_samples``
-    groups a batch by; None when the names do not share one."""
-    ids = {sample_id_of(filename) for filename in filenames}
-    return ids.pop() if len(ids) == 1 and None not in ids else None
-
-
-def group_samples(files: list[Path], root: Path) -> tuple[list[dict], list[dict]]:
-    """Samples in an extracted batch: HPA-style channel files sharing a prefix, or multi-channel files.
-
-    Returns (samples, skipped); a sample is {"name", "kind": "channels"|"multichannel", "files":
-    {channel: Path} or {"image": Path}}.
-    """
-    samples: list[dict] = []
-    skipped: list[dict] = []
-    groups: dict[str, dict[str, Path]] = {}
-    for file in sorted(files):
-        relative = file.relative_to(root).as_posix()
-        if any(part.startswith(".") or part == "__MACOSX" for part in PurePosixPath(relative).parts):
-            continue
-        lower = file.name.lower()
-        if not lower.endswith(IMAGE_SUFFIXES):
-            skipped.append({"name": relative, "reason": "not an image file"})
-            continue
-        channel = channel_from_filename(file.name)
-        if channel is None:
-            samples.append({"name": relative, "kind": "multichannel", "files": {"image": file}})
-            continue
-        # ``blue.png`` without an id: the folder holds one sample and names it
-        stem = sample_id_of(file.name)
-        folder = PurePosixPath(relative).parent
-        key = (folder / stem).as_posix() if stem else (folder.as_posix() if folder.parts else "sample")
-        group = groups.setdefault(key, {})
-        if channel in group:
-            skipped.append({"name": relative, "reason": f"second {channel} file for sample {key}"})
-            continue
-        group[channel] = file
-    for key, group in groups.items():
-        missing = [c for c in CHANNELS if c not in group]
-        if missing:
-            skipped.append({"name": key, "reason": f"missing channel(s): {', '.join(missing)}"})
-            continue
-        samples.append({"name": key, "kind": "channels", "files": group})
-    samples.sort(key=lambda s: s["name"])
-    return samples, skipped
-
-
 __all__ = [
-    "BlobStore", "ReceivedFile", "ReceivedForm", "UploadError", "assemble_sample",
-    "channel_from_filename", "check_zip", "decode_channel", "decode_multichannel", "extract_zip",
-    "group_samples", "inspect_image", "shared_sample_id", "load_stored_sample", "normalise_channel_name", "stream_multipart",
+    "BlobStore", "KIND_SUFFIX", "ReceivedFile", "UploadStore", "ReceivedForm", "UploadError", "assemble_sample",
+    "channel_from_filename", "decode_channel", "decode_multichannel",
+    "inspect_image", "load_stored_sample", "normalise_channel_name", "stream_multipart",
 ]
