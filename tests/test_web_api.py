@@ -99,7 +99,9 @@ def test_four_channel_upload_gives_the_predictors_result(client, models, tmp_pat
         assert png.status_code == 200 and png.headers["content-type"] == "image/png"
         assert Image.open(io.BytesIO(png.content)).size == (112, 96)
     rows = list(csv.DictReader(io.StringIO(client.get(data["links"]["csv"]).text)))
-    assert len(rows) == 1 and rows[0]["id"] == data["id"]
+    # the submission's row, then one per cell (tests/test_web_cells.py checks those)
+    assert rows[0]["level"] == "image" and {r["id"] for r in rows} == {data["id"]}
+    assert [r["level"] for r in rows[1:]] == ["cell"] * data["cells"]["count"]
     assert float(rows[0]["Nucleus"]) == pytest.approx(data["probabilities"]["Nucleus"], abs=1e-6)
     assert client.get(data["links"]["json"]).json()["probabilities"] == data["probabilities"]
     assert client.get(f"/submissions/{data['id']}").status_code == 200

@@ -109,10 +109,11 @@ def test_upload_see_annotation_find_in_history_and_download_csv(server, page, tm
     maps = page.locator(".maps figure.map")
     assert maps.count() == len(api["maps"]) >= 1
     assert sorted(maps.locator("figcaption").all_inner_texts()) == sorted(api["maps"])
-    # every image really loaded (composite, four channels, the maps)
+    # every image really loaded (composite, four channels, the maps, the cells' overlay if cells were found)
     page.wait_for_load_state("networkidle")
     widths = page.eval_on_selector_all("main img", "imgs => imgs.map((i) => i.complete ? i.naturalWidth : 0)")
-    assert len(widths) == 5 + len(api["maps"]) and all(w == 128 for w in widths), widths
+    overlay = 1 if api["cells"]["count"] else 0
+    assert len(widths) == 5 + len(api["maps"]) + overlay and all(w == 128 for w in widths), widths
 
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "web-result-page.png"), full_page=True)
@@ -120,7 +121,7 @@ def test_upload_see_annotation_find_in_history_and_download_csv(server, page, tm
     with page.expect_download() as download_info:
         page.click("#download-csv")
     rows_csv = list(csv.DictReader(io.StringIO(Path(download_info.value.path()).read_text())))
-    assert [r["id"] for r in rows_csv] == [submission_id]
+    assert [r["id"] for r in rows_csv if r["level"] == "image"] == [submission_id]
     assert float(rows_csv[0]["Nucleus"]) == pytest.approx(api["probabilities"]["Nucleus"], abs=1e-5)
 
     page.goto(server.url + "/history")
@@ -191,6 +192,12 @@ def test_batch_upload_shows_progress(server, page, tmp_path):
     assert "3 done, 0 failed" in page.locator("#batch-summary").inner_text()
     assert page.locator("#batch-rows tr").count() == 3
     assert np.isclose(float(page.eval_on_selector("#batch-fill", "e => parseFloat(e.style.width)")), 100.0)
+    with page.expect_download() as download_info:
+        page.click("#download-batch")
+    with zipfile.ZipFile(download_info.value.path()) as results:
+        assert "results.csv" in results.namelist()
+        rows = list(csv.DictReader(io.StringIO(results.read("results.csv").decode())))
+    assert sorted(r["name"] for r in rows if r["level"] == "image") == [f"plate/well{i}" for i in range(3)]
     assert page.js_errors == []
 
 

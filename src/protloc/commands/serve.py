@@ -50,6 +50,9 @@ def register(subparsers) -> None:
     parser.add_argument("--no-worker", action="store_true",
                         help="serve pages and API only; `protloc worker --db URL` processes (on this or other machines) "
                         "predict the submissions")
+    parser.add_argument("--no-cells", action="store_true",
+                        help="do not segment the cells of each sample (by default this server's worker finds them "
+                        "and predicts each, GapNet-PL models only, needs the cells extra)")
     parser.add_argument("--render-eagerly", action="store_true",
                         help="draw every full-size picture before a submission is done (the platform before "
                         "probabilities-first; slower, kept for comparison)")
@@ -90,6 +93,7 @@ def settings_from_args(args):
         run_worker=not args.no_worker,
         eager_render=args.render_eagerly,
         lease_seconds=args.lease,
+        cells=not args.no_cells,
     )
 
 

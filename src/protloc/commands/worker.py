@@ -32,6 +32,9 @@ def register(subparsers) -> None:
     parser.add_argument("--poll", type=float, default=0.5, metavar="SECONDS",
                         help="how often an idle worker looks for new submissions (default: %(default)s)")
     parser.add_argument("--max-batch-patches", type=int, default=64, help="patches per forward pass (default: %(default)s)")
+    parser.add_argument("--no-cells", action="store_true",
+                        help="do not segment the cells of each sample (by default: cells and their probabilities "
+                        "are stored with the sample's, GapNet-PL models only)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     parser.set_defaults(handler=run)
@@ -61,7 +64,7 @@ def run(args) -> int:
     predictors = load_predictors(list(args.models or ["pretrained"]), args.device)
     jobs = DatabaseJobs(sessions, "", lease_seconds=args.lease, poll_seconds=args.poll)
     worker = PredictionWorker(predictors, sessions, BlobStore(data_dir), max_batch_patches=args.max_batch_patches,
-                              jobs=jobs)
+                              jobs=jobs, cells=not args.no_cells)
     signal.signal(signal.SIGTERM, lambda *_: worker.stop(timeout=0))
     print(f"protloc worker {worker.name}: models {', '.join(predictors)}, database {sessions.kw['bind'].url!r}, "
           f"data in {data_dir}, lease {args.lease:g} s", file=sys.stderr, flush=True)

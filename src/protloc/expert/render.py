@@ -62,6 +62,56 @@ def render_views(study, sample_id: str, folder: Path | None = None, overwrite: b
     return paths
 
 
+def cells_missing() -> str | None:
+    """Why cell outlines cannot be drawn here (scikit-image, the cells extra, is missing), or None:
+    the platform's own check (``protloc.web.cells.missing_extra``)."""
+    from protloc.web.cells import missing_extra
+
+    return missing_extra()
+
+
+def outline_picture(cells, thickness: int | None = None):
+    """uint8 RGBA [H, W, 4]: the cells' outlines in white, transparent elsewhere (laid over a view)."""
+    import numpy as np
+    from skimage.segmentation import find_boundaries
+
+    thickness = thickness or max(1, int(round(max(cells.shape) / 700)))
+    edges = find_boundaries(cells, mode="inner")
+    if thickness > 1:
+        from scipy import ndimage as ndi
+
+        edges = ndi.binary_dilation(edges, iterations=thickness - 1) & (cells > 0)
+    picture = np.zeros((*cells.shape, 4), dtype=np.uint8)
+    picture[edges] = (255, 255, 255, 230)
+    return picture
+
+
+def render_cells(study, sample_id: str, folder: Path | None = None) -> Path:
+    """The cell outlines of one sample (``protloc.cells.segment``), at the views' full resolution, cached
+    beside them. ProtlocError when they cannot be drawn (scikit-image missing, an unreadable image)."""
+    from protloc.errors import ProtlocError
+    from protloc.visualization import save_png
+
+    missing = cells_missing()
+    if missing:
+        raise ProtlocError(missing)
+    folder = Path(folder) if folder is not None else study.views_dir
+    path = view_file(folder, sample_id, "cells")
+    if path.is_file():
+        return path
+    with _locks_guard:
+        lock = _render_locks.setdefault(f"{path.parent}:cells", threading.Lock())
+    with lock:
+        if not path.is_file():
+            from protloc.cells.segmentation import segment
+
+            picture = outline_picture(segment(study.load_image(sample_id)).cells)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+            save_png(picture, tmp)
+            os.replace(tmp, path)
+    return path
+
+
 def export_study(study, out: Path) -> int:
     """All samples' views as PNG files in ``out`` (one folder per sample) plus an index CSV; labels not included."""
     import csv

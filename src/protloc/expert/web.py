@@ -25,7 +25,7 @@ from pydantic import BaseModel
 
 from protloc.errors import ProtlocError
 from protloc.expert.db import AnswerStore
-from protloc.expert.render import VIEW_TITLES, VIEWS, render_views
+from protloc.expert.render import VIEW_TITLES, VIEWS, cells_missing, render_cells, render_views
 from protloc.expert.study import Study, load_study
 
 log = logging.getLogger("protloc.expert")
@@ -33,6 +33,8 @@ STATIC = Path(__file__).parent / "static"
 COOKIE = "protloc_expert"
 # Keys for the 13 (or up to 36) answer buttons, in class order.
 SHORTCUT_KEYS = "1234567890qwertyuiopasdfghjklzxcvbnm"
+# Shows or hides the cell outlines, unless a class has it (a study of 32 classes or more): then the button only.
+CELLS_KEY = "c"
 
 
 class SignIn(BaseModel):
@@ -54,6 +56,7 @@ def create_expert_app(study: Study | str | Path, db_url: str | None = None) -> F
     store = AnswerStore(db_url or study.default_db_url, study.study_id)
     token_to_id = {_token(study, sample_id): sample_id for sample_id in study.sample_ids}
     shortcuts = {cls: SHORTCUT_KEYS[i] for i, cls in enumerate(study.classes) if i < len(SHORTCUT_KEYS)}
+    cells_key = CELLS_KEY if CELLS_KEY not in shortcuts.values() else None
 
     app = FastAPI(title="protloc expert study", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.study = study
@@ -78,6 +81,7 @@ def create_expert_app(study: Study | str | Path, db_url: str | None = None) -> F
             "expert": name, "total": len(order), "answered": answered, "done": first_open is None,
             "resume": first_open if first_open is not None else len(order) - 1,
             "classes": [{"name": c, "key": shortcuts.get(c)} for c in study.classes],
+            "cells_key": cells_key, "cells_missing": cells_missing(),
         }
 
     def sample_at(name: str, position: int) -> str:
@@ -126,6 +130,7 @@ def create_expert_app(study: Study | str | Path, db_url: str | None = None) -> F
             "position": position, "total": len(study.samples),
             "answer": store.answers_of(name).get(sample_id),
             "views": [{"name": v, "title": VIEW_TITLES[v], "url": f"api/views/{token}/{v}.png"} for v in VIEWS],
+            "cells": f"api/cells/{token}.png",
         }
 
     @app.put("/api/answers/{position}")
@@ -154,6 +159,24 @@ def create_expert_app(study: Study | str | Path, db_url: str | None = None) -> F
             raise HTTPException(410, "the source image of this sample is missing or unreadable on the server "
                                      "(its data set moved or changed after the study was made; the server log names the file)") from None
         return FileResponse(paths[view], media_type="image/png", headers={"Cache-Control": "private, max-age=86400"})
+
+    @app.get("/api/cells/{token}.png")
+    def cell_outlines(token: str) -> FileResponse:
+        """The sample's cell outlines (white on transparent, the views' size): laid over the views on request."""
+        sample_id = token_to_id.get(token)
+        if sample_id is None:
+            raise HTTPException(404, "no such image")
+        missing = cells_missing()
+        if missing:
+            raise HTTPException(503, missing)
+        try:
+            path = render_cells(study, sample_id)
+        except (ProtlocError, OSError) as exc:  # as for the views: the reason names files, the log gets it
+            log.warning("expert study %s: cannot draw cell outlines: %s", study.study_id,
+                        str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            raise HTTPException(410, "the cell outlines of this sample cannot be drawn on the server "
+                                     "(the server log says why)") from None
+        return FileResponse(path, media_type="image/png", headers={"Cache-Control": "private, max-age=86400"})
 
     return app
 

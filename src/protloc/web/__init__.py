@@ -2,6 +2,6 @@
 
 ``protloc.web.app.create_app(WebSettings(...))`` builds the FastAPI application; ``protloc serve``
 runs it under uvicorn. See ``service`` (the logic, free of FastAPI), ``batches`` (zip uploads),
-``auth`` (tokens), ``routers`` (API and pages), ``db`` (database), ``storage`` (uploads) and
-``worker`` (batched prediction).
+``auth`` (tokens), ``routers`` (API and pages), ``db`` (database), ``storage`` (uploads),
+``worker`` (batched prediction), ``cells`` (a submission's cells) and ``exports`` (CSV, batch zip).
 """

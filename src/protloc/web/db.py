@@ -109,7 +109,27 @@ class Result(Base):
     maps: Mapped[list] = mapped_column(JSON)  # class names with a rendered localisation map
     seconds: Mapped[float] = mapped_column(default=0.0)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    # How many cells its CellResult holds, or why none (NULL, NULL: no cells were computed, --no-cells):
+    # here so that a submission's JSON, listed or polled, says so without reading the cells.
+    cells_count: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    cells_note: Mapped[str | None] = mapped_column(Text, nullable=True)
     submission: Mapped[Submission] = relationship(back_populates="result")
+
+
+class CellResult(Base):
+    """A submission's cells (``protloc.cells``), written with its probabilities: the per-cell rows, or
+    why there are none (``note``: no cells found, not a GapNet-PL model, scikit-image missing...).
+    The label image lies in the store (``protloc.web.cells.labels_path``): a 16-bit PNG, 32-bit TIFF past 65535 cells."""
+
+    __tablename__ = "cell_results"
+    submission_id: Mapped[str] = mapped_column(ForeignKey("submissions.id"), primary_key=True)
+    count: Mapped[int] = mapped_column(Integer, default=0)
+    # [{"cell_id", "centroid_y", "centroid_x", "area", "border", "probabilities": [...], "predicted": [...],
+    #   "top_class", "outline": [[x, y], ...]}, ...] in the order of the cell ids
+    cells: Mapped[list] = mapped_column(JSON, default=list)
+    note: Mapped[str | None] = mapped_column(Text, nullable=True)
+    seconds: Mapped[float] = mapped_column(default=0.0)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
 class ApiToken(Base):
@@ -132,6 +152,7 @@ ADDED_COLUMNS = {
     "tokens": {"user_id": "INTEGER REFERENCES users(id)", "revoked_at": "TIMESTAMP"},
     "submissions": {"owner_id": "INTEGER REFERENCES users(id)", "worker": "VARCHAR(100)", "lease_until": "TIMESTAMP"},
     "batch_jobs": {"owner_id": "INTEGER REFERENCES users(id)"},
+    "results": {"cells_count": "INTEGER", "cells_note": "TEXT"},
 }
 
 

@@ -2,7 +2,8 @@
 
 Two groups, each rendered in one go and cached as PNGs under the store's render folder: the *views*
 (composite and the four channels; cheap) and the *maps* (the localisation map of each class the
-result names; a backward pass through the network). Both are drawn at display size (the longest side
+result names; a backward pass through the network), and the *cells* overlay (``cells.png``: the cell
+outlines coloured by class, ``protloc.web.cells``). All are drawn at display size (the longest side
 at most ``DISPLAY_SIZE``, by block means) unless full resolution is asked for (``full=True``, cached
 in ``full/``). The pictures are written to a staging file and moved into place, so two processes
 that render the same submission at once (a worker and a web server on first view) never show a
@@ -18,6 +19,7 @@ import threading
 from pathlib import Path
 
 import numpy as np
+from sqlalchemy import select
 
 from protloc.data.channels import CHANNELS
 from protloc.web import db
@@ -28,10 +30,11 @@ DISPLAY_SIZE = 1024
 # newest few, so that the pictures of what was just predicted are not decoded again.
 REMEMBERED_SAMPLES = 2
 VIEW_NAMES = ("composite.png", *(f"channel-{c}.png" for c in CHANNELS))
+CELLS_NAME = "cells.png"
 
 
 def is_image_name(name: str) -> bool:
-    return name in VIEW_NAMES or (name.startswith("map-") and name.endswith(".png") and name[4:-4].isdigit())
+    return name in VIEW_NAMES or name == CELLS_NAME or (name.startswith("map-") and name.endswith(".png") and name[4:-4].isdigit())
 
 
 def display_factor(height: int, width: int, full: bool) -> int:
@@ -112,7 +115,7 @@ class Renderer:
         path = self.cached(submission_id, name, full)
         if path is not None:
             return path
-        group = "views" if name in VIEW_NAMES else "maps"
+        group = "views" if name in VIEW_NAMES else "cells" if name == CELLS_NAME else "maps"
         with self._lock((submission_id, group, full)):
             path = self.cached(submission_id, name, full)  # drawn while we waited
             if path is not None:
@@ -127,6 +130,9 @@ class Renderer:
         with self.sessions() as session:
             result = session.get(db.Result, submission_id)
             names = [f"map-{result.classes.index(c)}.png" for c in result.maps] if result is not None else []
+            has_cells = session.scalar(select(db.CellResult.count).where(db.CellResult.submission_id == submission_id))
+        if has_cells:  # cheap, before the map's backward pass
+            self.image(submission_id, CELLS_NAME, image=image)
         if names:
             self.image(submission_id, names[0], image=image)
 
@@ -144,6 +150,10 @@ class Renderer:
                 return False
             kind, files, model_key = row.input_kind, list(row.files), row.model_key
             map_classes = list(result.maps)
+            classes = list(result.classes)
+            cells = session.get(db.CellResult, submission_id) if group == "cells" else None
+        if group == "cells" and (cells is None or not cells.count):
+            return False
         if group == "maps" and (model_key not in self.predictors or not map_classes):
             return False
         if image is None:
@@ -155,6 +165,14 @@ class Renderer:
         folder = self.folder(submission_id, full)
         if group == "views":
             render_views(image, folder, factor)
+        elif group == "cells":
+            from protloc.web.cells import load_labels, render_overlay
+
+            labels = load_labels(self.store, submission_id)
+            if labels is None or labels.shape != image.shape[1:]:
+                return False
+            folder.mkdir(parents=True, exist_ok=True)
+            render_overlay(image, labels, cells, classes, factor, folder / CELLS_NAME)
         else:
             render_maps(self.predictors[model_key], image, map_classes, folder, factor)
         return True

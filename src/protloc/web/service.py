@@ -7,8 +7,6 @@ an HTTP answer with that status and reason.
 
 from __future__ import annotations
 
-import csv
-import io
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +30,8 @@ from protloc.web.storage import (
     normalise_channel_name,
 )
 from protloc.web.archives import shared_sample_id
+from protloc.web.cells import summary as cells_summary
+from protloc.web.exports import results_csv, spreadsheet_safe  # noqa: F401  (their home before exports.py)
 from protloc.web.jobs import DatabaseJobs
 from protloc.web.listing import Coalesced, FinishedItems, filtered, list_json, submission_json
 from protloc.web.pictures import Activity
@@ -95,6 +95,7 @@ class WebSettings:
     device: str = "cpu"
     expert_study: Path | None = None  # an expert-study folder: its annotation pages are mounted at /expert
     expert_db_url: str | None = None  # its answer database (default: the study's own)
+    cells: bool = True  # this server's worker segments each sample and predicts its cells (protloc.web.cells)
 
     @property
     def auth_enabled(self) -> bool:
@@ -155,6 +156,7 @@ class Platform:
             self.predictors, self.sessions, self.store,
             max_batch_patches=settings.max_batch_patches, linger_seconds=settings.linger_seconds,
             jobs=jobs, eager_render=settings.eager_render, renderer=self.renderer, activity=self.activity,
+            cells=settings.cells,
         )
         self.batches = Batches(self)
         self.finished_items = FinishedItems()
@@ -306,14 +308,54 @@ class Platform:
                 },
                 maps={c: f"{base}/images/map-{result.classes.index(c)}.png" for c in result.maps},
             )
+        data["cells"] = cells_summary(result if row.status == db.DONE else None, row.status, base)
         return data
 
-    def get_submission(self, submission_id: str, viewer: Viewer | None = None) -> dict:
+    def get_submission(self, submission_id: str, viewer: Viewer | None = None, cells: bool = False) -> dict:
+        """One submission with a summary of its cells; ``cells=True`` lists them all (the downloads)."""
+        from protloc.web.cells import cell_view
+
         with self.sessions() as session:
             row = session.get(db.Submission, submission_id)
             if row is None or not visible(row.owner_id, viewer):  # another's is as absent as none: 404
                 raise NotFound(f"no submission {submission_id!r}")
-            return self.submission_dict(row)
+            data = self.submission_dict(row)
+            if cells:
+                record = session.get(db.CellResult, row.id) if row.status == db.DONE else None
+                classes = data.get("classes", [])
+                data["cells"]["items"] = [cell_view(c, classes) for c in record.cells] if record is not None else []
+            return data
+
+    def submission_cells(self, submission_id: str, viewer: Viewer | None, limit: int, offset: int, sort: str) -> dict:
+        """A page of a submission's cells, sorted (``protloc.web.cells.sort_cells``)."""
+        from protloc.web.cells import cell_view, sort_cells
+
+        with self.sessions() as session:
+            row = session.get(db.Submission, submission_id)
+            if row is None or not visible(row.owner_id, viewer):
+                raise NotFound(f"no submission {submission_id!r}")
+            record = session.get(db.CellResult, row.id) if row.status == db.DONE else None
+            classes = list(row.result.classes) if row.result is not None else []
+            cells = sort_cells(list(record.cells) if record is not None else [], sort, classes)
+            answer = cells_summary(row.result if row.status == db.DONE else None, row.status, f"/api/v1/predictions/{row.id}")
+            return {"id": row.id, "status": row.status, "total": answer["count"], "note": answer["note"],
+                    "classes": classes, "links": answer["links"],
+                    "items": [cell_view(c, classes) for c in cells[offset : offset + limit]]}
+
+    def cell_mask(self, submission_id: str, viewer: Viewer | None) -> tuple[Path, str]:
+        """The stored label image of a submission's cells and the name to download it under."""
+        from protloc.web.cells import labels_path
+
+        with self.sessions() as session:
+            row = session.get(db.Submission, submission_id)
+            if row is None or not visible(row.owner_id, viewer):
+                raise NotFound(f"no submission {submission_id!r}")
+            name = row.filenames
+        path = labels_path(self.store, submission_id) if submission_id.isalnum() else None
+        if path is None:
+            raise NotFound("no cell mask for this submission (not done yet, or no cells were computed: see its cells' note)")
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:100] or submission_id
+        return path, f"{safe}_cellmask{path.suffix}"
 
     def submission_json(self, submission_id: str, viewer: Viewer | None = None) -> bytes:
         """``get_submission`` as JSON bytes (finished submissions serialised once)."""
@@ -358,28 +400,3 @@ class Platform:
         key = (viewer, q, cls, status, limit, offset)
         return self.coalesced_lists.run(key, lambda: list_json(self.sessions, self.submission_dict, self.finished_items,
                                                                q, cls, status, limit, offset, viewer))
-
-
-# A spreadsheet runs a cell that starts with one of these as a formula (OWASP "CSV injection").
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-
-
-def spreadsheet_safe(text: str) -> str:
-    """A text cell a spreadsheet shows as text: a leading quote defuses a formula."""
-    return "'" + text if text.startswith(FORMULA_STARTS) else text
-
-
-def results_csv(items: list[dict]) -> str:
-    classes: list[str] = []
-    for item in items:
-        for cls in item.get("classes", []):
-            if cls not in classes:
-                classes.append(cls)
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["id", "name", "model", "status", "created_at", "predicted"] + [spreadsheet_safe(c) for c in classes])
-    for item in items:
-        probs = item.get("probabilities", {})
-        text = [item["id"], item["name"], item["model"], item["status"], item["created_at"], ";".join(item.get("predicted", []))]
-        writer.writerow([spreadsheet_safe(str(cell)) for cell in text] + [f"{probs[c]:.6f}" if c in probs else "" for c in classes])
-    return buffer.getvalue()

@@ -8,7 +8,8 @@ and runs them through the network together (``max_batch_patches`` per forward pa
 probability is the mean of its own patches' sigmoids, exactly as ``Predictor.predict_proba``.
 
 Probabilities first: the result and the ``done`` status are committed as soon as the probabilities
-are known. The pictures (composite, channels, localisation maps) come afterwards, drawn by
+are known, together with the sample's cells (``protloc.web.cells``; off with ``cells=False``). The
+pictures (composite, channels, localisation maps) come afterwards, drawn by
 ``protloc.web.renders`` at display size from the sample still in memory, in a thread of their own
 (``protloc.web.pictures``) once neither predictions nor HTTP requests are waiting, or on first view,
 whichever comes first. ``eager_render=True`` is the platform as it was before: full-size pictures
@@ -31,6 +32,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from protloc.web import db
 from protloc.web.jobs import DatabaseJobs, MemoryJobs, worker_name
+from protloc.web.cells import CellsStage
 from protloc.web.pictures import Activity, IdlePictures
 from protloc.web.renders import Renderer
 from protloc.web.storage import BlobStore, load_stored_sample
@@ -108,6 +110,7 @@ class PredictionWorker:
         jobs: MemoryJobs | DatabaseJobs | None = None,
         eager_render: bool = False,
         renderer: Renderer | None = None,
+        cells: bool = True,
         activity: Activity | None = None,
     ) -> None:
         self.predictors = predictors
@@ -123,6 +126,7 @@ class PredictionWorker:
             self.jobs.model_keys = list(predictors)
         self.eager_render = eager_render
         self.renderer = renderer or Renderer(predictors, sessions, store)
+        self.cells = CellsStage(store, enabled=cells)
         self.stats = WorkerStats()
         # Pictures in a thread of their own, drawn when neither predictions nor requests are waiting.
         self.pictures = IdlePictures(self.renderer, busy=self.busy, activity=activity, on_drawn=self._count_drawn)
@@ -277,9 +281,9 @@ class PredictionWorker:
             predictor = self.predictors[model_key]
             started = time.monotonic()
             try:
+                pixel_sizes = [stored_pixel_size(self.store, row.files, image) for row, image in items]
                 all_probs = batched_probabilities(
-                    predictor, [image for _, image in items], self.max_batch_patches, self.stats,
-                    [stored_pixel_size(self.store, row.files, image) for row, image in items],
+                    predictor, [image for _, image in items], self.max_batch_patches, self.stats, pixel_sizes,
                 )
             except Exception as exc:
                 log.exception("forward pass failed")
@@ -287,14 +291,15 @@ class PredictionWorker:
                     self._fail(row.id, f"prediction failed: {_one_line(exc)}")
                 continue
             shared = (time.monotonic() - started) / len(items)
-            for (row, image), probs in zip(items, all_probs):
+            for (row, image), probs, pixel_size in zip(items, all_probs, pixel_sizes):
                 try:
-                    self._finish(predictor, row, image, probs, shared)
+                    self._finish(predictor, row, image, probs, shared, pixel_size)
                 except Exception as exc:  # this sample only; the others of the batch go on
                     log.error("finishing %s failed: %s", row.id, _one_line(exc), exc_info=True)
                     self._fail(row.id, f"prediction failed: {_one_line(exc)}")
 
-    def _finish(self, predictor, row: db.Submission, image: np.ndarray, probs: np.ndarray, shared_seconds: float) -> None:
+    def _finish(self, predictor, row: db.Submission, image: np.ndarray, probs: np.ndarray, shared_seconds: float,
+                pixel_size: float | None = None) -> None:
         started = time.monotonic()
         predicted = predictor.predicted(probs)
         # With no class over its threshold the page shows the most probable class's map: it always
@@ -306,6 +311,7 @@ class PredictionWorker:
             folder = self.renderer.folder(row.id, full=False)
             render_views(image, folder, 1)
             render_maps(predictor, image, map_classes, folder, 1)
+        cells = self.cells.compute(predictor, row.id, image, pixel_size)
         with self.sessions.begin() as session:
             # Still ours? A worker whose lease ran out (it stalled) must not finish a row another took.
             owned = session.execute(
@@ -318,10 +324,13 @@ class PredictionWorker:
                 self.stats.lost_leases += 1
                 log.warning("%s: lease lost to another worker; this worker's result is dropped", row.id)
                 return
-            existing = session.get(db.Result, row.id)
-            if existing is not None:
-                session.delete(existing)
-                session.flush()
+            for table in (db.Result, db.CellResult):  # a rerun replaces what an earlier run stored
+                existing = session.get(table, row.id)
+                if existing is not None:
+                    session.delete(existing)
+            session.flush()
+            if cells is not None:
+                session.add(cells)
             session.add(
                 db.Result(
                     submission_id=row.id,
@@ -332,6 +341,8 @@ class PredictionWorker:
                     predicted_text="|" + "|".join(predicted) + "|",
                     maps=map_classes,
                     seconds=shared_seconds + time.monotonic() - started,
+                    cells_count=cells.count if cells is not None else None,
+                    cells_note=cells.note if cells is not None else None,
                 )
             )
         self.stats.samples += 1

@@ -2,7 +2,8 @@
 // All URLs are relative, so the page works at "/" and mounted under a prefix ("/expert/").
 "use strict";
 
-const state = { session: null, position: 0, item: null, busy: false, view: { scale: 1, x: 0, y: 0 }, natural: null };
+const state = { session: null, position: 0, item: null, busy: false, view: { scale: 1, x: 0, y: 0 }, natural: null,
+  cells: localStorage.getItem("protloc-expert-cells") === "1" };
 const $ = (id) => document.getElementById(id);
 // While a sample loads or an answer is being saved, keys and clicks are ignored: an answer must never
 // land on a sample other than the one on screen. body[data-busy] tells tests (and styles) when.
@@ -35,6 +36,9 @@ async function start(session) {
   $("signin-view").hidden = true; $("study-view").hidden = false; $("who").hidden = false;
   $("expert-name").textContent = session.expert;
   buildAnswerButtons(session.classes);
+  const key = session.cells_key;
+  $("cells-toggle").innerHTML = (key ? `<kbd>${key}</kbd> ` : "") + "Cell outlines";
+  $("cells-hint").textContent = key ? ` · ${key}: cell outlines` : "";
   setBusy(true);
   try { await show(session.resume); } finally { setBusy(false); }
   if (session.done) setStatus(`All ${session.total} samples answered — thank you. You can still go back and change answers.`);
@@ -81,6 +85,7 @@ async function show(position) {
     attachZoomPan(frame);
     box.appendChild(frame);
   }
+  showCells();
   renderProgress();
   document.body.dataset.ready = "1";
 }
@@ -128,6 +133,39 @@ function attachZoomPan(frame) {
   frame.addEventListener("dblclick", fitView);
 }
 
+// The cell outlines (segmented on the server, white on transparent) over all four views, under the
+// same zoom and pan; on or off for every sample until toggled again, and remembered by the browser.
+function showCells() {
+  const button = $("cells-toggle");
+  button.setAttribute("aria-pressed", state.cells ? "true" : "false");
+  button.classList.toggle("chosen", state.cells);
+  document.body.dataset.cells = state.cells ? "1" : "0";
+  for (const frame of document.querySelectorAll(".view")) {
+    let overlay = frame.querySelector("img.cells");
+    if (!state.cells || !state.item) { if (overlay) overlay.remove(); continue; }
+    if (overlay) continue;
+    overlay = document.createElement("img");
+    overlay.className = "cells"; overlay.alt = "cell outlines"; overlay.draggable = false;
+    overlay.addEventListener("error", () => cellsFailed(overlay));
+    overlay.src = state.item.cells;
+    frame.appendChild(overlay);
+  }
+  applyView();
+}
+
+async function cellsFailed(overlay) {
+  if (overlay.dataset.failed) return;
+  for (const img of document.querySelectorAll(".view img.cells")) img.dataset.failed = "1";
+  try { await api("GET", overlay.src); } catch (error) { setStatus(`No cell outlines: ${error.message}`, true); }
+}
+
+function toggleCells() {
+  if (!state.session) return;
+  state.cells = !state.cells;
+  localStorage.setItem("protloc-expert-cells", state.cells ? "1" : "0");
+  showCells();
+}
+
 async function answer(label) {
   if (state.busy || !state.session) return;
   setBusy(true);
@@ -163,6 +201,7 @@ document.addEventListener("keydown", (event) => {
   if (event.key === "ArrowLeft") { event.preventDefault(); move(-1); return; }
   if (event.key === "ArrowRight") { event.preventDefault(); move(1); return; }
   if (event.key === "Escape") { fitView(); return; }
+  if (state.session?.cells_key && event.key.toLowerCase() === state.session.cells_key) { event.preventDefault(); toggleCells(); return; }
   const cls = (state.session?.classes || []).find((c) => c.key === event.key.toLowerCase());
   if (cls) { event.preventDefault(); answer(cls.name); }
 });
@@ -176,6 +215,7 @@ $("signin-form").addEventListener("submit", async (event) => {
 $("signout").addEventListener("click", async () => { await api("POST", "api/signout"); state.session = null; showSignIn(); });
 $("prev").addEventListener("click", () => move(-1));
 $("next").addEventListener("click", () => move(1));
+$("cells-toggle").addEventListener("click", toggleCells);
 window.addEventListener("resize", fitView);
 
 api("GET", "api/session").then(start).catch(() => {});

@@ -45,6 +45,35 @@ def errors(*statuses: int) -> dict:
     return {status: {"content": content, "description": reasons[status]} for status in (401, *statuses)}
 
 
+class CellOut(BaseModel):
+    """One cell of a submission (``protloc.cells``: segmented from the nucleus, microtubule and ER
+    channels; probabilities from GapNet-PL's head over the cell's own features)."""
+
+    cell_id: int
+    centroid_y: float
+    centroid_x: float
+    area: int
+    border: bool
+    predicted: list[str]
+    top_class: str
+    top_probability: float
+    probabilities: dict[str, float]
+    outline: list[list[int]] = []
+
+
+class CellsPage(BaseModel):
+    """A page of a submission's cells; ``note`` says why there are none (no cells found, scikit-image
+    not installed on the worker, not a GapNet-PL model, cells off, not done yet)."""
+
+    id: str
+    status: str
+    total: int
+    note: str | None
+    classes: list[str]
+    links: dict[str, str]
+    items: list[CellOut]
+
+
 class CSVResponse(Response):
     media_type = "text/csv"
 
@@ -54,6 +83,13 @@ class PNGResponse(FileResponse):
 
 
 CSV_CONTENT = {200: {"content": {"text/csv": {"schema": {"type": "string"}}}, "description": "CSV, one row per submission"}}
+CELLS_CSV_CONTENT = {200: {"content": {"text/csv": {"schema": {"type": "string"}}},
+                           "description": "CSV: the submission's row (level=image), then one row per cell (level=cell)"}}
+ZIP_CONTENT = {200: {"content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}},
+                     "description": "zip: results.csv (each sample, then its cells) and masks/<name>_cellmask.png"}}
+MASK_CONTENT = {200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}},
+                                  "image/tiff": {"schema": {"type": "string", "format": "binary"}}},
+                      "description": "label image: 0 background, cell i has value i (16-bit PNG; 32-bit TIFF past 65535 cells)"}}
 PNG_CONTENT = {200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}, "description": "PNG image"}}
 MULTIPART_SAMPLE = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
     "type": "object",
@@ -138,13 +174,14 @@ def api_router(platform: Platform) -> APIRouter:
 
     @router.get("/api/v1/predictions/{submission_id}/result.json", tags=["predictions"], responses=errors(404))
     def download_json(submission_id: str, viewer: Viewer | None = Depends(viewer_of)) -> dict:
-        data = platform.get_submission(submission_id, viewer)
+        """The submission as ``GET /api/v1/predictions/{id}`` gives it, with every cell listed under ``cells.items``."""
+        data = platform.get_submission(submission_id, viewer, cells=True)
         return JSONResponse(data, headers={"Content-Disposition": f'attachment; filename="protloc-{submission_id}.json"'})
 
     @router.get("/api/v1/predictions/{submission_id}/result.csv", tags=["predictions"], response_class=CSVResponse,
-                responses={**CSV_CONTENT, **errors(404)})
+                responses={**CELLS_CSV_CONTENT, **errors(404)})
     def download_csv(submission_id: str, viewer: Viewer | None = Depends(viewer_of)):
-        data = platform.get_submission(submission_id, viewer)
+        data = platform.get_submission(submission_id, viewer, cells=True)
         return CSVResponse(results_csv([data]), headers={"Content-Disposition": f'attachment; filename="protloc-{submission_id}.csv"'})
 
     @router.get("/api/v1/predictions/{submission_id}/images/{name}", tags=["predictions"], response_class=PNGResponse,
@@ -154,6 +191,32 @@ def api_router(platform: Platform) -> APIRouter:
                                                                "the longest side at most 1024 px)")):
         """A finished submission's picture, drawn on first request (or earlier by an idle worker) and cached."""
         return PNGResponse(platform.submission_image(submission_id, name, viewer, full))
+
+    @router.get("/api/v1/predictions/{submission_id}/cells", tags=["cells"], response_model=CellsPage,
+                responses=errors(404, 422))
+    def prediction_cells(submission_id: str, viewer: Viewer | None = Depends(viewer_of),
+                         limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0, le=MAX_OFFSET),
+                         sort: str = Query("cell_id", description="cell_id, area, border, centroid_x, centroid_y, "
+                                           "top_class, top_probability or a class name; '-' first: descending")):
+        """The submission's cells, a page at a time: centroid (px), area (px), border flag, probabilities,
+        predicted classes, top class and outline polygon ([x, y] in px)."""
+        return platform.submission_cells(submission_id, viewer, limit, offset, sort)
+
+    @router.get("/api/v1/predictions/{submission_id}/cells/mask", tags=["cells"], response_class=FileResponse,
+                responses={**MASK_CONTENT, **errors(404)})
+    def prediction_cell_mask(submission_id: str, viewer: Viewer | None = Depends(viewer_of)):
+        """The cells' label image, in the layout `protloc cells --masks` reads back (correct it, feed it back)."""
+        path, filename = platform.cell_mask(submission_id, viewer)
+        return FileResponse(path, media_type="image/tiff" if path.suffix == ".tif" else "image/png", filename=filename)
+
+    @router.get("/api/v1/batches/{batch_id}/results.zip", tags=["batches"], response_class=Response,
+                responses={**ZIP_CONTENT, **errors(404)})
+    def download_batch(batch_id: str, viewer: Viewer | None = Depends(viewer_of)):
+        """A batch's results: every sample's row and its cells' rows in results.csv, the cells' label images."""
+        from protloc.web.exports import batch_zip
+
+        return Response(batch_zip(platform, batch_id, viewer), media_type="application/zip",
+                        headers={"Content-Disposition": f'attachment; filename="protloc-batch-{batch_id}.zip"'})
 
     @router.post("/api/v1/batches", status_code=202, tags=["batches"], openapi_extra=MULTIPART_ZIP,
                  responses=errors(400, 413, 415, 422))

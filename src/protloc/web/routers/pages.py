@@ -17,6 +17,30 @@ TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 PER_PAGE = 50
 
 
+def cells_context(data: dict) -> dict:
+    """What the result page's cell section draws: each cell with its outline colour, and the area of
+    the field the display-size overlay covers (its SVG coordinates are the field's pixels)."""
+    from protloc.cells.overlay import NO_CLASS
+    from protloc.web.cells import class_colours, colour_classes
+    from protloc.web.renders import display_factor
+
+    classes = data.get("classes", [])
+    items = data["cells"].get("items", [])
+    stored = [{**c, "probabilities": [c["probabilities"][k] for k in classes]} for c in items]
+    colour_of = colour_classes(stored, classes)
+    factor = display_factor(data["height"], data["width"], full=False)
+    rgb = class_colours(classes)
+    cells = [{**c, "colour_class": colour_of[c["cell_id"]],
+              "colour": "rgb({}, {}, {})".format(*rgb.get(colour_of[c["cell_id"]], NO_CLASS)),
+              "points": " ".join(f"{x},{y}" for x, y in c["outline"])} for c in items]
+    shown = {c["colour_class"] for c in cells}
+    legend = [(c, "rgb({}, {}, {})".format(*rgb[c])) for c in classes if c in shown]
+    if None in shown:
+        legend.append(("no class over its threshold", "rgb({}, {}, {})".format(*NO_CLASS)))
+    return {"items": cells, "width": data["width"] // factor * factor, "height": data["height"] // factor * factor,
+            "dot": max(3, factor * 3), "legend": legend}
+
+
 def pages_router(platform: Platform) -> APIRouter:
     settings = platform.settings
     templates = Jinja2Templates(directory=str(TEMPLATES))
@@ -33,8 +57,8 @@ def pages_router(platform: Platform) -> APIRouter:
 
     @router.get("/submissions/{submission_id}")
     def result_page(request: Request, submission_id: str, viewer: Viewer | None = Depends(viewer_of)):
-        data = platform.get_submission(submission_id, viewer)
-        return templates.TemplateResponse(request, "result.html", {"s": data})
+        data = platform.get_submission(submission_id, viewer, cells=True)
+        return templates.TemplateResponse(request, "result.html", {"s": data, "cells": cells_context(data)})
 
     @router.get("/history")
     def history_page(request: Request, q: str | None = None, cls: str | None = Query(None, alias="class"),

@@ -202,9 +202,49 @@ const protloc = (() => {
     }
   }
 
+  // The result page's cells: one selected at a time, in the table (row) and on the picture (shape);
+  // the table sorts by any column (numbers as numbers), ascending then descending.
+  function initCells() {
+    const table = $("cell-table"), shapes = $("cell-shapes");
+    if (!table || !shapes) return;
+    const body = table.tBodies[0];
+
+    function select(id, from) {
+      for (const el of document.querySelectorAll(".cell-row.selected, .cell-shape.selected")) el.classList.remove("selected");
+      const row = body.querySelector(`tr[data-cell="${id}"]`), shape = shapes.querySelector(`[data-cell="${id}"]`);
+      if (row) { row.classList.add("selected"); row.setAttribute("aria-selected", "true"); }
+      if (shape) { shape.classList.add("selected"); shapes.appendChild(shape); }  // drawn last: on top
+      if (from === "picture" && row) row.scrollIntoView({ block: "nearest" });
+      document.body.dataset.selectedCell = id;
+    }
+
+    body.addEventListener("click", (e) => { const row = e.target.closest("tr.cell-row"); if (row) select(row.dataset.cell, "table"); });
+    body.addEventListener("keydown", (e) => {
+      const row = e.target.closest("tr.cell-row");
+      if (row && (e.key === "Enter" || e.key === " ")) { e.preventDefault(); select(row.dataset.cell, "table"); }
+    });
+    shapes.addEventListener("click", (e) => { const shape = e.target.closest(".cell-shape"); if (shape) select(shape.dataset.cell, "picture"); });
+
+    for (const th of table.tHead.rows[0].cells) {
+      th.addEventListener("click", () => {
+        const descending = th.getAttribute("aria-sort") === "ascending";
+        const key = th.dataset.key, numeric = th.dataset.type === "number";
+        const value = (row) => (numeric ? parseFloat(row.dataset[key]) : row.dataset[key]);
+        const rows = Array.from(body.rows).sort((a, b) => {
+          const x = value(a), y = value(b);
+          const order = numeric ? x - y : String(x).localeCompare(String(y));
+          return (descending ? -order : order) || (parseInt(a.dataset.cell) - parseInt(b.dataset.cell));
+        });
+        for (const other of table.tHead.rows[0].cells) other.removeAttribute("aria-sort");
+        th.setAttribute("aria-sort", descending ? "descending" : "ascending");
+        body.append(...rows);
+      });
+    }
+  }
+
   function escapeHtml(text) {
     return String(text).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
   }
 
-  return { initUpload, pollSubmission, pollBatch, watchPictures, channelOf };
+  return { initUpload, pollSubmission, pollBatch, watchPictures, initCells, channelOf };
 })();
