@@ -41,9 +41,9 @@ from protloc.errors import ProtlocError
 SCORINGS = ("combined", "own", "image", "geometric-mean")
 DEFAULT_SCORING = "combined"
 # --- chosen constants: written by `python -m protloc.bench.cells --select ... --write-constants` ---
-# Chosen on /work/tmp-cells2/synth-101 (drawn masks), model /work/cache/demo-cells-e17.pt:
-# per-cell mAP 0.5849, the grid's best (benchmarks/results/cells-map-selection.md).
-EXPRESSION_FULL = 0.3
+# Chosen on /tmp/cm/S101 (drawn masks), model /work/cache/synth2-demo-e25/model.pt:
+# per-cell mAP 0.6890, the grid's best (benchmarks/results/cells-map-selection.md).
+EXPRESSION_FULL = 0.5
 OWN_WEIGHT_FILLING = 0.0
 OWN_WEIGHT_OTHER = 0.0
 RELATIVE_WEIGHT_FILLING = 0.0
