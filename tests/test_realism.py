@@ -8,14 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from protloc.checkpoint import save_model_file
 from protloc.cli import main
 from protloc.evaluation import realism
 from protloc.labels import HPA13, load_label_set
-from protloc.models import create_model
 
 
 def test_the_shared_kaggle_mapping_is_used() -> None:
@@ -91,15 +88,6 @@ def test_rescale_changes_the_pixel_grid_not_the_intensities() -> None:
     smaller = realism.rescale(image, 0.5)
     assert bigger.shape == (4, 100, 150) and smaller.shape == (4, 20, 30)
     assert np.allclose(bigger, 7.0) and np.allclose(smaller, 7.0)
-
-
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "tiny.pt"
-    save_model_file(path, create_model("gapnet-pl"), model_name="gapnet-pl", classes=HPA13.classes,
-                    label_set="hpa13", crop_size=64, thresholds=[0.5] * 13)
-    return path
 
 
 def test_realism_command_writes_both_tables(tmp_path: Path, model_file: Path, capsys) -> None:

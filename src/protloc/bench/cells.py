@@ -4,11 +4,15 @@
     python -m protloc.bench.cells [--model FILE] [--image DIR] [--rounds 7] [--out benchmarks/results/cells]
     python -m protloc.bench.cells --accuracy SYNTH_DIR --model FILE [--out benchmarks/results/cells-map]
     python -m protloc.bench.cells --select SYNTH_DIR --model FILE [--out benchmarks/results/cells-map-selection]
+    python -m protloc.bench.cells --select SEED101_DIR --accuracy SEED102_DIR --model FILE --write-constants \
+        --selection-out benchmarks/results/cells-map-selection --out benchmarks/results/cells-map-synthetic
 
 Selection (``--select``): the constants of the default per-cell answer (``protloc.cells.scoring``:
-the expression gate's full level, the cell's own weight for compartment-filling and other classes)
-on a grid, scored by per-cell mAP on the drawn masks of one synthetic set; the accuracy is then
-reported on another set (another seed), never on the one the constants were chosen on.
+the expression gate's full level, the cell's own weight and its relative weight for
+compartment-filling and other classes) on a grid, scored by per-cell mAP on the drawn masks of one
+synthetic set; the accuracy is then reported on another set (another seed), never on the one the
+constants were chosen on. Both in one command: ``--select`` and ``--accuracy`` together measure the
+chosen constants on the second set; ``--write-constants`` writes them into ``scoring.py``.
 
 Accuracy (``--accuracy``): ``protloc.cells.evaluate.evaluate_folder`` on a synthetic data set with
 per-cell truth (``protloc synth``): per-cell mAP of the cells' own probabilities, of the weak
@@ -133,8 +137,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--accuracy", type=Path, metavar="SYNTH_DIR",
                         help="measure per-cell mAP on this synthetic data set instead of speed")
     parser.add_argument("--select", type=Path, metavar="SYNTH_DIR",
-                        help="score the default per-cell answer's constants on a grid on this synthetic data set")
+                        help="score the default per-cell answer's constants on a grid on this synthetic data set "
+                        "(with --accuracy: then measure the chosen constants on that other set)")
+    parser.add_argument("--note", default="", help="a line for the results' header (how the data and model were made)")
+    parser.add_argument("--selection-out", type=Path, help="with --select: write the grid to OUT.json and OUT.md")
+    parser.add_argument("--write-constants", action="store_true",
+                        help="with --select: write the chosen constants into protloc/cells/scoring.py")
     args = parser.parse_args(argv)
+    if (args.write_constants or args.selection_out) and not args.select:
+        parser.error("--write-constants and --selection-out go with --select")
     if args.select:
         return _select(args)
     if args.accuracy:
@@ -152,15 +163,15 @@ def _results_file(section: str, result: dict) -> dict:
             "sections": {section: result}}
 
 
-def _write(args, section: str, result: dict, text: str) -> None:
+def _write(args, section: str, result: dict, text: str, indent: int | None = 2) -> None:
     print(text)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.with_suffix(".json").write_text(json.dumps(_results_file(section, result), indent=2) + "\n")
+        args.out.with_suffix(".json").write_text(json.dumps(_results_file(section, result), indent=indent) + "\n")
         args.out.with_suffix(".md").write_text(text)
 
 
-def _accuracy(args) -> int:
+def _accuracy(args, options: dict | None = None, chosen: str = "") -> int:
     from dataclasses import asdict
 
     from protloc.cells.evaluate import evaluate_folder
@@ -168,8 +179,8 @@ def _accuracy(args) -> int:
 
     if not args.model:
         raise SystemExit("--accuracy needs --model (a GapNet-PL trained on synthetic data, e.g. protloc demo's)")
-    result = evaluate_folder(args.accuracy, args.model, progress=sys.stderr.isatty())
-    lines = [f"Data: {args.accuracy}; model: {args.model}", "", *result.lines(), "",
+    result = evaluate_folder(args.accuracy, args.model, progress=sys.stderr.isatty(), combine_options=options)
+    lines = [f"Data: {args.accuracy}; model: {args.model}. {args.note} {chosen}".rstrip(), "", *result.lines(), "",
              "| class | " + " | ".join(SCORINGS) + " |", "|---|" + "---:|" * len(SCORINGS)]
     lines += [f"| {name} | " + " | ".join(f"{v[s]:.3f}" for s in SCORINGS) + " |" for name, v in result.per_class.items()]
     _write(args, "cells-accuracy", asdict(result), "\n".join(lines) + "\n")
@@ -178,40 +189,110 @@ def _accuracy(args) -> int:
 
 SELECT_EXPRESSION_FULL = (None, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0)
 SELECT_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
+# weights of the cell's own logit relative to its field's mean (protloc.cells.scoring)
+SELECT_RELATIVE = (0.0, 0.25, 0.5, 1.0, 2.0)
 
 
-def select_constants(records, classes) -> list[dict]:
+def select_constants(records, classes, progress: bool = False) -> list[dict]:
     """Per-cell mAP (drawn masks) of the default answer for every grid point, best first."""
+    from itertools import product
+
+    from tqdm.auto import tqdm
+
     from protloc.cells.evaluate import _combine_rows, per_cell_map
     from protloc.cells.scoring import FILLING_CLASSES, combine
 
     a = records.arrays()
     filling = np.array([name in FILLING_CLASSES for name in classes])
     rows = []
-    for full in SELECT_EXPRESSION_FULL:
-        for w_fill in SELECT_WEIGHTS:
-            for w_other in SELECT_WEIGHTS:
-                weights = np.where(filling, w_fill, w_other)
-                scores = _combine_rows(a, classes, combine, expression_full=full, weights=weights)
-                rows.append({"expression_full": full, "own_weight_filling": w_fill, "own_weight_other": w_other,
-                             "map": per_cell_map(a.truth, scores, classes)[0]})
-    return sorted(rows, key=lambda row: -row["map"])
+    grid = list(product(SELECT_EXPRESSION_FULL, SELECT_WEIGHTS, SELECT_WEIGHTS, SELECT_RELATIVE, SELECT_RELATIVE))
+    for full, w_fill, w_other, v_fill, v_other in tqdm(grid, desc="grid", unit="point", disable=not progress):
+        scores = _combine_rows(a, classes, combine, expression_full=full, weights=np.where(filling, w_fill, w_other),
+                               relative=np.where(filling, v_fill, v_other))
+        rows.append({"expression_full": full, "own_weight_filling": w_fill, "own_weight_other": w_other,
+                     "relative_weight_filling": v_fill, "relative_weight_other": v_other,
+                     "map": per_cell_map(a.truth, scores, classes)[0]})
+    # ties (several points of equal mAP) go to the simplest: smaller weights first
+    return sorted(rows, key=lambda row: (-round(row["map"], 6), row["relative_weight_filling"] + row["relative_weight_other"],
+                                         row["own_weight_filling"] + row["own_weight_other"]))
+
+
+def combine_options(row: dict, classes) -> dict:
+    """A grid row -> ``protloc.cells.scoring.combine``'s keyword arguments."""
+    from protloc.cells.scoring import FILLING_CLASSES
+
+    filling = np.array([name in FILLING_CLASSES for name in classes])
+    return {"expression_full": row["expression_full"],
+            "weights": np.where(filling, row["own_weight_filling"], row["own_weight_other"]),
+            "relative": np.where(filling, row["relative_weight_filling"], row["relative_weight_other"])}
+
+
+def _grid_point(row: dict) -> str:
+    return (f"gate full at {row['expression_full']}, own weights {row['own_weight_filling']} (filling) / "
+            f"{row['own_weight_other']} (others), relative weights {row['relative_weight_filling']} / "
+            f"{row['relative_weight_other']}")
 
 
 def _select(args) -> int:
-    from protloc.cells.evaluate import collect_cells
+    from protloc.cells.evaluate import collect_cells, per_cell_map
 
     if not args.model:
         raise SystemExit("--select needs --model")
     predictor, drawn, _, _ = collect_cells(args.select, args.model, progress=sys.stderr.isatty(), segmented=False)
-    rows = select_constants(drawn, predictor.classes)
-    lines = [f"Data: {args.select} (drawn masks, {len(drawn.truth)} cells); model: {args.model}", "",
-             "| gate full at (None: no gate) | own weight, filling classes | own weight, others | per-cell mAP |",
-             "|---:|---:|---:|---:|"]
-    lines += [f"| {r['expression_full']} | {r['own_weight_filling']} | {r['own_weight_other']} | {r['map']:.4f} |"
-              for r in rows]
-    _write(args, "cells-selection", {"grid": rows}, "\n".join(lines) + "\n")
+    rows = select_constants(drawn, predictor.classes, progress=sys.stderr.isatty())
+    classes, truth = predictor.classes, drawn.arrays().truth
+    baseline, own = (per_cell_map(truth, drawn.scores(classes, name), classes)[0] for name in ("image", "own"))
+    best_absolute = next(r for r in rows if r["relative_weight_filling"] == r["relative_weight_other"] == 0)
+    lines = [f"Data: {args.select} (drawn masks, {len(drawn.truth)} cells); model: {args.model}. {args.note} "
+             f"Command: `python -m protloc.bench.cells {' '.join(sys.argv[1:])}`", "",
+             f"Chosen (first row): {_grid_point(rows[0])}: per-cell mAP {rows[0]['map']:.4f}. "
+             f"Weak baseline (its image's for every cell): {baseline:.4f}; the cell's own: {own:.4f}; best without the relative term: "
+             f"{_grid_point(best_absolute)}: {best_absolute['map']:.4f}. Top 60 of {len(rows)} grid points here, "
+             "all in the .json.", "",
+             "| gate full at (None: no gate) | own weight, filling | own weight, others | relative weight, filling "
+             "| relative weight, others | per-cell mAP |", "|---:|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['expression_full']} | {r['own_weight_filling']} | {r['own_weight_other']} | "
+              f"{r['relative_weight_filling']} | {r['relative_weight_other']} | {r['map']:.4f} |" for r in rows[:60]]
+    out, args.out = args.out, args.selection_out or (None if args.accuracy else args.out)
+    columns = list(rows[0])
+    grid = {"columns": columns, "rows": [[row[c] if c != "map" else round(row[c], 5) for c in columns] for row in rows]}
+    # 4,375 grid points: one line of JSON (a value per line would make it a megabyte)
+    _write(args, "cells-selection", grid, "\n".join(lines) + "\n", indent=None)
+    args.out = out
+    if args.write_constants:
+        write_constants(rows[0], str(args.select), str(args.model))
+    if args.accuracy:
+        chosen = f"Default answer: {_grid_point(rows[0])} (chosen on {args.select}, not on this set)."
+        return _accuracy(args, combine_options(rows[0], predictor.classes), chosen)
     return 0
+
+
+SCORING_FILE = Path(__file__).resolve().parents[1] / "cells" / "scoring.py"
+CONSTANTS_BEGIN = "# --- chosen constants: written by `python -m protloc.bench.cells --select ... --write-constants` ---"
+CONSTANTS_END = "# --- end of chosen constants ---"
+
+
+def write_constants(row: dict, data: str, model: str, path: Path = SCORING_FILE) -> None:
+    """Replace the default answer's constants in ``protloc/cells/scoring.py`` by a grid row (atomically)."""
+    text = path.read_text(encoding="utf-8")
+    if text.count(CONSTANTS_BEGIN) != 1 or text.count(CONSTANTS_END) != 1:
+        raise SystemExit(f"{path}: the chosen-constants markers are missing; not written")
+    head, rest = text.split(CONSTANTS_BEGIN)
+    _, tail = rest.split(CONSTANTS_END)
+    block = "\n".join([
+        CONSTANTS_BEGIN,
+        f"# Chosen on {data} (drawn masks), model {model}:",
+        f"# per-cell mAP {row['map']:.4f}, the grid's best (benchmarks/results/cells-map-selection.md).",
+        f"EXPRESSION_FULL = {row['expression_full']}",
+        f"OWN_WEIGHT_FILLING = {row['own_weight_filling']}",
+        f"OWN_WEIGHT_OTHER = {row['own_weight_other']}",
+        f"RELATIVE_WEIGHT_FILLING = {row['relative_weight_filling']}",
+        f"RELATIVE_WEIGHT_OTHER = {row['relative_weight_other']}",
+        CONSTANTS_END])
+    partial = path.with_suffix(".py.partial")
+    partial.write_text(head + block + tail, encoding="utf-8")
+    partial.replace(path)
+    print(f"wrote the chosen constants to {path}", file=sys.stderr)
 
 
 if __name__ == "__main__":

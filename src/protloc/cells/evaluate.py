@@ -130,7 +130,9 @@ class CellRecords:
         return SimpleNamespace(truth=np.array(self.truth), own=np.array(self.own), image=np.array(self.image),
                                expression=np.array(self.expression), image_of=np.array(self.image_of))
 
-    def scores(self, classes, scoring: str) -> np.ndarray:
+    def scores(self, classes, scoring: str, **combine_options) -> np.ndarray:
+        """Per-cell answers by ``scoring``; ``combine_options`` (``expression_full``, ``weights``,
+        ``relative``) replace the default answer's constants, as ``protloc.bench.cells --select`` chose them."""
         from protloc.cells.scoring import check_scoring, combine
 
         a = self.arrays()
@@ -141,7 +143,7 @@ class CellRecords:
             return a.image
         if scoring == "geometric-mean":
             return np.sqrt(a.own * a.image)
-        return _combine_rows(a, classes, combine)
+        return _combine_rows(a, classes, combine, **combine_options)
 
 
 def _combine_rows(a, classes, combine, **options) -> np.ndarray:
@@ -229,21 +231,24 @@ def collect_cells(data: str | Path, model, ids: list[str] | None = None, progres
     return predictor, drawn, found_records, result
 
 
-def evaluate_folder(data: str | Path, model, ids: list[str] | None = None, progress: bool = False) -> CellsEvaluation:
+def evaluate_folder(data: str | Path, model, ids: list[str] | None = None, progress: bool = False,
+                    combine_options: dict | None = None) -> CellsEvaluation:
     """Per-cell mAP of every scoring (``protloc.cells.scoring.SCORINGS``: the default combination,
     the cell's own, the image baseline, the geometric mean) on the drawn masks and on protloc's
-    segmentation, plus segmentation quality, on a synthetic data set with per-cell truth."""
+    segmentation, plus segmentation quality, on a synthetic data set with per-cell truth.
+    ``combine_options``: constants of the default answer other than ``protloc.cells.scoring``'s."""
     from protloc.cells.scoring import SCORINGS
 
     predictor, drawn, found, result = collect_cells(data, model, ids, progress)
     classes = predictor.classes
     truth = drawn.arrays().truth
     per_class = {}
+    options = combine_options or {}
     for scoring in SCORINGS:
-        scores = drawn.scores(classes, scoring)
+        scores = drawn.scores(classes, scoring, **options)
         result.map_true_masks[scoring], per_class[scoring] = per_cell_map(truth, scores, classes)
         result.within_image_auc[scoring] = _within_image_auc(truth, scores, drawn.arrays().image_of)
         if found.truth:
-            result.map_segmented[scoring], _ = per_cell_map(found.arrays().truth, found.scores(classes, scoring), classes)
+            result.map_segmented[scoring], _ = per_cell_map(found.arrays().truth, found.scores(classes, scoring, **options), classes)
     result.per_class = {name: {s: per_class[s][name] for s in SCORINGS} for name in per_class["own"]}
     return result

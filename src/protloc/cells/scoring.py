@@ -11,14 +11,21 @@ Three pieces of evidence per cell (``CellPredictions`` holds them):
   (the HPA single-cell challenge's "Negative" class); neither prediction knows that, since the
   network normalises every image and reads patterns, not amounts.
 
-``combined`` (the default answer) multiplies them:
+``combined`` (the default answer) multiplies them, and moves each cell within its field by how its
+own evidence stands against the field's other cells:
 
-    score[c] = gate(expression) * own[c] ** w[c] * image[c] ** (1 - w[c])
+    base[c]  = own[c] ** w[c] * image[c] ** (1 - w[c])
+    score[c] = gate(expression) * sigmoid(logit(base[c]) + v[c] * (logit(own[c]) - field mean of logit(own[c])))
+
+The relative term is there because the cell's own probabilities are off in absolute value (the
+head was trained on whole fields, not on one cell) but still rank the cells of one field; used
+relatively they keep the image's calibration across fields. A field of one cell keeps ``base``.
 
 ``gate(e) = min(1, e / EXPRESSION_FULL)``: a cell with a fraction ``EXPRESSION_FULL`` of the
 field's strongest signal or more counts as fully expressing, one without signal above the
 background scores 0. ``w`` is ``OWN_WEIGHT_FILLING`` for the classes that fill a compartment
-(``FILLING_CLASSES``) and ``OWN_WEIGHT_OTHER`` for the others. The constants were chosen on one
+(``FILLING_CLASSES``) and ``OWN_WEIGHT_OTHER`` for the others; ``v`` likewise
+``RELATIVE_WEIGHT_FILLING`` and ``RELATIVE_WEIGHT_OTHER``. The constants were chosen on one
 synthetic set (seed 101) and the figures are reported on another (seed 102); README "Single cells".
 
 The other answers stay available (``protloc cells --per-cell``): ``own``, ``image`` (the weak
@@ -33,18 +40,23 @@ from protloc.errors import ProtlocError
 
 SCORINGS = ("combined", "own", "image", "geometric-mean")
 DEFAULT_SCORING = "combined"
-# Chosen on the synthetic set of seed 101 (benchmarks/results/cells-map-selection.md: the grid's
-# best; with the model measured there the cell's own probabilities got weight 0 for every class).
-EXPRESSION_FULL = 0.3
+# --- chosen constants: written by `python -m protloc.bench.cells --select ... --write-constants` ---
+# Chosen on /tmp/cm/S101 (drawn masks), model /work/cache/synth2-demo-e25/model.pt:
+# per-cell mAP 0.6890, the grid's best (benchmarks/results/cells-map-selection.md).
+EXPRESSION_FULL = 0.5
 OWN_WEIGHT_FILLING = 0.0
 OWN_WEIGHT_OTHER = 0.0
+RELATIVE_WEIGHT_FILLING = 0.0
+RELATIVE_WEIGHT_OTHER = 0.0
+# --- end of chosen constants ---
 # Classes whose pattern fills a compartment every cell has (one cell's average samples it well).
 FILLING_CLASSES = frozenset({"Cytosol", "Nucleus", "Endoplasmic reticulum", "Mitochondria"})
 # The canonical sample's protein channel (nucleus, microtubules, ER, protein).
 PROTEIN_CHANNEL = 3
 
 DESCRIPTIONS = {
-    "combined": "expression gate x own^w x image^(1-w) (protloc.cells.scoring)",
+    "combined": "expression gate x own^w x image^(1-w), moved by the cell's own evidence relative to its field "
+                "(protloc.cells.scoring)",
     "own": "the cell's own",
     "image": "its image's (every cell of an image alike)",
     "geometric-mean": "geometric mean of the cell's and its image's",
@@ -89,16 +101,35 @@ def own_weights(classes) -> np.ndarray:
                     np.float64)
 
 
+def relative_weights(classes) -> np.ndarray:
+    return np.array([RELATIVE_WEIGHT_FILLING if name in FILLING_CLASSES else RELATIVE_WEIGHT_OTHER
+                     for name in classes], np.float64)
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    # kept finite: a saturated head gives exact 0 and 1 in float32
+    p = np.clip(p, 1e-6, 1.0 - 1e-6)
+    return np.log(p) - np.log1p(-p)
+
+
 def combine(own: np.ndarray, image: np.ndarray, expression: np.ndarray, classes, *,
-            expression_full: float | None = EXPRESSION_FULL, weights: np.ndarray | None = None) -> np.ndarray:
-    """The default per-cell answer [n, classes] (module docstring); ``expression_full`` None: no gate."""
+            expression_full: float | None = EXPRESSION_FULL, weights: np.ndarray | None = None,
+            relative: np.ndarray | None = None) -> np.ndarray:
+    """The default per-cell answer [n, classes] of ONE field's cells (module docstring: the relative
+    term compares each cell with the other cells passed together); ``expression_full`` None: no gate."""
     weights = own_weights(classes) if weights is None else np.asarray(weights, np.float64)
+    relative = relative_weights(classes) if relative is None else np.asarray(relative, np.float64)
     own = np.clip(np.asarray(own, np.float64), 1e-12, 1.0)
     image = np.clip(np.asarray(image, np.float64), 1e-12, 1.0)[None, :]
     expression = np.asarray(expression, np.float64)
     gate = (np.ones_like(expression) if expression_full is None
             else np.minimum(1.0, expression / expression_full))[:, None]
-    return (gate * own**weights * image ** (1.0 - weights)).astype(np.float32)
+    base = own**weights * image ** (1.0 - weights)
+    if len(own) and np.any(relative != 0):
+        own_logit = _logit(own)
+        shift = relative * (own_logit - own_logit.mean(axis=0, keepdims=True))
+        base = 1.0 / (1.0 + np.exp(-(_logit(base) + shift)))
+    return (gate * base).astype(np.float32)
 
 
 def cell_scores(predictions, classes, scoring: str = DEFAULT_SCORING) -> np.ndarray:
