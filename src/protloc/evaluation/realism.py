@@ -149,12 +149,14 @@ def on_real(predictor, real: RealSet, real_pixel_size: float, network_pixel_size
     return result, probs
 
 
+TITLES = {"published_on_synthetic": "published weights on synthetic",
+          "trained_on_real": "synthetic-trained on real", "published_on_real": "published weights on real"}
+
+
 def markdown(results: dict) -> str:
     """The realism tables: per-class AUC of each measurement side by side."""
     parts = [key for key in ("published_on_synthetic", "trained_on_real", "published_on_real") if key in results]
-    titles = {"published_on_synthetic": "published weights on synthetic",
-              "trained_on_real": "synthetic-trained on real", "published_on_real": "published weights on real"}
-    header = ["class"] + [titles[p] for p in parts]
+    header = ["class"] + [TITLES[p] for p in parts]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
 
     def cell(entry: dict, real: bool) -> str:
@@ -181,7 +183,7 @@ def markdown(results: dict) -> str:
     for p in ("trained_on_real", "published_on_real"):
         if p in results:
             r = results[p]
-            notes.append(f"{titles[p]}: {r['samples']} real fields at {r['real_pixel_size_um']} µm/px rescaled "
+            notes.append(f"{TITLES[p]}: {r['samples']} real fields at {r['real_pixel_size_um']} µm/px rescaled "
                          f"x{r['rescale_factor']:g} to {r['network_pixel_size_um']} µm/px; (n) = positive real "
                          "fields per class after mapping Kaggle's 28 classes onto the 13 "
                          f"({r.get('mapping', MAPPING)}; {len(r.get('left_out', []))} fields left without a mapped class).")
@@ -201,7 +203,7 @@ def plot(path: Path, results: dict) -> None:
     xs = np.arange(len(HPA13.classes))
     for j, p in enumerate(parts):
         values = [results[p]["classes"][c]["auc"] or 0.0 for c in HPA13.classes]
-        ax.bar(xs + (j - (len(parts) - 1) / 2) * width, values, width, label=p.replace("_", " "))
+        ax.bar(xs + (j - (len(parts) - 1) / 2) * width, values, width, label=TITLES[p])
     ax.axhline(0.5, color="grey", lw=0.8, ls=":")
     ax.axhline(0.75, color="black", lw=0.8, ls="--")
     ax.set_xticks(xs, HPA13.classes, rotation=35, ha="right", fontsize=8)
