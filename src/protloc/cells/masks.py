@@ -56,21 +56,7 @@ def read_label_image(path: str | Path) -> np.ndarray:
     except Exception as exc:  # decoders raise many types
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(f"unreadable mask {path.name}: {reason}") from None
-    array = np.squeeze(array)
-    if array.ndim != 2:
-        raise DataError(f"{path.name}: a label image must be one plane, got shape {list(array.shape)}")
-    if array.dtype.kind == "b":
-        array = array.astype(np.int32)
-    if array.dtype.kind == "f":
-        if not np.all(np.isfinite(array)) or not np.all(array == np.round(array)):
-            raise DataError(f"{path.name}: cell ids must be whole numbers")
-    elif array.dtype.kind not in "iu":
-        raise DataError(f"{path.name}: unsupported mask type {array.dtype}")
-    if array.size and array.min() < 0:
-        raise DataError(f"{path.name}: negative cell ids")
-    if array.size and array.max() > np.iinfo(np.int32).max:
-        raise DataError(f"{path.name}: cell ids above 2^31")
-    return array.astype(np.int32)
+    return checked_label_ids(array, path.name)
 
 
 def read_masks(folder: str | Path, image_id: str, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray | None]:
@@ -138,3 +124,23 @@ def write_label_image(path: str | Path, labels: np.ndarray) -> Path:
 
     Image.fromarray(labels.astype(np.uint16)).save(path)
     return path
+
+
+def checked_label_ids(array: np.ndarray, where: str) -> np.ndarray:
+    """A label image of non-negative whole-number ids as int32 (booleans and whole floats accepted),
+    else a DataError naming ``where``: every mask reader's one check."""
+    array = np.squeeze(array)
+    if array.ndim != 2:
+        raise DataError(f"{where}: a label image must be one plane, got shape {list(array.shape)}")
+    if array.dtype.kind == "b":
+        array = array.astype(np.int32)
+    if array.dtype.kind == "f":
+        if not np.all(np.isfinite(array)) or not np.all(array == np.round(array)):
+            raise DataError(f"{where}: cell ids must be whole numbers")
+    elif array.dtype.kind not in "iu":
+        raise DataError(f"{where}: unsupported mask type {array.dtype}")
+    if array.size and array.min() < 0:
+        raise DataError(f"{where}: negative cell ids")
+    if array.size and array.max() > np.iinfo(np.int32).max:
+        raise DataError(f"{where}: cell ids above 2^31")
+    return array.astype(np.int32)

@@ -13,23 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
+from protloc.cells.masks import checked_label_ids
 from protloc.errors import DataError, ProtlocError
 
 CELL_NAMES = ("cells", "cell", "cellmask", "cell_mask", "cell-mask", "cell_masks", "cellmasks", "cell_labels")
 NUCLEI_NAMES = ("nuclei", "nucleus", "nucleimask", "nuclei_mask", "nuclei-mask", "nuclear", "nuclei_labels")
-
-
-def _check_ids(array: np.ndarray, where: str) -> np.ndarray:
-    array = np.squeeze(array)
-    if array.ndim != 2:
-        raise DataError(f"{where}: a label image must be one plane, got shape {list(array.shape)}")
-    if array.dtype.kind not in "iu":
-        raise DataError(f"{where}: cell ids must be integers, got {array.dtype}")
-    if array.size and array.min() < 0:
-        raise DataError(f"{where}: negative cell ids")
-    if array.size and array.max() > np.iinfo(np.int32).max:
-        raise DataError(f"{where}: cell ids above 2^31")
-    return array.astype(np.int32)
 
 
 class ZarrLabels:
@@ -79,7 +67,7 @@ class ZarrLabels:
             raise DataError(f"{where}: not an NGFF label image ({type(exc).__name__}: {exc})") from None
         except Exception as exc:  # a missing or damaged chunk
             raise DataError(f"{where}: unreadable ({type(exc).__name__}: {exc})".splitlines()[0]) from None
-        labels = _check_ids(array, where)
+        labels = checked_label_ids(array, where)
         if labels.shape != tuple(shape):
             raise DataError(f"{where} is {labels.shape[0]}x{labels.shape[1]} but the image is {shape[0]}x{shape[1]}")
         return labels
