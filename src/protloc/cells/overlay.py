@@ -19,6 +19,11 @@ _PALETTE = [
 NO_CLASS = (255, 255, 255)
 
 
+def class_colours(classes) -> dict:
+    """Each class's outline colour (RGB), the same in every overlay and on the web page's legend."""
+    return {name: _PALETTE[i % len(_PALETTE)] for i, name in enumerate(classes)}
+
+
 def _stretch(plane: np.ndarray) -> np.ndarray:
     low, high = np.percentile(plane[::2, ::2], (1.0, 99.8))
     return np.clip((plane - low) / max(float(high - low), 1e-6), 0.0, 1.0)
@@ -59,7 +64,7 @@ def outline_overlay(
 
 def class_overlay(image, cells, nuclei, top_classes: list[str | None], classes: list[str]) -> np.ndarray:
     """Outlines coloured by each cell's top class (white: no class above its threshold), with a legend."""
-    colour_of = {name: _PALETTE[i % len(_PALETTE)] for i, name in enumerate(classes)}
+    colour_of = class_colours(classes)
     rgb = outline_overlay(image, cells, nuclei, [colour_of.get(c, NO_CLASS) if c else NO_CLASS for c in top_classes])
     present = [c for c in classes if c in set(top_classes)]
     return _with_legend(rgb, [(c, colour_of[c]) for c in present] + [("no class", NO_CLASS)])

@@ -260,18 +260,11 @@ def colour_classes(cells: list[dict], classes: list[str]) -> dict[int, str | Non
     return chosen
 
 
-def class_colours(classes: list[str]) -> dict[str, tuple[int, int, int]]:
-    """The colour of each class in the overlays (``protloc.cells.overlay``'s palette, in class order)."""
-    from protloc.cells.overlay import _PALETTE
-
-    return {name: _PALETTE[i % len(_PALETTE)] for i, name in enumerate(classes)}
-
-
 def render_overlay(image: np.ndarray, labels: np.ndarray, record: db.CellResult, classes: list[str],
                    factor: int, path: Path) -> None:
     """The cell outlines over the composite at display size, coloured by class (the page gives the
     legend: drawn into a small picture it would hide the cells)."""
-    from protloc.cells.overlay import NO_CLASS, outline_overlay
+    from protloc.cells.overlay import NO_CLASS, class_colours, outline_overlay
     from protloc.web.renders import _save_atomically, shrink
 
     small = shrink(image, factor).astype(np.float32, copy=False)

@@ -21,7 +21,8 @@ def cells_context(data: dict) -> dict:
     """What the result page's cell section draws: each cell with its outline colour, and the area of
     the field the display-size overlay covers (its SVG coordinates are the field's pixels)."""
     from protloc.cells.overlay import NO_CLASS
-    from protloc.web.cells import class_colours, colour_classes
+    from protloc.cells.overlay import class_colours
+    from protloc.web.cells import colour_classes
     from protloc.web.renders import display_factor
 
     classes = data.get("classes", [])
