@@ -96,7 +96,7 @@ def count_network_passes(monkeypatch) -> list[tuple[int, ...]]:
     original = FastGapNetPL._blocks
 
     def counted(self, x):
-        if threading.current_thread().name == "protloc-prediction-worker":
+        if threading.current_thread().name.startswith("protloc-prediction-worker"):
             passes.append(tuple(x.shape))
         return original(self, x)
 

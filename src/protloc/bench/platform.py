@@ -9,7 +9,9 @@ them, so a change of load on a shared machine hits them alike. Measured (issue 1
 
 * ``field``: one real 2048² HPA field (four JPEGs) from the POST to the probabilities, and to the
   result page with every picture loaded (six connections, as a browser);
-* ``throughput``: 1024² uploads with several clients, requests per second;
+* ``throughput``: 1024² uploads with several clients, requests per second: the centre of the real
+  field as one four-plane TIFF stating its pixel size (a field with cells, as a lab uploads; random
+  noise, where segmentation finds hundreds of fragments, only without ../shared or with --quick);
 * ``list``: 200 concurrent ``GET /api/v1/predictions``, latency percentiles;
 * ``memory``: the server's resident memory over rounds of 50 uploads (settled after each round).
 """
@@ -29,8 +31,9 @@ import numpy as np
 
 from protloc.bench.common import Progress, Settings
 
-POLL_SECONDS = 0.02  # one client waiting for one field
-THROUGHPUT_POLL_SECONDS = 0.05  # several clients: their polls must not become the server's main load
+# Clients wait with long polls (``?wait=``): answered when the submission is finished, one request
+# instead of one every few tens of milliseconds.
+WAIT_SECONDS = 30
 # With cells on (the default) a GapNet-PL submission's probabilities come from the cells' one
 # whole-image pass; "no cells" is the patch pass alone (``--no-cells``), the platform without cells.
 VARIANTS = {"today (eager pictures, baseline)": ["--render-eagerly"], "probabilities first": [],
@@ -67,13 +70,24 @@ def field_files(tmp: Path, quick: bool) -> tuple[list[tuple[str, bytes]], str]:
     return files, f"synthetic {size}² four JPEGs" + ("" if quick else " (the real field was not found)")
 
 
-def tiff_payload(tmp: Path, size: int) -> bytes:
+def tiff_payload(tmp: Path, size: int, field: np.ndarray | None = None) -> tuple[bytes, str]:
+    """A four-plane TIFF of ``size``²: the centre of the real field (float32 [4, H, W] of 8-bit
+    values, 0.08 µm/px stated in the file's resolution tags), else uniform noise; (bytes, what it is)."""
     import tifffile
 
-    rng = np.random.default_rng(0)
     path = tmp / f"sample-{size}.tif"
+    if field is not None and min(field.shape[1:]) >= size:
+        from protloc.data.pixel_size import HPA_CONFOCAL_PIXEL_SIZE_UM
+
+        top, left = (field.shape[1] - size) // 2, (field.shape[2] - size) // 2
+        crop = field[:, top : top + size, left : left + size].astype(np.uint8)
+        per_cm = 10000.0 / HPA_CONFOCAL_PIXEL_SIZE_UM
+        tifffile.imwrite(path, crop, photometric="minisblack", resolution=(per_cm, per_cm), resolutionunit=3)
+        return path.read_bytes(), (f"{size}² centre of the real field {FIELD_ID}, one four-plane 8-bit TIFF "
+                                   f"({HPA_CONFOCAL_PIXEL_SIZE_UM} µm/px in its resolution tags)")
+    rng = np.random.default_rng(0)
     tifffile.imwrite(path, (rng.random((4, size, size)) * 4000).astype(np.uint16), photometric="minisblack")
-    return path.read_bytes()
+    return path.read_bytes(), f"{size}² four-plane uint16 TIFF of uniform noise"
 
 
 def resident_mib(pid: int) -> float:
@@ -117,19 +131,18 @@ class Server:
             self.process.kill()
 
 
-def predict(client, files: list[tuple[str, bytes]], poll: float = POLL_SECONDS) -> tuple[str, float]:
-    """POST a sample; (id, seconds until GET says done)."""
+def predict(client, files: list[tuple[str, bytes]]) -> tuple[str, float]:
+    """POST a sample; (id, seconds until GET says done: a long poll, answered when it is)."""
     start = time.perf_counter()
     response = client.post("/api/v1/predictions", files=[("files", item) for item in files])
     response.raise_for_status()
     sid = response.json()["id"]
     while True:
-        data = client.get(f"/api/v1/predictions/{sid}").json()
+        data = client.get(f"/api/v1/predictions/{sid}", params={"wait": WAIT_SECONDS}).json()
         if data["status"] == "done":
             return sid, time.perf_counter() - start
         if data["status"] == "failed":
             raise RuntimeError(f"prediction failed: {data['error']}")
-        time.sleep(poll)
 
 
 def page_complete(client, sid: str) -> None:
@@ -199,7 +212,7 @@ def throughput(server, payload: bytes, clients: int, requests: int, httpx) -> di
     def work(count: int) -> None:
         with httpx.Client(base_url=server.url, timeout=600) as client:
             for _ in range(count):
-                _, latency = predict(client, [("sample.tif", payload)], THROUGHPUT_POLL_SECONDS)
+                _, latency = predict(client, [("sample.tif", payload)])
                 with lock:
                     latencies.append(latency)
 
@@ -310,7 +323,8 @@ def platform_section(settings: Settings, progress: Progress) -> dict:
         model, weights = bench_model(settings, tmp)
         files, field = field_files(tmp, quick)
         size = 128 if quick else 1024
-        payload = tiff_payload(tmp, size)
+        image = field_sample(tmp, files)
+        payload, sample = tiff_payload(tmp, size, image if find_field() is not None and not quick else None)
         servers = [Server(name, flags, model, tmp / f"data-{i}") for i, (name, flags) in enumerate(VARIANTS.items())]
         load_start = os.getloadavg()[0]
         try:
@@ -322,7 +336,6 @@ def platform_section(settings: Settings, progress: Progress) -> dict:
             import protloc
 
             predictor = protloc.load_model(model)
-            image = field_sample(tmp, files)
             field_rows = field_rounds(servers, clients, files, 2 if quick else 3, progress,
                                       reference=lambda: predictor.predict_proba(image))
             del predictor, image
@@ -361,7 +374,7 @@ def platform_section(settings: Settings, progress: Progress) -> dict:
     return {
         "field": field, "weights": weights, "load_average_at_start": round(load_start, 2),
         "field_rows": field_rows,
-        "throughput": {"sample": f"{size}² four-channel uint16 TIFF", "requests_per_level": requests,
+        "throughput": {"sample": sample, "requests_per_level": requests,
                        "baseline_requests_per_level": baseline_requests,
                        "rows": [{"variant": name, "clients": level, **row,
                                  "ratio": round(row["per_s"] / through[base][level]["per_s"], 2)}
@@ -369,12 +382,12 @@ def platform_section(settings: Settings, progress: Progress) -> dict:
         "list": {"concurrent": 20 if quick else 200,
                  "rows": [{"variant": name, **row, "p95_ratio": round(lists[base]["p95_s"] / row["p95_s"], 2)}
                           for name, row in lists.items()]},
-        "memory": {"rounds": rounds, "uploads_per_round": per_round, "sample": f"{size}² TIFF",
+        "memory": {"rounds": rounds, "uploads_per_round": per_round, "sample": sample,
                    "rows": [{"variant": name, **row} for name, row in memory.items()]},
         "worker": stats,
         "image_probabilities": computed,
         "method": "both servers run at once, each `protloc serve` in its own process; measurements alternate between "
-                  f"them; probabilities: POST until GET says done (polled every {POLL_SECONDS * 1000:.0f} ms); page: "
+                  f"them; probabilities: POST until GET says done (long polls, `?wait={WAIT_SECONDS}`); page: "
                   "that, then the result page and all its pictures (6 connections)",
     }
 

@@ -216,8 +216,39 @@ def background_average(maps: tuple[torch.Tensor, ...], sums: np.ndarray, totals:
     return ((everything - sums.sum(axis=0, dtype=np.float64)) / _per_channel(weight, maps))[None].astype(np.float32)
 
 
+@dataclass
+class ImagePass:
+    """GapNet-PL's one forward pass over an image at the model's pixel size, made before its cells are
+    known (so the segmentation can run beside it): the block maps and their global averages. Block 1
+    is the fast path's per-thread workspace: use the pass on the thread that made it, before its next."""
+
+    model_image: np.ndarray
+    scale: float
+    maps: tuple[torch.Tensor, ...]
+    image_embedding: torch.Tensor
+
+
+def image_pass(predictor, image: np.ndarray, pixel_size_um: float | None = None) -> ImagePass:
+    """The forward pass ``predict_cells`` needs, on its own (GapNet-PL models only)."""
+    if not is_gapnet(predictor.network):
+        raise ProtlocError(f"{predictor.model_name} has no global-average head: its cells need their own crops")
+    inferer = predictor.inferer()
+    scale = inferer.scale(pixel_size_um)
+    model_image = inferer.model_input(image, pixel_size_um)
+    network = predictor.network
+    raw = torch.from_numpy(np.ascontiguousarray(model_image, dtype=np.float32))[None].to(predictor.device)
+    was_training = network.training
+    network.eval()
+    try:
+        with torch.no_grad():
+            maps, image_embedding = _maps_and_averages(network, raw)
+    finally:
+        network.train(was_training)
+    return ImagePass(model_image, scale, tuple(m.cpu() for m in maps), image_embedding.cpu())
+
+
 def masked_features(predictor, image: np.ndarray, labels: np.ndarray, cell_ids: np.ndarray,
-                    boxes: list | None = None) -> CellPredictions:
+                    boxes: list | None = None, made: ImagePass | None = None) -> CellPredictions:
     """GapNet-PL: every cell's 224 features and probabilities from one forward pass over the image.
 
     The embedding is the cell's own masked average. The head, trained on fields with empty slide
@@ -226,18 +257,22 @@ def masked_features(predictor, image: np.ndarray, labels: np.ndarray, cell_ids: 
     ``(1 - b) * cell + b * background`` (``b`` the background fraction; 0 for a mask covering the
     whole image, so the image-level answer stays the special case). Measured on synthetic fields
     (README "Single cells"), the mixture separates the cells of a field better than the bare average.
+    ``made``: the image's forward pass, when it was made before (``image_pass``).
     """
     network = predictor.network
     if not is_gapnet(network):
         raise ProtlocError(f"{predictor.model_name} has no global-average head: use crop_probabilities")
-    raw = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None].to(predictor.device)
     background_fraction = float((labels == 0).mean())
     was_training = network.training
     network.eval()
     try:
         with torch.no_grad():
-            maps, image_embedding = _maps_and_averages(network, raw)
-            maps, image_embedding = tuple(m.cpu() for m in maps), image_embedding.cpu()
+            if made is None:
+                raw = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None].to(predictor.device)
+                maps, image_embedding = _maps_and_averages(network, raw)
+                maps, image_embedding = tuple(m.cpu() for m in maps), image_embedding.cpu()
+            else:
+                maps, image_embedding = made.maps, made.image_embedding
             sums, totals = masked_sums(maps, labels, cell_ids, boxes)
             embeddings = (sums / _per_channel(totals, maps)).astype(np.float32)
             head_input = torch.from_numpy(embeddings)
@@ -323,12 +358,13 @@ def labels_on_grid(labels: np.ndarray, shape: tuple[int, int], cell_ids: np.ndar
 
 
 def predict_cells(predictor, image: np.ndarray, labels: np.ndarray, *,
-                  pixel_size_um: float | None = None) -> CellPredictions:
+                  pixel_size_um: float | None = None, made: ImagePass | None = None) -> CellPredictions:
     """Per-cell predictions for the cells of a label image (ids as they are; gaps in ids allowed).
 
     ``pixel_size_um``: the image's µm per pixel. The predictor's one ``Inferer`` brings the image
     to the model's pixel size (``Inferer.model_input``) and the labels follow it onto that grid
-    (``labels_on_grid``); the cells' expression is read on the input's own grid.
+    (``labels_on_grid``); the cells' expression is read on the input's own grid. ``made``: GapNet-PL's
+    forward pass over this image with this pixel size, made before (``image_pass``).
     """
     from protloc.cells.scoring import PROTEIN_CHANNEL, relative_expression
 
@@ -337,12 +373,16 @@ def predict_cells(predictor, image: np.ndarray, labels: np.ndarray, *,
             f"cell mask is {labels.shape[0]}x{labels.shape[1]} but the image is {image.shape[1]}x{image.shape[2]}"
         )
     cell_ids, boxes = cell_boxes(labels)
-    inferer = predictor.inferer()
-    scale = inferer.scale(pixel_size_um)
-    model_image = inferer.model_input(image, pixel_size_um)
+    if made is not None:
+        scale, model_image = made.scale, made.model_image
+    else:
+        inferer = predictor.inferer()
+        scale = inferer.scale(pixel_size_um)
+        model_image = inferer.model_input(image, pixel_size_um)
     model_labels = labels if scale == 1.0 else labels_on_grid(labels, model_image.shape[1:], cell_ids)
     if is_gapnet(predictor.network):
-        result = masked_features(predictor, model_image, model_labels, cell_ids, boxes if scale == 1.0 else None)
+        result = masked_features(predictor, model_image, model_labels, cell_ids, boxes if scale == 1.0 else None,
+                                 made)
     else:
         result = crop_probabilities(predictor, model_image, model_labels, cell_ids)
     result.expression = relative_expression(image[PROTEIN_CHANNEL], labels, cell_ids, boxes)

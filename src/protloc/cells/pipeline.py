@@ -92,21 +92,32 @@ def _cell_geometry(cells: np.ndarray, nuclei: np.ndarray | None, cell_ids: np.nd
 
 def analyse_image(predictor, image: np.ndarray, image_id: str = "image", *, cells: np.ndarray | None = None,
                   nuclei: np.ndarray | None = None, nucleus_diameter: float | None = None,
-                  pixel_size_um: float | None = None) -> ImageCells:
+                  pixel_size_um: float | None = None, segment_beside=None) -> ImageCells:
     """Cells of one canonical sample [4, H, W]: segmented here unless ``cells`` (a label image) is given.
 
     ``pixel_size_um``: the image's µm per pixel; the network then sees it at the model's pixel size
     (``predict_cells``). Masks, centroids and areas stay on the input's pixel grid.
-    ``ImageCells.scores(classes)`` gives the default per-cell answer."""
-    from protloc.cells.features import predict_cells
+    ``ImageCells.scores(classes)`` gives the default per-cell answer.
+    ``segment_beside``: an executor (``concurrent.futures``) that segments while this thread makes
+    GapNet-PL's forward pass, which does not need the cells (the web worker: the two use two cores).
+    The result is the same."""
+    from protloc.cells.features import image_pass, is_gapnet, predict_cells
     from protloc.cells.segmentation import border_cells, segment
 
-    if cells is None:
+    made = None
+    if cells is None and segment_beside is not None and is_gapnet(predictor.network):
+        pending = segment_beside.submit(segment, image, nucleus_diameter)
+        try:
+            made = image_pass(predictor, image, pixel_size_um)
+        finally:
+            segmentation = pending.result()  # (a failed pass is raised after the segmentation is over)
+        cells, nuclei = segmentation.cells, segmentation.nuclei
+    elif cells is None:
         segmentation = segment(image, nucleus_diameter=nucleus_diameter)
         cells, nuclei = segmentation.cells, segmentation.nuclei
     elif cells.shape != image.shape[1:]:
         raise DataError(f"cell mask is {cells.shape[0]}x{cells.shape[1]} but the image is {image.shape[1]}x{image.shape[2]}")
-    predictions = predict_cells(predictor, image, cells, pixel_size_um=pixel_size_um)
+    predictions = predict_cells(predictor, image, cells, pixel_size_um=pixel_size_um, made=made)
     ids = predictions.cell_ids
     flags = border_cells(cells)
     border = flags[ids - 1] if len(ids) else np.zeros(0, dtype=bool)

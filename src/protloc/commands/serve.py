@@ -53,6 +53,9 @@ def register(subparsers) -> None:
     parser.add_argument("--no-cells", action="store_true",
                         help="do not segment the cells of each sample (by default this server's worker finds them "
                         "and predicts each, GapNet-PL models only, needs the cells extra)")
+    parser.add_argument("--lanes", type=int, default=2, metavar="N",
+                        help="worker threads taking submissions side by side: one's forward pass overlaps another's "
+                        "segmentation and bookkeeping (default: %(default)s)")
     parser.add_argument("--render-eagerly", action="store_true",
                         help="draw every full-size picture before a submission is done (the platform before "
                         "probabilities-first; slower, kept for comparison)")
@@ -74,8 +77,9 @@ def settings_from_args(args):
 
     pixel_limit = max_pixels() if args.max_pixels is None else args.max_pixels
     if (args.max_upload_mb <= 0 or args.max_batch_mb <= 0 or pixel_limit <= 0 or args.client_timeout <= 0
-            or args.lease <= 0):
-        raise ProtlocError("--max-upload-mb, --max-batch-mb, --max-pixels, --client-timeout and --lease must be positive")
+            or args.lease <= 0 or args.lanes <= 0):
+        raise ProtlocError("--max-upload-mb, --max-batch-mb, --max-pixels, --client-timeout, --lease and --lanes "
+                           "must be positive")
     tokens = list(args.auth_tokens or [])
     if os.environ.get("PROTLOC_AUTH_TOKEN"):
         tokens.append(os.environ["PROTLOC_AUTH_TOKEN"])
@@ -94,6 +98,7 @@ def settings_from_args(args):
         eager_render=args.render_eagerly,
         lease_seconds=args.lease,
         cells=not args.no_cells,
+        lanes=args.lanes,
     )
 
 

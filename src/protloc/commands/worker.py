@@ -35,6 +35,8 @@ def register(subparsers) -> None:
     parser.add_argument("--no-cells", action="store_true",
                         help="do not segment the cells of each sample (by default: cells and their probabilities "
                         "are stored with the sample's, GapNet-PL models only)")
+    parser.add_argument("--lanes", type=int, default=2, metavar="N",
+                        help="threads taking submissions side by side (default: %(default)s)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     parser.set_defaults(handler=run)
@@ -50,8 +52,8 @@ def run(args) -> int:
     from protloc.web.storage import BlobStore
     from protloc.web.worker import PredictionWorker
 
-    if args.lease <= 0 or args.poll <= 0 or args.max_batch_patches <= 0:
-        raise ProtlocError("--lease, --poll and --max-batch-patches must be positive")
+    if args.lease <= 0 or args.poll <= 0 or args.max_batch_patches <= 0 or args.lanes <= 0:
+        raise ProtlocError("--lease, --poll, --max-batch-patches and --lanes must be positive")
     data_dir = Path(args.data_dir)
     if not (data_dir / "blobs").is_dir():
         raise ProtlocError(f"{data_dir} is not a protloc data folder (no blobs/ in it); give the server's --data-dir")
@@ -64,7 +66,7 @@ def run(args) -> int:
     predictors = load_predictors(list(args.models or ["pretrained"]), args.device)
     jobs = DatabaseJobs(sessions, "", lease_seconds=args.lease, poll_seconds=args.poll)
     worker = PredictionWorker(predictors, sessions, BlobStore(data_dir), max_batch_patches=args.max_batch_patches,
-                              jobs=jobs, cells=not args.no_cells)
+                              jobs=jobs, cells=not args.no_cells, lanes=args.lanes)
     signal.signal(signal.SIGTERM, lambda *_: worker.stop(timeout=0))
     print(f"protloc worker {worker.name}: models {', '.join(predictors)}, database {sessions.kw['bind'].url!r}, "
           f"data in {data_dir}, lease {args.lease:g} s", file=sys.stderr, flush=True)

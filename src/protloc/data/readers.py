@@ -199,10 +199,13 @@ def _canonical_from_hwc(array: np.ndarray, order: tuple[str, ...], name: str) ->
     if array.shape[1] == 0 or array.shape[2] == 0:
         raise DataError(f"{name}: empty image of shape {array.shape}")
     source = {channel: i for i, channel in enumerate(order)}
-    out = np.stack([array[source[channel]] for channel in CHANNELS]).astype(np.float32, copy=False)
-    if not np.isfinite(out).all():
+    # Each plane converted straight into the result (no stacked copy in the source type first).
+    out = np.empty((len(CHANNELS), *array.shape[1:]), dtype=np.float32)
+    for k, channel in enumerate(CHANNELS):
+        out[k] = array[source[channel]]
+    if array.dtype.kind == "f" and not np.isfinite(out).all():  # whole numbers are always finite
         raise DataError(f"{name}: contains NaN or infinite values")
-    return np.ascontiguousarray(out)
+    return out
 
 
 def read_npz_sample(path: str | Path, max_pixels: int | None = None) -> np.ndarray:

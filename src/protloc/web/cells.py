@@ -17,6 +17,7 @@ import logging
 import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -116,12 +117,28 @@ def outlines(labels: np.ndarray, cell_ids, factor: int) -> dict[int, list[list[i
 class CellsStage:
     """The worker's cell step; ``enabled=False`` is ``--no-cells`` (no row is written at all)."""
 
-    def __init__(self, store, enabled: bool = True) -> None:
+    def __init__(self, store, enabled: bool = True, segmenters: int = 1) -> None:
         self.store = store
         self.enabled = enabled
         self.missing = missing_extra() if enabled else None
         if self.missing:
             log.warning("cells are off: %s", self.missing)
+        # Segmentation runs here while the worker's lane makes the forward pass (one per lane).
+        self._segmenters = segmenters
+        self._beside: ThreadPoolExecutor | None = None
+        self._beside_lock = threading.Lock()
+
+    def segment_beside(self) -> ThreadPoolExecutor:
+        with self._beside_lock:
+            if self._beside is None:
+                self._beside = ThreadPoolExecutor(self._segmenters, thread_name_prefix="protloc-segmentation")
+            return self._beside
+
+    def close(self) -> None:
+        with self._beside_lock:
+            if self._beside is not None:
+                self._beside.shutdown(wait=False, cancel_futures=True)
+                self._beside = None
 
     def one_pass(self, predictor) -> bool:
         """Whether this stage gives the submission's probabilities too: cells on and a GapNet-PL, whose
@@ -170,7 +187,8 @@ class CellsStage:
             from protloc.cells.pipeline import analyse_image, cell_rows
             from protloc.web.renders import display_factor
 
-            analysed = analyse_image(predictor, image, submission_id, pixel_size_um=pixel_size_um)
+            analysed = analyse_image(predictor, image, submission_id, pixel_size_um=pixel_size_um,
+                                     segment_beside=self.segment_beside())
             probabilities = np.asarray(analysed.predictions.image_probabilities, np.float32)
             rows = cell_rows(analysed, predictor)
             polygons = outlines(analysed.cells, [r["cell_id"] for r in rows],

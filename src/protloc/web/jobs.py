@@ -1,7 +1,7 @@
 """Where a worker's jobs come from: a queue in memory (one process) or claims in the database (many).
 
-``MemoryJobs``: the web server puts each new submission's id on an in-process queue; its one worker
-thread takes them (SQLite on one machine, the default). ``DatabaseJobs``: any number of ``protloc
+``MemoryJobs``: the web server puts each new submission's id on an in-process queue; its worker
+threads (lanes) take them (SQLite on one machine, the default). ``DatabaseJobs``: any number of ``protloc
 worker`` processes, on any machines that reach the database, claim queued submissions themselves:
 ``SELECT ... FOR UPDATE SKIP LOCKED`` on PostgreSQL (two workers never wait for, nor take, the same
 rows), a conditional ``UPDATE`` on SQLite (whose writers take turns). A claim is a lease: the worker
@@ -67,6 +67,7 @@ class MemoryJobs:
         except queue.Empty:
             return []
         if first is STOP:
+            self.queue.put(STOP)  # for the worker's other lanes
             return None
         ids, deadline = [first], time.monotonic() + linger
         while len(ids) < most:

@@ -33,6 +33,7 @@ from protloc.web.archives import shared_sample_id
 from protloc.web.cells import probabilities_view
 from protloc.web.cells import summary as cells_summary
 from protloc.web.exports import results_csv, spreadsheet_safe  # noqa: F401  (their home before exports.py)
+from protloc.web.completion import RECHECK_SECONDS, Completions
 from protloc.web.jobs import DatabaseJobs
 from protloc.web.listing import Coalesced, FinishedItems, filtered, list_json, submission_json
 from protloc.web.pictures import Activity
@@ -97,6 +98,7 @@ class WebSettings:
     expert_study: Path | None = None  # an expert-study folder: its annotation pages are mounted at /expert
     expert_db_url: str | None = None  # its answer database (default: the study's own)
     cells: bool = True  # this server's worker segments each sample and predicts its cells (protloc.web.cells)
+    lanes: int = 2  # worker threads taking jobs side by side (protloc.web.worker)
 
     @property
     def auth_enabled(self) -> bool:
@@ -153,11 +155,13 @@ class Platform:
         postgres = self.sessions.kw["bind"].dialect.name == "postgresql"
         jobs = DatabaseJobs(self.sessions, "", lease_seconds=settings.lease_seconds) if postgres else None
         self.activity = Activity()  # HTTP requests in flight: the worker's pictures wait for quiet
+        # Long polls: this process's worker announces what it finishes; other processes' cannot.
+        self.completions = Completions(None if settings.run_worker and not postgres else RECHECK_SECONDS)
         self.worker = PredictionWorker(
             self.predictors, self.sessions, self.store,
             max_batch_patches=settings.max_batch_patches, linger_seconds=settings.linger_seconds,
             jobs=jobs, eager_render=settings.eager_render, renderer=self.renderer, activity=self.activity,
-            cells=settings.cells,
+            cells=settings.cells, lanes=settings.lanes, on_finished=self.completions.announce,
         )
         self.batches = Batches(self)
         self.finished_items = FinishedItems()
@@ -366,6 +370,14 @@ class Platform:
         if item is None:  # another's is as absent as none: 404
             raise NotFound(f"no submission {submission_id!r}")
         return item
+
+    async def submission_json_when_finished(self, submission_id: str, viewer: Viewer | None, wait: float) -> bytes:
+        """``submission_json`` once the submission is done or failed, or after ``wait`` seconds."""
+        def look() -> tuple[bytes, bool]:
+            answer = self.submission_json(submission_id, viewer)
+            return answer, self.finished_items.get(submission_id) is not None  # only finished ones are kept
+
+        return await self.completions.wait(submission_id, wait, look)
 
     def submission_image(self, submission_id: str, name: str, viewer: Viewer | None = None, full: bool = False) -> Path:
         """A picture of a finished submission: cached, or drawn now (display size unless ``full``)."""

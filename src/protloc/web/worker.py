@@ -1,4 +1,4 @@
-"""The prediction worker: one thread that owns the networks and batches patches across submissions.
+"""The prediction worker: threads ("lanes") that share the networks and batch patches across submissions.
 
 Requests only write a submission row and hand its id over, so the event loop never waits for a
 network. The worker takes jobs from ``protloc.web.jobs`` (an in-memory queue in the web server's own
@@ -11,6 +11,11 @@ One network pass per sample: with cells on and a GapNet-PL model, the sample's p
 the ``image_probabilities`` of the whole-image pass that gives its cells (``protloc.web.cells``,
 ``CellsStage.compute_with_probabilities``), so no patch pass is made for it; other networks and
 ``cells=False`` keep the batched covering patches. ``Result.probabilities_from`` records which.
+
+Lanes: ``lanes`` threads take jobs side by side (default 2). A sample's work is not all in the
+network: its segmentation, cell features, label image and bookkeeping run on one core, so on a
+machine of two cores one lane's forward pass runs while the other lane does the rest of its sample
+(issue 15's 1024² upload throughput); a lone submission still gets every core for its forward pass.
 
 Probabilities first: the result and the ``done`` status are committed as soon as the probabilities
 are known, together with the sample's cells (``protloc.web.cells``; off with ``cells=False``). The
@@ -32,6 +37,7 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -46,6 +52,9 @@ log = logging.getLogger("protloc.web.worker")
 # Decoded samples the web server hands to the worker of its own process, so it need not decode the
 # stored files again; a few only (a 2048² field is 64 MB).
 MAX_HANDED_OVER = 4
+
+
+DEFAULT_LANES = 2
 
 
 @dataclass
@@ -63,7 +72,20 @@ class WorkerStats:
     started_at: float = field(default_factory=time.time)
 
     def to_dict(self) -> dict:
-        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
+        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in self.__dict__.items()
+                if not k.startswith("_")}
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def add(self, **amounts) -> None:
+        """Counts added from any lane (``max_samples_per_pass`` keeps the largest)."""
+        with self._lock:
+            for name, amount in amounts.items():
+                if name == "max_samples_per_pass":
+                    self.max_samples_per_pass = max(self.max_samples_per_pass, amount)
+                else:
+                    setattr(self, name, getattr(self, name) + amount)
 
 
 def batched_probabilities(predictor, images: list[np.ndarray], max_batch_patches: int, stats: WorkerStats | None = None,
@@ -73,9 +95,7 @@ def batched_probabilities(predictor, images: list[np.ndarray], max_batch_patches
 
     def count(patches: int, samples: int) -> None:
         if stats is not None:
-            stats.forward_passes += 1
-            stats.patches += patches
-            stats.max_samples_per_pass = max(stats.max_samples_per_pass, samples)
+            stats.add(forward_passes=1, patches=patches, max_samples_per_pass=samples)
 
     inferer = predictor.inferer(batch_size=max(1, max_batch_patches), precision="fp32", on_pass=count)
     return inferer.predict_many(images, pixel_sizes)  # each image rescaled to the model's pixel size
@@ -117,7 +137,11 @@ class PredictionWorker:
         renderer: Renderer | None = None,
         cells: bool = True,
         activity: Activity | None = None,
+        lanes: int = DEFAULT_LANES,
+        on_finished=None,
     ) -> None:
+        if lanes < 1:
+            raise ValueError(f"a worker needs at least one lane, got {lanes}")
         self.predictors = predictors
         self.sessions = sessions
         self.store = store
@@ -131,23 +155,28 @@ class PredictionWorker:
             self.jobs.model_keys = list(predictors)
         self.eager_render = eager_render
         self.renderer = renderer or Renderer(predictors, sessions, store)
-        self.cells = CellsStage(store, enabled=cells)
+        self.cells = CellsStage(store, enabled=cells, segmenters=lanes)
         self.stats = WorkerStats()
         # Pictures in a thread of their own, drawn when neither predictions nor requests are waiting.
         self.pictures = IdlePictures(self.renderer, busy=self.busy, activity=activity, on_drawn=self._count_drawn)
         self._handed: collections.OrderedDict = collections.OrderedDict()
-        self._held: list[str] = []
+        self.lanes = lanes
+        self.on_finished = on_finished  # called with each id done or failed here (long polls wake on it)
+        self._held: dict[int, list[str]] = {}  # lane -> the ids it holds
         self._lock = threading.Lock()
         self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self._heartbeat: threading.Thread | None = None
 
     # -- life cycle -------------------------------------------------------------------------------
     def start(self) -> int:
         """Requeue what a previous process left unfinished, then start the thread; returns the count."""
         rerun = self.recover_unfinished()
-        self._thread = threading.Thread(target=self._run, name="protloc-prediction-worker", daemon=True)
-        self._thread.start()
+        self._torch_threads = torch.get_num_threads()
+        self._threads = [threading.Thread(target=self._run, args=(lane,), name=f"protloc-prediction-worker-{lane}",
+                                          daemon=True) for lane in range(self.lanes)]
+        for thread in self._threads:
+            thread.start()
         if not self.eager_render:
             self.pictures.start()
         if isinstance(self.jobs, DatabaseJobs):
@@ -158,22 +187,25 @@ class PredictionWorker:
     def stop(self, timeout: float = 30.0) -> None:
         self._stopping.set()
         self.jobs.stop()
-        if self._thread is not None and self._thread.is_alive():
-            self._thread.join(timeout)
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            if thread.is_alive():
+                thread.join(max(0.0, deadline - time.monotonic()))
         self.pictures.stop(timeout)
+        self.cells.close()
 
     def run_forever(self) -> None:
         """``protloc worker``: work until stopped (Ctrl+C or SIGTERM finish the batch in hand first)."""
         self.start()
         try:
             while self.alive:
-                self._thread.join(0.5)
+                self._threads[0].join(0.5)
         finally:
             self.stop()
 
     @property
     def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return any(thread.is_alive() for thread in self._threads)
 
     def recover_unfinished(self) -> int:
         count = self.jobs.recover()
@@ -194,26 +226,36 @@ class PredictionWorker:
 
     def busy(self) -> bool:
         """Predictions in hand or queued here (pictures wait for them)."""
-        return bool(self._held) or (isinstance(self.jobs, MemoryJobs) and self.jobs.pending() > 0)
+        return any(self._held.values()) or (isinstance(self.jobs, MemoryJobs) and self.jobs.pending() > 0)
 
     def _count_drawn(self) -> None:
-        self.stats.rendered += 1
+        self.stats.add(rendered=1)
 
     def _renew_leases(self) -> None:
         interval = max(0.2, self.jobs.lease.total_seconds() / 3)
         while not self._stopping.wait(interval):
             with self._lock:
-                held = list(self._held)
+                held = [i for ids in self._held.values() for i in ids]
             try:
                 self.jobs.renew(held)
             except Exception as exc:  # the database is away for a moment: the next beat tries again
                 log.warning("cannot renew the lease of %d submission(s): %s", len(held), _one_line(exc))
 
     # -- the loop -----------------------------------------------------------------------------------
-    def _run(self) -> None:
+    def _take_at_most(self) -> int:
+        """One sample per take when every model runs one pass per sample (nothing to batch): a
+        waiting sample then goes to the next free lane instead of queueing behind its batch-mate."""
+        one_pass = all(self.cells.one_pass(p) for p in self.predictors.values())
+        return 1 if one_pass and self.lanes > 1 else self.max_samples
+
+    def _run(self, lane: int = 0) -> None:
+        if self.lanes > 1:
+            # The cores shared out between the lanes (torch's thread count is per thread): two forward
+            # passes of two threads each on two cores spend more than they gain waiting for each other.
+            torch.set_num_threads(max(1, self._torch_threads // self.lanes))
         while not self._stopping.is_set():
             try:
-                ids = self.jobs.take(self.max_samples, self.linger_seconds, 1.0)
+                ids = self.jobs.take(self._take_at_most(), self.linger_seconds, 1.0)
             except Exception as exc:
                 log.error("cannot take jobs: %s", _one_line(exc))
                 self._stopping.wait(1.0)
@@ -222,17 +264,23 @@ class PredictionWorker:
                 return
             if ids:
                 started = time.monotonic()
-                self._process(ids)
-                self.stats.busy_seconds += time.monotonic() - started
+                self._process(ids, lane)
+                self.stats.add(busy_seconds=time.monotonic() - started)
                 if not self.busy():  # ~10 ms a call: once the queue is empty, not after every batch
                     release_memory()
 
     def _fail(self, submission_id: str, reason: str) -> None:
-        self.stats.failures += 1
+        self.stats.add(failures=1)
         with self.sessions.begin() as session:
             row = session.get(db.Submission, submission_id)
             if row is not None and row.status == db.RUNNING and row.worker == self.name:
                 row.status, row.error, row.finished_at, row.lease_until = db.FAILED, reason, db.utcnow(), None
+        self._announce([submission_id])
+
+    def _announce(self, ids) -> None:
+        if self.on_finished is not None:
+            for submission_id in ids:
+                self.on_finished(submission_id)
 
     def _fail_unfinished(self, ids: list[str], reason: str) -> int:
         """Rows this worker claimed and left ``running``: failed with the reason, not left for a restart."""
@@ -243,13 +291,15 @@ class PredictionWorker:
             ).all()
             for row in rows:
                 row.status, row.error, row.finished_at, row.lease_until = db.FAILED, reason, db.utcnow(), None
-        self.stats.failures += len(rows)
+            failed = [row.id for row in rows]
+        self.stats.add(failures=len(failed))
+        self._announce(failed)
         return len(rows)
 
-    def _process(self, ids: list[str]) -> None:
+    def _process(self, ids: list[str], lane: int = 0) -> None:
         """Never lets one bad batch kill the worker, and never leaves a claimed row ``running``."""
         with self._lock:
-            self._held = list(ids)
+            self._held[lane] = list(ids)
         try:
             with self.sessions() as session:
                 rows = session.scalars(select(db.Submission).where(db.Submission.id.in_(ids))).all()
@@ -262,7 +312,7 @@ class PredictionWorker:
                 log.error("cannot mark the batch's submissions failed: %s", _one_line(again))
         finally:
             with self._lock:
-                self._held = []
+                self._held.pop(lane, None)
                 for submission_id in ids:
                     self._handed.pop(submission_id, None)
 
@@ -296,8 +346,7 @@ class PredictionWorker:
         try:
             pixel_size = stored_pixel_size(self.store, row.files, image)
             probs, cells = self.cells.compute_with_probabilities(predictor, row.id, image, pixel_size)
-            self.stats.forward_passes += 1
-            self.stats.max_samples_per_pass = max(self.stats.max_samples_per_pass, 1)
+            self.stats.add(forward_passes=1, max_samples_per_pass=1)
             self._finish(predictor, row, image, probs, time.monotonic() - started, cells, WHOLE_IMAGE)
         except Exception as exc:  # this sample only; the others of the batch go on
             log.error("predicting %s failed: %s", row.id, _one_line(exc), exc_info=True)
@@ -349,7 +398,7 @@ class PredictionWorker:
                 .execution_options(synchronize_session=False)
             ).rowcount
             if owned != 1:
-                self.stats.lost_leases += 1
+                self.stats.add(lost_leases=1)
                 log.warning("%s: lease lost to another worker; this worker's result is dropped", row.id)
                 return
             for table in (db.Result, db.CellResult):  # a rerun replaces what an earlier run stored
@@ -374,7 +423,8 @@ class PredictionWorker:
                     probabilities_from=probabilities_from,
                 )
             )
-        self.stats.samples += 1
+        self.stats.add(samples=1)
+        self._announce([row.id])
         log.info("done %s", row.id)
         if not self.eager_render:
             self.renderer.remember(row.id, image)

@@ -19,6 +19,7 @@ from protloc import __version__
 from protloc.data.channels import CHANNELS
 from protloc.web import db
 from protloc.web.auth import viewer_of
+from protloc.web.completion import MAX_WAIT_SECONDS
 from protloc.web.service import MAX_OFFSET, MB, Platform, Viewer, owner_of, results_csv
 from protloc.web.storage import ReceivedForm, UploadError, stream_multipart
 
@@ -168,9 +169,16 @@ def api_router(platform: Platform) -> APIRouter:
         return CSVResponse(results_csv(items), headers={"Content-Disposition": 'attachment; filename="protloc-results.csv"'})
 
     @router.get("/api/v1/predictions/{submission_id}", tags=["predictions"], responses=errors(404))
-    def get_prediction(submission_id: str, viewer: Viewer | None = Depends(viewer_of)) -> dict:
+    async def get_prediction(submission_id: str, viewer: Viewer | None = Depends(viewer_of),
+                             wait: float = Query(0.0, ge=0.0, le=MAX_WAIT_SECONDS, description=(
+                                 "seconds to wait for the submission to be done or failed before answering "
+                                 "(a long poll: one request instead of many polls); 0 answers at once"))) -> dict:
         # Polled often: a finished submission's JSON comes from a cache, without a query.
-        return Response(platform.submission_json(submission_id, viewer), media_type="application/json")
+        if not wait:
+            body = await run_in_threadpool(platform.submission_json, submission_id, viewer)
+        else:
+            body = await platform.submission_json_when_finished(submission_id, viewer, wait)
+        return Response(body, media_type="application/json")
 
     @router.get("/api/v1/predictions/{submission_id}/result.json", tags=["predictions"], responses=errors(404))
     def download_json(submission_id: str, viewer: Viewer | None = Depends(viewer_of)) -> dict:

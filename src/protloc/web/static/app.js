@@ -149,13 +149,13 @@ const protloc = (() => {
 
   async function waitFor(id, onStatus) {
     for (;;) {
-      const response = await fetch("/api/v1/predictions/" + id);
+      // A long poll: the server answers as soon as the submission is finished (or after 20 s).
+      const response = await fetch("/api/v1/predictions/" + id + "?wait=20");
       if (!response.ok) throw new Error(await reasonOf(response));
       const data = await response.json();
       if (data.status === "done") return data;
       if (data.status === "failed") throw new Error("prediction failed: " + data.error);
       onStatus(data.status);
-      await new Promise((r) => setTimeout(r, 400));
     }
   }
 
