@@ -47,9 +47,9 @@ def held_back(monkeypatch):
     release = threading.Event()
     original = renders.Renderer.render_all
 
-    def waiting(self, submission_id, image=None):
+    def waiting(self, submission_id, image=None, keep_going=lambda: True):
         release.wait(60)
-        return original(self, submission_id, image)
+        return original(self, submission_id, image, keep_going)
 
     monkeypatch.setattr(renders.Renderer, "render_all", waiting)
     yield release
@@ -127,3 +127,39 @@ def test_shrink_is_a_block_mean():
     assert small.shape == (4, 2, 3)
     assert small[1, 1, 2] == pytest.approx(image[1, 2:4, 4:6].mean())
     assert renders.display_factor(2048, 2048, full=False) == 2 and renders.display_factor(2048, 2048, full=True) == 1
+
+
+def test_a_prediction_arriving_mid_drawing_goes_first_and_the_pictures_resume_when_quiet():
+    """Between a submission's pictures the drawing thread asks whether the server is still quiet; if
+    not, the rest waits at the head of the queue (and the decoded sample is kept for it)."""
+    from protloc.web.pictures import IdlePictures
+
+    state = {"busy": False}
+    started, finished, forgotten, drawn = [], [], [], []
+
+    class Renderer:
+        def render_all(self, submission_id, keep_going):
+            started.append(submission_id)
+            if len(started) == 1:  # a prediction arrives after the first picture
+                state["busy"] = True
+                threading.Timer(0.3, lambda: state.update(busy=False)).start()
+            if not keep_going():
+                return False
+            finished.append(submission_id)
+            return True
+
+        def forget(self, submission_id):
+            forgotten.append(submission_id)
+
+    pictures = IdlePictures(Renderer(), busy=lambda: state["busy"], on_drawn=lambda: drawn.append(1))
+    pictures.start()
+    try:
+        pictures.add("s1")
+        for _ in range(100):
+            if finished:
+                break
+            threading.Event().wait(0.05)
+    finally:
+        pictures.stop()
+    assert started == ["s1", "s1"] and finished == ["s1"]  # interrupted once, then completed
+    assert forgotten == ["s1"] and drawn == [1]  # the sample was kept until its pictures were all drawn

@@ -4,7 +4,8 @@ The prediction worker hands each finished submission to ``IdlePictures`` (and th
 the renderer, so it is not decoded again). The drawing thread takes the oldest one once nothing else
 wants the CPU: no prediction in hand or queued, and no HTTP request in flight or arrived in the last
 ``IDLE_SECONDS`` (``Activity``, counted by ``ActivityMiddleware``). A burst of uploads, polls or list
-requests is served first; a picture someone asks for before that is drawn on view, by the request.
+requests is served first (also between the pictures of one submission); a picture someone asks for
+before that is drawn on view, by the request.
 """
 
 from __future__ import annotations
@@ -137,12 +138,18 @@ class IdlePictures:
     def draw(self, submission_id: str) -> None:
         from protloc.web.worker import release_memory
 
+        finished = True
         try:
-            self.renderer.render_all(submission_id)
-            if self.on_drawn is not None:
+            # A request or a prediction that arrives meanwhile goes first: the rest waits for quiet again.
+            finished = self.renderer.render_all(submission_id, keep_going=self.quiet)
+            if not finished:
+                with self._wake:
+                    self._queue.appendleft(submission_id)
+            elif self.on_drawn is not None:
                 self.on_drawn()
         except Exception as exc:  # a picture that cannot be drawn is drawn (or refused) on view
             log.warning("drawing the pictures of %s failed: %s", submission_id, exc)
         finally:
-            self.renderer.forget(submission_id)
-            release_memory()
+            if finished:
+                self.renderer.forget(submission_id)
+                release_memory()

@@ -17,6 +17,7 @@ import math
 import os
 import threading
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from sqlalchemy import select
@@ -124,17 +125,24 @@ class Renderer:
                 return None
         return self.cached(submission_id, name, full)
 
-    def render_all(self, submission_id: str, image: np.ndarray | None = None) -> None:
-        """Views and maps at display size, unless cached (an idle worker's low-priority work)."""
+    def render_all(self, submission_id: str, image: np.ndarray | None = None,
+                   keep_going: Callable[[], bool] = lambda: True) -> bool:
+        """Views and maps at display size, unless cached (an idle worker's low-priority work). Between
+        pictures ``keep_going()`` is asked; False stops there (False is returned: not all drawn)."""
         self.image(submission_id, "composite.png", image=image)
         with self.sessions() as session:
             result = session.get(db.Result, submission_id)
             names = [f"map-{result.classes.index(c)}.png" for c in result.maps] if result is not None else []
             has_cells = session.scalar(select(db.CellResult.count).where(db.CellResult.submission_id == submission_id))
         if has_cells:  # cheap, before the map's backward pass
+            if not keep_going():
+                return False
             self.image(submission_id, CELLS_NAME, image=image)
         if names:
+            if not keep_going():
+                return False
             self.image(submission_id, names[0], image=image)
+        return True
 
     def _lock(self, key: tuple) -> threading.Lock:
         with self._guard:
