@@ -201,3 +201,17 @@ def test_a_long_poll_on_no_submission_is_404_at_once(server):
         start = time.monotonic()
         answer = client.get("/api/v1/predictions/nosuchthing", params={"wait": 30})
     assert answer.status_code == 404 and time.monotonic() - start < 10
+
+
+def test_a_lane_takes_one_when_others_could_start_and_a_fair_share_of_a_backlog(predictor, tmp_path):
+    sessions = db.open_database(f"sqlite:///{tmp_path / 'platform.db'}")
+    store = BlobStore(tmp_path / "store")
+    single = PredictionWorker({"tiny": predictor}, sessions, store, lanes=1, max_samples=16)
+    assert single._take_at_most() == 16  # one lane: batch across uploads as before
+    two = PredictionWorker({"tiny": predictor}, sessions, store, lanes=2, max_samples=16)
+    assert two._take_at_most() == 1  # cells on, GapNet-PL: one pass per sample, nothing to batch
+    two.cells.enabled = False  # --no-cells: covering patches, which batch
+    assert two._take_at_most() == 1  # nothing waits: the next submission alone, to the free lane
+    for index in range(6):
+        two.jobs.put(f"s{index}")
+    assert two._take_at_most() == 3  # a backlog: half of it each

@@ -109,8 +109,8 @@ def outlines(labels: np.ndarray, cell_ids, factor: int) -> dict[int, list[list[i
             continue
         contour = _drop_collinear(max(contours, key=len)[:-1])  # closed: the last point repeats the first
         y0, x0 = box[0].start - 1, box[1].start - 1  # the padding
-        polygons[int(cell_id)] = [[int(round((x + x0 + 0.5) * factor)), int(round((y + y0 + 0.5) * factor))]
-                                  for y, x in contour]
+        corners = np.rint((contour[:, ::-1] + (x0 + 0.5, y0 + 0.5)) * factor).astype(np.int64)
+        polygons[int(cell_id)] = corners.tolist()  # [[x, y], ...]
     return polygons
 
 

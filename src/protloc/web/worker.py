@@ -243,16 +243,32 @@ class PredictionWorker:
 
     # -- the loop -----------------------------------------------------------------------------------
     def _take_at_most(self) -> int:
-        """One sample per take when every model runs one pass per sample (nothing to batch): a
-        waiting sample then goes to the next free lane instead of queueing behind its batch-mate."""
-        one_pass = all(self.cells.one_pass(p) for p in self.predictors.values())
-        return 1 if one_pass and self.lanes > 1 else self.max_samples
+        """How many submissions a lane takes at once. One lane: up to ``max_samples`` (their patches
+        share forward passes). Several: one when every model runs one pass per sample (nothing to
+        batch), else a fair share of what waits, so that no lane batches what an idle lane could
+        start now (a lane waiting on an empty queue takes the next one alone, without lingering)."""
+        if self.lanes == 1:
+            return self.max_samples
+        if all(self.cells.one_pass(p) for p in self.predictors.values()):
+            return 1
+        waiting = self.jobs.pending() if isinstance(self.jobs, MemoryJobs) else self.max_samples
+        return max(1, min(self.max_samples, -(-waiting // self.lanes)))
+
+    def _share_cores(self, lane: int) -> None:
+        """This lane's torch threads (torch counts them per thread): every core for a lone sample (its
+        answer comes soonest), the cores shared out while other lanes work or samples wait (two
+        forward passes of two threads each on two cores lose more waiting for each other than they
+        gain)."""
+        if self.lanes == 1:
+            return
+        with self._lock:
+            others = any(ids for other, ids in self._held.items() if other != lane)
+        waiting = isinstance(self.jobs, MemoryJobs) and self.jobs.pending() > 0
+        threads = max(1, self._torch_threads // self.lanes) if others or waiting else self._torch_threads
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
 
     def _run(self, lane: int = 0) -> None:
-        if self.lanes > 1:
-            # The cores shared out between the lanes (torch's thread count is per thread): two forward
-            # passes of two threads each on two cores spend more than they gain waiting for each other.
-            torch.set_num_threads(max(1, self._torch_threads // self.lanes))
         while not self._stopping.is_set():
             try:
                 ids = self.jobs.take(self._take_at_most(), self.linger_seconds, 1.0)
@@ -300,6 +316,7 @@ class PredictionWorker:
         """Never lets one bad batch kill the worker, and never leaves a claimed row ``running``."""
         with self._lock:
             self._held[lane] = list(ids)
+        self._share_cores(lane)
         try:
             with self.sessions() as session:
                 rows = session.scalars(select(db.Submission).where(db.Submission.id.in_(ids))).all()
