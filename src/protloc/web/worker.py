@@ -12,10 +12,8 @@ the ``image_probabilities`` of the whole-image pass that gives its cells (``prot
 ``CellsStage.compute_with_probabilities``), so no patch pass is made for it; other networks and
 ``cells=False`` keep the batched covering patches. ``Result.probabilities_from`` records which.
 
-Lanes: ``lanes`` threads take jobs side by side (default 2). A sample's work is not all in the
-network: its segmentation, cell features, label image and bookkeeping run on one core, so on a
-machine of two cores one lane's forward pass runs while the other lane does the rest of its sample
-(issue 15's 1024² upload throughput); a lone submission still gets every core for its forward pass.
+Lanes: ``lanes`` threads take jobs side by side (default 2), sharing the cores as
+``protloc.web.lanes`` says.
 
 Probabilities first: the result and the ``done`` status are committed as soon as the probabilities
 are known, together with the sample's cells (``protloc.web.cells``; off with ``cells=False``). The
@@ -37,12 +35,12 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from protloc.web import db
 from protloc.web.jobs import DatabaseJobs, MemoryJobs, worker_name
+from protloc.web.lanes import DEFAULT_LANES, Lanes
 from protloc.web.cells import PATCHES, WHOLE_IMAGE, CellsStage
 from protloc.web.pictures import Activity, IdlePictures
 from protloc.web.renders import Renderer
@@ -52,9 +50,6 @@ log = logging.getLogger("protloc.web.worker")
 # Decoded samples the web server hands to the worker of its own process, so it need not decode the
 # stored files again; a few only (a 2048² field is 64 MB).
 MAX_HANDED_OVER = 4
-
-
-DEFAULT_LANES = 2
 
 
 @dataclass
@@ -140,8 +135,6 @@ class PredictionWorker:
         lanes: int = DEFAULT_LANES,
         on_finished=None,
     ) -> None:
-        if lanes < 1:
-            raise ValueError(f"a worker needs at least one lane, got {lanes}")
         self.predictors = predictors
         self.sessions = sessions
         self.store = store
@@ -155,28 +148,22 @@ class PredictionWorker:
             self.jobs.model_keys = list(predictors)
         self.eager_render = eager_render
         self.renderer = renderer or Renderer(predictors, sessions, store)
-        self.cells = CellsStage(store, enabled=cells, segmenters=lanes)
+        self.cells = CellsStage(store, enabled=cells, segmenters=max(1, lanes))
         self.stats = WorkerStats()
         # Pictures in a thread of their own, drawn when neither predictions nor requests are waiting.
         self.pictures = IdlePictures(self.renderer, busy=self.busy, activity=activity, on_drawn=self._count_drawn)
         self._handed: collections.OrderedDict = collections.OrderedDict()
-        self.lanes = lanes
+        self.lanes = Lanes(lanes)
         self.on_finished = on_finished  # called with each id done or failed here (long polls wake on it)
-        self._held: dict[int, list[str]] = {}  # lane -> the ids it holds
         self._lock = threading.Lock()
         self._stopping = threading.Event()
-        self._threads: list[threading.Thread] = []
         self._heartbeat: threading.Thread | None = None
 
     # -- life cycle -------------------------------------------------------------------------------
     def start(self) -> int:
-        """Requeue what a previous process left unfinished, then start the thread; returns the count."""
+        """Requeue what a previous process left unfinished, then start the lanes; returns the count."""
         rerun = self.recover_unfinished()
-        self._torch_threads = torch.get_num_threads()
-        self._threads = [threading.Thread(target=self._run, args=(lane,), name=f"protloc-prediction-worker-{lane}",
-                                          daemon=True) for lane in range(self.lanes)]
-        for thread in self._threads:
-            thread.start()
+        self.lanes.start(self._run, "protloc-prediction-worker")
         if not self.eager_render:
             self.pictures.start()
         if isinstance(self.jobs, DatabaseJobs):
@@ -187,10 +174,7 @@ class PredictionWorker:
     def stop(self, timeout: float = 30.0) -> None:
         self._stopping.set()
         self.jobs.stop()
-        deadline = time.monotonic() + timeout
-        for thread in self._threads:
-            if thread.is_alive():
-                thread.join(max(0.0, deadline - time.monotonic()))
+        self.lanes.stop(timeout)
         self.pictures.stop(timeout)
         self.cells.close()
 
@@ -199,13 +183,13 @@ class PredictionWorker:
         self.start()
         try:
             while self.alive:
-                self._threads[0].join(0.5)
+                self.lanes.join_any(0.5)
         finally:
             self.stop()
 
     @property
     def alive(self) -> bool:
-        return any(thread.is_alive() for thread in self._threads)
+        return self.lanes.alive
 
     def recover_unfinished(self) -> int:
         count = self.jobs.recover()
@@ -226,7 +210,7 @@ class PredictionWorker:
 
     def busy(self) -> bool:
         """Predictions in hand or queued here (pictures wait for them)."""
-        return any(self._held.values()) or (isinstance(self.jobs, MemoryJobs) and self.jobs.pending() > 0)
+        return self.lanes.busy() or (isinstance(self.jobs, MemoryJobs) and self.jobs.pending() > 0)
 
     def _count_drawn(self) -> None:
         self.stats.add(rendered=1)
@@ -234,39 +218,19 @@ class PredictionWorker:
     def _renew_leases(self) -> None:
         interval = max(0.2, self.jobs.lease.total_seconds() / 3)
         while not self._stopping.wait(interval):
-            with self._lock:
-                held = [i for ids in self._held.values() for i in ids]
+            held = self.lanes.held()
             try:
                 self.jobs.renew(held)
             except Exception as exc:  # the database is away for a moment: the next beat tries again
                 log.warning("cannot renew the lease of %d submission(s): %s", len(held), _one_line(exc))
 
     # -- the loop -----------------------------------------------------------------------------------
-    def _take_at_most(self) -> int:
-        """How many submissions a lane takes at once. One lane: up to ``max_samples`` (their patches
-        share forward passes). Several: one when every model runs one pass per sample (nothing to
-        batch), else a fair share of what waits, so that no lane batches what an idle lane could
-        start now (a lane waiting on an empty queue takes the next one alone, without lingering)."""
-        if self.lanes == 1:
-            return self.max_samples
-        if all(self.cells.one_pass(p) for p in self.predictors.values()):
-            return 1
-        waiting = self.jobs.pending() if isinstance(self.jobs, MemoryJobs) else self.max_samples
-        return max(1, min(self.max_samples, -(-waiting // self.lanes)))
+    def _waiting(self) -> int | None:
+        return self.jobs.pending() if isinstance(self.jobs, MemoryJobs) else None  # a count query: not per take
 
-    def _share_cores(self, lane: int) -> None:
-        """This lane's torch threads (torch counts them per thread): every core for a lone sample (its
-        answer comes soonest), the cores shared out while other lanes work or samples wait (two
-        forward passes of two threads each on two cores lose more waiting for each other than they
-        gain)."""
-        if self.lanes == 1:
-            return
-        with self._lock:
-            others = any(ids for other, ids in self._held.items() if other != lane)
-        waiting = isinstance(self.jobs, MemoryJobs) and self.jobs.pending() > 0
-        threads = max(1, self._torch_threads // self.lanes) if others or waiting else self._torch_threads
-        if torch.get_num_threads() != threads:
-            torch.set_num_threads(threads)
+    def _take_at_most(self) -> int:
+        one_pass = all(self.cells.one_pass(p) for p in self.predictors.values())
+        return self.lanes.take_at_most(self.max_samples, one_pass, self._waiting())
 
     def _run(self, lane: int = 0) -> None:
         while not self._stopping.is_set():
@@ -314,9 +278,8 @@ class PredictionWorker:
 
     def _process(self, ids: list[str], lane: int = 0) -> None:
         """Never lets one bad batch kill the worker, and never leaves a claimed row ``running``."""
-        with self._lock:
-            self._held[lane] = list(ids)
-        self._share_cores(lane)
+        self.lanes.hold(lane, ids)
+        self.lanes.share_cores(lane, waiting=bool(self._waiting()))
         try:
             with self.sessions() as session:
                 rows = session.scalars(select(db.Submission).where(db.Submission.id.in_(ids))).all()
@@ -328,8 +291,8 @@ class PredictionWorker:
             except Exception as again:  # the database itself is down: the restart requeues them
                 log.error("cannot mark the batch's submissions failed: %s", _one_line(again))
         finally:
+            self.lanes.release(lane)
             with self._lock:
-                self._held.pop(lane, None)
                 for submission_id in ids:
                     self._handed.pop(submission_id, None)
 
