@@ -1,9 +1,10 @@
 """The platform section: ``protloc serve`` processes side by side, today's path against the old one.
 
-The baseline is the platform as it was (``--render-eagerly``: full-size composite, channels and maps
-drawn before a submission is done); the other server runs probabilities first (pictures at display
-size, on first view or when the worker is idle), with cells (the default: one whole-image pass gives
-the probabilities and the cells) and without (``--no-cells``: the covering patches alone). All run at
+The baseline is the platform as it was (``--render-eagerly --lanes 1``: full-size composite, channels
+and maps drawn before a submission is done, by one worker thread); the other servers run
+probabilities first (pictures at display size, on first view or when the worker is idle; two lanes),
+with cells (the default: one whole-image pass gives the probabilities and the cells) and without
+(``--no-cells``: the covering patches alone). All run at
 once, each in its own process, with the same model and data, and every measurement alternates between
 them, so a change of load on a shared machine hits them alike. Measured (issue 15's targets):
 
@@ -36,7 +37,7 @@ from protloc.bench.common import Progress, Settings
 WAIT_SECONDS = 30
 # With cells on (the default) a GapNet-PL submission's probabilities come from the cells' one
 # whole-image pass; "no cells" is the patch pass alone (``--no-cells``), the platform without cells.
-VARIANTS = {"today (eager pictures, baseline)": ["--render-eagerly"], "probabilities first": [],
+VARIANTS = {"today (eager pictures, baseline)": ["--render-eagerly", "--lanes", "1"], "probabilities first": [],
             "probabilities first, no cells": ["--no-cells"]}
 MEMORY_VARIANT = "probabilities first"
 FIELD_ID = "57639_1283_B2_10"
