@@ -215,3 +215,24 @@ def test_a_lane_takes_one_when_others_could_start_and_a_fair_share_of_a_backlog(
     for index in range(6):
         two.jobs.put(f"s{index}")
     assert two._take_at_most() == 3  # a backlog: half of it each
+
+
+def test_a_waiting_long_poll_does_not_count_as_server_activity():
+    """The picture thread draws once no request is in flight: one that only waits must not hold it back."""
+    from protloc.web.pictures import Activity
+
+    activity = Activity()
+    completions = Completions(activity=activity)
+    seen = []
+
+    async def main():
+        activity.enter()  # the request, as the middleware counts it
+        waiting = asyncio.ensure_future(completions.wait("s4", 0.5, lambda: (b"running", False)))
+        await asyncio.sleep(0.2)
+        seen.append(activity.in_flight)  # while it waits
+        await waiting
+        seen.append(activity.in_flight)  # answered: in flight again until the middleware's leave
+        activity.leave()
+
+    run(main())
+    assert seen == [0, 1] and activity.in_flight == 0

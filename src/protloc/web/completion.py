@@ -23,8 +23,11 @@ RECHECK_SECONDS = 0.5
 class Completions:
     """The requests waiting for submissions, woken by ``announce`` (thread-safe)."""
 
-    def __init__(self, recheck_seconds: float | None = None) -> None:
+    def __init__(self, recheck_seconds: float | None = None, activity=None) -> None:
         self.recheck_seconds = recheck_seconds  # None: every finish is announced here
+        # ``protloc.web.pictures.Activity``: a request that only waits is no load, and must not keep
+        # the picture thread from drawing.
+        self.activity = activity
         self._waiting: dict[str, list[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = {}
         self._lock = threading.Lock()
 
@@ -59,10 +62,15 @@ class Completions:
                 if finished or remaining <= 0:
                     return answer
                 pause = remaining if self.recheck_seconds is None else min(remaining, self.recheck_seconds)
+                if self.activity is not None:
+                    self.activity.leave()
                 try:
                     await asyncio.wait_for(entry[1].wait(), pause)
                 except asyncio.TimeoutError:
                     pass
+                finally:
+                    if self.activity is not None:
+                        self.activity.enter()
         finally:
             with self._lock:
                 entries = self._waiting.get(submission_id, [])

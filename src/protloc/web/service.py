@@ -156,7 +156,8 @@ class Platform:
         jobs = DatabaseJobs(self.sessions, "", lease_seconds=settings.lease_seconds) if postgres else None
         self.activity = Activity()  # HTTP requests in flight: the worker's pictures wait for quiet
         # Long polls: this process's worker announces what it finishes; other processes' cannot.
-        self.completions = Completions(None if settings.run_worker and not postgres else RECHECK_SECONDS)
+        self.completions = Completions(None if settings.run_worker and not postgres else RECHECK_SECONDS,
+                                       activity=self.activity)
         self.worker = PredictionWorker(
             self.predictors, self.sessions, self.store,
             max_batch_patches=settings.max_batch_patches, linger_seconds=settings.linger_seconds,
