@@ -21,7 +21,8 @@ from protloc.web.completion import Completions
 from protloc.web.storage import BlobStore
 from protloc.web.worker import PredictionWorker
 
-from web_helpers import LiveServer, cell_like_sample, make_model_file, upload_channels, write_channel_files
+from web_helpers import (LiveServer, add_submissions, cell_like_sample, make_model_file, upload_channels,
+                         write_channel_files)
 
 
 @pytest.fixture(scope="module")
@@ -51,18 +52,6 @@ def test_a_failing_segmentation_beside_the_pass_is_raised(predictor, monkeypatch
     monkeypatch.setattr(segmentation, "segment", broken)
     with ThreadPoolExecutor(1) as beside, pytest.raises(ValueError, match="segmentation broke"):
         analyse_image(predictor, cell_like_sample(64, 64).astype(np.float32), segment_beside=beside)
-
-
-def add_submissions(sessions, count: int) -> list[str]:
-    ids = []
-    with sessions.begin() as session:
-        for _ in range(count):
-            row = db.Submission(model_key="tiny", input_kind="multichannel", files=[], filenames="x.tif",
-                                height=48, width=48)
-            session.add(row)
-            session.flush()
-            ids.append(row.id)
-    return ids
 
 
 @pytest.mark.parametrize("lanes", [1, 2, 3])

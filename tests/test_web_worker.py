@@ -16,7 +16,7 @@ from protloc.web import worker as worker_module
 from protloc.web.storage import BlobStore
 from protloc.web.worker import PredictionWorker
 
-from web_helpers import cell_like_sample, make_model_file
+from web_helpers import add_submissions, cell_like_sample, make_model_file
 
 
 @pytest.fixture()
@@ -30,18 +30,6 @@ def platform(tmp_path, monkeypatch):
     worker = PredictionWorker({"tiny": predictor}, sessions, store, linger_seconds=0.2)
     yield predictor, sessions, worker
     worker.stop()
-
-
-def add_submissions(sessions, count: int) -> list[str]:
-    ids = []
-    with sessions.begin() as session:
-        for _ in range(count):
-            row = db.Submission(model_key="tiny", input_kind="multichannel", files=[], filenames="x.tif",
-                                height=48, width=48)
-            session.add(row)
-            session.flush()
-            ids.append(row.id)
-    return ids
 
 
 def wait_finished(sessions, ids: list[str], timeout: float = 60.0) -> dict[str, db.Submission]:

@@ -106,3 +106,18 @@ def wait_done(client, submission_id: str, timeout: float = 60.0) -> dict:
 def upload_channels(client, paths: list[Path], **fields):
     files = [("files", (p.name, p.read_bytes(), "image/tiff")) for p in paths]
     return client.post("/api/v1/predictions", files=files, data=fields)
+
+
+def add_submissions(sessions, count: int, model_key: str = "tiny") -> list[str]:
+    """``count`` queued submission rows of a 48² multichannel sample (the worker tests' stand-ins)."""
+    from protloc.web import db
+
+    ids = []
+    with sessions.begin() as session:
+        for _ in range(count):
+            row = db.Submission(model_key=model_key, input_kind="multichannel", files=[], filenames="x.tif",
+                                height=48, width=48)
+            session.add(row)
+            session.flush()
+            ids.append(row.id)
+    return ids
