@@ -145,8 +145,9 @@ class CountingRenderer:
         self.drawn: list[str] = []
         self.forgotten: list[str] = []
 
-    def render_all(self, submission_id: str) -> None:
+    def render_all(self, submission_id: str, keep_going=lambda: True) -> bool:
         self.drawn.append(submission_id)
+        return True
 
     def forget(self, submission_id: str) -> None:
         self.forgotten.append(submission_id)

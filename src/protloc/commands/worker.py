@@ -48,7 +48,7 @@ def run(args) -> int:
     from protloc.errors import ProtlocError
     from protloc.web import db
     from protloc.web.jobs import DatabaseJobs
-    from protloc.web.service import load_predictors
+    from protloc.web.settings import load_predictors
     from protloc.web.storage import BlobStore
     from protloc.web.worker import PredictionWorker
 

@@ -22,7 +22,9 @@ from protloc.web.auth import TokenAuth
 from protloc.web.pictures import ActivityMiddleware
 from protloc.web.routers.api import api_router
 from protloc.web.routers.pages import pages_router
-from protloc.web.service import MB, Platform, WebSettings, load_predictors, model_key_for, results_csv
+from protloc.web.exports import results_csv
+from protloc.web.service import Platform
+from protloc.web.settings import MB, WebSettings, load_predictors, model_key_for
 from protloc.web.storage import UploadError
 
 HERE = Path(__file__).parent

@@ -11,7 +11,8 @@ from fastapi.templating import Jinja2Templates
 from protloc import __version__
 from protloc.data.channels import CHANNELS, COLOUR_OF_CHANNEL
 from protloc.web.auth import viewer_of
-from protloc.web.service import MAX_OFFSET, MB, Platform, Viewer
+from protloc.web.service import MAX_OFFSET, Platform, Viewer
+from protloc.web.settings import MB
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 PER_PAGE = 50
