@@ -249,6 +249,12 @@ def test_masks_from_ome_zarr_labels_and_next_to_ome_tiff(model_file, tmp_path, c
                  "--out", str(tmp_path / "tiff.csv")]) == 0
     np.testing.assert_allclose(pd.read_csv(tmp_path / "tiff.csv")[list(HPA13.classes)],
                                table[list(HPA13.classes)], atol=1e-5)
+    # the folder itself as the input: its label image lies beside the OME-TIFF and is no sample
+    assert main(["cells", str(ome_tiff.parent), "--model", str(model_file), "--masks", str(ome_tiff.parent),
+                 "--out", str(tmp_path / "folder.csv")]) == 0
+    from_folder = pd.read_csv(tmp_path / "folder.csv")
+    assert set(from_folder["image_id"]) == {"field"}
+    np.testing.assert_allclose(from_folder[list(HPA13.classes)], table[list(HPA13.classes)], atol=1e-5)
     # wrong-size labels in the store: that image is skipped with its reason, nothing else written
     small = tmp_path / "small.ome.zarr"
     small_root = zarr.open_group(str(small), mode="w")

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
+from protloc.data.filenames import CELL_MASK_SUFFIX, NUCLEI_MASK_SUFFIX
 from protloc.errors import DataError, ProtlocError
 
 MASK_EXTENSIONS = (".png", ".ome.tif", ".ome.tiff", ".tif", ".tiff")
-CELL_SUFFIX = "_cellmask"
-NUCLEI_SUFFIX = "_nucleimask"
+CELL_SUFFIX, NUCLEI_SUFFIX = CELL_MASK_SUFFIX, NUCLEI_MASK_SUFFIX
 
 
 def _find(folder: Path, image_id: str, suffix: str) -> Path | None:

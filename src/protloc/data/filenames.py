@@ -20,6 +20,15 @@ from protloc.errors import printable
 IMAGE_EXTENSIONS: tuple[str, ...] = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 TIFF_EXTENSIONS: tuple[str, ...] = (".tif", ".tiff")
 MULTICHANNEL_EXTENSIONS: tuple[str, ...] = (".tif", ".tiff", ".npz")
+# Label images beside an image (``<id>_cellmask.<ext>``, ``<id>_nucleimask.<ext>``: the ``--masks``
+# layout of ``protloc.cells.masks``): never inputs themselves.
+CELL_MASK_SUFFIX, NUCLEI_MASK_SUFFIX = "_cellmask", "_nucleimask"
+
+
+def is_label_image_name(name: str) -> bool:
+    """Whether a file name is a label image of the ``--masks`` layout (``x_cellmask.ome.tif``, ...)."""
+    stem = name.lower().split(".", 1)[0]
+    return stem.endswith((CELL_MASK_SUFFIX, NUCLEI_MASK_SUFFIX))
 
 _CHANNEL_OF_TOKEN: dict[str, str] = {**HPA_COLOURS, **{channel: channel for channel in CHANNELS}}
 _TOKENS = "|".join(sorted(_CHANNEL_OF_TOKEN, key=len, reverse=True))

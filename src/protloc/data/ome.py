@@ -262,8 +262,12 @@ def ome_inputs(path: str | Path, options: dict[str, str] | None = None) -> list[
             raise ProtlocError(str(exc)) from None
         return [(ome_tiff.sample_id(path), sources)]
     if path.is_dir():
+        from protloc.data.filenames import is_label_image_name
+
         files = [p for p in sorted(path.iterdir()) if p.is_file() and not p.name.startswith(".")]
-        images = [p for p in files if p.suffix.lower() in (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".npz")]
+        # The OME-TIFFs' own label images (``<id>_cellmask.ome.tif``) lie beside them: not samples.
+        images = [p for p in files if p.suffix.lower() in (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".npz")
+                  and not is_label_image_name(p.name)]
         if images and all(ome_tiff.is_ome_tiff(p) for p in images):
             return [(ome_tiff.sample_id(p), {ome_tiff.SOURCE_KEY: str(p), **options}) for p in images]
     return None
