@@ -285,11 +285,13 @@ def wait_idle(client, seconds: float = 1.0, pictures: bool = False, timeout: flo
 
 
 def memory_rounds(server, client, payload: bytes, rounds: int, per_round: int, progress: Progress) -> dict:
+    """Resident memory over ``rounds`` rounds of ``per_round`` uploads, after one uncounted warm-up
+    round (the lanes' and threads' first allocations, the caches filling: growth that stops)."""
     from concurrent.futures import ThreadPoolExecutor
 
     pid = server.process.pid
     settled, peaks = [], []
-    for index in range(rounds):
+    for index in range(rounds + 1):
         peak = [resident_mib(pid)]
         done = threading.Event()
 
@@ -302,14 +304,19 @@ def memory_rounds(server, client, payload: bytes, rounds: int, per_round: int, p
         with ThreadPoolExecutor(4) as pool:
             list(pool.map(lambda _: client.post("/api/v1/predictions", files=[("files", ("s.tif", payload))]).raise_for_status(),
                           range(per_round)))
-        wait_idle(client, seconds=2.0)
+        # Settled: the round's predictions and their pictures all done (the picture thread starts
+        # drawing once the server is quiet, and a half-drawn map's buffers are no leak).
+        wait_idle(client, seconds=2.0, pictures=True)
         done.set()
         watcher.join()
         settled.append(round(resident_mib(pid), 1))
         peaks.append(round(peak[0], 1))
-        progress.step(f"platform memory {server.name[:12]} {index + 1}/{rounds}")
+        progress.step(f"platform memory {server.name[:12]} {index}/{rounds}")
+    warm_up, settled, peaks = settled[0], settled[1:], peaks[1:]
     growth = (settled[-1] - settled[0]) / settled[0] * 100
-    return {"settled_mib": settled, "peak_mib": peaks, "growth_first_to_last_pct": round(growth, 1)}
+    spread = (max(settled) - min(settled)) / min(settled) * 100
+    return {"warm_up_settled_mib": warm_up, "settled_mib": settled, "peak_mib": peaks,
+            "growth_first_to_last_pct": round(growth, 1), "spread_pct": round(spread, 1)}
 
 
 def platform_section(settings: Settings, progress: Progress) -> dict:
@@ -347,6 +354,10 @@ def platform_section(settings: Settings, progress: Progress) -> dict:
             through = {s.name: {} for s in servers}
             for level in levels:
                 for server in servers:
+                    # Every server quiet first: another's picture thread, drawing while it is idle,
+                    # would be measured against this one.
+                    for other in servers:
+                        wait_idle(clients[other.name], seconds=0.5, pictures=True)
                     count = baseline_requests if server is servers[0] else requests
                     through[server.name][level] = throughput(server, payload, level, count, httpx)
             progress.step("platform throughput")

@@ -101,8 +101,11 @@ def platform_markdown(s: dict) -> list[str]:
                      r.get("client_cpu_ms_per_request", "")] for r in s["list"]["rows"]]), ""]
     m = s["memory"]
     out += [f"Server resident memory over {m['rounds']} rounds of {m['uploads_per_round']} uploads ({m['sample']}, "
-            "4 clients); settled = 2 s after the round's last submission is done.", ""]
-    out += [_table(["variant", "settled MiB per round", "peak MiB per round", "growth first to last"],
-                   [[r["variant"], " / ".join(map(str, r["settled_mib"])), " / ".join(map(str, r["peak_mib"])),
-                     f"{r['growth_first_to_last_pct']}%"] for r in m["rows"]]), ""]
+            "4 clients), after one warm-up round (its settled size in the second column); settled = 2 s after "
+            "the round's last submission and its pictures are done.", ""]
+    out += [_table(["variant", "warm-up MiB", "settled MiB per round", "peak MiB per round", "growth first to last",
+                    "spread"],
+                   [[r["variant"], r.get("warm_up_settled_mib", ""), " / ".join(map(str, r["settled_mib"])),
+                     " / ".join(map(str, r["peak_mib"])), f"{r['growth_first_to_last_pct']}%",
+                     f"{r['spread_pct']}%" if "spread_pct" in r else ""] for r in m["rows"]]), ""]
     return out
