@@ -147,6 +147,7 @@ def test_batch_zip_holds_every_sample_its_cells_and_their_masks(client, tmp_path
     while client.get(f"/api/v1/batches/{batch}").json()["status"] != "finished":
         assert time.monotonic() < deadline
         time.sleep(0.1)
+    listed = client.get(f"/api/v1/batches/{batch}").json()["submissions"]
     answer = client.get(f"/api/v1/batches/{batch}/results.zip")
     assert answer.status_code == 200 and answer.headers["content-type"] == "application/zip"
     with zipfile.ZipFile(io.BytesIO(answer.content)) as zf:
@@ -158,6 +159,13 @@ def test_batch_zip_holds_every_sample_its_cells_and_their_masks(client, tmp_path
         own = [r for r in rows if r["name"] == f"plate/{well}"]
         cells = [r for r in own if r["level"] == "cell"]
         assert own[0]["level"] == "image" and len(cells) == int(masks[f"masks/plate/{well}_cellmask.png"].max()) >= 1
+        # the batch page's rows (and its JSON) count each sample's cells
+        assert [s["cells"] for s in listed if s["name"] == f"plate/{well}"] == [len(cells)]
+    history = client.get("/history").text
+    for submission in listed:  # the history page's cell column, row by row
+        row = history[history.index(f'<tr data-id="{submission["id"]}">'):]
+        row = row[: row.index("</tr>")]
+        assert f'<td class="cells-count">{submission["cells"]}</td>' in row
     assert client.get("/api/v1/batches/0123456789abcdef/results.zip").status_code == 404
 
 
@@ -172,8 +180,11 @@ def test_no_cells_server_and_missing_scikit_image_are_told_not_crashed(predictor
     with LiveServer(WebSettings(predictors={"tiny": predictor}, data_dir=tmp_path / "off", cells=False)) as live:
         with httpx.Client(base_url=live.url, timeout=60) as client:
             data = submit(client, tmp_path / "a", "off", image)
-            assert data["cells"] == {"count": 0, "note": OFF_NOTE, "links": {
+            assert data["cells"] == {"count": 0, "computed": False, "note": OFF_NOTE, "links": {
                 "cells": f"/api/v1/predictions/{data['id']}/cells", "mask": f"/api/v1/predictions/{data['id']}/cells/mask"}}
+            history = client.get("/history").text  # no count where none was computed (not a 0)
+            assert '<td class="cells-count" title="no cells for this submission' in history
+            assert f'title="{OFF_NOTE}"></td>' in history.replace("&#39;", "'")
             missing = client.get(data["cells"]["links"]["mask"])
             assert missing.status_code == 404 and "no cell mask" in missing.json()["detail"]
             page = client.get(f"/submissions/{data['id']}").text

@@ -138,7 +138,9 @@ class Batches:
                 "error": batch.error,
                 "submissions": [
                     {"id": r.id, "name": r.filenames, "status": r.status,
-                     "predicted": list(r.result.predicted) if r.result is not None and r.status == db.DONE else None}
+                     "predicted": list(r.result.predicted) if r.result is not None and r.status == db.DONE else None,
+                     # None: not done, or no cells computed for it (--no-cells, an older row)
+                     "cells": r.result.cells_count if r.result is not None and r.status == db.DONE else None}
                     for r in rows
                 ],
             }

@@ -229,6 +229,7 @@ def cell_view(cell: dict, classes: list[str], outline: bool = True) -> dict:
 def summary(result: db.Result | None, status: str, base: str) -> dict:
     """What a submission's JSON says of its cells: how many, why none, where they are (from its
     result's ``cells_count`` and ``cells_note``: listing or polling never reads the cells)."""
+    computed = status == db.DONE and result is not None and result.cells_count is not None
     if status != db.DONE or result is None:
         count, note = 0, PENDING_NOTE
     elif result.cells_count is None:
@@ -238,7 +239,7 @@ def summary(result: db.Result | None, status: str, base: str) -> dict:
     links = {"cells": f"{base}/cells", "mask": f"{base}/cells/mask"}
     if count:
         links["overlay"] = f"{base}/images/cells.png"
-    return {"count": count, "note": note, "links": links}
+    return {"count": count, "computed": computed, "note": note, "links": links}
 
 
 def probabilities_view(method: str | None) -> dict:

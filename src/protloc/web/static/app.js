@@ -195,7 +195,8 @@ const protloc = (() => {
       showError($("batch-error"), b.error || "");
       $("batch-rows").innerHTML = b.submissions.map((s) =>
         `<tr><td><a href="/submissions/${s.id}">${escapeHtml(s.name)}</a></td><td class="status ${s.status}">${s.status}</td>` +
-        `<td>${(s.predicted || []).map((c) => `<span class="tag">${escapeHtml(c)}</span>`).join("")}</td></tr>`).join("");
+        `<td>${(s.predicted || []).map((c) => `<span class="tag">${escapeHtml(c)}</span>`).join("")}</td>` +
+        `<td class="cells-count">${s.cells ?? ""}</td></tr>`).join("");
       $("batch-skipped").innerHTML = b.skipped.map((s) => `<li>${escapeHtml(s.name)}: ${escapeHtml(s.reason)}</li>`).join("") || "<li>none</li>";
       if (b.status === "finished" || b.status === "failed") return;
       await new Promise((r) => setTimeout(r, 700));
