@@ -225,3 +225,43 @@ def test_a_waiting_long_poll_does_not_count_as_server_activity():
 
     run(main())
     assert seen == [0, 1] and activity.in_flight == 0
+
+
+def test_workers_with_a_database_queue_share_a_backlog_too(predictor, tmp_path):
+    from protloc.web.jobs import DatabaseJobs
+
+    sessions = db.open_database(f"sqlite:///{tmp_path / 'platform.db'}")
+    worker = PredictionWorker({"tiny": predictor}, sessions, BlobStore(tmp_path / "store"), lanes=2, max_samples=16,
+                              jobs=DatabaseJobs(sessions, ""), cells=False)
+    assert worker._take_at_most() == 1
+    add_submissions(sessions, 6)
+    assert worker._take_at_most() == 3  # not all 16 to the first lane that looks
+
+
+def test_blas_stays_at_one_thread_while_any_worker_with_lanes_runs(tmp_path):
+    """In a fresh process, as a server is (BLAS limits are process-wide state)."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "blas.py"
+    script.write_text(
+        "from threadpoolctl import threadpool_info\n"
+        "from protloc.web.lanes import Lanes\n"
+        "def blas():\n"
+        "    return sorted({i['num_threads'] for i in threadpool_info() if i['user_api'] == 'blas'})\n"
+        "first, second = Lanes(2), Lanes(2)\n"
+        "first.start(lambda lane: None, 'a')\n"
+        "second.start(lambda lane: None, 'b')\n"
+        "during = blas()\n"
+        "first.stop(5)\n"
+        "one_left = blas()\n"
+        "second.stop(5)\n"
+        "print(during, one_left, blas())\n")
+    import os
+
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "2"}  # a known starting point on any machine
+    answer = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env)
+    assert answer.returncode == 0, answer.stderr[-2000:]
+    during, one_left, after = answer.stdout.strip().split("] ")
+    assert during == "[1" and one_left == "[1"  # held while any worker with lanes runs
+    assert after == "[2]"  # restored once the last one stopped

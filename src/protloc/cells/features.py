@@ -233,18 +233,24 @@ def image_pass(predictor, image: np.ndarray, pixel_size_um: float | None = None)
     if not is_gapnet(predictor.network):
         raise ProtlocError(f"{predictor.model_name} has no global-average head: its cells need their own crops")
     inferer = predictor.inferer()
-    scale = inferer.scale(pixel_size_um)
     model_image = inferer.model_input(image, pixel_size_um)
     network = predictor.network
-    raw = torch.from_numpy(np.ascontiguousarray(model_image, dtype=np.float32))[None].to(predictor.device)
     was_training = network.training
     network.eval()
     try:
         with torch.no_grad():
-            maps, image_embedding = _maps_and_averages(network, raw)
+            maps, image_embedding = _model_input_maps(predictor, model_image)
     finally:
         network.train(was_training)
-    return ImagePass(model_image, scale, tuple(m.cpu() for m in maps), image_embedding.cpu())
+    return ImagePass(model_image, inferer.scale(pixel_size_um), maps, image_embedding)
+
+
+def _model_input_maps(predictor, model_image: np.ndarray) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+    """GapNet-PL's block maps and global averages of one model input [C, H, W], on the CPU (the
+    caller holds eval mode and ``no_grad``)."""
+    raw = torch.from_numpy(np.ascontiguousarray(model_image, dtype=np.float32))[None].to(predictor.device)
+    maps, image_embedding = _maps_and_averages(predictor.network, raw)
+    return tuple(m.cpu() for m in maps), image_embedding.cpu()
 
 
 def masked_features(predictor, image: np.ndarray, labels: np.ndarray, cell_ids: np.ndarray,
@@ -267,12 +273,8 @@ def masked_features(predictor, image: np.ndarray, labels: np.ndarray, cell_ids: 
     network.eval()
     try:
         with torch.no_grad():
-            if made is None:
-                raw = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None].to(predictor.device)
-                maps, image_embedding = _maps_and_averages(network, raw)
-                maps, image_embedding = tuple(m.cpu() for m in maps), image_embedding.cpu()
-            else:
-                maps, image_embedding = made.maps, made.image_embedding
+            maps, image_embedding = ((made.maps, made.image_embedding) if made is not None
+                                     else _model_input_maps(predictor, image))
             sums, totals = masked_sums(maps, labels, cell_ids, boxes)
             embeddings = (sums / _per_channel(totals, maps)).astype(np.float32)
             head_input = torch.from_numpy(embeddings)

@@ -154,8 +154,9 @@ class CellsStage:
                                    pixel_size_um: float | None = None) -> tuple[np.ndarray, db.CellResult]:
         """(image probabilities, cells) from one whole-image pass (``one_pass`` models only): the
         probabilities are ``predict_cells``' ``image_probabilities``, as ``protloc cells`` gives them.
-        If the segmentation fails before the pass, the cells say why and the probabilities come from
-        a plain whole-image pass (the same answer); a failing network raises."""
+        If the segmentation fails, the cells say why and the probabilities come from a plain
+        whole-image pass (the same answer; a pass made beside the failed segmentation is not kept);
+        a failing network raises."""
         probabilities, record = self._analyse(predictor, submission_id, image, pixel_size_um)
         if probabilities is None:
             probabilities = predictor.inferer(whole_image=True, precision="fp32")(image, pixel_size_um)

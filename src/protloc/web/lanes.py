@@ -25,6 +25,33 @@ from typing import Callable
 import torch
 
 DEFAULT_LANES = 2
+# The BLAS limit is process-wide: held while any worker with several lanes runs (several workers can
+# live in one process, e.g. in tests), restored when the last one stops.
+_blas_lock = threading.Lock()
+_blas_users = 0
+_blas_limit = None
+
+
+def _hold_blas_at_one_thread() -> None:
+    global _blas_users, _blas_limit
+    with _blas_lock:
+        if _blas_users == 0:
+            # threadpoolctl limits the libraries loaded now: SciPy's own OpenBLAS (the segmentation's)
+            # is loaded with scipy.linalg, so that comes first.
+            import scipy.linalg  # noqa: F401
+            from threadpoolctl import threadpool_limits
+
+            _blas_limit = threadpool_limits(limits=1, user_api="blas")
+        _blas_users += 1
+
+
+def _release_blas() -> None:
+    global _blas_users, _blas_limit
+    with _blas_lock:
+        _blas_users -= 1
+        if _blas_users == 0 and _blas_limit is not None:
+            _blas_limit.restore_original_limits()
+            _blas_limit = None
 
 
 class Lanes:
@@ -37,16 +64,15 @@ class Lanes:
         self._held: dict[int, list[str]] = {}
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
-        self._blas_limit = None
+        self._holds_blas = False
         self._torch_threads = torch.get_num_threads()
 
     # -- life cycle ---------------------------------------------------------------------------------
     def start(self, run: Callable[[int], None], name: str) -> None:
         self._torch_threads = torch.get_num_threads()
-        if self.count > 1 and self._blas_limit is None:
-            from threadpoolctl import threadpool_limits
-
-            self._blas_limit = threadpool_limits(limits=1, user_api="blas")
+        if self.count > 1 and not self._holds_blas:
+            _hold_blas_at_one_thread()
+            self._holds_blas = True
         self._threads = [threading.Thread(target=run, args=(lane,), name=f"{name}-{lane}", daemon=True)
                          for lane in range(self.count)]
         for thread in self._threads:
@@ -58,9 +84,9 @@ class Lanes:
         for thread in self._threads:
             if thread.is_alive():
                 thread.join(max(0.0, deadline - time.monotonic()))
-        if self._blas_limit is not None:
-            self._blas_limit.restore_original_limits()
-            self._blas_limit = None
+        if self._holds_blas:
+            _release_blas()
+            self._holds_blas = False
 
     @property
     def alive(self) -> bool:
@@ -88,15 +114,14 @@ class Lanes:
             return any(self._held.values())
 
     # -- sharing the machine ------------------------------------------------------------------------
-    def take_at_most(self, max_samples: int, one_pass: bool, waiting: int | None) -> int:
+    def take_at_most(self, max_samples: int, one_pass: bool, waiting: int) -> int:
         """How many submissions a lane takes at once. One lane: up to ``max_samples``. Several: one
         when every model runs one pass per sample (nothing to batch), else a fair share of the
-        ``waiting`` ones (None: unknown, then ``max_samples``)."""
+        ``waiting`` ones."""
         if self.count == 1:
             return max_samples
         if one_pass:
             return 1
-        waiting = max_samples if waiting is None else waiting
         return max(1, min(max_samples, -(-waiting // self.count)))
 
     def share_cores(self, lane: int, waiting: bool) -> None:

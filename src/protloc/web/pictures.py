@@ -144,6 +144,8 @@ class IdlePictures:
             finished = self.renderer.render_all(submission_id, keep_going=self.quiet)
             if not finished:
                 with self._wake:
+                    if len(self._queue) == self._queue.maxlen:  # as add(): the one dropped is drawn on view
+                        self.renderer.forget(self._queue.pop())
                     self._queue.appendleft(submission_id)
             elif self.on_drawn is not None:
                 self.on_drawn()

@@ -148,12 +148,12 @@ class PredictionWorker:
             self.jobs.model_keys = list(predictors)
         self.eager_render = eager_render
         self.renderer = renderer or Renderer(predictors, sessions, store)
-        self.cells = CellsStage(store, enabled=cells, segmenters=max(1, lanes))
+        self.lanes = Lanes(lanes)
+        self.cells = CellsStage(store, enabled=cells, segmenters=lanes)
         self.stats = WorkerStats()
         # Pictures in a thread of their own, drawn when neither predictions nor requests are waiting.
         self.pictures = IdlePictures(self.renderer, busy=self.busy, activity=activity, on_drawn=self._count_drawn)
         self._handed: collections.OrderedDict = collections.OrderedDict()
-        self.lanes = Lanes(lanes)
         self.on_finished = on_finished  # called with each id done or failed here (long polls wake on it)
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -225,8 +225,9 @@ class PredictionWorker:
                 log.warning("cannot renew the lease of %d submission(s): %s", len(held), _one_line(exc))
 
     # -- the loop -----------------------------------------------------------------------------------
-    def _waiting(self) -> int | None:
-        return self.jobs.pending() if isinstance(self.jobs, MemoryJobs) else None  # a count query: not per take
+    def _waiting(self) -> int:
+        """Submissions waiting (with a database: one count query, made once per batch a lane takes)."""
+        return self.jobs.pending()
 
     def _take_at_most(self) -> int:
         one_pass = all(self.cells.one_pass(p) for p in self.predictors.values())
