@@ -1,6 +1,8 @@
 """protloc: where in a human cell a protein sits, from four-channel fluorescence microscopy images."""
 
-__version__ = "0.1.0"
+# The one place the version is written: pyproject.toml reads it from here (dynamic version).
+# Bumping rule: CHANGELOG.md ("Versions").
+__version__ = "0.2.0"
 
 __all__ = ["__version__", "load_model"]
 

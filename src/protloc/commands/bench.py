@@ -13,6 +13,9 @@ from protloc.errors import ProtlocError
 from protloc.files import atomic_write_text
 
 SECTIONS = ("inference", "training", "data", "platform", "scaling", "onnxruntime", "cells")
+# not a timing: a finished demo's figures against the range the documentation states (--run, --expected)
+DEMO_CHECK = "demo-check"
+DEFAULT_EXPECTED = "benchmarks/results/demo-headline.json"
 
 
 def register(subparsers) -> None:
@@ -30,7 +33,8 @@ def register(subparsers) -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes (well under a minute; for tests)")
     parser.add_argument("--out", default="bench-results.json", help="JSON results file (default bench-results.json)")
     parser.add_argument("--sections", default=",".join(SECTIONS),
-                        help=f"comma-separated subset of {','.join(SECTIONS)} (default: all)")
+                        help=f"comma-separated subset of {','.join(SECTIONS)} (default: all); or {DEMO_CHECK} "
+                        "alone: a finished demo against its stated range")
     parser.add_argument("--model", default=None,
                         help="GapNet-PL model file for realistic weights (default: the imported pretrained "
                         "weights when present, else random weights)")
@@ -41,6 +45,11 @@ def register(subparsers) -> None:
     parser.add_argument("--compile", action="store_true",
                         help="also time torch.compile variants (minutes of compilation on a small CPU)")
     parser.add_argument("--markdown", default=None, metavar="FILE", help="also write the tables to FILE")
+    parser.add_argument("--run", default=None, metavar="DIR",
+                        help=f"section {DEMO_CHECK}: a finished `protloc demo` folder (or its runs/gapnet-pl) to "
+                        "compare with the stated range")
+    parser.add_argument("--expected", default=DEFAULT_EXPECTED, metavar="FILE",
+                        help=f"section {DEMO_CHECK}: the stated ranges (default {DEFAULT_EXPECTED})")
     parser.set_defaults(handler=run)
 
 
@@ -56,7 +65,30 @@ def _positive_int(value, option: str) -> int | None:
     return number
 
 
+def run_demo_check(args) -> int:
+    """Exit 0 when every stated figure is inside its range, 1 when one is not (a failed check)."""
+    from protloc.bench.demo_check import check_demo, markdown
+
+    if args.run is None:
+        raise ProtlocError(f"--sections {DEMO_CHECK} needs --run DIR (a finished protloc demo folder)")
+    out = Path(args.out)
+    if out.suffix.lower() != ".json":
+        raise ProtlocError(f"--out must name a .json file, got {out.name}")
+    result = check_demo(args.run, args.expected)
+    atomic_write_text(out, json.dumps({"protloc_bench": 1, "sections": {DEMO_CHECK: result}}, indent=1) + "\n")
+    text = markdown(result)
+    if args.markdown:
+        atomic_write_text(args.markdown, text + "\n")
+    print(text)
+    print(f"\nresults -> {out}")
+    return 0 if result["all_inside"] else 1
+
+
 def run(args) -> int:
+    if DEMO_CHECK in [s.strip() for s in args.sections.split(",")]:
+        if args.sections.strip() != DEMO_CHECK:
+            raise ProtlocError(f"--sections {DEMO_CHECK} runs alone (it times nothing)")
+        return run_demo_check(args)
     repeats = _positive_int(args.repeats, "--repeats")
     threads = _positive_int(args.threads, "--threads")
     out = Path(args.out)
