@@ -176,7 +176,7 @@ def test_stated_demo_range_file_is_valid():
     from protloc.bench.demo_check import read_stated
     from protloc.demo import DemoSettings
 
-    stated = read_stated(Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "demo-headline.json")
+    stated = read_stated(Path(__file__).resolve().parents[1] / "benchmarks" / "demo-headline.json")
     defaults = DemoSettings()
     # the stated range is for the demo's defaults: the command a user runs
     assert stated["settings"] == {"samples": defaults.samples, "size": defaults.size, "crop_size": defaults.crop_size,

@@ -3,7 +3,7 @@
 The demo's headline (test ROC AUC and F1 of GapNet-PL) is not one number: training is deterministic
 on one machine, but another CPU's kernels sum in another order and 60 epochs amplify it, and the
 seed draws another data set. So the documentation states a *range* (over seeds and CPUs measured),
-kept in a results file (``benchmarks/results/demo-headline.json``), and this check compares a
+kept in a results file (``benchmarks/demo-headline.json``), and this check compares a
 finished ``protloc demo`` folder with it: the same settings (else the figures are not comparable and
 the check refuses), then every stated figure inside its range or not.
 

@@ -15,7 +15,7 @@ from protloc.files import atomic_write_text
 SECTIONS = ("inference", "training", "data", "platform", "scaling", "onnxruntime", "cells")
 # not a timing: a finished demo's figures against the range the documentation states (--run, --expected)
 DEMO_CHECK = "demo-check"
-DEFAULT_EXPECTED = "benchmarks/results/demo-headline.json"
+DEFAULT_EXPECTED = "benchmarks/demo-headline.json"
 
 
 def register(subparsers) -> None:
