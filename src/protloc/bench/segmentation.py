@@ -73,12 +73,22 @@ def real_figures(segment, fields: dict, shared: Path = SHARED) -> dict:
         result = segment(image)
         row = point_matching(result.nuclei, np.asarray(field["points"], dtype=float))
         row["cells"] = result.count
+        row["set"] = field.get("set", "")
         rows[name] = row
-    total = {key: sum(r[key] for r in rows.values()) for key in ("reference", "found", "matched", "merged", "missed")}
+    totals = {"all": _total(rows.values())}
+    for subset in sorted({r["set"] for r in rows.values()} - {""}):
+        totals[subset] = _total([r for r in rows.values() if r["set"] == subset])
+    return {"fields": rows, "total": totals["all"], "totals": totals}
+
+
+def _total(rows) -> dict:
+    rows = list(rows)
+    total = {key: sum(r[key] for r in rows) for key in ("reference", "found", "matched", "merged", "missed")}
+    total["fields"] = len(rows)
     total["matched_fraction"] = total["matched"] / max(total["reference"], 1)
     total["precision"] = total["matched"] / max(total["found"], 1)
-    total["mean_count_error"] = float(np.mean([abs(r["found"] - r["reference"]) / r["reference"] for r in rows.values()]))
-    return {"fields": rows, "total": total}
+    total["mean_count_error"] = float(np.mean([abs(r["found"] - r["reference"]) / r["reference"] for r in rows]))
+    return total
 
 
 def synthetic_figures(segment, seed: int = 102, samples: int = 100, size: int = 256) -> dict:
@@ -158,6 +168,49 @@ def write_overlays(modules: dict, fields: dict, out: Path, shared: Path = SHARED
     return written
 
 
+def _panel(image: np.ndarray, result, points, box, step: int, zoom: int) -> np.ndarray:
+    """RGB of ``image[box]`` every ``step`` px, zoomed ``zoom`` times: cell outlines white, nuclei
+    cyan, reference centres yellow."""
+    from skimage.segmentation import find_boundaries
+
+    from protloc.cells.overlay import field_composite
+
+    ys, xs = box
+    rgb = field_composite(image[:, ys, xs][:, ::step, ::step], dim=1.0)
+    cells, nuclei = result.cells[ys, xs][::step, ::step], result.nuclei[ys, xs][::step, ::step]
+    rgb = np.kron(rgb, np.ones((zoom, zoom, 1), np.uint8))
+    for labels, colour in ((cells, (255, 255, 255)), (nuclei, (0, 255, 255))):
+        edges = np.kron(find_boundaries(labels, mode="inner"), np.ones((zoom, zoom), bool))
+        rgb[edges] = colour
+    for y, x in np.asarray(points, dtype=int):
+        y, x = (y - ys.start) // step * zoom, (x - xs.start) // step * zoom
+        if 0 <= y < rgb.shape[0] and 0 <= x < rgb.shape[1]:
+            rgb[max(0, y - 3):y + 4, max(0, x - 3):x + 4] = (255, 220, 0)
+    return rgb
+
+
+def before_after_figure(before, after, fields: dict, out: Path, shared: Path = SHARED) -> Path:
+    """docs/segmentation-real-before-after.png: the real 2048² field (whole, at a quarter) and a
+    crowded quarter of Kaggle field 4758031e (zoomed twice), each before | after."""
+    from PIL import Image, ImageDraw
+
+    rows = []
+    for name, box, step, zoom in (("57639_1283_B2_10", (slice(0, 2048), slice(0, 2048)), 4, 1),
+                                  ("4758031e", (slice(150, 406), slice(120, 376)), 1, 2)):
+        field = fields[name]
+        image = field_image(field, shared)
+        panels = [_panel(image, module.segment(image), field["points"], box, step, zoom) for module in (before, after)]
+        rows.append(np.concatenate([panels[0], np.full((panels[0].shape[0], 6, 3), 255, np.uint8), panels[1]], axis=1))
+    picture = Image.fromarray(np.concatenate([rows[0], np.full((6, rows[0].shape[1], 3), 255, np.uint8), rows[1]]))
+    draw = ImageDraw.Draw(picture)
+    for x, text in ((8, "before"), (picture.width // 2 + 8, "after")):
+        draw.rectangle([x - 4, 4, x + 60, 24], fill=(0, 0, 0))
+        draw.text((x, 8), text, fill=(255, 255, 0))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    picture.quantize(colors=128).save(out, optimize=True)  # a palette keeps the PNG small
+    return out
+
+
 def to_markdown(result: dict) -> str:
     names = list(result["versions"])
     lines = ["# Segmentation on real and synthetic fields", "",
@@ -166,18 +219,20 @@ def to_markdown(result: dict) -> str:
              f"Reference: `{result['reference']}` ({result['reference_fields']} fields, "
              f"{result['versions'][names[0]]['real']['total']['reference']} nuclei; how it was made: PROVENANCE.md beside it). "
              "Matched: a reference centre inside a found nucleus holding no other centre.", "",
-             "| field | reference | " + " | ".join(f"{n}: found / matched / merged / missed" for n in names) + " |",
-             "|---|---:|" + "---:|" * len(names)]
+             "| field | set | reference | " + " | ".join(f"{n}: found / matched / merged / missed" for n in names) + " |",
+             "|---|---|---:|" + "---:|" * len(names)]
     first = result["versions"][names[0]]["real"]["fields"]
     for field in first:
         cells = [result["versions"][n]["real"]["fields"][field] for n in names]
-        lines.append(f"| {field} | {cells[0]['reference']} | "
+        lines.append(f"| {field} | {cells[0]['set']} | {cells[0]['reference']} | "
                      + " | ".join(f"{c['found']} / {c['matched']} / {c['merged']} / {c['missed']}" for c in cells) + " |")
-    lines += ["", "| version | matched fraction | precision | mean abs. count error |", "|---|---:|---:|---:|"]
-    for n in names:
-        t = result["versions"][n]["real"]["total"]
-        lines.append(f"| {n} | {t['matched_fraction']:.3f} ({t['matched']}/{t['reference']}) | "
-                     f"{t['precision']:.3f} ({t['matched']}/{t['found']}) | {t['mean_count_error']:.3f} |")
+    lines += ["", "| fields | version | matched fraction (recall) | precision | mean abs. count error per field |",
+              "|---|---|---:|---:|---:|"]
+    for subset in result["versions"][names[0]]["real"]["totals"]:
+        for n in names:
+            t = result["versions"][n]["real"]["totals"][subset]
+            lines.append(f"| {subset} ({t['fields']}) | {n} | {t['matched_fraction']:.3f} ({t['matched']}/{t['reference']}) | "
+                         f"{t['precision']:.3f} ({t['matched']}/{t['found']}) | {t['mean_count_error']:.3f} |")
     synth = result["versions"][names[0]].get("synthetic")
     if synth:
         lines += ["", f"## Synthetic: `protloc synth` seed {synth['seed']}, {synth['samples']} fields of {synth['size']}²", "",
@@ -194,7 +249,7 @@ def to_markdown(result: dict) -> str:
 
 
 def run(before: str | None = None, samples: int = 100, rounds: int = 5, overlays: Path | None = None,
-        reference: Path = REFERENCE, shared: Path = SHARED) -> dict:
+        reference: Path = REFERENCE, shared: Path = SHARED, figure: Path | None = None) -> dict:
     modules = {}
     if before:
         modules[f"before ({before})"] = module_at(before)
@@ -213,6 +268,8 @@ def run(before: str | None = None, samples: int = 100, rounds: int = 5, overlays
               "command": "python -m protloc.bench.segmentation " + " ".join(sys.argv[1:])}
     if overlays:
         result["overlays"] = write_overlays(modules, fields, Path(overlays), shared)
+    if figure and before:
+        result["figure"] = str(before_after_figure(modules[f"before ({before})"], modules["now"], fields, Path(figure), shared))
     return result
 
 
@@ -223,12 +280,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--overlays", type=Path, help="write before/after overlays of the reference fields here")
     parser.add_argument("--reference", type=Path, default=REFERENCE)
+    parser.add_argument("--figure", type=Path, help="with --before: write the before/after figure here "
+                        "(docs/segmentation-real-before-after.png)")
     parser.add_argument("--out", type=Path, help="write OUT.md and OUT.json")
     args = parser.parse_args(argv)
     if not (SHARED / "real-hpa").is_dir():
         print(f"error: {SHARED / 'real-hpa'} not found (set PROTLOC_SHARED)", file=sys.stderr)
         return 2
-    result = run(args.before, args.synthetic_samples, args.rounds, args.overlays, args.reference)
+    result = run(args.before, args.synthetic_samples, args.rounds, args.overlays, args.reference, figure=args.figure)
     text = to_markdown(result)
     print(text)
     if args.out:
