@@ -214,7 +214,7 @@ def before_after_figure(before, after, fields: dict, out: Path, shared: Path = S
 def to_markdown(result: dict) -> str:
     names = list(result["versions"])
     lines = ["# Segmentation on real and synthetic fields", "",
-             f"Command: `{result['command']}`; machine load (uptime) {result['load']}.", "",
+             f"Command: `{result['command']}`; machine load (1-minute load average, 2 cores) {result['load']:.1f}.", "",
              "## Real fields: hand-checked nucleus centres", "",
              f"Reference: `{result['reference']}` ({result['reference_fields']} fields, "
              f"{result['versions'][names[0]]['real']['total']['reference']} nuclei; how it was made: PROVENANCE.md beside it). "
