@@ -56,9 +56,17 @@ def test_two_touching_nuclei_are_split():
 def test_touching_nuclei_without_a_seam_are_split_by_shape():
     image = _field(LONE + [((128, 100), 14, 800.0), ((128, 126), 14, 800.0)])
     result = segment(image)
-    assert {int(result.nuclei[128, 96]), int(result.nuclei[128, 130])} - {0} == {
-        int(result.nuclei[128, 96]), int(result.nuclei[128, 130])}
-    assert len({int(result.nuclei[128, 96]), int(result.nuclei[128, 130])}) == 2
+    pair = {int(result.nuclei[128, 96]), int(result.nuclei[128, 130])}
+    assert 0 not in pair and len(pair) == 2, pair
+
+
+def test_a_small_nucleus_touching_a_big_one_is_its_own():
+    # Radii 16 and 10, centres 26 px apart: the discs overlap, no seam; the small one's distance
+    # maximum is shallow, but deeper than SEED_DEPTH above the saddle.
+    image = _field(LONE + [((128, 104), 16, 800.0), ((128, 130), 10, 800.0)])
+    result = segment(image)
+    assert result.count == 6
+    assert 0 != result.nuclei[128, 100] != result.nuclei[128, 132] != 0
 
 
 def test_an_elongated_nucleus_stays_one():
