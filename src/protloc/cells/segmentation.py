@@ -45,7 +45,7 @@ SEED_DEPTH = 0.04
 # diameters: faint haze beside a dim cell is not part of it (a thin process of a bright one still is).
 CELL_EDGE_FRACTION = 0.15
 CELL_WINDOW = 2.0
-# The values: chosen by looking at overlays of 3 crowded Kaggle fields and the 2048² field, then by the
+# The values: chosen by looking at overlays of four Kaggle fields and the 2048² field, then by the
 # matched nuclei on those (docs/segmentation.md; python -m protloc.bench.segmentation).
 
 
