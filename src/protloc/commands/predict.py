@@ -40,7 +40,7 @@ def register(subparsers) -> None:
     add_precision_argument(parser, default="fp32")
     parser.add_argument("--compile-selu", action="store_true",
                         help="GapNet-PL: SELU as one compiled kernel for any run (by default runs of "
-                        "24 images or more compile it; docs/precision.md)")
+                        "500 images or more compile it; docs/precision.md)")
     parser.add_argument("--pixel-size", type=float, metavar="UM",
                         help="µm per pixel of the inputs (default: stated by the files, e.g. TIFF resolution tags, "
                         "or implied by the layout, e.g. Kaggle 2018 PNGs); inputs are rescaled to the model's")

@@ -37,7 +37,19 @@ _LOCK = threading.Lock()
 _SESSIONS: dict[str, object] = {}
 
 
+_DIGESTS: dict[tuple, str] = {}
+
+
 def _digest_file(path: Path) -> str:
+    """The file's sha256 (16 hex), remembered by (path, size, mtime): an Inferer is made per image."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = _hash_file(path)
+    return _DIGESTS[key]
+
+
+def _hash_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):

@@ -34,9 +34,10 @@ REPORTED_FLAGS = ("avx512_bf16", "amx_bf16", "amx_int8", "amx_tile", "avx512_vnn
 # activations) breaks GapNet-PL's answers on the real fields (docs/precision.md: SELU activations
 # span -1.76 to ~2000, so an 8-bit scale loses every negative value). int8 runs when asked for.
 INT8_IN_AUTO = False
-# Fields a run must hold before SELU is compiled for it: compiling costs a few seconds once per
-# process (measured in docs/precision.md), and saves a fraction of a second per field.
-COMPILE_SELU_MIN_FIELDS = 24
+# Fields a run must hold before SELU is compiled for it: compiling costs 1-5 s once per process on an
+# idle machine (minutes on a loaded one) and saves 5-10 ms per 2048² field on AVX512-BF16 (up to 67 ms
+# with AMX): 5 s / 10 ms = 500 fields (docs/precision.md). A server compiles always (unbounded run).
+COMPILE_SELU_MIN_FIELDS = 500
 _warned: set[str] = set()
 _announced: set[str] = set()
 
