@@ -98,9 +98,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"CPU: {detect_capabilities('cpu').describe()}")
     print(markdown(rows))
     if args.json:
+        from protloc.bench.common import machine_info
+
         slim = {k: {f: v for f, v in r.items() if f != "probabilities"} for k, r in rows.items()}
-        with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump({"cpu": detect_capabilities("cpu").describe(), "rows": slim}, handle, indent=2)
+        section = {"cpu": detect_capabilities("cpu").describe(), "model": args.model, "data": args.data,
+                   "mode": "whole image, each field rescaled to the model's pixel size", "rows": slim}
+        with open(args.json, "w", encoding="utf-8") as handle:  # the layout of `protloc bench` results
+            json.dump({"machine": machine_info(), "command": "python -m protloc.bench.precision_accuracy "
+                       + " ".join(argv if argv is not None else sys.argv[1:]),
+                       "sections": {"precision-accuracy": section}}, handle, indent=2)
     return 0
 
 
