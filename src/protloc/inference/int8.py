@@ -105,7 +105,7 @@ def quantise(network: torch.nn.Module, out: Path, model_pixel_size_um: float | N
             CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static,
         )
     except ImportError:
-        raise ProtlocError("--precision int8 needs onnxruntime and onnx: pip install 'protloc[onnx]'") from None
+        raise ProtlocError("--precision int8 needs onnxruntime and onnx: pip install 'protloc[formats]'") from None
     from protloc.export.onnx import trace_to_onnx
 
     inputs = calibration_inputs(model_pixel_size_um)
@@ -122,7 +122,7 @@ def quantise(network: torch.nn.Module, out: Path, model_pixel_size_um: float | N
         fp32 = Path(tmp) / "fp32.onnx"
         was_training = network.training
         try:
-            trace_to_onnx(network.cpu().eval() if next(network.parameters()).is_cuda else network.eval(), fp32)
+            trace_to_onnx(network.eval(), fp32)  # a CPU network: int8 is refused on CUDA (resolve_precision)
         finally:
             network.train(was_training)
         head = [n.name for n in onnx.load(str(fp32)).graph.node if n.op_type in ("Gemm", "MatMul")]
