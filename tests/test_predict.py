@@ -86,7 +86,8 @@ def test_predict_csv_columns_maps_and_resume(data_dir, model_file, tmp_path, cap
     assert [r["id"] for r in rows] == [p.name.removesuffix("_blue.tif") for p in first]
     with open(out, newline="") as handle:
         header = next(csv.reader(handle))
-    assert header == ["id", *HPA13.classes, "pixel_size_um", "scale", "predicted"]
+    assert header == ["id", *HPA13.classes, "pixel_size_um", "scale", "precision", "predicted"]
+    assert {r["precision"] for r in rows} == {"fp32"}  # predict's default stays exact
     for row in rows:
         predicted = [c for c in HPA13.classes if float(row[c]) >= 0.5]
         assert row["predicted"] == ";".join(predicted)

@@ -26,6 +26,7 @@ class Settings:
     compile: bool = False
     progress: bool = True
     threads: int | None = None
+    precision: str | None = None  # --precision: the platform section compares it with fp32 (bench/platform_precision.py)
 
     @property
     def image_size(self) -> int:
@@ -71,7 +72,7 @@ def machine_info() -> dict:
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "memory_gib": memory_gib,
-        "isa": sorted(f for f in flags if f.startswith(("avx512_bf16", "amx", "avx512f", "avx512_vnni", "avx2"))),
+        "isa": sorted(f for f in flags if f.startswith(("avx512_bf16", "amx", "avx512f", "avx512_vnni", "avx_vnni", "avx2"))),
         "bf16_native": bf16_supported("cpu"),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "python": platform_module.python_version(),

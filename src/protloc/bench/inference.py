@@ -73,6 +73,10 @@ def inference_section(settings: Settings, progress: Progress) -> dict:
     ]
     if settings.quick and not settings.compile:  # no inductor compilation in the quick run
         rows = [row for row in rows if "compiled" not in row[0]]
+    int8 = _int8_row(network, settings)
+    if int8 is not None:
+        rows.append(("int8, ONNX Runtime (outside the accuracy margins: not in auto)", "whole", int8, image,
+                     "static int8, calibrated on synthetic fields (protloc.inference.int8)"))
     compile_seconds = {}
     if settings.compile:
         import torch._inductor.config as inductor_config
@@ -124,6 +128,21 @@ def inference_section(settings: Settings, progress: Progress) -> dict:
     if settings.tf_result:
         result["tensorflow"] = tensorflow_rows(settings.tf_result, base, outputs, size)
     return result
+
+
+def _int8_row(network, settings: Settings):
+    """GapNet-PL's int8 graph (quantised once, cached in the user cache), or None (quick runs; no
+    onnxruntime)."""
+    if settings.quick:
+        return None
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return None
+    from protloc.data.pixel_size import HPA_CONFOCAL_PIXEL_SIZE_UM
+    from protloc.inference.int8 import int8_forward
+
+    return int8_forward(network, None, HPA_CONFOCAL_PIXEL_SIZE_UM)
 
 
 def bf16_class_check(network, settings: Settings) -> dict:

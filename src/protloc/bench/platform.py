@@ -320,6 +320,10 @@ def memory_rounds(server, client, payload: bytes, rounds: int, per_round: int, p
 
 
 def platform_section(settings: Settings, progress: Progress) -> dict:
+    if settings.precision is not None:  # --precision: that precision against fp32 (bench/platform_precision.py)
+        from protloc.bench.platform_precision import precision_section
+
+        return precision_section(settings, progress)
     try:
         import httpx
     except ImportError as exc:

@@ -13,7 +13,7 @@ def markdown(results: dict) -> str:
     """The result tables in Markdown (what BENCHMARKS.md shows)."""
     m = results["machine"]
     out = [f"Machine: {m['cpu']}, {m['cores']} cores ({m['torch_threads']} torch threads), {m['memory_gib']} GiB, "
-           f"bf16 native: {m['bf16_native']}, GPU: {m['gpu'] or 'none'}; torch {m['torch']}, Python {m['python']}; "
+           f"bf16 native: {m['bf16_native']}, instruction sets: {' '.join(m.get('isa') or []) or 'none listed'}, GPU: {m['gpu'] or 'none'}; torch {m['torch']}, Python {m['python']}; "
            f"load average at start {m['load_average_at_start'][0]:.2f}, at end {m.get('load_average_at_end', [0])[0]:.2f}; "
            f"{results['started']} to {results.get('finished')}.", ""]
     sections = results["sections"]
@@ -75,6 +75,10 @@ def markdown(results: dict) -> str:
 
 
 def platform_markdown(s: dict) -> list[str]:
+    if "precision_rows" in s:  # --precision: that precision against fp32 (protloc.bench.platform_precision)
+        from protloc.bench.platform_precision import precision_markdown
+
+        return precision_markdown(s)
     out = ["### Platform: probabilities first against today's path", ""]
     if "skipped" in s:
         return out + [f"skipped: {s['skipped']}", ""]

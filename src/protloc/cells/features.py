@@ -78,10 +78,10 @@ def block_maps(network: torch.nn.Module, raw: torch.Tensor) -> tuple[torch.Tenso
     return _maps_and_averages(network, raw)[0]
 
 
-def _maps_and_averages(network: torch.nn.Module, raw: torch.Tensor):
+def _maps_and_averages(network: torch.nn.Module, raw: torch.Tensor, precision: str = "fp32", **options):
     from protloc.models.gapnet_pl_fast import fast_network
 
-    fast = fast_network(network, precision="fp32")
+    fast = fast_network(network, precision=precision, **options)
     if fast is None:
         raise ProtlocError(f"{getattr(network, 'name', 'this network')} has no block feature maps")
     return fast.block_maps(raw.float())
@@ -249,8 +249,9 @@ def _model_input_maps(predictor, model_image: np.ndarray) -> tuple[tuple[torch.T
     """GapNet-PL's block maps and global averages of one model input [C, H, W], on the CPU (the
     caller holds eval mode and ``no_grad``)."""
     raw = torch.from_numpy(np.ascontiguousarray(model_image, dtype=np.float32))[None].to(predictor.device)
-    maps, image_embedding = _maps_and_averages(predictor.network, raw)
-    return tuple(m.cpu() for m in maps), image_embedding.cpu()
+    # the predictor's precision, resolved for maps (``Predictor.maps_options``); cells average float32
+    maps, image_embedding = _maps_and_averages(predictor.network, raw, **getattr(predictor, "maps_options", dict)())
+    return tuple(m.float().cpu() for m in maps), image_embedding.cpu()
 
 
 def masked_features(predictor, image: np.ndarray, labels: np.ndarray, cell_ids: np.ndarray,

@@ -218,13 +218,14 @@ def _pixel_size(entry, image: np.ndarray, pixel_size: float | None, predictor, s
 def run_cells(inputs, model, out, *, masks_dir=None, maps_dir=None, embeddings: bool = False,
               image_prior: bool = False, nucleus_diameter: float | None = None, device: str = "cpu",
               input_format: str | None = None, scoring: str | None = None, pixel_size: float | None = None,
-              reader_options: dict | None = None, progress: bool = False) -> CellsResult:
+              reader_options: dict | None = None, progress: bool = False, precision: str = "fp32") -> CellsResult:
     """Segment (or read the masks of) every input image, predict its cells and write the outputs.
 
     ``masks_dir``: a folder of ``<id>_cellmask`` images or an OME-Zarr store with NGFF labels
     (``protloc.cells.masks.open_masks``). ``scoring``: the table's per-cell answer
     (``protloc.cells.scoring.SCORINGS``; default ``combined``, ``image_prior`` = ``geometric-mean``).
-    ``pixel_size``: µm per pixel of the inputs (default: stated by their files or layout)."""
+    ``pixel_size``: µm per pixel of the inputs (default: stated by their files or layout).
+    ``precision``: of GapNet-PL's pass (``protloc.inference.precision``; int8 has no feature maps)."""
     from tqdm.auto import tqdm
 
     from protloc.cells.masks import open_masks, write_label_image
@@ -240,8 +241,12 @@ def run_cells(inputs, model, out, *, masks_dir=None, maps_dir=None, embeddings: 
         check_pixel_size(pixel_size)
     paths = output_paths(out)
     masks = open_masks(masks_dir) if masks_dir is not None else None
-    predictor = load_model(model, device=device)
+    from protloc.inference.precision import resolve_precision
+
+    ran_at = resolve_precision(precision, device, maps=True).precision  # int8 refused before any work
+    predictor = load_model(model, device=device, precision=precision)
     entries = discover_inputs(inputs, format=input_format, reader_options=reader_options)
+    predictor.fields = len(entries)  # a long run compiles GapNet-PL's SELU
     paths["table"].parent.mkdir(parents=True, exist_ok=True)
     result = CellsResult()
     rows: list[dict] = []
@@ -294,7 +299,7 @@ def run_cells(inputs, model, out, *, masks_dir=None, maps_dir=None, embeddings: 
     uns = {"model": predictor.name, "classes": list(predictor.classes), "method": method,
            "probabilities": DESCRIPTIONS[scoring], "scoring": scoring,
            "embedding": "gapnet-pl masked block averages (224)" if method == "masked-features" else "probabilities",
-           "channels": predictor.network_channels}
+           "channels": predictor.network_channels, "precision": ran_at}
     result.files.append(write_table(paths["table"], rows, columns))
     result.files.append(write_anndata(paths["h5ad"], rows, columns, stacked, uns))
     if embeddings:

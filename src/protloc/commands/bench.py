@@ -44,6 +44,11 @@ def register(subparsers) -> None:
     parser.add_argument("--threads", default=None, help="torch threads (default: torch's own choice)")
     parser.add_argument("--compile", action="store_true",
                         help="also time torch.compile variants (minutes of compilation on a small CPU)")
+    from protloc.inference.precision import CHOICES
+
+    parser.add_argument("--precision", choices=CHOICES, default=None,
+                        help="platform section: uploads/s of 1024² fields with cells at this precision (auto: the "
+                        "fastest native one) against fp32 in the same run, instead of the full platform section")
     parser.add_argument("--markdown", default=None, metavar="FILE", help="also write the tables to FILE")
     parser.add_argument("--run", default=None, metavar="DIR",
                         help=f"section {DEMO_CHECK}: a finished `protloc demo` folder (or its runs/gapnet-pl) to "
@@ -102,7 +107,8 @@ def run(args) -> int:
 
     sections = bench.parse_sections(args.sections)
     settings = bench.Settings(quick=args.quick, model=args.model, tf_result=args.tf_result, repeats=repeats,
-                              compile=args.compile, progress=sys.stderr.isatty(), threads=threads)
+                              compile=args.compile, progress=sys.stderr.isatty(), threads=threads,
+                              precision=args.precision)
     results = bench.run(sections, settings)
     # atomic: an interrupted run never leaves a half-written results file over an earlier one
     atomic_write_text(out, json.dumps(results, indent=1) + "\n")

@@ -27,6 +27,9 @@ def register(subparsers) -> None:
                         help="µm per pixel of the inputs (default: stated by the files or implied by the layout); "
                         "the network sees each image at the model's pixel size, the masks and the table stay on the input's grid")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    from protloc.commands.predict import add_precision_argument
+
+    add_precision_argument(parser, default="fp32")
     add_cell_arguments(parser)
     parser.set_defaults(handler=run)
 
@@ -66,7 +69,7 @@ def run(args) -> int:
 
     result = run_cells(
         args.inputs, args.model, args.out, maps_dir=args.maps, device=args.device, input_format=args.input_format,
-        pixel_size=args.pixel_size, progress=sys.stderr.isatty(), **cell_options(args),
+        pixel_size=args.pixel_size, progress=sys.stderr.isatty(), precision=args.precision, **cell_options(args),
     )
     report(result, args.out)
     return 0

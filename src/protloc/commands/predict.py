@@ -8,6 +8,16 @@ import warnings
 from protloc.data.limits import add_max_pixels_argument, set_max_pixels
 
 
+def add_precision_argument(parser, default: str) -> None:
+    """``--precision``, the same on every command (resolved by the one Inferer; docs/precision.md)."""
+    from protloc.inference.precision import CHOICES
+
+    parser.add_argument("--precision", default=default, choices=CHOICES,
+                        help=f"arithmetic: fp32 (exact), bf16 (CPUs with AVX512-BF16/AMX, CUDA), fp16 (CUDA), "
+                        "int8 (GapNet-PL through ONNX Runtime; off auto: it misses the accuracy margins) or auto "
+                        f"(the fastest native one that holds them, said in one line). Default: {default}")
+
+
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "predict",
@@ -27,12 +37,10 @@ def register(subparsers) -> None:
     parser.add_argument("--tta", action="store_true", help="average over flips and 90° rotations")
     parser.add_argument("--maps", metavar="DIR", help="write localisation-map overlays (PNG) to DIR")
     parser.add_argument("--batch-size", type=int, default=4, help="patches per forward pass")
-    parser.add_argument("--precision", default="fp32", metavar="{fp32,bf16}",
-                        help="fp32 (default; GapNet-PL runs its fast exact path) or bf16 (1.7x faster on CPUs "
-                        "with AVX512-BF16; probabilities within a few hundredths, same top class)")
+    add_precision_argument(parser, default="fp32")
     parser.add_argument("--compile-selu", action="store_true",
-                        help="GapNet-PL: SELU as one compiled kernel (the first image pays 1-5 s of compiling, "
-                        "later ones run 5-10%% faster; for runs of many images)")
+                        help="GapNet-PL: SELU as one compiled kernel for any run (by default runs of "
+                        "500 images or more compile it; docs/precision.md)")
     parser.add_argument("--pixel-size", type=float, metavar="UM",
                         help="µm per pixel of the inputs (default: stated by the files, e.g. TIFF resolution tags, "
                         "or implied by the layout, e.g. Kaggle 2018 PNGs); inputs are rescaled to the model's")
@@ -84,7 +92,7 @@ def _predict(args) -> int:
     given = [flag for name, flag in _CELLS_ONLY if getattr(args, name) not in (None, False)]
     if given:
         raise ProtlocError(f"{given[0]} is a per-cell option: add --cells")
-    check_precision(args.precision)
+    check_precision(args.precision, allow_auto=True)
     set_max_pixels(args.max_pixels)  # the readers, in the decoding workers too
     if args.compile_selu:
         from protloc.models.gapnet_pl_fast import use_compiled_selu
@@ -115,13 +123,11 @@ def _predict_cells(args) -> int:
     if given:
         raise ProtlocError(f"{given[0]} is an image-level option: the per-cell path (--cells) makes one "
                            "whole-image pass of its own")
-    if args.precision != "fp32":
-        raise ProtlocError("--cells runs in fp32 (the per-cell feature averages); drop --precision")
     set_max_pixels(args.max_pixels)
     result = run_cells(
         args.inputs, args.model, args.out, maps_dir=args.maps, device=args.device, input_format=args.input_format,
         pixel_size=args.pixel_size, reader_options=_ome_reader_options(args), progress=sys.stderr.isatty(),
-        **cell_options(args),
+        precision=args.precision, **cell_options(args),
     )
     report(result, args.out)
     return 0

@@ -143,13 +143,14 @@ class _RowWriter:
             handle.truncate(0)
 
     def write(self, sample_id: str, probs: np.ndarray, predicted: list[str], classes: list[str],
-              pixel_size_um: float | None = None, scale: float = 1.0) -> None:
+              pixel_size_um: float | None = None, scale: float = 1.0, precision: str = "fp32") -> None:
         if self.fmt == "csv":
             self.csv.writerow([sample_id, *(f"{p:.6f}" for p in probs), "" if pixel_size_um is None else
-                               f"{pixel_size_um:g}", f"{scale:g}", ";".join(predicted)])
+                               f"{pixel_size_um:g}", f"{scale:g}", precision, ";".join(predicted)])
         else:
             row = {"id": sample_id, **{c: round(float(p), 6) for c, p in zip(classes, probs)},
-                   "pixel_size_um": pixel_size_um, "scale": round(float(scale), 6), "predicted": predicted}
+                   "pixel_size_um": pixel_size_um, "scale": round(float(scale), 6), "precision": precision,
+                   "predicted": predicted}
             self.handle.write(json.dumps(row) + "\n")
         self.handle.flush()
         os.fsync(self.handle.fileno())
@@ -239,7 +240,8 @@ def run_batch_prediction(
 
     out = Path(out)
     fmt = output_format(out)
-    predictor = load_model(model, device=device)
+    predictor = load_model(model, device=device, precision=precision)
+    precision = predictor.resolved_precision  # auto resolved once; every row records what ran
     if patch_size:
         predictor.patch_size = int(patch_size)
     if whole_image and not predictor.fully_convolutional:
@@ -253,7 +255,7 @@ def run_batch_prediction(
     journal = out.with_name(out.name + ".journal.jsonl") if fmt == "parquet" else out
     if world > 1:
         journal = journal.with_name(f"{journal.name}.rank{rank}")
-    columns = ["id", *predictor.classes, "pixel_size_um", "scale", "predicted"]
+    columns = ["id", *predictor.classes, "pixel_size_um", "scale", "precision", "predicted"]
     if pixel_size is not None:
         check_pixel_size(pixel_size)
     entry_of = {e.id: e for e in entries}
@@ -268,6 +270,7 @@ def run_batch_prediction(
     my_entries = [e for i, e in enumerate(entries) if i % world == rank]
     todo = [e for e in my_entries if e.id not in writer.done]
     result = BatchResult(already_done=len(my_entries) - len(todo), out=final_out)
+    predictor.fields = len(todo)  # a long run compiles GapNet-PL's SELU (compile_selu_worth)
     sources_by_id = {e.id: e.sources for e in todo}  # hook (issue 14): maps of OME-Zarr inputs go back as labels
 
     loader = torch.utils.data.DataLoader(
@@ -290,13 +293,13 @@ def run_batch_prediction(
                 warn_unknown(predictor.pixel_size_um)
                 warned = True
             probs = predictor.predict_proba(image, whole_image=whole_image, tta=tta, batch_size=batch_size,
-                                            precision=precision, pixel_size_um=size.um)
+                                            pixel_size_um=size.um)
             predicted = predictor.predicted(probs)
             if maps_dir is not None:
                 write_maps(predictor, sample_id, image, probs, predicted, Path(maps_dir),
                            sources=sources_by_id.get(sample_id))  # hook (issue 14): OME-Zarr labels
             writer.write(sample_id, probs, predicted, predictor.classes, size.um,
-                         scale_factor(size.um, predictor.pixel_size_um))
+                         scale_factor(size.um, predictor.pixel_size_um), precision)
             result.predicted += 1
     finally:
         writer.close()

@@ -159,7 +159,7 @@ class CellsStage:
         a failing network raises."""
         probabilities, record = self._analyse(predictor, submission_id, image, pixel_size_um)
         if probabilities is None:
-            probabilities = predictor.inferer(whole_image=True, precision="fp32")(image, pixel_size_um)
+            probabilities = predictor.inferer(whole_image=True)(image, pixel_size_um)
         return probabilities, record
 
     def compute(self, predictor, submission_id: str, image: np.ndarray,
@@ -241,6 +241,15 @@ def summary(result: db.Result | None, status: str, base: str) -> dict:
     if count:
         links["overlay"] = f"{base}/images/cells.png"
     return {"count": count, "computed": computed, "note": note, "links": links}
+
+
+def answering_precision(predictor, method: str | None) -> str:
+    """The precision a submission's probabilities come from: the whole-image pass of the cells runs
+    the predictor's precision resolved for feature maps, the covering patches its image-level one."""
+    from protloc.inference.precision import resolve_precision
+
+    return resolve_precision(getattr(predictor, "precision", "fp32"), getattr(predictor, "device", "cpu"),
+                             maps=method == WHOLE_IMAGE).precision
 
 
 def probabilities_view(method: str | None) -> dict:

@@ -29,7 +29,7 @@ from protloc.web.storage import (
     normalise_channel_name,
 )
 from protloc.web.archives import shared_sample_id
-from protloc.web.cells import probabilities_view
+from protloc.web.cells import answering_precision, probabilities_view
 from protloc.web.cells import summary as cells_summary
 from protloc.web.exports import results_csv, spreadsheet_safe  # noqa: F401  (their home before exports.py)
 from protloc.web.completion import RECHECK_SECONDS, Completions
@@ -84,7 +84,7 @@ class Platform:
         self.store = settings.store if settings.store is not None else BlobStore(settings.data_dir)
         self.store.clean_tmp()
         self.sessions = db.open_database(settings.resolved_database_url())
-        self.predictors = settings.predictors if settings.predictors is not None else load_predictors(settings.models, settings.device)
+        self.predictors = settings.predictors if settings.predictors is not None else load_predictors(settings.models, settings.device, settings.precision)
         if not self.predictors:
             raise ProtlocError("no model loaded")
         self.default_model = next(iter(self.predictors))
@@ -132,6 +132,7 @@ class Platform:
             "thresholds": [float(t) for t in predictor.thresholds],
             "patch_size": int(predictor.patch_size),
             "image_probabilities": probabilities_view(self.worker.cells.probabilities_from(predictor)),
+            "precision": answering_precision(predictor, self.worker.cells.probabilities_from(predictor)),
             "default": key == self.default_model,
         }
 
@@ -249,6 +250,7 @@ class Platform:
                 thresholds={c: t for c, t in zip(result.classes, result.thresholds)},
                 predicted=list(result.predicted),
                 image_probabilities=probabilities_view(result.probabilities_from),
+                precision=result.precision or "fp32",  # NULL: a row from before precisions, fp32
                 seconds=round(result.seconds, 4),
                 images={
                     "composite": f"{base}/images/composite.png",

@@ -41,7 +41,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from protloc.web import db
 from protloc.web.jobs import DatabaseJobs, MemoryJobs, worker_name
 from protloc.web.lanes import DEFAULT_LANES, Lanes
-from protloc.web.cells import PATCHES, WHOLE_IMAGE, CellsStage
+from protloc.web.cells import PATCHES, WHOLE_IMAGE, CellsStage, answering_precision
 from protloc.web.pictures import Activity, IdlePictures
 from protloc.web.renders import Renderer
 from protloc.web.storage import BlobStore, load_stored_sample
@@ -92,7 +92,7 @@ def batched_probabilities(predictor, images: list[np.ndarray], max_batch_patches
         if stats is not None:
             stats.add(forward_passes=1, patches=patches, max_samples_per_pass=samples)
 
-    inferer = predictor.inferer(batch_size=max(1, max_batch_patches), precision="fp32", on_pass=count)
+    inferer = predictor.inferer(batch_size=max(1, max_batch_patches), on_pass=count)  # the predictor's precision
     return inferer.predict_many(images, pixel_sizes)  # each image rescaled to the model's pixel size
 
 
@@ -402,6 +402,7 @@ class PredictionWorker:
                     cells_count=cells.count if cells is not None else None,
                     cells_note=cells.note if cells is not None else None,
                     probabilities_from=probabilities_from,
+                    precision=answering_precision(predictor, probabilities_from),
                 )
             )
         self.stats.add(samples=1)
