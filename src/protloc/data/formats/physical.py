@@ -58,8 +58,8 @@ def checked_pixel_size(um: float, where: str, tag: str) -> float:
 
 def physical_pixel_size(y: tuple, x: tuple, where: str, tag: str) -> PixelSize:
     """A PixelSize from (value, unit) of the y and x axes; the x size is used, y is mentioned when it differs."""
-    y_um = checked_pixel_size(length_in_um(*y, where, f"{tag}Y"), where, f"{tag}Y")
     x_um = checked_pixel_size(length_in_um(*x, where, f"{tag}X"), where, f"{tag}X")
+    y_um = checked_pixel_size(length_in_um(*y, where, f"{tag}Y"), where, f"{tag}Y")
     note = "" if abs(y_um - x_um) < 1e-9 * max(x_um, 1e-12) else f" (x; y is {y_um:g})"
     return PixelSize(x_um, f"{tag.split()[0]} metadata{note}")
 
@@ -76,8 +76,8 @@ def tiff_resolution_pixel_size(page, where: str) -> PixelSize:
     except (TypeError, ValueError):
         raise DataError(f"{where}: TIFF XResolution/ResolutionUnit tags are malformed") from None
     um_per_unit = _TIFF_UNIT_IN_UM.get(unit)
-    if um_per_unit is None or (numerator == 0 and denominator in (0, 1)):
-        return UNKNOWN  # no physical unit, or the 0/0 or 0/1 programs write for "not set"
+    if um_per_unit is None or numerator == 0:
+        return UNKNOWN  # no physical unit, or the zero resolution programs write for "not set"
     per_unit = numerator / denominator if denominator else math.inf
     if unit == 2 and per_unit > 0 and round(per_unit) in _PRINTER_DPI:
         return UNKNOWN
