@@ -100,12 +100,8 @@ def shared_sample_id(filenames: list[str]) -> str | None:
 def _zarr_store_of(path: Path, root: Path) -> Path | None:
     from protloc.data.formats.ome_zarr import is_zarr_group
 
-    for parent in path.parents:
-        if parent == root or root not in parent.parents:
-            return None
-        if is_zarr_group(parent):
-            return parent
-    return None
+    stores = [parent for parent in path.parents if root in parent.parents and is_zarr_group(parent)]
+    return stores[-1] if stores else None  # the outermost group: the store itself, not its arrays
 
 
 def group_samples(files: list[Path], root: Path) -> tuple[list[dict], list[dict]]:
