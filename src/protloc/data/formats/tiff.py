@@ -61,7 +61,8 @@ def stated_pixel_size(path: str | Path, name: str | None = None) -> PixelSize:
     file's name in messages (an upload stored under its hash)."""
     import tifffile
 
-    from protloc.data.formats import ome_tiff
+    from protloc.data.formats.ome_tiff import parse_ome_xml
+    from protloc.data.formats.ome_tiff import pixel_size as ome_pixel_size
 
     path = Path(path)
     name = name or path.name
@@ -69,10 +70,10 @@ def stated_pixel_size(path: str | Path, name: str | None = None) -> PixelSize:
         with tifffile.TiffFile(path) as tif:
             xml, page = tif.ome_metadata, tif.pages[0]
             try:
-                header = ome_tiff.parse_ome_xml(xml, name) if xml else None
+                header = parse_ome_xml(xml, name) if xml else None
             except DataError:  # damaged OME-XML in a TIFF read by plane order: its tags may still say
                 header = None
-            stated = ome_tiff.pixel_size(header, name) if header is not None else UNKNOWN
+            stated = ome_pixel_size(header, name) if header is not None else UNKNOWN
             return stated if stated.known else tiff_resolution_pixel_size(page, name)
     except DataError:
         raise
