@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from protloc.data.channels import CHANNELS, COLOUR_OF_CHANNEL
 from protloc.data.formats import channel_files, npz, ome_tiff, ome_zarr, tiff
 from protloc.data.formats.base import Sample
 from protloc.data.formats.listing import (
@@ -143,6 +144,9 @@ def discover(paths, format: str | None = None, label_set=None, reader_options: d
                 if key not in seen_samples:  # else a sibling channel file of a sample already collected
                     seen_samples.add(key)
                     sample_id, sources, problem = named_channel_sample(path)
+                    missing = [c for c in CHANNELS if c not in sources]
+                    if problem is None and missing:  # the reason reading it would give, known now
+                        problem = "missing channel " + ", ".join(f"{COLOUR_OF_CHANNEL[c]} ({c})" for c in missing)
                     add(sample_id, sources, problem=problem)
             elif is_multichannel_candidate(path.name):
                 add(printable_id(path.stem), {npz.KEY if path.suffix.lower() == ".npz" else tiff.KEY: str(path)})
@@ -164,8 +168,6 @@ def describe_ome(paths, options: dict[str, str] | None = None, limit: int = 5) -
     """One line per OME input saying which of its channels became which and its pixel size, so that
     nothing is assumed silently (``cells.ome.tif: DAPI -> nucleus, ...; pixel size 0.08 µm``). A plate
     is described by its first field (its fields share their channels)."""
-    from protloc.data.channels import CHANNELS
-
     lines = []
     for raw in paths:
         path = Path(raw).expanduser()
