@@ -1,7 +1,7 @@
 """OME-TIFF input: a multi-channel image whose OME-XML names its channels and pixel size.
 
 tifffile reads the pixels (the full-resolution level of a pyramid) and hands over the OME-XML; the
-channels are matched by name (``protloc.data.ome.match_channels``), the physical pixel size comes from
+channels are matched by name (``protloc.data.formats.ome.match_channels``), the physical pixel size comes from
 ``Pixels/@PhysicalSizeY|X`` in its unit. One image per file; Z-stacks and time series need
 ``--projection``.
 """
