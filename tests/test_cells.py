@@ -165,14 +165,14 @@ def test_segmentation_finds_the_synthetic_cells():
 
 
 def test_segmentation_of_the_real_kaggle_field():
-    from protloc.data.inputs import discover_inputs, load_entry
+    from protloc.data.formats import discover, read
 
     from conftest import shared_dir
 
     folder = shared_dir() / "real-hpa" / "kaggle-png"
     if not folder.is_dir():
         pytest.skip("../shared/real-hpa is not beside the repository")
-    image = load_entry(discover_inputs([folder])[0])
+    image = read(discover([folder])[0]).image
     segmentation = segment(image)
     # By eye (README): 13 cells found; 2 cells with very dim nuclei on the left are missed.
     assert 8 <= segmentation.count <= 18

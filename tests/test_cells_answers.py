@@ -218,7 +218,7 @@ def test_masks_from_ome_zarr_labels_and_next_to_ome_tiff(model_file, tmp_path, c
     import zarr
     from ome_zarr import writer as ome_writer
 
-    from protloc.data.ome_zarr import write_label_image as write_ngff_labels
+    from protloc.data.formats.ome_zarr import write_label_image as write_ngff_labels
 
     image, labels = _field(5)
     names = ["DAPI", "Tubulin", "Calreticulin", "GFP"]

@@ -15,7 +15,7 @@ import pytest
 from conftest import shared_dir
 from protloc.cli import main
 from protloc.commands.sample_data import shipped_files
-from protloc.data.inputs import discover_inputs
+from protloc.data.formats import discover
 
 CHECKPOINT = shared_dir() / "pretrained" / "gapnet-pl"
 
@@ -30,7 +30,7 @@ def test_sample_data_writes_the_field_and_its_credit(tmp_path, capsys):
     assert "../shared" not in credit  # the credit a user gets stands on its own
     assert "CC BY-SA 3.0" in capsys.readouterr().out
     # one four-channel sample, the credit file no input
-    (entry,) = discover_inputs([out])
+    (entry,) = discover([out])
     assert len(entry.sources) == 4
     # again: identical files are fine; a changed one is refused unless --force
     assert main(["sample-data", str(out)]) == 0

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from protloc.data.readers import read_sample
+from protloc.data.formats import read
 from protloc.data.synth import PIXEL_SIZE_UM, render_sample
 from protloc.evaluation.realism import KAGGLE_PNG_PIXEL_SIZE_UM, read_real_set, rescale
 from protloc.labels import HPA13
@@ -46,7 +46,7 @@ def main(real_root: str, out: str, per_class: int = 2) -> None:
         k = HPA13.index(name)
         picks = [i for i in range(len(real.ids)) if real.labels[i, k] > 0][:per_class]
         rows = []
-        real_tiles = [tiles(rescale(read_sample(real.sources[i]), factor)) for i in picks]
+        real_tiles = [tiles(rescale(read(real.sources[i]).image, factor)) for i in picks]
         synth_tiles = [tiles(render_sample(np.random.default_rng([99, j]), [name], 320, 320).astype(np.float32))
                        for j in range(per_class)]
         blank = np.ones_like(synth_tiles[0])

@@ -48,12 +48,12 @@ REAL_FIELD = Path(os.environ.get("PROTLOC_SHARED", REPO.parent / "shared")) / "r
 
 
 def _load_image(path: Path | None, size: int = 2048) -> tuple[np.ndarray, str]:
-    from protloc.data.inputs import discover_inputs, load_entry
+    from protloc.data.formats import discover, read
 
     folder = path or REAL_FIELD
     if size == 2048 and folder.exists():
-        entry = discover_inputs([folder])[0]
-        return load_entry(entry), f"{entry.id} ({folder})"
+        entry = discover([folder])[0]
+        return read(entry).image, f"{entry.id} ({folder})"
     from protloc.data.synth import draw_sample
 
     _, image = draw_sample(0, 0, size, size)

@@ -167,7 +167,7 @@ def page_complete(client, sid: str) -> None:
 def field_sample(tmp: Path, files: list[tuple[str, bytes]]) -> np.ndarray:
     """The field as the command line reads it: float32 [4, H, W] by the project's channel reader."""
     from protloc.data.channels import CHANNELS, COLOUR_OF_CHANNEL
-    from protloc.data.readers import read_channel_file
+    from protloc.data.formats.channel_files import read_channel_file
 
     folder = tmp / "field"
     folder.mkdir(exist_ok=True)

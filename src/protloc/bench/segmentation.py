@@ -44,13 +44,13 @@ def load_reference(path: Path = REFERENCE) -> dict:
 
 
 def field_image(field: dict, shared: Path = SHARED) -> np.ndarray:
-    from protloc.data.inputs import discover_inputs, load_entry
+    from protloc.data.formats import discover, read
 
     folder = shared / field["folder"]
-    entries = [e for e in discover_inputs([folder]) if e.id == field["id"]]
+    entries = [e for e in discover([folder]) if e.id == field["id"]]
     if not entries:
         raise FileNotFoundError(f"{field['id']} is not in {folder}")
-    return load_entry(entries[0])
+    return read(entries[0]).image
 
 
 def point_matching(nuclei: np.ndarray, points: np.ndarray) -> dict:

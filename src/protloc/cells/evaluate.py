@@ -194,7 +194,7 @@ def collect_cells(data: str | Path, model, ids: list[str] | None = None, progres
     from protloc.cells.features import predict_cells
     from protloc.cells.masks import read_masks
     from protloc.cells.segmentation import segment
-    from protloc.data.inputs import discover_inputs, load_entry
+    from protloc.data.formats import discover, read
     from protloc.inference import load_model
 
     data = Path(data)
@@ -203,7 +203,7 @@ def collect_cells(data: str | Path, model, ids: list[str] | None = None, progres
     if not truth_file.is_file() or not (data / "masks").is_dir():
         raise ProtlocError(f"{data} has no per-cell truth (cells.csv and masks/): generate it with 'protloc synth'")
     truth = read_cell_truth(truth_file, predictor.classes)
-    entries = [e for e in discover_inputs([data]) if ids is None or e.id in set(ids)]
+    entries = [e for e in discover([data]) if ids is None or e.id in set(ids)]
     if not entries:
         raise ProtlocError(f"no images of the requested ids in {data}")
     result = CellsEvaluation()
@@ -211,7 +211,7 @@ def collect_cells(data: str | Path, model, ids: list[str] | None = None, progres
     ious = []
     none = np.zeros(len(predictor.classes), np.int8)
     for entry in tqdm(entries, desc="cells", unit="image", disable=not progress):
-        image = load_entry(entry)
+        image = read(entry).image
         true_cells, _ = read_masks(data / "masks", entry.id, image.shape[1:])
         on_truth = predict_cells(predictor, image, true_cells)
         drawn.add(on_truth, [truth[(entry.id, int(i))] for i in on_truth.cell_ids], result.images)

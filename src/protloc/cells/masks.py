@@ -7,7 +7,7 @@ protloc writes its own segmentations in the same layout (16-bit PNG), so they ca
 back with ``--masks``. Next to an OME-TIFF the names are ``<id>_cellmask.ome.tif`` or ``.tif``, the id
 being the OME-TIFF's (its name without ``.ome.tif``).
 
-An OME-Zarr store instead of a folder: each image's NGFF ``labels/`` group (as ``protloc.data.ome_zarr``
+An OME-Zarr store instead of a folder: each image's NGFF ``labels/`` group (as ``protloc.data.formats.ome_zarr``
 writes them, or napari, ome-zarr-py and others): the label image named like cells (``cells``,
 ``cell``, ``cellmask``, ``cell_mask``, ...) for the cells, one named like nuclei for the nuclei. An
 input read from that same store finds its labels under its own image path; any other input (a
@@ -100,7 +100,7 @@ class MaskFolder:
 
 def open_masks(path: str | Path):
     """The mask source of ``--masks``: an OME-Zarr store (``ZarrLabels``) or a folder (``MaskFolder``)."""
-    from protloc.data.ome_zarr import is_zarr_group
+    from protloc.data.formats.ome_zarr import is_zarr_group
 
     path = Path(path)
     if is_zarr_group(path):

@@ -200,12 +200,11 @@ def output_paths(out: str | Path) -> dict[str, Path]:
             "images": Path(f"{stem}.images.h5ad")}
 
 
-def _pixel_size(entry, image: np.ndarray, pixel_size: float | None, predictor, said: dict) -> float | None:
-    """The input's µm per pixel (``--pixel-size``, its metadata or layout), said once per run as
-    ``protloc predict`` says it (``protloc.data.pixel_size``)."""
-    from protloc.data.pixel_size import describe, pixel_size_of, warn_unknown
+def _pixel_size(size, predictor, said: dict) -> float | None:
+    """The input's µm per pixel (``--pixel-size``, its metadata or layout, as read with the sample),
+    said once per run as ``protloc predict`` says it (``protloc.data.pixel_size``)."""
+    from protloc.data.pixel_size import describe, warn_unknown
 
-    size = pixel_size_of(entry.sources, *image.shape[-2:], override=pixel_size)
     if not said.get("described") and (size.known or predictor.pixel_size_um is None):
         print(describe(size, predictor.pixel_size_um), file=sys.stderr)
         said["described"] = True
@@ -231,7 +230,7 @@ def run_cells(inputs, model, out, *, masks_dir=None, maps_dir=None, embeddings: 
     from protloc.cells.masks import open_masks, write_label_image
     from protloc.cells.overlay import class_overlay, save_png
     from protloc.cells.scoring import DESCRIPTIONS, check_scoring
-    from protloc.data.inputs import discover_inputs, load_entry
+    from protloc.data.formats import discover, read
     from protloc.data.pixel_size import check_pixel_size
     from protloc.inference import load_model
 
@@ -245,7 +244,7 @@ def run_cells(inputs, model, out, *, masks_dir=None, maps_dir=None, embeddings: 
 
     ran_at = resolve_precision(precision, device, maps=True).precision  # int8 refused before any work
     predictor = load_model(model, device=device, precision=precision)
-    entries = discover_inputs(inputs, format=input_format, reader_options=reader_options)
+    entries = discover(inputs, format=input_format, reader_options=reader_options)
     predictor.fields = len(entries)  # a long run compiles GapNet-PL's SELU
     paths["table"].parent.mkdir(parents=True, exist_ok=True)
     result = CellsResult()
@@ -257,13 +256,14 @@ def run_cells(inputs, model, out, *, masks_dir=None, maps_dir=None, embeddings: 
     said: dict = {}
     for entry in tqdm(entries, desc="cells", unit="image", disable=not progress):
         try:
-            image = load_entry(entry)
+            sample = read(entry, pixel_size=pixel_size)
+            image = sample.image
             cells = nuclei = None
             if masks is not None:
                 cells, nuclei = masks.read(entry, image.shape[1:])
             analysed = analyse_image(predictor, image, entry.id, cells=cells, nuclei=nuclei,
                                      nucleus_diameter=nucleus_diameter,
-                                     pixel_size_um=_pixel_size(entry, image, pixel_size, predictor, said))
+                                     pixel_size_um=_pixel_size(sample.pixel_size, predictor, said))
         except DataError as exc:
             result.failures.append((entry.id, str(exc)))
             continue

@@ -50,6 +50,9 @@ def register(subparsers) -> None:
                         "'DAPI=nucleus,Tub=microtubules,Calr=er,GFP=protein' or positional 'protein,nucleus,er,microtubules'")
     parser.add_argument("--projection", choices=["max", "mean"],
                         help="OME inputs: project Z-stacks and time series (refused without it)")
+    parser.add_argument("--allow-sparse-zarr", action="store_true",
+                        help="OME-Zarr inputs: read chunks missing from the store as its fill value (for stores "
+                        "written sparse on purpose; by default a missing chunk skips the image with its reason)")
     parser.add_argument("--workers", type=int, default=2, help="image-decoding worker processes")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     add_max_pixels_argument(parser)
@@ -134,9 +137,11 @@ def _predict_cells(args) -> int:
 
 
 def _ome_reader_options(args) -> dict:
-    from protloc.data.ome import describe_inputs, reader_options
+    from protloc.data.formats import describe_ome
+    from protloc.data.formats.ome import reader_options
 
-    options = reader_options(channels=args.channels, projection=args.projection)
-    for line in describe_inputs(args.inputs, options):  # which channel is which, and the pixel size
+    options = reader_options(channels=args.channels, projection=args.projection,
+                             allow_sparse=args.allow_sparse_zarr)
+    for line in describe_ome(args.inputs, options):  # which channel is which, and the pixel size
         print(line, file=sys.stderr)
     return options

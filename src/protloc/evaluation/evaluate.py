@@ -90,8 +90,8 @@ def evaluate_run(
     """
     import torch
 
-    from protloc.checkpoint import build_network, read_model_file
-    from protloc.data.index import DatasetIndex
+    from protloc.checkpoint import build_network, model_pixel_size, read_model_file
+    from protloc.data.index import DatasetIndex, data_pixel_size
     from protloc.data.splits import load_splits
     from protloc.inference.inferer import Inferer, predict_dataset
 
@@ -121,7 +121,11 @@ def evaluate_run(
     if progress is None:
         progress = sys.stderr.isatty()
 
-    inferer = Inferer(network, None if whole_image else patch_size, batch_size=batch_size, device=device)
+    # The data reach the network at the pixel size the model was trained at, as in training (the data
+    # set's own pixel size: the run's --pixel-size, else what its files state or its layout implies).
+    data_um = data_pixel_size(index, config.get("pixel_size")).um
+    inferer = Inferer(network, None if whole_image else patch_size, batch_size=batch_size, device=device,
+                      model_pixel_size_um=model_pixel_size(payload)[0], pixel_size_um=data_um)
 
     def predict(ids: list[str], name: str) -> np.ndarray:
         probs = predict_dataset(inferer, ids, index.load_image, progress=progress, description=f"predicting {name}")

@@ -86,15 +86,18 @@ def model_predictions(predictor, index, ids, *, pixel_size=None, whole_image=Fal
     """
     from tqdm.auto import tqdm
 
-    from protloc.data.pixel_size import (
-        PixelSize, check_pixel_size, describe, sample_pixel_size, scale_factor, warn_unknown,
-    )
+    from protloc.data.pixel_size import PixelSize, check_pixel_size, describe, scale_factor, warn_unknown
 
     model_um = predictor.pixel_size_um
     override = None if pixel_size is None else PixelSize(check_pixel_size(pixel_size), "--pixel-size")
     rows, results, statement, warned = [], [], None, False
     for sample_id in tqdm(ids, desc=description, unit="image", disable=not progress, leave=False):
-        data = override or sample_pixel_size(index, sample_id)
+        sample = None
+        if given is None:  # image and pixel size read together (protloc.data.formats.read)
+            sample = index.read(sample_id, pixel_size=pixel_size)
+            data = sample.pixel_size
+        else:
+            data = override or index.pixel_size(sample_id)
         if statement is None:
             statement = describe(data, model_um)
         if not data.known and not warned:
@@ -106,7 +109,7 @@ def model_predictions(predictor, index, ids, *, pixel_size=None, whole_image=Fal
             shape = (entry.height, entry.width)
             results.append(np.asarray(given[sample_id], dtype=np.float32))
         else:
-            image = index.load_image(sample_id)
+            image = sample.image
             shape = image.shape[-2:]
             # the one inferer brings the image to the model's pixel size (Inferer.model_input)
             results.append(predictor.predict_proba(image, whole_image=whole_image, batch_size=batch_size,

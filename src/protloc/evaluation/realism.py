@@ -138,10 +138,10 @@ def published_on_synthetic(predictor, fields: int, size: int, seed: int, network
 def on_real(predictor, real: RealSet, real_pixel_size: float, network_pixel_size: float,
             progress: bool = False, desc: str = "real fields") -> tuple[dict, np.ndarray]:
     """A network on the real fields, rescaled from their pixel size to the network's."""
-    from protloc.data.readers import read_sample
+    from protloc.data.formats import read
 
     factor = real_pixel_size / network_pixel_size
-    probs = _predict_all(predictor, lambda i: rescale(read_sample(real.sources[i]), factor), len(real.ids), desc,
+    probs = _predict_all(predictor, lambda i: rescale(read(real.sources[i]).image, factor), len(real.ids), desc,
                          progress, False)
     result = per_class_auc(real.labels, probs, MIN_POSITIVES)
     result.update(real_pixel_size_um=real_pixel_size, network_pixel_size_um=network_pixel_size,

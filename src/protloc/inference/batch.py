@@ -166,20 +166,22 @@ class _RowWriter:
 
 
 class _ImageDataset:
-    """Decodes one input per item; a failure is returned as its reason instead of raising."""
+    """Reads one input per item (image, pixel size, channel names: ``protloc.data.formats.read``); a
+    failure is returned as its reason instead of raising."""
 
-    def __init__(self, entries):
+    def __init__(self, entries, pixel_size: float | None = None):
         self.entries = entries
+        self.pixel_size = pixel_size
 
     def __len__(self) -> int:
         return len(self.entries)
 
     def __getitem__(self, i):
-        from protloc.data.inputs import load_entry
+        from protloc.data.formats import read
 
         entry = self.entries[i]
         try:
-            return entry.id, load_entry(entry), None
+            return entry.id, read(entry, pixel_size=self.pixel_size), None
         except ProtlocError as exc:
             return entry.id, None, str(exc)
         except Exception as exc:  # a decoder's own exception type: report it, keep going
@@ -233,8 +235,8 @@ def run_batch_prediction(
     import torch
     from tqdm import tqdm
 
-    from protloc.data.inputs import discover_inputs
-    from protloc.data.pixel_size import check_pixel_size, describe, pixel_size_of, scale_factor, warn_unknown
+    from protloc.data.formats import discover
+    from protloc.data.pixel_size import check_pixel_size, describe, scale_factor, warn_unknown
     from protloc.inference.maps import write_maps
     from protloc.inference.predictor import load_model
 
@@ -246,7 +248,7 @@ def run_batch_prediction(
         predictor.patch_size = int(patch_size)
     if whole_image and not predictor.fully_convolutional:
         raise ProtlocError(f"{predictor.model_name} has fixed-size dense layers: --whole-image needs GapNet-PL")
-    entries = discover_inputs(list(inputs), format=input_format, reader_options=reader_options)
+    entries = discover(list(inputs), format=input_format, reader_options=reader_options)
     if not entries:
         raise ProtlocError("no images found in the inputs")
 
@@ -258,7 +260,6 @@ def run_batch_prediction(
     columns = ["id", *predictor.classes, "pixel_size_um", "scale", "precision", "predicted"]
     if pixel_size is not None:
         check_pixel_size(pixel_size)
-    entry_of = {e.id: e for e in entries}
     said = warned = False
     row_format = "csv" if fmt == "csv" else "jsonl"
     sync = None
@@ -274,17 +275,17 @@ def run_batch_prediction(
     sources_by_id = {e.id: e.sources for e in todo}  # hook (issue 14): maps of OME-Zarr inputs go back as labels
 
     loader = torch.utils.data.DataLoader(
-        _ImageDataset(todo), batch_size=1, collate_fn=_first, num_workers=workers if len(todo) > 1 else 0,
+        _ImageDataset(todo, pixel_size), batch_size=1, collate_fn=_first, num_workers=workers if len(todo) > 1 else 0,
         worker_init_fn=partial(_close_in_worker, writer.lock_fd, os.getpid()),
         prefetch_factor=2 if workers and len(todo) > 1 else None,
     )
     bar = tqdm(loader, total=len(todo), desc="predict", unit="img", disable=not progress, file=sys.stderr)
     try:
-        for sample_id, image, failure in bar:
+        for sample_id, sample, failure in bar:
             if failure is not None:
                 result.failures.append({"id": sample_id, "reason": failure})
                 continue
-            size = pixel_size_of(entry_of[sample_id].sources, *image.shape[-2:], override=pixel_size)
+            image, size = sample.image, sample.pixel_size
             if not said:  # one line per run; an unknown pixel size is the warning below instead
                 if size.known or predictor.pixel_size_um is None:
                     print(describe(size, predictor.pixel_size_um), file=sys.stderr)

@@ -135,9 +135,8 @@ def write_maps(predictor, sample_id: str, image: np.ndarray, probs: np.ndarray, 
     for cls, heat in maps.items():
         written.append(render.save_png(render.overlay_map(image, heat, base=composite),
                                        folder / f"{stem}__{_safe_name(cls)}.png"))
-    # --- hook (issue 14): an OME-Zarr input gets the maps as an NGFF label image beside its pixels ---
-    from protloc.data.ome_zarr import write_localisation_labels
-    if (ngff := write_localisation_labels(sources or {}, maps, predictor.classes)) is not None:
-        written.append(ngff)
-    # --- end hook ---
+    # The input's format keeps the maps beside its pixels where it has a place for labels (OME-Zarr).
+    from protloc.data.formats import write_localisation_labels
+    if (labels := write_localisation_labels(sources or {}, maps, predictor.classes)) is not None:
+        written.append(labels)
     return written

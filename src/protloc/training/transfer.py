@@ -144,7 +144,8 @@ def prepare_transfer(network: nn.Module, config, index, announce: bool = True) -
     """
     import sys
 
-    from protloc.data.pixel_size import data_pixel_size, describe, scale_factor
+    from protloc.data.index import data_pixel_size
+    from protloc.data.pixel_size import describe, scale_factor
 
     info = None
     if config.init:

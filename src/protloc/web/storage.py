@@ -18,7 +18,7 @@ from typing import AsyncIterator
 
 import numpy as np
 
-from protloc.data.channels import CHANNELS, HPA_COLOURS
+from protloc.data.channels import CHANNELS, COLOUR_OF_CHANNEL, canonical_channel
 from protloc.web.store import KIND_SUFFIX, BlobStore, UploadStore
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".npz")
@@ -215,10 +215,8 @@ def channel_from_filename(filename: str) -> str | None:
 
 
 def normalise_channel_name(value: str) -> str | None:
-    value = value.strip().lower()
-    if value in CHANNELS:
-        return value
-    return HPA_COLOURS.get(value)
+    """A form field's channel name or HPA colour as protloc's channel (the one alias table)."""
+    return canonical_channel(value)
 
 
 def _check_pixels(shape: tuple[int, ...], max_pixels: int, name: str) -> None:
@@ -252,8 +250,7 @@ def inspect_image(path: Path, name: str, max_pixels: int) -> str:
 
 def decode_channel(received: ReceivedFile, channel: str, max_pixels: int) -> np.ndarray:
     """One channel file as a 2-D float32 array, after the header checks."""
-    from protloc.data.channels import COLOUR_OF_CHANNEL
-    from protloc.data.readers import read_channel_file
+    from protloc.data.formats.channel_files import read_channel_file
 
     name = received.filename
     received.kind = inspect_image(received.path, name, max_pixels)
@@ -274,7 +271,7 @@ def decode_channel(received: ReceivedFile, channel: str, max_pixels: int) -> np.
 
 def decode_multichannel(received: ReceivedFile, max_pixels: int) -> np.ndarray:
     """One multi-channel TIFF/NPZ as float32 [4, H, W], after the header checks."""
-    from protloc.data.readers import read_multichannel_file
+    from protloc.data.formats import read_file
 
     name = received.filename
     received.kind = inspect_image(received.path, name, max_pixels)
@@ -282,7 +279,7 @@ def decode_multichannel(received: ReceivedFile, max_pixels: int) -> np.ndarray:
         raise UploadError(422, f"{name}: a single file must be a four-channel TIFF or NPZ, or send four channel files")
     received.take_suffix()
     try:
-        image = read_multichannel_file(received.path)
+        image = read_file(received.path).image
     except Exception as exc:
         raise UploadError(422, f"{name}: {_one_line(exc).replace(received.path.name, name)}") from None
     image = np.asarray(image, dtype=np.float32)
@@ -293,14 +290,14 @@ def decode_multichannel(received: ReceivedFile, max_pixels: int) -> np.ndarray:
 
 def load_stored_sample(store: BlobStore, input_kind: str, files: list[dict]) -> np.ndarray:
     """A submission's sample, decoded again from its stored files (the worker's view)."""
-    from protloc.data.channels import COLOUR_OF_CHANNEL
-    from protloc.data.readers import read_channel_file, read_multichannel_file
+    from protloc.data.formats import read_file
+    from protloc.data.formats.channel_files import read_channel_file
 
     def path(entry: dict) -> Path:
         return store.path_of(entry["sha256"], KIND_SUFFIX.get(entry["kind"], ""))
 
     if input_kind == "multichannel":
-        return np.asarray(read_multichannel_file(path(files[0])), dtype=np.float32)
+        return np.asarray(read_file(path(files[0])).image, dtype=np.float32)
     by_channel = {entry["channel"]: entry for entry in files}
     planes = [
         np.asarray(read_channel_file(path(by_channel[c]), colour=COLOUR_OF_CHANNEL[c]), dtype=np.float32)

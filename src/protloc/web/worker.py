@@ -98,11 +98,11 @@ def batched_probabilities(predictor, images: list[np.ndarray], max_batch_patches
 
 def stored_pixel_size(store: BlobStore, files: list[dict], image: np.ndarray) -> float | None:
     """A submission's µm per pixel from its stored files' metadata or its original names' layout."""
-    from protloc.data.pixel_size import pixel_size_of
+    from protloc.data.formats.channel_files import pixel_size
     from protloc.web.storage import KIND_SUFFIX
 
     paths = [store.path_of(entry["sha256"], KIND_SUFFIX.get(entry["kind"], "")) for entry in files]
-    return pixel_size_of(paths, *image.shape[-2:], names=[entry.get("filename") or "" for entry in files]).um
+    return pixel_size(paths, *image.shape[-2:], names=[entry.get("filename") or "" for entry in files]).um
 
 
 def _one_line(exc: BaseException) -> str:
