@@ -28,16 +28,15 @@ class ExportResult:
 
 def load_exportable(spec: str | Path) -> dict:
     """The model file behind ``spec`` (pretrained, file, run folder) with its network built."""
-    from protloc.checkpoint import build_network, read_model_file
-    from protloc.inference.predictor import resolve_model_file
+    from protloc.inference.predictor import load_model, resolve_model_file
 
     if str(spec).lower().endswith((".onnx", ".zip")):
         raise ProtlocError(
             f"{Path(str(spec)).name} is an exported model: export from the protloc model file (.pt) it came from"
         )
     path = resolve_model_file(spec)
-    payload = read_model_file(path)
-    return {"payload": payload, "network": build_network(payload), "path": path}
+    predictor = load_model(path)
+    return {"payload": predictor.model_file, "network": predictor.network, "path": path}
 
 
 def export_model(spec: str | Path, format: str, out: str | Path, **options) -> ExportResult:

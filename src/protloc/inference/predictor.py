@@ -3,6 +3,10 @@
 ``load_model("pretrained" | FILE | RUN_DIR)`` returns a ``Predictor``: the network (canonical channel
 order in, logits out) with its classes, decision thresholds and training crop size, and methods that
 take a canonical float32 [4, H, W] sample of any size.
+
+It is the one way a protloc model file becomes a usable model: ``protloc predict``, evaluation,
+cross-validation, the expert study, export, the benchmarks and the platform all call it, and take
+their ``Inferer`` from ``Predictor.inferer`` so the model's pixel size always travels with it.
 """
 
 from __future__ import annotations
@@ -50,6 +54,9 @@ class Predictor:
     name: str = ""
     pixel_size_um: float | None = None  # the pixel size the network was trained at (None: not recorded)
     pixel_size_source: str = "unknown"
+    # The model file's entries as loaded, without the weights (those live in ``network``): callers that
+    # rewrite or extend the file (threshold tuning, fine-tuning, export) start from these.
+    model_file: dict = field(default_factory=dict)
 
     @property
     def fully_convolutional(self) -> bool:
@@ -82,15 +89,18 @@ class Predictor:
         return inferer(self._check_image(image), pixel_size_um)
 
     def inferer(self, *, whole_image: bool = False, tta: bool = False, batch_size: int = 4,
-                precision: str = "fp32", on_pass=None) -> Inferer:
-        """The ``Inferer`` of this model with these options (see ``predict_proba``; ``on_pass``: see
-        ``Inferer``)."""
-        check_precision(precision)
+                precision: str | None = "fp32", on_pass=None, forward=None,
+                pixel_size_um: float | None = None) -> Inferer:
+        """The ``Inferer`` of this model with these options (see ``predict_proba``; ``on_pass`` and
+        ``forward``: see ``Inferer``). ``pixel_size_um``: the inputs' µm per pixel when a call does not
+        say (a data set's); the model's own pixel size is always set."""
+        if precision is not None:
+            check_precision(precision)
         if whole_image and not self.fully_convolutional:
             raise ProtlocError(f"{self.model_name} has fixed-size dense layers: whole-image prediction needs patches")
         return Inferer(self.network, None if whole_image else self.patch_size, batch_size=batch_size, tta=tta,
-                       precision=precision, device=self.device, on_pass=on_pass,
-                       model_pixel_size_um=self.pixel_size_um)
+                       precision=precision, device=self.device, on_pass=on_pass, forward=forward,
+                       model_pixel_size_um=self.pixel_size_um, pixel_size_um=pixel_size_um)
 
     def predict(self, image: np.ndarray, **options) -> dict[str, float]:
         probs = self.predict_proba(image, **options)
@@ -143,8 +153,12 @@ def load_model(spec: str | Path = "pretrained", device: str | torch.device = "cp
     # --- end hook ---
     path = resolve_model_file(spec)
     payload = read_model_file(path)
-    device = torch.device(device)
-    network = build_network(payload).to(device)
+    network = build_network(payload)
+    try:
+        device = torch.device(device)
+        network = network.to(device)
+    except (RuntimeError, ValueError) as exc:  # an unknown device name, or CUDA asked for without CUDA
+        raise ProtlocError(f"cannot use device {str(device)!r}: {str(exc).splitlines()[0]}") from None
     classes = list(payload["classes"])
     thresholds = payload.get("thresholds") or [0.5] * len(classes)
     if len(thresholds) != len(classes):
@@ -162,4 +176,5 @@ def load_model(spec: str | Path = "pretrained", device: str | torch.device = "cp
         name=f"{payload['model']} ({label})",
         pixel_size_um=pixel_size_um,
         pixel_size_source=pixel_size_source,
+        model_file={key: value for key, value in payload.items() if key != "state_dict"},
     )

@@ -277,10 +277,10 @@ def _mapping_to(index, predictor):
 def _head_probabilities(fold_dir: Path, features: dict, ids) -> dict:
     """Test-fold probabilities of the fold's model from the cached encoder features: the same patches,
     normaliser and network as its default patch prediction, without running the encoder again."""
-    from protloc.checkpoint import build_network, read_model_file
+    from protloc.inference.predictor import load_model
     from protloc.training.head_features import image_probs
 
-    network = build_network(read_model_file(fold_dir / "model.pt"))
+    network = load_model(fold_dir / "model.pt").network
     return dict(zip(ids, image_probs(network, features, ids)))
 
 
