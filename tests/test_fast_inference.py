@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from protloc.checkpoint import build_network, read_model_file, save_model_file
+from protloc.checkpoint import network_from_model_file, read_model_file, save_model_file
 from protloc.cli import main
 from protloc.data.channels import CHANNELS
 from protloc.errors import ProtlocError
@@ -222,7 +222,7 @@ def test_fast_path_gives_tensorflow_logits_on_odd_sizes(pretrained_file):
     assert hashlib.sha256(image.tobytes()).hexdigest() == odd["sha256_float32"]
     canonical = [CHECKPOINT_CHANNEL_ORDER.index(channel) for channel in CHANNELS]
     raw = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)[canonical]))[None] * 700.0 + 300.0
-    network = build_network(read_model_file(pretrained_file)).eval()
+    network = network_from_model_file(read_model_file(pretrained_file)).eval()
     logits = FastGapNetPL(network, strip_rows=16)(raw)[0].double().numpy()
     expected = np.array(odd["logits"])
     assert np.abs(logits - expected).max() <= 1e-4 * np.abs(expected).max()

@@ -116,7 +116,7 @@ def check_inputs(payload: dict, path: str | Path) -> None:
         )
 
 
-def build_network(payload: dict) -> torch.nn.Module:
+def network_from_model_file(payload: dict) -> torch.nn.Module:
     """The network described by a model file, with its weights loaded, in eval mode."""
     from protloc.models import create_model
 

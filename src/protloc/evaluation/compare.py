@@ -136,7 +136,7 @@ def count_parameters(payload: dict) -> int:
     """Trainable parameters of the network a model file describes (built on the meta device: no memory)."""
     import torch
 
-    from protloc.checkpoint import build_network
+    from protloc.checkpoint import network_from_model_file
     from protloc.models import create_model
 
     try:
@@ -148,7 +148,7 @@ def count_parameters(payload: dict) -> int:
     except ProtlocError:
         raise
     except Exception:  # a model whose constructor cannot run on meta tensors: build it for real
-        network = build_network(payload)
+        network = network_from_model_file(payload)
     return int(sum(p.numel() for p in network.parameters()))
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from protloc.checkpoint import build_network, model_pixel_size, read_model_file
+from protloc.checkpoint import model_pixel_size, network_from_model_file, read_model_file
 from protloc.errors import ProtlocError
 from protloc.inference.inferer import Inferer
 from protloc.inference.precision import check_precision
@@ -153,7 +153,7 @@ def load_model(spec: str | Path = "pretrained", device: str | torch.device = "cp
     # --- end hook ---
     path = resolve_model_file(spec)
     payload = read_model_file(path)
-    network = build_network(payload)
+    network = network_from_model_file(payload)
     try:
         device = torch.device(device)
         network = network.to(device)

@@ -287,12 +287,12 @@ def _head_probabilities(fold_dir: Path, features: dict, ids) -> dict:
 def _train_head_fold(config, index, splits, fold_dir: Path, features, progress: bool):
     from protloc.checkpoint import save_model_file
     from protloc.training.head_features import compute_features, train_head
-    from protloc.training.run import build_network
+    from protloc.training.run import new_training_network
     from protloc.training.transfer import prepare_transfer
 
     from protloc.training.head_features import check_separable
 
-    network, options, _ = build_network(config, len(index.label_set))
+    network, options, _ = new_training_network(config, len(index.label_set))
     check_separable(network)
     scale = prepare_transfer(network, config, index, announce=features is None)
     if features is None:  # the frozen encoder is the same for every fold: one pass over every image
