@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from protloc.checkpoint import network_from_model_file, read_model_file, save_model_file
+from protloc.model_file import network_from_model_file, read_model_file, save_model_file
 from protloc.cli import main
 from protloc.data.channels import CHANNELS
 from protloc.errors import ProtlocError

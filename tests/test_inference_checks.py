@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from protloc.checkpoint import read_model_file, save_model_file
+from protloc.model_file import read_model_file, save_model_file
 from protloc.cli import main
 from protloc.errors import ProtlocError
 from protloc.inference import precision as precision_module

@@ -17,7 +17,7 @@ import pytest
 import tifffile
 import torch
 
-from protloc.checkpoint import model_pixel_size, read_model_file, save_model_file
+from protloc.model_file import model_pixel_size, read_model_file, save_model_file
 from protloc.cli import main
 from protloc.data.index import open_dataset
 from protloc.data.pixel_size import (

@@ -59,7 +59,7 @@ def full_run(data_dir, tmp_path_factory):
 
 @pytest.mark.slow
 def test_two_epoch_run_writes_every_artefact(full_run):
-    from protloc.checkpoint import read_model_file
+    from protloc.model_file import read_model_file
 
     run, result = full_run
     assert result.status == "completed" and result.epochs_completed == EPOCHS

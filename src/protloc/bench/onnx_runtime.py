@@ -24,7 +24,7 @@ def _model_file(settings: Settings, folder: Path) -> tuple[str, str]:
     """(protloc model file to export, description of its weights)."""
     import torch
 
-    from protloc.checkpoint import save_model_file
+    from protloc.model_file import save_model_file
     from protloc.labels import HPA13
     from protloc.models import create_model
 

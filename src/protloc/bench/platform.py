@@ -415,7 +415,7 @@ def bench_model(settings: Settings, tmp: Path) -> tuple[str, str]:
     except Exception:
         import torch
 
-        from protloc.checkpoint import save_model_file
+        from protloc.model_file import save_model_file
         from protloc.labels import HPA13
         from protloc.models import create_model
 

@@ -136,7 +136,7 @@ def count_parameters(payload: dict) -> int:
     """Trainable parameters of the network a model file describes (built on the meta device: no memory)."""
     import torch
 
-    from protloc.checkpoint import network_from_model_file
+    from protloc.model_file import network_from_model_file
     from protloc.models import create_model
 
     try:
@@ -163,7 +163,7 @@ def _method_labels(models: list[str], runs: list[Path]) -> list[str]:
 
 def compare_runs(run_dirs: Sequence, split: str = "test", wilcoxon_method: str = "approx") -> dict:
     """Tables 1, 2 and 7 for the given runs (the first run is tested against each other)."""
-    from protloc.checkpoint import read_model_file
+    from protloc.model_file import read_model_file
 
     if not run_dirs:
         raise ProtlocError("compare needs at least one run directory")

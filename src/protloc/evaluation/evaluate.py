@@ -65,7 +65,7 @@ def _labels(index, ids: list[str], split: str) -> np.ndarray:
 
 def store_thresholds(run: Path, payload: dict, thresholds: np.ndarray, info: dict) -> None:
     """Thresholds into model.pt (atomically, all else kept as it is) and thresholds.json."""
-    from protloc.checkpoint import atomic_torch_save, read_model_file
+    from protloc.model_file import atomic_torch_save, read_model_file
 
     values = [float(t) for t in thresholds]
     if payload.get("thresholds") != values:

@@ -157,7 +157,7 @@ def evaluate_model(
     if whole_image and not predictor.fully_convolutional:
         raise ProtlocError(f"{predictor.model_name} has fixed-size dense layers: --whole-image needs a fully "
                            "convolutional model")
-    from protloc.checkpoint import read_model_file
+    from protloc.model_file import read_model_file
 
     classes = list(predictor.classes)
     model_label_set = read_model_file(predictor.source["file"]).get("label_set") or "model"

@@ -121,7 +121,7 @@ def finetune_multiclass(run_dir: str | Path, data: str | Path | None = None, *, 
                         steps: int = 300, lr: float = 0.05, weight_decay: float = 1e-4, seed: int = 0,
                         out: str | Path | None = None) -> FinetuneResult:
     """Fine-tune the run's model for single-label samples; writes RUN_DIR/multiclass/model.pt."""
-    from protloc.checkpoint import atomic_torch_save
+    from protloc.model_file import atomic_torch_save
     from protloc.data.index import default_splits_path, open_dataset
     from protloc.data.splits import load_splits, make_splits, single_label_ids
     from protloc.inference.predictor import load_model, resolve_model_file

@@ -65,7 +65,7 @@ def export_model(spec: str | Path, format: str, out: str | Path, **options) -> E
 
 def model_metadata(model: dict) -> dict:
     """What a user of an exported file needs beside the weights (stored inside ONNX and TorchScript)."""
-    from protloc.checkpoint import model_pixel_size
+    from protloc.model_file import model_pixel_size
 
     payload = model["payload"]
     classes = list(payload["classes"])

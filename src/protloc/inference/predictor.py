@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from protloc.checkpoint import model_pixel_size, network_from_model_file, read_model_file
+from protloc.model_file import model_pixel_size, network_from_model_file, read_model_file
 from protloc.errors import ProtlocError
 from protloc.inference.inferer import Inferer
 from protloc.inference.precision import check_precision

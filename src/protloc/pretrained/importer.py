@@ -124,7 +124,7 @@ def import_checkpoint(
     published release, seconds taken). ``ProtlocError`` for a missing, truncated or corrupt checkpoint.
     """
     import protloc
-    from protloc.checkpoint import save_model_file
+    from protloc.model_file import save_model_file
     from protloc.labels import load_label_set
     from protloc.models import create_model
 

@@ -285,7 +285,7 @@ def _head_probabilities(fold_dir: Path, features: dict, ids) -> dict:
 
 
 def _train_head_fold(config, index, splits, fold_dir: Path, features, progress: bool):
-    from protloc.checkpoint import save_model_file
+    from protloc.model_file import save_model_file
     from protloc.training.head_features import compute_features, train_head
     from protloc.training.run import new_training_network
     from protloc.training.transfer import prepare_transfer

@@ -186,7 +186,7 @@ def write_run_model(run_dir: Path, config: TrainConfig, network, options: dict, 
     import numpy as np
     import torch
 
-    from protloc.checkpoint import save_model_file
+    from protloc.model_file import save_model_file
 
     best = run_dir / "checkpoints" / "best.ckpt"
     if not best.is_file():

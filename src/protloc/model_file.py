@@ -1,4 +1,5 @@
-"""protloc's own model file: the network's weights with everything needed to use them.
+"""The protloc model file (not a Lightning or TensorFlow checkpoint): the network's weights with
+everything needed to use them.
 
 A model file is a ``torch.save`` dict with ``format == "protloc-model/1"``:
 
