@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 
+from protloc.devices import add_device_argument
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -26,7 +28,7 @@ def register(subparsers) -> None:
     parser.add_argument("--pixel-size", type=float, metavar="UM",
                         help="µm per pixel of the inputs (default: stated by the files or implied by the layout); "
                         "the network sees each image at the model's pixel size, the masks and the table stay on the input's grid")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    add_device_argument(parser)
     add_cell_arguments(parser)
     parser.set_defaults(handler=run)
 

@@ -6,6 +6,7 @@ import sys
 import warnings
 
 from protloc.data.limits import add_max_pixels_argument, set_max_pixels
+from protloc.devices import add_device_argument
 
 
 def register(subparsers) -> None:
@@ -43,7 +44,7 @@ def register(subparsers) -> None:
     parser.add_argument("--projection", choices=["max", "mean"],
                         help="OME inputs: project Z-stacks and time series (refused without it)")
     parser.add_argument("--workers", type=int, default=2, help="image-decoding worker processes")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    add_device_argument(parser)
     add_max_pixels_argument(parser)
     # --cells: the per-cell outputs of `protloc cells` (the same library call, protloc.cells.run_cells)
     from protloc.commands.cells import add_cell_arguments

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import sys
 
+from protloc.devices import add_device_argument
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -62,7 +64,7 @@ def register(subparsers) -> None:
     parser.add_argument("--lease", type=float, default=60.0, metavar="SECONDS",
                         help="PostgreSQL: how long this server's worker holds a claimed submission without renewal "
                         "(default: %(default)s)")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    add_device_argument(parser)
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     parser.set_defaults(handler=run)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 
+from protloc.devices import add_device_argument
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -30,7 +32,7 @@ def add_training_arguments(parser, out_help: str = "run directory to create (or 
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--lr", type=float, help="initial learning rate")
     parser.add_argument("--seed", type=int)
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    add_device_argument(parser, config_file=True)
     parser.add_argument("--devices", help="devices per node (default: torchrun's, else 1)")
     parser.add_argument("--workers", type=int, help="data loader worker processes")
     parser.add_argument("--patience", type=int, help="epochs without validation-F1 improvement before halving the lr")

@@ -11,6 +11,8 @@ import logging
 import signal
 import sys
 
+from protloc.devices import add_device_argument
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -37,7 +39,7 @@ def register(subparsers) -> None:
                         "are stored with the sample's, GapNet-PL models only)")
     parser.add_argument("--lanes", type=int, default=2, metavar="N",
                         help="threads taking submissions side by side (default: %(default)s)")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    add_device_argument(parser)
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     parser.set_defaults(handler=run)
 

@@ -85,11 +85,9 @@ def evaluate_run(
 ) -> dict:
     """Tune thresholds on val, predict ``split``, write RUN_DIR/evaluation/<split>/; returns the metrics.
 
-    ``device``: a torch device string (default: CUDA when available, else CPU). ``batch_size``:
+    ``device``: see ``protloc.devices.resolve_device`` (default: CUDA when available, else CPU). ``batch_size``:
     patches per forward pass.
     """
-    import torch
-
     from protloc.data.index import DatasetIndex
     from protloc.data.pixel_size import data_pixel_size
     from protloc.data.splits import load_splits
@@ -101,7 +99,7 @@ def evaluate_run(
     if batch_size < 1:
         raise ProtlocError(f"batch size must be at least 1, got {batch_size}")
     run = check_run_dir(run_dir)
-    predictor = load_model(run / "model.pt", device=device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    predictor = load_model(run / "model.pt", device=device)
     payload = predictor.model_file
     config = _read_config(run)
     index = DatasetIndex.load(run / "index.json")

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from protloc.model_file import model_pixel_size, network_from_model_file, read_model_file
+from protloc.devices import resolve_device
 from protloc.errors import ProtlocError
 from protloc.inference.inferer import Inferer
 from protloc.inference.precision import check_precision
@@ -144,8 +145,10 @@ class Predictor:
         return list(self.source.get("channels") or ["nucleus", "microtubules", "er", "protein"])
 
 
-def load_model(spec: str | Path = "pretrained", device: str | torch.device = "cpu") -> Predictor:
-    """A ready-to-use predictor from ``pretrained``, a protloc model file or a training run folder."""
+def load_model(spec: str | Path = "pretrained", device: str | torch.device | None = "cpu") -> Predictor:
+    """A ready-to-use predictor from ``pretrained``, a protloc model file or a training run folder.
+
+    ``device``: see ``protloc.devices.resolve_device`` (``auto``/None: a CUDA GPU when there is one)."""
     # --- hook (issue 14): an exported .onnx model runs through onnxruntime ---
     if str(spec).lower().endswith(".onnx"):
         from protloc.export.onnx_runtime import load_onnx_predictor
@@ -153,11 +156,11 @@ def load_model(spec: str | Path = "pretrained", device: str | torch.device = "cp
     # --- end hook ---
     path = resolve_model_file(spec)
     payload = read_model_file(path)
+    device = resolve_device(device)
     network = network_from_model_file(payload)
     try:
-        device = torch.device(device)
         network = network.to(device)
-    except (RuntimeError, ValueError) as exc:  # an unknown device name, or CUDA asked for without CUDA
+    except RuntimeError as exc:  # the device is there but unusable (out of memory, driver)
         raise ProtlocError(f"cannot use device {str(device)!r}: {str(exc).splitlines()[0]}") from None
     classes = list(payload["classes"])
     thresholds = payload.get("thresholds") or [0.5] * len(classes)
