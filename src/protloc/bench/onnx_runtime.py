@@ -49,7 +49,8 @@ def onnxruntime_section(settings: Settings, progress: Progress) -> dict:
 
     from protloc.errors import ProtlocError
     from protloc.export import export_model
-    from protloc.inference import load_model, normalize
+    from protloc.inference.normalization import normalize
+    from protloc.inference.predictor import load_model
     from protloc.models.gapnet_pl_fast import fast_network
 
     with tempfile.TemporaryDirectory(prefix="protloc-bench-onnx-") as tmp:

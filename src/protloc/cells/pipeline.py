@@ -232,7 +232,7 @@ def run_cells(inputs, model, out, *, masks_dir=None, maps_dir=None, embeddings: 
     from protloc.cells.scoring import DESCRIPTIONS, check_scoring
     from protloc.data.inputs import discover_inputs, load_entry
     from protloc.data.pixel_size import check_pixel_size
-    from protloc.inference import load_model
+    from protloc.inference.predictor import load_model
 
     require_cells_extra()
     scoring = check_scoring(scoring or ("geometric-mean" if image_prior else "combined"))

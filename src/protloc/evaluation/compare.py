@@ -29,7 +29,7 @@ import numpy as np
 
 from protloc.errors import ProtlocError
 from protloc.evaluation.metrics import format_value
-from protloc.evaluation.report import load_metrics, markdown_table, write_json, write_text_atomic, _figure
+from protloc.evaluation.report import load_metrics, markdown_table, write_json, write_text_atomic, new_figure
 
 FORMAT = "protloc-comparison/1"
 WILCOXON_METHODS = ("approx", "exact", "auto")
@@ -307,7 +307,7 @@ def plot_f1_comparison(path: Path, tables: dict) -> None:
     rows = tables["table2"]["rows"]
     x = np.arange(len(classes))
     width = 0.8 / len(rows)
-    figure = _figure(max(7.0, 0.25 * len(classes) * len(rows) + 3), 4.8)
+    figure = new_figure(max(7.0, 0.25 * len(classes) * len(rows) + 3), 4.8)
     ax = figure.subplots()
     for i, row in enumerate(rows):
         values = [row["f1"][name] if row["f1"][name] is not None else 0.0 for name in classes]

@@ -31,7 +31,6 @@ from protloc.web.storage import (
 from protloc.web.archives import shared_sample_id
 from protloc.web.cells import probabilities_view
 from protloc.web.cells import summary as cells_summary
-from protloc.web.exports import results_csv, spreadsheet_safe  # noqa: F401  (their home before exports.py)
 from protloc.web.completion import RECHECK_SECONDS, Completions
 from protloc.web.jobs import DatabaseJobs
 from protloc.web.listing import Coalesced, FinishedItems, filtered, list_json, submission_json
