@@ -51,7 +51,7 @@ def onnxruntime_section(settings: Settings, progress: Progress) -> dict:
     from protloc.export import export_model
     from protloc.inference.normalization import normalize
     from protloc.inference.predictor import load_model
-    from protloc.models.gapnet_pl_fast import fast_network
+    from protloc.inference.gapnet_pl_fast import fast_network
 
     with tempfile.TemporaryDirectory(prefix="protloc-bench-onnx-") as tmp:
         model, weights = _model_file(settings, Path(tmp))

@@ -341,9 +341,9 @@ def platform_section(settings: Settings, progress: Progress) -> dict:
             clients = {s.name: httpx.Client(base_url=s.url, timeout=600) for s in servers}
             for server in servers:  # warm-up: model loading, the first forward pass
                 predict(clients[server.name], [("warm.tif", payload)])
-            import protloc
+            from protloc.inference.predictor import load_model
 
-            predictor = protloc.load_model(model)
+            predictor = load_model(model)
             field_rows = field_rounds(servers, clients, files, 2 if quick else 3, progress,
                                       reference=lambda: predictor.predict_proba(image))
             del predictor, image

@@ -228,7 +228,7 @@ def run_cells(inputs, model, out, *, masks_dir=None, maps_dir=None, embeddings: 
     from tqdm.auto import tqdm
 
     from protloc.cells.masks import open_masks, write_label_image
-    from protloc.cells.overlay import class_overlay, save_png
+    from protloc.visualization import class_overlay, save_png
     from protloc.cells.scoring import DESCRIPTIONS, check_scoring
     from protloc.data.inputs import discover_inputs, load_entry
     from protloc.data.pixel_size import check_pixel_size

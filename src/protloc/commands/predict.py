@@ -88,7 +88,7 @@ def _predict(args) -> int:
     check_precision(args.precision)
     set_max_pixels(args.max_pixels)  # the readers, in the decoding workers too
     if args.compile_selu:
-        from protloc.models.gapnet_pl_fast import use_compiled_selu
+        from protloc.inference.gapnet_pl_fast import use_compiled_selu
 
         use_compiled_selu()
     result = run_batch_prediction(

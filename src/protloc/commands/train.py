@@ -76,8 +76,6 @@ def run(args) -> int:
     set_max_pixels(args.max_pixels)
     overrides = overrides_from(args)
     if args.folds is not None:
-        from protloc.commands.crossval import run_folds
-
         if args.resume:
             raise ProtlocError("--folds runs every fold afresh (finished folds are kept); drop --resume")
         return run_folds(args, overrides, mapping=None, min_positives=3, baseline=True)
@@ -96,4 +94,26 @@ def run(args) -> int:
     if result.model_path is not None:
         print(result.message)
         print(f"model: {result.model_path}")
+    return 0
+
+
+# Shared with `protloc crossval` (which imports it from here: the commands never import each other back).
+def run_folds(args, overrides: dict, *, mapping, min_positives: int, baseline: bool) -> int:
+    from pathlib import Path
+
+    from protloc.errors import ProtlocError
+    from protloc.training.config import load_config
+    from protloc.training.crossval import render_crossval, run_crossval
+
+    if args.resume:
+        raise ProtlocError("cross-validation keeps finished folds by itself; drop --resume")
+    if not args.model and not args.config:
+        raise ProtlocError("choose a network with --model (or a --config that names one)")
+    if min_positives < 1:
+        raise ProtlocError(f"--min-positives must be at least 1, got {min_positives}")
+    config = load_config(args.config, {k: v for k, v in overrides.items() if k != "out"})
+    summary = run_crossval(config, args.folds, Path(args.out), mapping=mapping, min_positives=min_positives,
+                           baseline=baseline)
+    print(render_crossval(summary))
+    print(f"cross-validation written to {args.out}/ (crossval.md, crossval.json, folds.json, fold-*/)")
     return 0

@@ -51,7 +51,7 @@ def run(args) -> int:
     from protloc.web import db
     from protloc.web.jobs import DatabaseJobs
     from protloc.web.settings import load_predictors
-    from protloc.web.storage import BlobStore
+    from protloc.web.store import BlobStore
     from protloc.web.worker import PredictionWorker
 
     if args.lease <= 0 or args.poll <= 0 or args.max_batch_patches <= 0 or args.lanes <= 0:

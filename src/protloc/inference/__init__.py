@@ -8,7 +8,7 @@
 - ``run_batch_prediction`` (``batch.py``): many images to a resumable CSV/JSONL/Parquet file.
 - ``class_activation_maps`` / ``sliding_window_maps`` / ``write_maps`` (``maps.py``).
 
-GapNet-PL's fast path lives beside the model, in ``protloc.models.gapnet_pl_fast``. Names are
+GapNet-PL's fast path lives beside the model, in ``protloc.inference.gapnet_pl_fast``. Names are
 imported lazily so that ``protloc.inference.normalization`` stays a light import.
 """
 

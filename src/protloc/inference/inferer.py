@@ -47,12 +47,12 @@ def sigmoid_forward(network: torch.nn.Module, precision: str | None = None) -> F
     """Raw batch [N, C, h, w] -> sigmoid outputs [N, classes] (float32).
 
     ``precision`` None: the plain forward on normalised input (inheriting the caller's autocast);
-    "fp32"/"bf16": GapNet-PL's fast path (``protloc.models.gapnet_pl_fast``, which normalises itself),
+    "fp32"/"bf16": GapNet-PL's fast path (``protloc.inference.gapnet_pl_fast``, which normalises itself),
     other networks the plain forward, under bf16 autocast for "bf16".
     """
     fast = None
     if precision is not None:
-        from protloc.models.gapnet_pl_fast import fast_network
+        from protloc.inference.gapnet_pl_fast import fast_network
 
         fast = fast_network(network, precision=check_precision(precision))
 

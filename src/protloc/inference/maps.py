@@ -32,12 +32,12 @@ def class_activation_maps(network, image: np.ndarray, class_indices: list[int], 
     d(logit)/d(mean feature) times each feature map, summed over channels, is a per-location
     first-order share of the logit; the three blocks' maps are upsampled to the image and summed.
 
-    The block maps come from GapNet-PL's fast path (``protloc.cells.features.block_maps``: the
+    The block maps come from GapNet-PL's fast path (``protloc.inference.gapnet_pl_fast``: the
     normalisation folded into the first convolution, channels-last; equal to ``network.blocks`` of
     the normalised image within float rounding, about twice as fast on a CPU), or from the caller
     (``blocks``: the maps of this image, e.g. ``network.blocks(normalize(image))``).
     """
-    from protloc.cells.features import block_maps
+    from protloc.inference.gapnet_pl_fast import block_maps
 
     device = device or torch.device("cpu")
     height, width = image.shape[-2:]
@@ -131,10 +131,10 @@ def write_maps(predictor, sample_id: str, image: np.ndarray, probs: np.ndarray, 
     maps = predictor.localization_maps(image, classes)
     stem = map_file_stem(sample_id)
     composite = render.composite(image)
-    written = [render.save_png(composite, folder / f"{stem}__composite.png")]
+    written = [render.save_png(folder / f"{stem}__composite.png", composite)]
     for cls, heat in maps.items():
-        written.append(render.save_png(render.overlay_map(image, heat, base=composite),
-                                       folder / f"{stem}__{_safe_name(cls)}.png"))
+        written.append(render.save_png(folder / f"{stem}__{_safe_name(cls)}.png",
+                                       render.overlay_map(image, heat, base=composite)))
     # --- hook (issue 14): an OME-Zarr input gets the maps as an NGFF label image beside its pixels ---
     from protloc.data.ome_zarr import write_localisation_labels
     if (ngff := write_localisation_labels(sources or {}, maps, predictor.classes)) is not None:

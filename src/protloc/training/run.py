@@ -139,7 +139,7 @@ def environment(config: TrainConfig, world: int) -> dict:
     import numpy
     import torch
 
-    import protloc
+    from protloc.version import __version__ as protloc_version
 
     cuda = torch.cuda.is_available() and config.device == "cuda"
     return {
@@ -148,7 +148,7 @@ def environment(config: TrainConfig, world: int) -> dict:
         "host": socket.gethostname(),
         "platform": platform.platform(),
         "python": platform.python_version(),
-        "versions": {"protloc": protloc.__version__, "torch": torch.__version__, "lightning": lightning.__version__,
+        "versions": {"protloc": protloc_version, "torch": torch.__version__, "lightning": lightning.__version__,
                      "numpy": numpy.__version__},
         "device": config.device,
         "device_name": torch.cuda.get_device_name(0) if cuda else platform.processor() or platform.machine(),

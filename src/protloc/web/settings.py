@@ -58,7 +58,7 @@ def model_key_for(spec: str, taken: set[str]) -> str:
 
 
 def load_predictors(specs: list[str], device: str = "cpu") -> dict:
-    from protloc import load_model
+    from protloc.inference.predictor import load_model
 
     if not specs:
         raise ProtlocError("give at least one --model")
