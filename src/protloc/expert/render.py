@@ -7,10 +7,11 @@ the annotation pages render each sample once.
 
 from __future__ import annotations
 
-import re
 import sys
 import threading
 from pathlib import Path
+
+from protloc.files import sample_file_stem
 
 VIEWS = ("protein", "protein+nucleus", "protein+microtubules", "protein+er")
 VIEW_TITLES = {
@@ -21,18 +22,8 @@ VIEW_TITLES = {
 }
 
 
-def safe_name(sample_id: str) -> str:
-    """A file-system-safe, still readable name for a sample id (ids may contain '/' and spaces)."""
-    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", sample_id).strip("._") or "sample"
-    if cleaned != sample_id:
-        import hashlib
-
-        cleaned = f"{cleaned}-{hashlib.sha1(sample_id.encode()).hexdigest()[:8]}"
-    return cleaned
-
-
 def view_file(folder: Path, sample_id: str, view: str) -> Path:
-    return Path(folder) / safe_name(sample_id) / f"{view}.png"
+    return Path(folder) / sample_file_stem(sample_id) / f"{view}.png"
 
 
 _render_locks: dict[str, threading.Lock] = {}

@@ -35,7 +35,6 @@ _EXPORTS = {
     "class_activation_maps": "maps",
     "sliding_window_maps": "maps",
     "write_maps": "maps",
-    "map_file_stem": "maps",
     "window_grid": "maps",
 }
 

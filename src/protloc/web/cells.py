@@ -14,7 +14,6 @@ cells never cost a submission its probabilities.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -53,15 +52,10 @@ def labels_path(store, submission_id: str) -> Path | None:
 
 
 def save_labels(store, submission_id: str, labels: np.ndarray) -> Path:
-    """Written under a staging name and moved into place: a reader never sees half a file."""
+    """The submission's label image (written atomically by the one writer: a reader never sees half a file)."""
     from protloc.cells.masks import write_label_image
 
-    folder = store.render_dir(submission_id)
-    staging = folder / f".cellmask.{os.getpid()}.{threading.get_ident()}.png"
-    written = write_label_image(staging, labels)
-    target = folder / f"cellmask{written.suffix}"
-    os.replace(written, target)
-    return target
+    return write_label_image(store.render_dir(submission_id) / "cellmask.png", labels)
 
 
 def load_labels(store, submission_id: str) -> np.ndarray | None:
