@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from protloc.model_file import model_pixel_size, network_from_model_file, read_model_file
 from protloc.devices import resolve_device
 from protloc.errors import ProtlocError
 from protloc.inference.inferer import Inferer
 from protloc.inference.precision import check_precision
+from protloc.model_file import model_pixel_size, network_from_model_file, read_model_file
 
 DEFAULT_PATCH_SIZE = 1024
 
