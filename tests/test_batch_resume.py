@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from protloc.checkpoint import save_model_file
+from protloc.model_file import save_model_file
 from protloc.errors import ProtlocError
 from protloc.inference import predictor as predictor_module
 from protloc.inference.batch import run_batch_prediction

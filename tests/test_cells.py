@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import protloc
-from protloc.checkpoint import save_model_file
+from protloc.model_file import save_model_file
 from protloc.cli import main
 from protloc.data.synth import generate_dataset
 from protloc.labels import HPA13
@@ -21,7 +21,8 @@ anndata = pytest.importorskip("anndata")
 skimage = pytest.importorskip("skimage")
 
 from protloc.cells.evaluate import match_cells, per_cell_map  # noqa: E402
-from protloc.cells.features import block_maps, cell_crop, coverage, masked_averages, predict_cells  # noqa: E402
+from protloc.cells.features import cell_crop, coverage, masked_averages, predict_cells  # noqa: E402
+from protloc.inference.gapnet_pl_fast import block_maps  # noqa: E402
 from protloc.cells.masks import read_label_image, write_label_image  # noqa: E402
 from protloc.cells.pipeline import analyse_image  # noqa: E402
 from protloc.cells.segmentation import segment  # noqa: E402

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import protloc
-from protloc.checkpoint import save_model_file
+from protloc.model_file import save_model_file
 from protloc.cli import main
 from protloc.labels import HPA13
 from protloc.models import create_model

@@ -326,9 +326,9 @@ def test_predict_plate_with_maps_writes_ngff_labels(tmp_path, model_file):
         assert sorted(named.values()) == sorted(shown)  # the classes whose maps were drawn
         nodes = list(Reader(parse_url(str(plate / well / "0")))())
         assert any(isinstance(spec, Label) for node in nodes for spec in node.specs)
-    from protloc.inference.maps import map_file_stem
+    from protloc.files import sample_file_stem
 
-    assert (tmp_path / "maps" / f"{map_file_stem('screen/B/2/0')}__composite.png").is_file()
+    assert (tmp_path / "maps" / f"{sample_file_stem('screen/B/2/0')}__composite.png").is_file()
 
 
 def test_plate_listing_reads_no_pixels_and_a_damaged_field_is_reported(tmp_path, model_file):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import protloc
-from protloc.checkpoint import save_model_file
+from protloc.model_file import save_model_file
 from protloc.cli import main
 from protloc.data.synth import generate_dataset
 from protloc.labels import HPA13

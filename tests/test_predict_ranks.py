@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from protloc.checkpoint import save_model_file
+from protloc.model_file import save_model_file
 from protloc.data.synth import generate_dataset
 from protloc.labels import HPA13
 from protloc.models import create_model

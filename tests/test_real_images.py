@@ -17,7 +17,7 @@ import pytest
 import tifffile
 import torch
 
-from protloc.checkpoint import model_pixel_size, read_model_file, save_model_file
+from protloc.model_file import model_pixel_size, read_model_file, save_model_file
 from protloc.cli import main
 from protloc.data.formats.tiff import stated_pixel_size
 from protloc.data.index import data_pixel_size, open_dataset

@@ -17,7 +17,8 @@ from PIL import Image
 
 from protloc.data.formats import read
 from protloc.data.synth import PIXEL_SIZE_UM, render_sample
-from protloc.evaluation.realism import KAGGLE_PNG_PIXEL_SIZE_UM, read_real_set, rescale
+from protloc.data.pixel_size import KAGGLE2018_PIXEL_SIZE_UM, rescale
+from protloc.evaluation.realism import read_real_set
 from protloc.labels import HPA13
 
 TILE = 256
@@ -40,7 +41,7 @@ def main(real_root: str, out: str, per_class: int = 2) -> None:
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     real = read_real_set(real_root)
-    factor = KAGGLE_PNG_PIXEL_SIZE_UM / PIXEL_SIZE_UM
+    factor = KAGGLE2018_PIXEL_SIZE_UM / PIXEL_SIZE_UM
     classes = sys.argv[3].split(",") if len(sys.argv) > 3 else list(HPA13.classes)
     for name in classes:
         k = HPA13.index(name)

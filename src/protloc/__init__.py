@@ -1,8 +1,8 @@
 """protloc: where in a human cell a protein sits, from four-channel fluorescence microscopy images."""
 
-# The one place the version is written: pyproject.toml reads it from here (dynamic version).
+# The version is written once, in protloc/version.py (pyproject.toml reads it there).
 # Bumping rule: CHANGELOG.md ("Versions").
-__version__ = "0.2.0"
+from protloc.version import __version__
 
 __all__ = ["__version__", "load_model"]
 

@@ -12,7 +12,7 @@ import importlib
 import pkgutil
 import sys
 
-from protloc import __version__
+from protloc.version import __version__
 from protloc.errors import ProtlocError, printable
 
 

@@ -3,7 +3,7 @@
 Run with ``protloc bench`` (installed with the package: ``protloc.bench``); sections:
 
 * ``inference``: GapNet-PL on a 2048² four-channel image, as four 1024² patches and as one whole
-  image, fp32 and bf16, each lever of ``protloc.models.gapnet_pl_fast`` switched off in turn; baseline: the
+  image, fp32 and bf16, each lever of ``protloc.inference.gapnet_pl_fast`` switched off in turn; baseline: the
   plain eager NCHW fp32 forward (``network(normalize(x))``) on the four patches. Outputs are
   compared with the baseline's (max logit difference, relative), and bf16's predicted classes with
   fp32's on synthetic samples. ``--tf-result`` adds the authors' TensorFlow graph
@@ -58,6 +58,10 @@ def run(sections: list[str], settings: Settings) -> dict:
 
     functions = {"inference": inference_section, "training": training_section, "data": data_section,
                  "platform": platform_section, "scaling": scaling_section}
+    if settings.precision is not None:  # --precision: the platform at that precision against fp32
+        from protloc.bench.platform_precision import precision_section
+
+        functions["platform"] = precision_section
     if "onnxruntime" in sections:  # needs the formats extra
         from protloc.bench.onnx_runtime import onnxruntime_section
 

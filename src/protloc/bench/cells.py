@@ -64,7 +64,7 @@ def _predictor(model: str | None):
     import torch
 
     from protloc.labels import HPA13
-    from protloc.inference import Predictor, load_model
+    from protloc.inference.predictor import Predictor, load_model
 
     if model:
         return load_model(model), model
@@ -199,7 +199,7 @@ def select_constants(records, classes, progress: bool = False) -> list[dict]:
 
     from tqdm.auto import tqdm
 
-    from protloc.cells.evaluate import _combine_rows, per_cell_map
+    from protloc.cells.evaluate import combine_rows, per_cell_map
     from protloc.cells.scoring import FILLING_CLASSES, combine
 
     a = records.arrays()
@@ -207,7 +207,7 @@ def select_constants(records, classes, progress: bool = False) -> list[dict]:
     rows = []
     grid = list(product(SELECT_EXPRESSION_FULL, SELECT_WEIGHTS, SELECT_WEIGHTS, SELECT_RELATIVE, SELECT_RELATIVE))
     for full, w_fill, w_other, v_fill, v_other in tqdm(grid, desc="grid", unit="point", disable=not progress):
-        scores = _combine_rows(a, classes, combine, expression_full=full, weights=np.where(filling, w_fill, w_other),
+        scores = combine_rows(a, classes, combine, expression_full=full, weights=np.where(filling, w_fill, w_other),
                                relative=np.where(filling, v_fill, v_other))
         rows.append({"expression_full": full, "own_weight_filling": w_fill, "own_weight_other": w_other,
                      "relative_weight_filling": v_fill, "relative_weight_other": v_other,

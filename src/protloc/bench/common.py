@@ -104,7 +104,7 @@ def load_network(settings: Settings):
     """(GapNet-PL network in eval mode, description of its weights)."""
     import torch
 
-    from protloc.checkpoint import build_network, read_model_file
+    from protloc.inference.predictor import load_model
     from protloc.models import create_model
 
     spec = settings.model
@@ -123,10 +123,11 @@ def load_network(settings: Settings):
     path = Path(spec)
     if not path.is_file():
         raise ProtlocError(f"no model file {spec}")
-    payload = read_model_file(path)
-    if payload["model"] != "gapnet-pl":
-        raise ProtlocError(f"{path.name} is a {payload['model']} model; the inference benchmark needs GapNet-PL")
-    return build_network(payload).eval(), f"{path} ({payload.get('source', {}).get('repository', 'protloc model file')})"
+    predictor = load_model(path)
+    if predictor.model_name != "gapnet-pl":
+        raise ProtlocError(f"{path.name} is a {predictor.model_name} model; the inference benchmark needs GapNet-PL")
+    repository = predictor.model_file.get("source", {}).get("repository", "protloc model file")
+    return predictor.network.eval(), f"{path} ({repository})"
 
 
 def benchmark_image(size: int):

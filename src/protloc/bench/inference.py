@@ -1,5 +1,5 @@
 """The inference section: GapNet-PL on one image, as patches and whole, fp32 and bf16, each lever of
-``protloc.models.gapnet_pl_fast`` switched off in turn, against the plain eager forward."""
+``protloc.inference.gapnet_pl_fast`` switched off in turn, against the plain eager forward."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from protloc.bench.common import (Progress, Settings, benchmark_image, interleav
 def inference_section(settings: Settings, progress: Progress) -> dict:
     import torch
 
-    from protloc.models.gapnet_pl_fast import FastGapNetPL, gflop
+    from protloc.inference.gapnet_pl_fast import FastGapNetPL, gflop
     from protloc.inference.normalization import normalize
 
     network, weights = load_network(settings)
@@ -150,7 +150,7 @@ def bf16_class_check(network, settings: Settings) -> dict:
     import torch
 
     from protloc.data.synth import draw_sample
-    from protloc.models.gapnet_pl_fast import fast_network
+    from protloc.inference.gapnet_pl_fast import fast_network
 
     count, size = (3, 128) if settings.quick else (24, 512)
     fp32, bf16 = fast_network(network, precision="fp32"), fast_network(network, precision="bf16")

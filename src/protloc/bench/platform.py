@@ -320,10 +320,6 @@ def memory_rounds(server, client, payload: bytes, rounds: int, per_round: int, p
 
 
 def platform_section(settings: Settings, progress: Progress) -> dict:
-    if settings.precision is not None:  # --precision: that precision against fp32 (bench/platform_precision.py)
-        from protloc.bench.platform_precision import precision_section
-
-        return precision_section(settings, progress)
     try:
         import httpx
     except ImportError as exc:
@@ -345,9 +341,9 @@ def platform_section(settings: Settings, progress: Progress) -> dict:
             clients = {s.name: httpx.Client(base_url=s.url, timeout=600) for s in servers}
             for server in servers:  # warm-up: model loading, the first forward pass
                 predict(clients[server.name], [("warm.tif", payload)])
-            import protloc
+            from protloc.inference.predictor import load_model
 
-            predictor = protloc.load_model(model)
+            predictor = load_model(model)
             field_rows = field_rounds(servers, clients, files, 2 if quick else 3, progress,
                                       reference=lambda: predictor.predict_proba(image))
             del predictor, image
@@ -419,7 +415,7 @@ def bench_model(settings: Settings, tmp: Path) -> tuple[str, str]:
     except Exception:
         import torch
 
-        from protloc.checkpoint import save_model_file
+        from protloc.model_file import save_model_file
         from protloc.labels import HPA13
         from protloc.models import create_model
 

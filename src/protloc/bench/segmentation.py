@@ -138,7 +138,7 @@ def write_overlays(modules: dict, fields: dict, out: Path, shared: Path = SHARED
     reference centres as yellow dots, side by side."""
     from skimage.segmentation import find_boundaries
 
-    from protloc.cells.overlay import field_composite, save_png
+    from protloc.visualization import composite, save_png
 
     out.mkdir(parents=True, exist_ok=True)
     written = []
@@ -147,7 +147,7 @@ def write_overlays(modules: dict, fields: dict, out: Path, shared: Path = SHARED
         panels = []
         for module in modules.values():
             result = module.segment(image)
-            rgb = field_composite(image, dim=1.0)
+            rgb = composite(image, dim=1.0)
             thick = max(1, image.shape[1] // 700)
             for labels, colour in ((result.cells, (255, 255, 255)), (result.nuclei, (0, 255, 255))):
                 edges = find_boundaries(labels, mode="inner")
@@ -173,10 +173,10 @@ def _panel(image: np.ndarray, result, points, box, step: int, zoom: int) -> np.n
     cyan, reference centres yellow."""
     from skimage.segmentation import find_boundaries
 
-    from protloc.cells.overlay import field_composite
+    from protloc.visualization import composite
 
     ys, xs = box
-    rgb = field_composite(image[:, ys, xs][:, ::step, ::step], dim=1.0)
+    rgb = composite(image[:, ys, xs][:, ::step, ::step], dim=1.0)
     cells, nuclei = result.cells[ys, xs][::step, ::step], result.nuclei[ys, xs][::step, ::step]
     rgb = np.kron(rgb, np.ones((zoom, zoom, 1), np.uint8))
     for labels, colour in ((cells, (255, 255, 255)), (nuclei, (0, 255, 255))):

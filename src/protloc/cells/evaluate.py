@@ -143,10 +143,10 @@ class CellRecords:
             return a.image
         if scoring == "geometric-mean":
             return np.sqrt(a.own * a.image)
-        return _combine_rows(a, classes, combine, **combine_options)
+        return combine_rows(a, classes, combine, **combine_options)
 
 
-def _combine_rows(a, classes, combine, **options) -> np.ndarray:
+def combine_rows(a, classes, combine, **options) -> np.ndarray:
     """``combine`` per row (each row has its own image's probabilities)."""
     out = np.empty_like(a.own, dtype=np.float32)
     for index in np.unique(a.image_of):
@@ -195,7 +195,7 @@ def collect_cells(data: str | Path, model, ids: list[str] | None = None, progres
     from protloc.cells.masks import read_masks
     from protloc.cells.segmentation import segment
     from protloc.data.formats import discover, read
-    from protloc.inference import load_model
+    from protloc.inference.predictor import load_model
 
     data = Path(data)
     predictor = model if hasattr(model, "network") else load_model(model)

@@ -27,6 +27,7 @@ import torch
 from torch.nn import functional as F
 
 from protloc.errors import ProtlocError
+from protloc.inference.gapnet_pl_fast import maps_and_averages
 
 # Block 1 sits on a grid of stride 4 (stride-2 convolution, 2x2 pooling), blocks 2 and 3 of stride 16.
 BLOCK_STRIDES = (4, 16, 16)
@@ -65,26 +66,6 @@ class CellPredictions:
 
 def is_gapnet(network: torch.nn.Module) -> bool:
     return all(hasattr(network, name) for name in ("conv1", "conv8", "fc1", "head"))
-
-
-def block_maps(network: torch.nn.Module, raw: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """GapNet-PL's three block feature maps of a raw batch [N, 4, H, W], normalised as the predictor does.
-
-    The same values as ``network.blocks(normalize(raw))`` (``protloc.inference.normalize``), from
-    GapNet-PL's fast path (``protloc.models.gapnet_pl_fast``): the pass the image-level prediction
-    makes, keeping the maps instead of only their averages. Block 1 is that path's per-thread
-    workspace: use it before the next pass on this thread.
-    """
-    return _maps_and_averages(network, raw)[0]
-
-
-def _maps_and_averages(network: torch.nn.Module, raw: torch.Tensor, precision: str = "fp32", **options):
-    from protloc.models.gapnet_pl_fast import fast_network
-
-    fast = fast_network(network, precision=precision, **options)
-    if fast is None:
-        raise ProtlocError(f"{getattr(network, 'name', 'this network')} has no block feature maps")
-    return fast.block_maps(raw.float())
 
 
 def coverage(labels: np.ndarray, cell_id: int, box: tuple[slice, slice], stride: int) -> tuple[int, int, np.ndarray]:
@@ -250,7 +231,7 @@ def _model_input_maps(predictor, model_image: np.ndarray) -> tuple[tuple[torch.T
     caller holds eval mode and ``no_grad``)."""
     raw = torch.from_numpy(np.ascontiguousarray(model_image, dtype=np.float32))[None].to(predictor.device)
     # the predictor's precision, resolved for maps (``Predictor.maps_options``); cells average float32
-    maps, image_embedding = _maps_and_averages(predictor.network, raw, **getattr(predictor, "maps_options", dict)())
+    maps, image_embedding = maps_and_averages(predictor.network, raw, **getattr(predictor, "maps_options", dict)())
     return tuple(m.float().cpu() for m in maps), image_embedding.cpu()
 
 

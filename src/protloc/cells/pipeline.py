@@ -228,11 +228,11 @@ def run_cells(inputs, model, out, *, masks_dir=None, maps_dir=None, embeddings: 
     from tqdm.auto import tqdm
 
     from protloc.cells.masks import open_masks, write_label_image
-    from protloc.cells.overlay import class_overlay, save_png
+    from protloc.visualization import class_overlay, save_png
     from protloc.cells.scoring import DESCRIPTIONS, check_scoring
     from protloc.data.formats import discover, read
     from protloc.data.pixel_size import check_pixel_size
-    from protloc.inference import load_model
+    from protloc.inference.predictor import load_model
 
     require_cells_extra()
     scoring = check_scoring(scoring or ("geometric-mean" if image_prior else "combined"))

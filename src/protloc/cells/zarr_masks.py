@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from protloc.cells.masks import checked_label_ids
+from protloc.cells.label_ids import checked_label_ids
 from protloc.errors import DataError, ProtlocError
 
 CELL_NAMES = ("cells", "cell", "cellmask", "cell_mask", "cell-mask", "cell_masks", "cellmasks", "cell_labels")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 
+from protloc.devices import add_device_argument
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -26,8 +28,8 @@ def register(subparsers) -> None:
     parser.add_argument("--pixel-size", type=float, metavar="UM",
                         help="µm per pixel of the inputs (default: stated by the files or implied by the layout); "
                         "the network sees each image at the model's pixel size, the masks and the table stay on the input's grid")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    from protloc.commands.predict import add_precision_argument
+    add_device_argument(parser)
+    from protloc.commands.options import add_precision_argument
 
     add_precision_argument(parser, default="fp32")
     add_cell_arguments(parser)

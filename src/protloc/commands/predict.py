@@ -6,16 +6,8 @@ import sys
 import warnings
 
 from protloc.data.limits import add_max_pixels_argument, set_max_pixels
-
-
-def add_precision_argument(parser, default: str) -> None:
-    """``--precision``, the same on every command (resolved by the one Inferer; docs/precision.md)."""
-    from protloc.inference.precision import CHOICES
-
-    parser.add_argument("--precision", default=default, choices=CHOICES,
-                        help=f"arithmetic: fp32 (exact), bf16 (CPUs with AVX512-BF16/AMX, CUDA), fp16 (CUDA), "
-                        "int8 (GapNet-PL through ONNX Runtime; off auto: it misses the accuracy margins) or auto "
-                        f"(the fastest native one that holds them, said in one line). Default: {default}")
+from protloc.commands.options import add_precision_argument
+from protloc.devices import add_device_argument
 
 
 def register(subparsers) -> None:
@@ -54,7 +46,7 @@ def register(subparsers) -> None:
                         help="OME-Zarr inputs: read chunks missing from the store as its fill value (for stores "
                         "written sparse on purpose; by default a missing chunk skips the image with its reason)")
     parser.add_argument("--workers", type=int, default=2, help="image-decoding worker processes")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    add_device_argument(parser)
     add_max_pixels_argument(parser)
     # --cells: the per-cell outputs of `protloc cells` (the same library call, protloc.cells.run_cells)
     from protloc.commands.cells import add_cell_arguments
@@ -98,7 +90,7 @@ def _predict(args) -> int:
     check_precision(args.precision, allow_auto=True)
     set_max_pixels(args.max_pixels)  # the readers, in the decoding workers too
     if args.compile_selu:
-        from protloc.models.gapnet_pl_fast import use_compiled_selu
+        from protloc.inference.gapnet_pl_fast import use_compiled_selu
 
         use_compiled_selu()
     result = run_batch_prediction(

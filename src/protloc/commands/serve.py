@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import sys
 
+from protloc.devices import add_device_argument
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -62,8 +64,8 @@ def register(subparsers) -> None:
     parser.add_argument("--lease", type=float, default=60.0, metavar="SECONDS",
                         help="PostgreSQL: how long this server's worker holds a claimed submission without renewal "
                         "(default: %(default)s)")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    from protloc.commands.predict import add_precision_argument
+    add_device_argument(parser)
+    from protloc.commands.options import add_precision_argument
 
     add_precision_argument(parser, default="auto")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])

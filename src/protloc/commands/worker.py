@@ -11,6 +11,8 @@ import logging
 import signal
 import sys
 
+from protloc.devices import add_device_argument
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -37,8 +39,8 @@ def register(subparsers) -> None:
                         "are stored with the sample's, GapNet-PL models only)")
     parser.add_argument("--lanes", type=int, default=2, metavar="N",
                         help="threads taking submissions side by side (default: %(default)s)")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    from protloc.commands.predict import add_precision_argument
+    add_device_argument(parser)
+    from protloc.commands.options import add_precision_argument
 
     add_precision_argument(parser, default="auto")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
@@ -52,7 +54,7 @@ def run(args) -> int:
     from protloc.web import db
     from protloc.web.jobs import DatabaseJobs
     from protloc.web.settings import load_predictors
-    from protloc.web.storage import BlobStore
+    from protloc.web.store import BlobStore
     from protloc.web.worker import PredictionWorker
 
     if args.lease <= 0 or args.poll <= 0 or args.max_batch_patches <= 0 or args.lanes <= 0:

@@ -141,8 +141,6 @@ def evaluate_model(
     given: dict | None = None,
 ) -> dict:
     """Score ``model`` on the labelled data set ``data``; write the report to ``out``; return the metrics."""
-    import torch
-
     from protloc.data.index import DatasetIndex, open_dataset
     from protloc.labels import LabelSet
     from protloc.inference.predictor import load_model
@@ -153,14 +151,11 @@ def evaluate_model(
         raise ProtlocError(f"batch size must be at least 1, got {batch_size}")
     index = data if isinstance(data, DatasetIndex) else open_dataset(data)
     if predictor is None:
-        try:
-            predictor = load_model(model, device=device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        except (RuntimeError, ValueError) as exc:
-            raise ProtlocError(f"cannot use device {device!r}: {str(exc).splitlines()[0]}") from None
+        predictor = load_model(model, device=device)
     if whole_image and not predictor.fully_convolutional:
         raise ProtlocError(f"{predictor.model_name} has fixed-size dense layers: --whole-image needs a fully "
                            "convolutional model")
-    from protloc.checkpoint import read_model_file
+    from protloc.model_file import read_model_file
 
     classes = list(predictor.classes)
     model_label_set = read_model_file(predictor.source["file"]).get("label_set") or "model"

@@ -10,7 +10,7 @@
 - ``resolve_precision`` (``precision.py``): the one place ``--precision`` (auto included) is decided;
   ``int8.py``: GapNet-PL's int8 graph through ONNX Runtime (docs/precision.md).
 
-GapNet-PL's fast path lives beside the model, in ``protloc.models.gapnet_pl_fast``. Names are
+GapNet-PL's fast path lives beside the model, in ``protloc.inference.gapnet_pl_fast``. Names are
 imported lazily so that ``protloc.inference.normalization`` stays a light import.
 """
 
@@ -39,7 +39,6 @@ _EXPORTS = {
     "class_activation_maps": "maps",
     "sliding_window_maps": "maps",
     "write_maps": "maps",
-    "map_file_stem": "maps",
     "window_grid": "maps",
 }
 

@@ -50,7 +50,7 @@ def sigmoid_forward(network: torch.nn.Module, precision: str | None = None, *, c
     """Raw batch [N, C, h, w] -> sigmoid outputs [N, classes] (float32).
 
     ``precision`` None: the plain forward on normalised input (inheriting the caller's autocast);
-    "fp32"/"bf16"/"fp16": GapNet-PL's fast path (``protloc.models.gapnet_pl_fast``, which normalises
+    "fp32"/"bf16"/"fp16": GapNet-PL's fast path (``protloc.inference.gapnet_pl_fast``, which normalises
     itself; ``compile_selu``: its compiled SELU), other networks the plain forward, under autocast for
     bf16/fp16; "int8": GapNet-PL's quantised ONNX Runtime graph (``protloc.inference.int8``, made
     once from ``model_file`` and cached beside it). Give resolved precisions (not "auto").
@@ -65,7 +65,7 @@ def sigmoid_forward(network: torch.nn.Module, precision: str | None = None, *, c
         logits_of = int8_forward(network, model_file, model_pixel_size_um)
         return lambda batch: torch.sigmoid(logits_of(batch)).to(batch.device)
     if precision is not None:
-        from protloc.models.gapnet_pl_fast import fast_network
+        from protloc.inference.gapnet_pl_fast import fast_network
 
         options = {"compile_selu": True} if compile_selu else {}
         fast = fast_network(network, precision=precision, **options)

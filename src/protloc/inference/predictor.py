@@ -3,6 +3,10 @@
 ``load_model("pretrained" | FILE | RUN_DIR)`` returns a ``Predictor``: the network (canonical channel
 order in, logits out) with its classes, decision thresholds and training crop size, and methods that
 take a canonical float32 [4, H, W] sample of any size.
+
+It is the one way a protloc model file becomes a usable model: ``protloc predict``, evaluation,
+cross-validation, the expert study, export, the benchmarks and the platform all call it, and take
+their ``Inferer`` from ``Predictor.inferer`` so the model's pixel size always travels with it.
 """
 
 from __future__ import annotations
@@ -13,10 +17,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from protloc.checkpoint import build_network, model_pixel_size, read_model_file
+from protloc.devices import resolve_device
 from protloc.errors import ProtlocError
 from protloc.inference.inferer import Inferer
 from protloc.inference.precision import check_precision, compile_selu_worth, resolve_precision
+from protloc.model_file import model_pixel_size, network_from_model_file, read_model_file
 
 DEFAULT_PATCH_SIZE = 1024
 
@@ -70,6 +75,10 @@ class Predictor:
         announce(resolved)
         return {"precision": resolved.precision, "compile_selu": compile_selu_worth(self.fields)}
 
+    # The model file's entries as loaded, without the weights (those live in ``network``): callers that
+    # rewrite or extend the file (threshold tuning, fine-tuning, export) start from these.
+    model_file: dict = field(default_factory=dict)
+
     @property
     def fully_convolutional(self) -> bool:
         return not self.network.paper.fixed_input_size
@@ -101,15 +110,19 @@ class Predictor:
         return inferer(self._check_image(image), pixel_size_um)
 
     def inferer(self, *, whole_image: bool = False, tta: bool = False, batch_size: int = 4,
-                precision: str | None = None, on_pass=None) -> Inferer:
-        """The ``Inferer`` of this model with these options (see ``predict_proba``; ``on_pass``: see
-        ``Inferer``)."""
-        precision = check_precision(precision or self.precision, allow_auto=True)
+                precision: str | None = None, on_pass=None, forward=None,
+                pixel_size_um: float | None = None, plain: bool = False) -> Inferer:
+        """The ``Inferer`` of this model with these options (see ``predict_proba``; ``on_pass`` and
+        ``forward``: see ``Inferer``). ``precision`` None: the predictor's; ``plain``: the network's
+        plain forward under the caller's autocast, as validation runs it (evaluation, fine-tuning).
+        ``pixel_size_um``: the inputs' µm per pixel when a call does not say (a data set's); the
+        model's own pixel size is always set."""
+        precision = None if plain else check_precision(precision or self.precision, allow_auto=True)
         if whole_image and not self.fully_convolutional:
             raise ProtlocError(f"{self.model_name} has fixed-size dense layers: whole-image prediction needs patches")
         return Inferer(self.network, None if whole_image else self.patch_size, batch_size=batch_size, tta=tta,
-                       precision=precision, device=self.device, on_pass=on_pass,
-                       model_pixel_size_um=self.pixel_size_um, fields=self.fields,
+                       precision=precision, device=self.device, on_pass=on_pass, forward=forward,
+                       model_pixel_size_um=self.pixel_size_um, pixel_size_um=pixel_size_um, fields=self.fields,
                        model_file=self.source.get("file"))
 
     def predict(self, image: np.ndarray, **options) -> dict[str, float]:
@@ -154,10 +167,11 @@ class Predictor:
         return list(self.source.get("channels") or ["nucleus", "microtubules", "er", "protein"])
 
 
-def load_model(spec: str | Path = "pretrained", device: str | torch.device = "cpu", *,
+def load_model(spec: str | Path = "pretrained", device: str | torch.device | None = "cpu", *,
                precision: str = "fp32") -> Predictor:
     """A ready-to-use predictor from ``pretrained``, a protloc model file or a training run folder.
 
+    ``device``: see ``protloc.devices.resolve_device`` (``auto``/None: a CUDA GPU when there is one).
     ``precision``: what its inferers run at (``Predictor.precision``; auto is resolved when they run)."""
     check_precision(precision, allow_auto=True)
     # --- hook (issue 14): an exported .onnx model runs through onnxruntime ---
@@ -170,8 +184,12 @@ def load_model(spec: str | Path = "pretrained", device: str | torch.device = "cp
     # --- end hook ---
     path = resolve_model_file(spec)
     payload = read_model_file(path)
-    device = torch.device(device)
-    network = build_network(payload).to(device)
+    device = resolve_device(device)
+    network = network_from_model_file(payload)
+    try:
+        network = network.to(device)
+    except RuntimeError as exc:  # the device is there but unusable (out of memory, driver)
+        raise ProtlocError(f"cannot use device {str(device)!r}: {str(exc).splitlines()[0]}") from None
     classes = list(payload["classes"])
     thresholds = payload.get("thresholds") or [0.5] * len(classes)
     if len(thresholds) != len(classes):
@@ -190,4 +208,5 @@ def load_model(spec: str | Path = "pretrained", device: str | torch.device = "cp
         pixel_size_um=pixel_size_um,
         pixel_size_source=pixel_size_source,
         precision=precision,
+        model_file={key: value for key, value in payload.items() if key != "state_dict"},
     )

@@ -252,7 +252,7 @@ class PredictionWidget(QWidget):
         return self._worker
 
     def _predictor(self, spec: str):
-        from protloc.inference import load_model
+        from protloc.inference.predictor import load_model
 
         if spec not in self._predictors:  # loading takes seconds; a second run reuses it
             self._predictors[spec] = load_model(spec)

@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
-from protloc import __version__
+from protloc.version import __version__
 from protloc.errors import ProtlocError
 from protloc.web.auth import TokenAuth
 from protloc.web.pictures import ActivityMiddleware

@@ -106,7 +106,7 @@ class Batches:
             self._start_extraction(batch_id)
 
     def get(self, batch_id: str, viewer=None) -> dict:
-        from protloc.web.service import NotFound, visible
+        from protloc.web.access import NotFound, visible
 
         with self.sessions() as session:
             batch = session.get(db.BatchJob, batch_id)

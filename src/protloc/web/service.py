@@ -8,7 +8,6 @@ an HTTP answer with that status and reason.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import func, select
@@ -18,8 +17,6 @@ from protloc.data.channels import CHANNELS
 from protloc.errors import ProtlocError
 from protloc.web import db
 from protloc.web.storage import (
-    BlobStore,
-    ReceivedFile,
     ReceivedForm,
     UploadError,
     assemble_sample,
@@ -28,10 +25,11 @@ from protloc.web.storage import (
     decode_multichannel,
     normalise_channel_name,
 )
+from protloc.web.access import NotFound, Viewer, owner_of, visible
 from protloc.web.archives import shared_sample_id
+from protloc.web.store import BlobStore, ReceivedFile
 from protloc.web.cells import answering_precision, probabilities_view
 from protloc.web.cells import summary as cells_summary
-from protloc.web.exports import results_csv, spreadsheet_safe  # noqa: F401  (their home before exports.py)
 from protloc.web.completion import RECHECK_SECONDS, Completions
 from protloc.web.jobs import DatabaseJobs
 from protloc.web.listing import Coalesced, FinishedItems, filtered, list_json, submission_json
@@ -43,34 +41,6 @@ from protloc.web.worker import PredictionWorker
 DECODERS = ThreadPoolExecutor(len(CHANNELS), thread_name_prefix="protloc-decode")
 # SQLite (and PostgreSQL's BIGINT) hold signed 64-bit integers: a larger OFFSET is an overflow, not a query.
 MAX_OFFSET = 2**63 - 1
-
-
-class NotFound(UploadError):
-    def __init__(self, reason: str) -> None:
-        super().__init__(404, reason)
-
-
-@dataclass(frozen=True)
-class Viewer:
-    """Who is asking: a user sees their own submissions and batches, an admin everyone's.
-
-    No viewer at all (``None``) is a server without tokens: one user, who sees everything.
-    """
-
-    user_id: int | None
-    name: str
-    admin: bool = False
-
-    def sees(self, owner_id: int | None) -> bool:
-        return self.admin or (owner_id is not None and owner_id == self.user_id)
-
-
-def visible(owner_id: int | None, viewer: Viewer | None) -> bool:
-    return viewer is None or viewer.sees(owner_id)
-
-
-def owner_of(viewer: Viewer | None) -> int | None:
-    return viewer.user_id if viewer is not None else None
 
 
 class Platform:

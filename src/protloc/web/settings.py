@@ -62,7 +62,7 @@ def load_predictors(specs: list[str], device: str = "cpu", precision: str = "aut
     """The platform's models by key, at ``precision`` (auto: the fastest native one, said once)."""
     import math
 
-    from protloc import load_model
+    from protloc.inference.predictor import load_model
 
     if not specs:
         raise ProtlocError("give at least one --model")

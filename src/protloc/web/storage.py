@@ -19,7 +19,7 @@ from typing import AsyncIterator
 import numpy as np
 
 from protloc.data.channels import CHANNELS, COLOUR_OF_CHANNEL, canonical_channel
-from protloc.web.store import KIND_SUFFIX, BlobStore, UploadStore
+from protloc.web.store import KIND_SUFFIX, BlobStore, ReceivedFile, UploadStore
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".npz")
 
@@ -31,27 +31,6 @@ class UploadError(Exception):
         super().__init__(reason)
         self.status = status
         self.reason = reason
-
-
-@dataclass
-class ReceivedFile:
-    field: str
-    filename: str
-    path: Path  # temporary file until ``BlobStore.keep`` moves it
-    sha256: str
-    size: int
-    kind: str = ""  # tiff | png | jpeg | npz | zip, from the file's content once inspected
-
-    @property
-    def suffix(self) -> str:
-        return KIND_SUFFIX.get(self.kind, "")
-
-    def take_suffix(self) -> None:
-        """Give the temporary file the suffix of its content: decoders go by the suffix."""
-        target = self.path.with_suffix(self.suffix)
-        if target != self.path:
-            os.replace(self.path, target)
-            self.path = target
 
 
 @dataclass
@@ -325,7 +304,7 @@ def assemble_sample(planes: dict[str, np.ndarray], names: dict[str, str]) -> np.
 
 
 __all__ = [
-    "BlobStore", "KIND_SUFFIX", "ReceivedFile", "UploadStore", "ReceivedForm", "UploadError", "assemble_sample",
+    "ReceivedForm", "UploadError", "assemble_sample",
     "channel_from_filename", "decode_channel", "decode_multichannel",
     "inspect_image", "load_stored_sample", "normalise_channel_name", "stream_multipart",
 ]

@@ -15,12 +15,14 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
-from protloc import __version__
+from protloc.version import __version__
 from protloc.data.channels import CHANNELS
 from protloc.web import db
 from protloc.web.auth import viewer_of
 from protloc.web.completion import MAX_WAIT_SECONDS
-from protloc.web.service import MAX_OFFSET, Platform, Viewer, owner_of, results_csv
+from protloc.web.exports import results_csv
+from protloc.web.access import Viewer, owner_of
+from protloc.web.service import MAX_OFFSET, Platform
 from protloc.web.settings import MB
 from protloc.web.storage import ReceivedForm, UploadError, stream_multipart
 

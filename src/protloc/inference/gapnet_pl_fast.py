@@ -378,3 +378,22 @@ def gflop(height: int, width: int) -> float:
     h3, w3 = math.ceil(h2 / 2), math.ceil(w2 / 2)
     macs = h1 * w1 * 32 * 4 * 9 + h2 * w2 * (64 * 32 + 3 * 64 * 64) * 9 + h3 * w3 * (128 * 64 + 2 * 128 * 128) * 9
     return 2 * macs / 1e9
+
+
+def block_maps(network: nn.Module, raw: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """GapNet-PL's three block feature maps of a raw batch [N, 4, H, W], normalised as the predictor does.
+
+    The same values as ``network.blocks(normalize(raw))`` (``protloc.inference.normalization``), from
+    the fast path: the pass the image-level prediction makes, keeping the maps instead of only their
+    averages (the localisation maps, and the per-cell path ``protloc.cells.features``). Block 1 is the
+    per-thread workspace: use it before the next pass on this thread.
+    """
+    return maps_and_averages(network, raw)[0]
+
+
+def maps_and_averages(network: nn.Module, raw: torch.Tensor, precision: str = "fp32", **options):
+    """(the three block maps, their 224 global averages) of a raw batch; see ``block_maps``."""
+    fast = fast_network(network, precision=precision, **options)
+    if fast is None:
+        raise ProtlocError(f"{getattr(network, 'name', 'this network')} has no block feature maps")
+    return fast.block_maps(raw.float())
