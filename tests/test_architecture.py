@@ -23,8 +23,6 @@ def _tool():
 
 
 KNOWN_CIRCLES = {
-    # the input layer's (issue 24 item 1): one OME reader per format behind one protocol
-    frozenset({"protloc.data.ome", "protloc.data.ome_tiff", "protloc.data.ome_zarr"}),
     # load_model's ".onnx" hook (the input engineer's area this session) and the ONNX predictor, which
     # builds a Predictor: breaks once load_model picks the runtime through one model-format table
     frozenset({"protloc.export.onnx_runtime", "protloc.inference.predictor"}),

@@ -70,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     for module_info in sorted(pkgutil.iter_modules(commands_pkg.__path__), key=lambda m: m.name):
         module = importlib.import_module(f"protloc.commands.{module_info.name}")
-        module.register(subparsers)
+        if hasattr(module, "register"):  # a command; the rest are helpers the commands share
+            module.register(subparsers)
     return parser
 
 

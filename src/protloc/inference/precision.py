@@ -153,8 +153,10 @@ def resolve_precision(requested: str | None, device: torch.device | str = "cpu",
 
     ``maps``: for the per-cell path, which needs GapNet-PL's block feature maps (fp32/bf16/fp16 only;
     the int8 graph gives logits). ``capabilities``: injected instead of detected (tests)."""
+    from protloc.devices import resolve_device
+
     requested = check_precision(requested or "fp32", allow_auto=True)
-    device = torch.device(device)
+    device = resolve_device(device)
     if requested == "fp32":
         return Resolved("fp32", requested, "exact")
     caps = capabilities or detect_capabilities(device)
