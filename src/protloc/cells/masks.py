@@ -112,19 +112,23 @@ def open_masks(path: str | Path):
 
 def write_label_image(path: str | Path, labels: np.ndarray) -> Path:
     """16-bit PNG (32-bit TIFF when ids exceed 65535), the layout ``read_masks`` reads back."""
+    from protloc.files import atomic_write
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if labels.size and int(labels.max()) > 65535:
         import tifffile
 
         path = path.with_suffix(".tif")
-        tifffile.imwrite(path, labels.astype(np.uint32), photometric="minisblack", metadata=None)
+        # atomically: a run killed mid-write (it resumes) leaves no cut label image under the final name
+        atomic_write(path, lambda handle: tifffile.imwrite(handle, labels.astype(np.uint32),
+                                                           photometric="minisblack", metadata=None))
         return path
     from PIL import Image
 
     # zlib's fastest level: a label image is long runs of one id, 3x the size of the default level's
     # file (tens of kB) in 60% of the time (the web worker writes one per submission).
-    Image.fromarray(labels.astype(np.uint16)).save(path, compress_level=1)
+    atomic_write(path, lambda handle: Image.fromarray(labels.astype(np.uint16)).save(handle, format="PNG",
+                                                                                      compress_level=1))
     return path
 
 

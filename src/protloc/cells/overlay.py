@@ -91,7 +91,8 @@ def _with_legend(rgb: np.ndarray, entries: list[tuple[str, tuple[int, int, int]]
 def save_png(path: str | Path, rgb: np.ndarray) -> Path:
     from PIL import Image
 
+    from protloc.files import atomic_write
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(rgb).save(path)
+    atomic_write(path, lambda handle: Image.fromarray(rgb).save(handle, format="PNG"))
     return path

@@ -27,6 +27,9 @@ def register(subparsers) -> None:
                         help="µm per pixel of the inputs (default: stated by the files or implied by the layout); "
                         "the network sees each image at the model's pixel size, the masks and the table stay on the input's grid")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    from protloc.commands.predict import add_strict_argument
+
+    add_strict_argument(parser)
     add_cell_arguments(parser)
     parser.set_defaults(handler=run)
 
@@ -69,4 +72,6 @@ def run(args) -> int:
         pixel_size=args.pixel_size, progress=sys.stderr.isatty(), **cell_options(args),
     )
     report(result, args.out)
-    return 0
+    from protloc.commands.predict import skipped_exit
+
+    return skipped_exit(args, result.failures, result.errors_file, "image(s)")

@@ -44,6 +44,7 @@ def register(subparsers) -> None:
                         help="OME inputs: project Z-stacks and time series (refused without it)")
     parser.add_argument("--workers", type=int, default=2, help="image-decoding worker processes")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    add_strict_argument(parser)
     add_max_pixels_argument(parser)
     # --cells: the per-cell outputs of `protloc cells` (the same library call, protloc.cells.run_cells)
     from protloc.commands.cells import add_cell_arguments
@@ -56,11 +57,20 @@ def register(subparsers) -> None:
     parser.set_defaults(handler=run)
 
 
+def add_strict_argument(parser) -> None:
+    parser.add_argument("--strict", action="store_true",
+                        help="exit with status 3 when any input was skipped (default 0; the skipped inputs and "
+                        "their reasons are listed in <out stem>.errors.csv either way)")
+
+
 # Options that only mean something per image, and the per-cell ones that need --cells.
 _IMAGE_ONLY = (("whole_image", "--whole-image"), ("tta", "--tta"), ("patch_size", "--patch-size"),
                ("compile_selu", "--compile-selu"))
 _CELLS_ONLY = (("masks", "--masks"), ("embeddings", "--embeddings"), ("scoring", "--per-cell"),
                ("image_prior", "--image-prior"), ("nucleus_diameter", "--nucleus-diameter"))
+
+
+STRICT_EXIT = 3  # outputs written, but some inputs were skipped (2: an error, nothing or not all written)
 
 
 def _one_line(message, category, filename, lineno, file=None, line=None) -> None:
@@ -98,10 +108,20 @@ def _predict(args) -> int:
         reader_options=_ome_reader_options(args),
     )
     print(f"predicted {result.predicted} image(s), {result.already_done} already done -> {result.out}")
-    if result.failures:
-        print(f"skipped {len(result.failures)} unreadable image(s), reasons in {result.errors_file}:", file=sys.stderr)
-        for failure in result.failures[:10]:
-            print(f"  {failure['id']}: {failure['reason']}", file=sys.stderr)
+    return skipped_exit(args, [(f["id"], f["reason"]) for f in result.failures], result.errors_file)
+
+
+def skipped_exit(args, failures: list[tuple[str, str]], errors_file, what: str = "unreadable image(s)") -> int:
+    """The summary of the skipped inputs (their list is in ``errors_file``) and the exit status: 0, or
+    3 with ``--strict`` when any input was skipped (the outputs are written all the same)."""
+    if not failures:
+        return 0
+    print(f"skipped {len(failures)} {what}, every reason in {errors_file} (columns id, reason):", file=sys.stderr)
+    for sample_id, reason in failures[:10]:
+        print(f"  {sample_id}: {reason}", file=sys.stderr)
+    if getattr(args, "strict", False):
+        print(f"protloc: error: --strict: {len(failures)} input(s) skipped", file=sys.stderr)
+        return STRICT_EXIT
     return 0
 
 
@@ -124,7 +144,7 @@ def _predict_cells(args) -> int:
         **cell_options(args),
     )
     report(result, args.out)
-    return 0
+    return skipped_exit(args, result.failures, result.errors_file, "image(s)")
 
 
 def _ome_reader_options(args) -> dict:
