@@ -101,32 +101,35 @@ def publish(writes: list[tuple[Path, object]]) -> list[Path]:
     """Write every output under a temporary name (``write(tmp)`` for each ``(path, write)``), then
     rename them all: on a failure none is renamed and the temporary files are removed."""
     temporaries = [(path, path.with_name(f".{path.name}.incomplete{path.suffix}")) for path, _ in writes]
+
+    def remove_temporaries() -> None:
+        for _, tmp in temporaries:  # the writers' own ".partial" files too
+            for leftover in (tmp, tmp.with_name(tmp.name + ".partial")):
+                leftover.unlink(missing_ok=True)
+
     try:
         for (path, write), (_, tmp) in zip(writes, temporaries):
             write(tmp)
             with open(tmp, "rb") as handle:
                 os.fsync(handle.fileno())
-    except OSError as exc:
-        for _, tmp in temporaries:
-            tmp.unlink(missing_ok=True)
-        raise _disk_error(path, exc, "the finished images are kept in the .parts folder") from None
+    except Exception as exc:  # h5py reports a full disk as a RuntimeError with the errno in its text
+        remove_temporaries()
+        if isinstance(exc, OSError) or "errno = " in str(exc):
+            raise ProtlocError(f"cannot write {path}: {_reason(exc)}; the finished images are kept in the "
+                               ".parts folder: free space and rerun the same command") from None
+        raise
     except BaseException:
-        for _, tmp in temporaries:
-            tmp.unlink(missing_ok=True)
+        remove_temporaries()
         raise
     for path, tmp in temporaries:
         os.replace(tmp, path)
     return [path for path, _ in temporaries]
 
 
-def check_free_space(folder: Path, needed: int) -> None:
-    """h5py on a full disk raised a cascade of errors and then crashed the interpreter (SIGSEGV):
-    the AnnData files are only started with room for them (and a margin)."""
-    try:
-        free = shutil.disk_usage(folder).free
-    except OSError:
-        return
-    if free < needed:
-        raise ProtlocError(f"not enough space in {folder} for the outputs ({needed / 1e6:.1f} MB needed, "
-                           f"{free / 1e6:.1f} MB free); the finished images are kept in the .parts folder: "
-                           "free space and rerun the same command")
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    text = str(exc)
+    if "error message = '" in text:  # HDF5: "... errno = 28, error message = 'No space left on device', ..."
+        return text.split("error message = '", 1)[1].split("'", 1)[0]
+    return text.strip().splitlines()[0][:200] if text.strip() else type(exc).__name__

@@ -210,9 +210,19 @@ def write_anndata(path: Path, rows: list[dict], columns: list[str], embeddings: 
         if name in obs:
             obs[name] = obs[name].astype(str)
     adata = anndata.AnnData(X=embeddings.astype(np.float32), obs=obs, uns=uns)
-    tmp = path.with_name(path.name + ".partial")
-    adata.write_h5ad(tmp)
-    tmp.replace(path)
+    # Built in memory, then written by Python: HDF5 writing straight to a full disk raised a cascade
+    # of errors and then crashed the interpreter at exit (SIGSEGV); now a full disk is an OSError.
+    import io
+
+    import h5py
+    from anndata.io import write_elem
+
+    from protloc.files import atomic_write
+
+    image = io.BytesIO()
+    with h5py.File(image, "w") as handle:
+        write_elem(handle, "/", adata)
+    atomic_write(path, lambda target: target.write(image.getbuffer()))
     return path
 
 
@@ -251,7 +261,7 @@ def run_cells(inputs, model, out, *, masks_dir=None, maps_dir=None, embeddings: 
     (``protloc.cells.scoring.SCORINGS``; default ``combined``, ``image_prior`` = ``geometric-mean``).
     ``pixel_size``: µm per pixel of the inputs (default: stated by their files or layout)."""
     from protloc.cells.masks import open_masks
-    from protloc.cells.outputs import CellParts, check_free_space, publish
+    from protloc.cells.outputs import CellParts, publish
     from protloc.cells.scoring import DESCRIPTIONS, check_scoring
     from protloc.data.inputs import discover_inputs
     from protloc.inference.batch import write_skipped
@@ -304,12 +314,14 @@ def run_cells(inputs, model, out, *, masks_dir=None, maps_dir=None, embeddings: 
         writes.append((paths["images"], lambda tmp: write_anndata(tmp, image_rows, image_columns,
                                                                   np.stack(result.image_embeddings), uns)))
     writes.append((paths["table"], lambda tmp: write_table(tmp, rows, columns)))  # last: the table says "finished"
-    check_free_space(paths["table"].parent, 2 * (stacked.nbytes + 2000 * len(rows)) + (1 << 20))
     try:
         result.files.extend(publish(writes))
     finally:
         parts.close()
     parts.remove()  # complete: the finished images' parts are in the outputs now
+    for folder in (paths["masks"], Path(maps_dir) if maps_dir is not None else None):
+        for stale in folder.glob(".*.tmp") if folder is not None and folder.is_dir() else ():
+            stale.unlink(missing_ok=True)  # a picture a kill -9 interrupted (it was redone)
     result.rows = result.image_rows = result.cell_embeddings = result.image_embeddings = []
     return result
 

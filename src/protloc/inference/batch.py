@@ -60,6 +60,7 @@ class _RowWriter:
         except OSError as exc:
             raise ProtlocError(f"cannot create the folder of {path}: {exc.strerror}") from None
         existed = path.exists()
+        self._cut_at: int | None = None  # where a failed write started
         self._lock = self._lock_against_a_second_run()
         try:
             # Checked from its first line, then read line by line: never whole into memory.
@@ -79,8 +80,8 @@ class _RowWriter:
                     self._sync()
         except BaseException as exc:
             self._lock.close()
-            if not existed and path.exists() and path.stat().st_size == 0:
-                path.unlink()
+            if not existed and path.exists() and not journal.has_rows(path, fmt):
+                path.unlink()  # no empty journal (or one holding only its header) left behind
             if isinstance(exc, OSError):
                 raise ProtlocError(f"cannot write {path}: {exc.strerror or exc}") from None
             raise
@@ -107,6 +108,7 @@ class _RowWriter:
 
     def write(self, sample_id: str, probs: np.ndarray, predicted: list[str], classes: list[str],
               pixel_size_um: float | None = None, scale: float = 1.0) -> None:
+        start = os.fstat(self.handle.fileno()).st_size  # every row before is flushed
         try:
             if self.fmt == "csv":
                 self.csv.writerow([spreadsheet_safe(sample_id), *(f"{p:.6f}" for p in probs),
@@ -117,9 +119,11 @@ class _RowWriter:
                        "pixel_size_um": pixel_size_um, "scale": round(float(scale), 6), "predicted": predicted}
                 self.handle.write(json.dumps(row) + "\n")
             self._sync()
-        except OSError as exc:  # a full disk, an I/O error: the rows before are kept, the cut one dropped on resume
-            raise ProtlocError(f"cannot write {self.path}: {exc.strerror or exc}; the {len(self.done)} finished "
-                               "row(s) are kept there: free space and rerun the same command to resume") from None
+        except OSError as exc:  # a full disk, an I/O error: the rows before are kept, this one is not
+            self._cut_at = start  # on close, after whatever of the row is still buffered went out
+            kept = (f"the {len(self.done)} finished row(s) are kept there: free space and rerun the same command "
+                    "to resume" if self.done else "nothing was finished")
+            raise ProtlocError(f"cannot write {self.path}: {exc.strerror or exc}; {kept}") from None
         self.done.add(sample_id)
 
     @property
@@ -132,6 +136,11 @@ class _RowWriter:
             self.handle.close()
         except OSError:
             pass  # the write that failed already said why
+        if self._cut_at is not None:
+            try:
+                os.truncate(self.path, self._cut_at)
+            except OSError:
+                pass  # the resume drops a cut last row all the same
         if not journal.has_rows(self.path, self.fmt):
             self.path.unlink(missing_ok=True)
         self._lock.close()
