@@ -12,6 +12,17 @@ from __future__ import annotations
 from starlette.routing import Match
 
 
+def _routes(routes):
+    """The routes, those of included routers too (FastAPI wraps an included router in a route of its
+    own; protloc includes its routers without a prefix)."""
+    for route in routes:
+        included = getattr(route, "original_router", None)
+        if included is not None:
+            yield from _routes(included.routes)
+        else:
+            yield route
+
+
 class AllowedMethods:
     def __init__(self, app) -> None:
         self.app = app
@@ -19,11 +30,11 @@ class AllowedMethods:
     @staticmethod
     def allowed(scope) -> list[str]:
         methods: set[str] = set()
-        for route in getattr(scope.get("app"), "routes", []):  # Starlette puts the application in the scope
+        for route in _routes(getattr(scope.get("app"), "routes", [])):  # Starlette puts the application in the scope
             if getattr(route, "methods", None) and route.matches(scope)[0] is not Match.NONE:
                 methods |= set(route.methods)
         if methods:
-            methods |= {"OPTIONS"} | ({"HEAD"} if "GET" in methods else set())
+            methods |= {"OPTIONS"}
         order = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
         return sorted(methods, key=lambda m: (order.index(m) if m in order else len(order), m))
 
