@@ -163,45 +163,6 @@ def cell_boxes(labels: np.ndarray):
     return ids, boxes
 
 
-def cell_pixels(labels: np.ndarray, cell_ids: np.ndarray, band: int = 512):
-    """(y, x, k) of the pixels that belong to one of ``cell_ids``, ``k`` the cell's index in
-    ``cell_ids``, a band of ``band`` rows at a time (memory bounded whatever the image's size)."""
-    cell_ids = np.asarray(cell_ids, dtype=np.int64)
-    if not len(cell_ids):
-        return
-    order = np.argsort(cell_ids, kind="stable")
-    ordered = cell_ids[order]
-    for y0 in range(0, labels.shape[0], band):
-        part = labels[y0 : y0 + band]
-        ys, xs = np.nonzero(part)
-        ids = part[ys, xs]
-        at = np.minimum(np.searchsorted(ordered, ids), len(ordered) - 1)
-        keep = ordered[at] == ids
-        yield ys[keep] + y0, xs[keep], order[at[keep]]
-
-
-def coverage_matrix(labels: np.ndarray, cell_ids: np.ndarray, stride: int):
-    """The fraction of each grid cell (``stride`` px square, clipped at the image edge) each cell
-    covers, as a sparse matrix [cells, grid cells] (row-major grid), from one vectorised pass over
-    the labels: the cost grows with the pixels, not with pixels times cells."""
-    from scipy import sparse
-
-    height, width = labels.shape
-    gh, gw = -(-height // stride), -(-width // stride)
-    keys, counts = [], []
-    for ys, xs, cells in cell_pixels(labels, cell_ids, band=max(1, 512 // stride) * stride):
-        key, count = np.unique(cells * (gh * gw) + (ys // stride) * gw + xs // stride, return_counts=True)
-        keys.append(key)
-        counts.append(count)
-    key = np.concatenate(keys) if keys else np.zeros(0, np.int64)
-    count = np.concatenate(counts) if counts else np.zeros(0, np.int64)
-    cell, grid = np.divmod(key, gh * gw)
-    heights = np.minimum(stride, height - np.arange(gh) * stride)
-    widths = np.minimum(stride, width - np.arange(gw) * stride)
-    areas = np.outer(heights, widths).reshape(-1)
-    return sparse.csr_matrix(((count / areas[grid]).astype(np.float32), (cell, grid)), shape=(len(cell_ids), gh * gw))
-
-
 def masked_sums(maps: tuple[torch.Tensor, ...], labels: np.ndarray, cell_ids: np.ndarray,
                 boxes: list | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Coverage-weighted sums [n, sum of channels] of the maps [1, C, gh, gw] over each cell, and the
@@ -218,6 +179,8 @@ def masked_sums(maps: tuple[torch.Tensor, ...], labels: np.ndarray, cell_ids: np
     if not len(cell_ids):
         return sums, totals
     # One sparse coverage matrix per grid (a loop over the cells took minutes for a mask of 65,535).
+    from protloc.cells.pixels import coverage_matrix
+
     matrices = {stride: coverage_matrix(labels, cell_ids, stride) for stride in sorted(set(BLOCK_STRIDES))}
     columns = 0
     for index, (plane, stride) in enumerate(zip(planes, BLOCK_STRIDES)):

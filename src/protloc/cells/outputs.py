@@ -133,3 +133,17 @@ def _reason(exc: Exception) -> str:
     if "error message = '" in text:  # HDF5: "... errno = 28, error message = 'No space left on device', ..."
         return text.split("error message = '", 1)[1].split("'", 1)[0]
     return text.strip().splitlines()[0][:200] if text.strip() else type(exc).__name__
+
+
+def six_digits(values: np.ndarray) -> np.ndarray:
+    """``float("%.6g" % v)`` for every value, vectorised."""
+    out = values.astype(np.float64, copy=True)
+    finite = np.isfinite(out) & (out != 0)
+    exponent = np.floor(np.log10(np.abs(out[finite]))).astype(np.int64)
+    shift = 5 - exponent
+    scaled = out[finite]
+    up, down = shift >= 0, shift < 0
+    scaled[up] = np.round(scaled[up] * 10.0 ** shift[up]) / 10.0 ** shift[up]
+    scaled[down] = np.round(scaled[down] / 10.0 ** -shift[down]) * 10.0 ** -shift[down]
+    out[finite] = scaled
+    return out

@@ -73,7 +73,7 @@ def _cell_geometry(cells: np.ndarray, nuclei: np.ndarray | None, cell_ids: np.nd
     """Centroids [n, 2] (y, x), areas and nucleus areas (NaN without a nucleus mask) of the cells,
     from one vectorised pass over the pixels (a loop over 65,535 cells took minutes). ``boxes``:
     not needed any more (accepted for the callers that pass them)."""
-    from protloc.cells.features import cell_pixels
+    from protloc.cells.pixels import cell_pixels
 
     n = len(cell_ids)
     areas = np.zeros(n, np.int64)
@@ -166,6 +166,7 @@ def _top_above_threshold(probs: np.ndarray, predictor) -> str | None:
 def write_table(path: Path, rows: list[dict], columns: list[str]) -> Path:
     import pandas as pd
 
+    from protloc.cells.outputs import six_digits
     from protloc.files import spreadsheet_safe
 
     frame = pd.DataFrame(rows, columns=columns)
@@ -180,24 +181,10 @@ def write_table(path: Path, rows: list[dict], columns: list[str]) -> Path:
         # 6 significant digits, rounded in numpy: pandas' float_format formats cell by cell in Python
         # (5 s of a 65,535-cell table); the shortest repr of the rounded value is the same text.
         for name in frame.columns[frame.dtypes == np.float64]:
-            frame[name] = _six_digits(frame[name].to_numpy())
+            frame[name] = six_digits(frame[name].to_numpy())
         frame.to_csv(tmp, index=False)
     tmp.replace(path)  # never a half-written table under the final name
     return path
-
-
-def _six_digits(values: np.ndarray) -> np.ndarray:
-    """``float("%.6g" % v)`` for every value, vectorised."""
-    out = values.astype(np.float64, copy=True)
-    finite = np.isfinite(out) & (out != 0)
-    exponent = np.floor(np.log10(np.abs(out[finite]))).astype(np.int64)
-    shift = 5 - exponent
-    scaled = out[finite]
-    up, down = shift >= 0, shift < 0
-    scaled[up] = np.round(scaled[up] * 10.0 ** shift[up]) / 10.0 ** shift[up]
-    scaled[down] = np.round(scaled[down] / 10.0 ** -shift[down]) * 10.0 ** -shift[down]
-    out[finite] = scaled
-    return out
 
 
 def write_anndata(path: Path, rows: list[dict], columns: list[str], embeddings: np.ndarray, uns: dict) -> Path:
