@@ -71,19 +71,30 @@ class CellParts:
         if not path.exists():
             return None
         try:
+            import pandas as pd
+
             with np.load(path, allow_pickle=False) as data:
                 if str(data["id"]) != image_id:
                     return None
-                return {"rows": json.loads(str(data["rows"])), "embeddings": data["embeddings"],
+                names = [str(n) for n in data["columns"]]
+                rows = pd.DataFrame({n: data[f"column{k}"] for k, n in enumerate(names)}, columns=names)
+                return {"rows": rows, "embeddings": data["embeddings"],
                         "image_row": json.loads(str(data["image_row"])), "image_embedding": data["image_embedding"]}
         except (OSError, ValueError, KeyError):
             return None
 
-    def save(self, image_id: str, rows: list[dict], embeddings: np.ndarray, image_row: dict,
+    def save(self, image_id: str, rows, embeddings: np.ndarray, image_row: dict,
              image_embedding: np.ndarray) -> None:
+        """``rows``: the image's table rows, a DataFrame (kept column by column: a JSON list of 65,535
+        rows took seconds to write and read back)."""
         path = self._path(image_id)
+        columns = {}
+        for k, name in enumerate(rows.columns):
+            values = np.asarray(rows[name].to_numpy())
+            # text as a fixed-width string array: an object array would need pickle, refused on load
+            columns[f"column{k}"] = values if values.dtype.kind in "biuf" else values.astype(str)
         try:
-            atomic_save_npz(path, id=np.array(image_id), rows=np.array(json.dumps(rows)),
+            atomic_save_npz(path, id=np.array(image_id), columns=np.array(list(rows.columns), dtype=str), **columns,
                             embeddings=np.asarray(embeddings, np.float32), image_row=np.array(json.dumps(image_row)),
                             image_embedding=np.asarray(image_embedding, np.float32))
         except OSError as exc:

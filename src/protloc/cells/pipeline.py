@@ -191,8 +191,9 @@ def write_anndata(path: Path, rows: list[dict], columns: list[str], embeddings: 
     import anndata
     import pandas as pd
 
-    obs = pd.DataFrame(rows, columns=columns)
-    obs.index = [f"{r['image_id']}:{r['cell_id']}" if "cell_id" in r else str(r["image_id"]) for r in rows]
+    obs = pd.DataFrame(rows, columns=columns)  # rows: a list of dicts or a DataFrame
+    ids = obs["image_id"].astype(str)
+    obs.index = (ids + ":" + obs["cell_id"].astype(str) if "cell_id" in obs else ids).tolist()
     for name in ("image_id", "predicted", "top_class"):
         if name in obs:
             obs[name] = obs[name].astype(str)
@@ -285,11 +286,15 @@ def run_cells(inputs, model, out, *, masks_dir=None, maps_dir=None, embeddings: 
         reasons = "; ".join(f"{i}: {r}" for i, r in result.failures[:3])
         where = f"; every reason in {errors_file}" if result.failures else ""
         raise ProtlocError(f"no image could be analysed ({reasons}){where}")
-    rows, image_rows = result.rows, result.image_rows
     columns = ["image_id", "cell_id", "centroid_y", "centroid_x", "area", "nucleus_area", "border", "expression",
                *predictor.classes, "predicted", "top_class"]
+    import pandas as pd
+
+    frames = [frame for frame in result.rows if len(frame)]
+    rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+    image_rows = result.image_rows
     dims = next((e.shape[1] for e in result.cell_embeddings if e.ndim == 2 and e.shape[1]), 0)
-    stacked = (np.concatenate([e.reshape(-1, dims) for e in result.cell_embeddings]) if rows
+    stacked = (np.concatenate([e.reshape(-1, dims) for e in result.cell_embeddings]) if len(rows)
                else np.zeros((0, dims), np.float32))
     uns = {"model": predictor.name, "classes": list(predictor.classes), "method": result.method,
            "probabilities": DESCRIPTIONS[scoring], "scoring": scoring,
@@ -317,6 +322,8 @@ def _analyse_all(entries, predictor, parts, paths, masks, maps_dir, scoring, nuc
                  progress) -> CellsResult:
     """Every image's cells: a finished image's part read back, the others analysed and saved as parts."""
     from tqdm.auto import tqdm
+
+    import pandas as pd
 
     from protloc.cells.masks import write_label_image
     from protloc.cells.overlay import class_overlay, save_png
@@ -353,7 +360,7 @@ def _analyse_all(entries, predictor, parts, paths, masks, maps_dir, scoring, nuc
                          **{c: float(p) for c, p in zip(predictor.classes, preds.image_probabilities)},
                          "predicted": ";".join(predictor.predicted(preds.image_probabilities)),
                          "method": preds.method}
-            part = {"rows": cell_rows(analysed, predictor, scoring=scoring), "embeddings": preds.embeddings,
+            part = {"rows": pd.DataFrame(cell_rows(analysed, predictor, scoring=scoring)), "embeddings": preds.embeddings,
                     "image_row": image_row, "image_embedding": preds.image_embedding}
             # the label images and the overlay first: a saved part means the image's every file is there
             if masks is None:
@@ -372,9 +379,9 @@ def _analyse_all(entries, predictor, parts, paths, masks, maps_dir, scoring, nuc
         result.method = image_row.pop("method", None) or result.method
         result.images += 1
         result.cells += len(part["rows"])
-        if not part["rows"]:
+        if not len(part["rows"]):
             result.no_cells.append(entry.id)
-        result.rows.extend(part["rows"])
+        result.rows.append(part["rows"])
         result.cell_embeddings.append(part["embeddings"])
         result.image_rows.append(image_row)
         result.image_embeddings.append(part["image_embedding"])
