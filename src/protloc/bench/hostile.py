@@ -130,10 +130,13 @@ def main(argv: list[str] | None = None) -> int:
             model = str(Path(tempfile.mkdtemp()) / "random.pt")
             save_model_file(model, create_model("gapnet-pl"), model_name="gapnet-pl", classes=HPA13.classes,
                             label_set="hpa13", crop_size=1024, thresholds=[0.5] * 13)
+    from protloc.bench.common import machine_info
+
     with tempfile.TemporaryDirectory() as folder:
         results = run(model, Path(folder))
     results["model"] = args.model
-    Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
+    document = {"machine": machine_info(), "sections": {"hostile": results}}  # the layout of `protloc bench`'s files
+    Path(args.out).write_text(json.dumps(document, indent=1) + "\n")
     Path(args.out).with_suffix(".md").write_text(markdown(results) + "\n")
     print(markdown(results))
     return 0
