@@ -145,7 +145,8 @@ def test_bombs_in_scan_predict_and_train_are_excluded_with_the_limit(tmp_path, m
     # the flag is the same limit everywhere: lowered below the images' 72 x 72, every image is refused
     capsys.readouterr()
     code, rows, errors = predict([data / "ok0_blue.png"], model_file, tmp_path / "low.csv", "--max-pixels", "1000")
-    assert code == 0 and rows == [] and "72x72 pixels exceeds the limit of 1000" in errors[0]["reason"]
+    # nothing predicted is an error (exit 2, issue 23), the reasons listed all the same
+    assert code == 2 and rows == [] and "72x72 pixels exceeds the limit of 1000" in errors[0]["reason"]
     capsys.readouterr()
     assert main(["data", "scan", str(data), "--json", "--max-pixels", "5184", "--out", str(tmp_path / "i")]) == 0
     assert json.loads(capsys.readouterr().out)["valid"] == 3  # 72 x 72 = 5184: at the limit is allowed

@@ -10,6 +10,16 @@ from pathlib import Path
 import numpy as np
 
 
+# A spreadsheet runs a cell that starts with one of these as a formula (OWASP "CSV injection").
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(text: str) -> str:
+    """A text cell a spreadsheet shows as text: a leading quote defuses a formula. The one function
+    for every CSV protloc writes (the CLI's tables and the platform's exports)."""
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
+
+
 def atomic_write(path: str | Path, write) -> None:
     """Write `path` through `write(binary_handle)` atomically."""
     path = Path(path)

@@ -148,8 +148,7 @@ def masked_sums(maps: tuple[torch.Tensor, ...], labels: np.ndarray, cell_ids: np
                 boxes: list | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Coverage-weighted sums [n, sum of channels] of the maps [1, C, gh, gw] over each cell, and the
     cells' total weights [n, number of maps] (its area in grid cells on each map's grid).
-    ``boxes``: ``cell_boxes(labels)`` when the caller has them."""
-    boxes = cell_boxes(labels)[1] if boxes is None else boxes
+    ``boxes``: not needed any more (accepted for the callers that pass ``cell_boxes``' answer)."""
     # [gh, gw, C] views: the maps are channels-last, so these are contiguous
     planes = [block[0].permute(1, 2, 0).float().numpy() for block in maps]
     for plane, stride in zip(planes, BLOCK_STRIDES):
@@ -158,16 +157,18 @@ def masked_sums(maps: tuple[torch.Tensor, ...], labels: np.ndarray, cell_ids: np
                                f"{plane.shape[1]} map, not one of stride {stride}")
     sums = np.zeros((len(cell_ids), sum(plane.shape[2] for plane in planes)), dtype=np.float32)
     totals = np.zeros((len(cell_ids), len(planes)), dtype=np.float32)
-    for row, cell_id in enumerate(cell_ids):
-        fractions = coverages(labels, int(cell_id), boxes[int(cell_id) - 1])
-        columns = 0
-        for index, (plane, stride) in enumerate(zip(planes, BLOCK_STRIDES)):
-            gy0, gx0, weights = fractions[stride]
-            window = plane[gy0 : gy0 + weights.shape[0], gx0 : gx0 + weights.shape[1]]
-            channels = plane.shape[2]
-            sums[row, columns : columns + channels] = weights.reshape(-1) @ window.reshape(-1, channels)
-            totals[row, index] = weights.sum()
-            columns += channels
+    if not len(cell_ids):
+        return sums, totals
+    # One sparse coverage matrix per grid (a loop over the cells took minutes for a mask of 65,535).
+    from protloc.cells.pixels import coverage_matrix
+
+    matrices = {stride: coverage_matrix(labels, cell_ids, stride) for stride in sorted(set(BLOCK_STRIDES))}
+    columns = 0
+    for index, (plane, stride) in enumerate(zip(planes, BLOCK_STRIDES)):
+        matrix, channels = matrices[stride], plane.shape[2]
+        sums[:, columns : columns + channels] = matrix @ np.ascontiguousarray(plane).reshape(-1, channels)
+        totals[:, index] = np.asarray(matrix.sum(axis=1)).reshape(-1)
+        columns += channels
     return sums, totals
 
 

@@ -54,6 +54,8 @@ class CellsResult:
     failures: list[tuple[str, str]] = field(default_factory=list)
     files: list[Path] = field(default_factory=list)
     no_cells: list[str] = field(default_factory=list)
+    already_done: int = 0  # images whose part a killed run had finished (``protloc.cells.outputs``)
+    errors_file: Path | None = None  # the skipped images and why (id, reason)
 
 
 def require_cells_extra() -> None:
@@ -69,24 +71,23 @@ def require_cells_extra() -> None:
 
 def _cell_geometry(cells: np.ndarray, nuclei: np.ndarray | None, cell_ids: np.ndarray, boxes: list | None = None):
     """Centroids [n, 2] (y, x), areas and nucleus areas (NaN without a nucleus mask) of the cells,
-    each from its own bounding box (work about the image's size, whatever the number of cells)."""
-    from scipy import ndimage as ndi
+    from one vectorised pass over the pixels (a loop over 65,535 cells took minutes). ``boxes``:
+    not needed any more (accepted for the callers that pass them)."""
+    from protloc.cells.pixels import cell_pixels
 
-    centroids = np.zeros((len(cell_ids), 2))
-    areas = np.zeros(len(cell_ids), np.int64)
-    nucleus_areas = np.full(len(cell_ids), np.nan)
-    if boxes is None:
-        boxes = ndi.find_objects(cells) if len(cell_ids) else []
-    for k, cell_id in enumerate(cell_ids):
-        box = boxes[int(cell_id) - 1]
-        inside = cells[box] == cell_id
-        areas[k] = int(inside.sum())
-        rows, columns = inside.sum(axis=1), inside.sum(axis=0)
-        centroids[k] = (rows @ np.arange(box[0].start, box[0].stop) / areas[k],
-                        columns @ np.arange(box[1].start, box[1].stop) / areas[k])
+    n = len(cell_ids)
+    areas = np.zeros(n, np.int64)
+    sums = np.zeros((n, 2))
+    inside_nuclei = np.zeros(n)
+    for ys, xs, k in cell_pixels(cells, cell_ids):
+        areas += np.bincount(k, minlength=n)
+        sums[:, 0] += np.bincount(k, weights=ys, minlength=n)
+        sums[:, 1] += np.bincount(k, weights=xs, minlength=n)
         if nuclei is not None:
             # A nucleus belongs to the cell its pixels lie in (its own id in protloc's and most tools' masks).
-            nucleus_areas[k] = float(np.count_nonzero(nuclei[box][inside]))
+            inside_nuclei += np.bincount(k, weights=nuclei[ys, xs] != 0, minlength=n)
+    centroids = sums / np.maximum(areas, 1)[:, None]
+    nucleus_areas = inside_nuclei if nuclei is not None else np.full(n, np.nan)
     return centroids, areas, nucleus_areas
 
 
@@ -165,12 +166,23 @@ def _top_above_threshold(probs: np.ndarray, predictor) -> str | None:
 def write_table(path: Path, rows: list[dict], columns: list[str]) -> Path:
     import pandas as pd
 
+    from protloc.cells.outputs import six_digits
+    from protloc.files import spreadsheet_safe
+
     frame = pd.DataFrame(rows, columns=columns)
     tmp = path.with_name(path.name + ".partial")
     if path.suffix.lower() == ".parquet":
         frame.to_parquet(tmp, index=False)
     else:
-        frame.to_csv(tmp, index=False, float_format="%.6g")
+        # ids a spreadsheet would run as formulas are defused, as in every CSV protloc writes
+        for name in ("image_id", "predicted", "top_class"):
+            if name in frame:
+                frame[name] = frame[name].map(lambda v: spreadsheet_safe(v) if isinstance(v, str) else v)
+        # 6 significant digits, rounded in numpy: pandas' float_format formats cell by cell in Python
+        # (5 s of a 65,535-cell table); the shortest repr of the rounded value is the same text.
+        for name in frame.columns[frame.dtypes == np.float64]:
+            frame[name] = six_digits(frame[name].to_numpy())
+        frame.to_csv(tmp, index=False)
     tmp.replace(path)  # never a half-written table under the final name
     return path
 
@@ -179,15 +191,26 @@ def write_anndata(path: Path, rows: list[dict], columns: list[str], embeddings: 
     import anndata
     import pandas as pd
 
-    obs = pd.DataFrame(rows, columns=columns)
-    obs.index = [f"{r['image_id']}:{r['cell_id']}" if "cell_id" in r else str(r["image_id"]) for r in rows]
+    obs = pd.DataFrame(rows, columns=columns)  # rows: a list of dicts or a DataFrame
+    ids = obs["image_id"].astype(str)
+    obs.index = (ids + ":" + obs["cell_id"].astype(str) if "cell_id" in obs else ids).tolist()
     for name in ("image_id", "predicted", "top_class"):
         if name in obs:
             obs[name] = obs[name].astype(str)
     adata = anndata.AnnData(X=embeddings.astype(np.float32), obs=obs, uns=uns)
-    tmp = path.with_name(path.name + ".partial")
-    adata.write_h5ad(tmp)
-    tmp.replace(path)
+    # Built in memory, then written by Python: HDF5 writing straight to a full disk raised a cascade
+    # of errors and then crashed the interpreter at exit (SIGSEGV); now a full disk is an OSError.
+    import io
+
+    import h5py
+    from anndata.io import write_elem
+
+    from protloc.files import atomic_write
+
+    image = io.BytesIO()
+    with h5py.File(image, "w") as handle:
+        write_elem(handle, "/", adata)
+    atomic_write(path, lambda target: target.write(image.getbuffer()))
     return path
 
 
@@ -225,12 +248,11 @@ def run_cells(inputs, model, out, *, masks_dir=None, maps_dir=None, embeddings: 
     (``protloc.cells.scoring.SCORINGS``; default ``combined``, ``image_prior`` = ``geometric-mean``).
     ``pixel_size``: µm per pixel of the inputs (default: stated by their files or layout).
     ``precision``: of GapNet-PL's pass (``protloc.inference.precision``; int8 has no feature maps)."""
-    from tqdm.auto import tqdm
-
-    from protloc.cells.masks import open_masks, write_label_image
-    from protloc.visualization import class_overlay, save_png
+    from protloc.cells.masks import open_masks
+    from protloc.cells.outputs import CellParts, publish
     from protloc.cells.scoring import DESCRIPTIONS, check_scoring
-    from protloc.data.formats import discover, read
+    from protloc.data.formats import discover
+    from protloc.inference.batch import write_skipped
     from protloc.data.pixel_size import check_pixel_size
     from protloc.inference.predictor import load_model
 
@@ -247,69 +269,132 @@ def run_cells(inputs, model, out, *, masks_dir=None, maps_dir=None, embeddings: 
     entries = discover(inputs, format=input_format, reader_options=reader_options)
     predictor.fields = len(entries)  # a long run compiles GapNet-PL's SELU
     paths["table"].parent.mkdir(parents=True, exist_ok=True)
-    result = CellsResult()
-    rows: list[dict] = []
-    cell_embeddings: list[np.ndarray] = []
-    image_rows: list[dict] = []
-    image_embeddings: list[np.ndarray] = []
-    method = None
-    said: dict = {}
-    for entry in tqdm(entries, desc="cells", unit="image", disable=not progress):
-        try:
-            sample = read(entry, pixel_size=pixel_size)
-            image = sample.image
-            cells = nuclei = None
-            if masks is not None:
-                cells, nuclei = masks.read(entry, image.shape[1:])
-            analysed = analyse_image(predictor, image, entry.id, cells=cells, nuclei=nuclei,
-                                     nucleus_diameter=nucleus_diameter,
-                                     pixel_size_um=_pixel_size(sample.pixel_size, predictor, said))
-        except DataError as exc:
-            result.failures.append((entry.id, str(exc)))
-            continue
-        preds = analysed.predictions
-        method = preds.method
-        result.images += 1
-        result.cells += len(preds.cell_ids)
-        if not len(preds.cell_ids):
-            result.no_cells.append(entry.id)
-        scores = analysed.scores(predictor.classes, scoring)
-        rows.extend(cell_rows(analysed, predictor, scoring=scoring))
-        cell_embeddings.append(preds.embeddings)
-        image_rows.append({"image_id": entry.id, "cells": len(preds.cell_ids),
-                           **{c: float(p) for c, p in zip(predictor.classes, preds.image_probabilities)},
-                           "predicted": ";".join(predictor.predicted(preds.image_probabilities))})
-        image_embeddings.append(preds.image_embedding)
-        if masks is None:
-            write_label_image(paths["masks"] / f"{entry.id}_cellmask.png", analysed.cells)
-            write_label_image(paths["masks"] / f"{entry.id}_nucleimask.png", analysed.nuclei)
-        if maps_dir is not None:
-            tops = [_top_above_threshold(p, predictor) for p in scores]
-            by_id = dict(zip(preds.cell_ids.tolist(), tops))
-            colours = [by_id.get(i) for i in range(1, int(analysed.cells.max(initial=0)) + 1)]
-            overlay = class_overlay(image, analysed.cells, analysed.nuclei, colours, predictor.classes)
-            result.files.append(save_png(Path(maps_dir) / f"{entry.id}_cells.png", overlay))
+    run_options = {"model": str(model), "network": predictor.name, "scoring": scoring, "masks": str(masks_dir),
+                   "nucleus_diameter": nucleus_diameter, "pixel_size": pixel_size, "format": input_format,
+                   "reader": reader_options or {}, "precision": ran_at}
+    parts = CellParts(paths["table"], run_options)
+    try:
+        result = _analyse_all(entries, predictor, parts, paths, masks, maps_dir, scoring, nucleus_diameter,
+                              pixel_size, progress)
+    except BaseException:
+        parts.close()
+        raise
+    errors_file = paths["table"].with_name(paths["table"].stem + ".errors.csv")
+    if result.failures:
+        result.errors_file = errors_file
+        write_skipped(errors_file, [{"id": i, "reason": r} for i, r in result.failures])
+    else:
+        errors_file.unlink(missing_ok=True)
     if result.images == 0:
+        parts.close()
         reasons = "; ".join(f"{i}: {r}" for i, r in result.failures[:3])
-        raise ProtlocError(f"no image could be analysed ({reasons})")
+        where = f"; every reason in {errors_file}" if result.failures else ""
+        raise ProtlocError(f"no image could be analysed ({reasons}){where}")
     columns = ["image_id", "cell_id", "centroid_y", "centroid_x", "area", "nucleus_area", "border", "expression",
                *predictor.classes, "predicted", "top_class"]
-    dims = cell_embeddings[0].shape[1] if cell_embeddings else 0
-    stacked = np.concatenate(cell_embeddings) if rows else np.zeros((0, dims), np.float32)
-    uns = {"model": predictor.name, "classes": list(predictor.classes), "method": method,
+    import pandas as pd
+
+    frames = [frame for frame in result.rows if len(frame)]
+    rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+    image_rows = result.image_rows
+    dims = next((e.shape[1] for e in result.cell_embeddings if e.ndim == 2 and e.shape[1]), 0)
+    stacked = (np.concatenate([e.reshape(-1, dims) for e in result.cell_embeddings]) if len(rows)
+               else np.zeros((0, dims), np.float32))
+    uns = {"model": predictor.name, "classes": list(predictor.classes), "method": result.method,
            "probabilities": DESCRIPTIONS[scoring], "scoring": scoring,
-           "embedding": "gapnet-pl masked block averages (224)" if method == "masked-features" else "probabilities",
+           "embedding": "gapnet-pl masked block averages (224)" if result.method == "masked-features" else "probabilities",
            "channels": predictor.network_channels, "precision": ran_at}
-    result.files.append(write_table(paths["table"], rows, columns))
-    result.files.append(write_anndata(paths["h5ad"], rows, columns, stacked, uns))
+    writes = [(paths["h5ad"], lambda tmp: write_anndata(tmp, rows, columns, stacked, uns))]
     if embeddings:
         image_columns = ["image_id", "cells", *predictor.classes, "predicted"]
-        result.files.append(write_anndata(paths["images"], image_rows, image_columns, np.stack(image_embeddings), uns))
+        writes.append((paths["images"], lambda tmp: write_anndata(tmp, image_rows, image_columns,
+                                                                  np.stack(result.image_embeddings), uns)))
+    writes.append((paths["table"], lambda tmp: write_table(tmp, rows, columns)))  # last: the table says "finished"
+    try:
+        result.files.extend(publish(writes))
+    finally:
+        parts.close()
+    parts.remove()  # complete: the finished images' parts are in the outputs now
+    for folder in (paths["masks"], Path(maps_dir) if maps_dir is not None else None):
+        for stale in folder.glob(".*.tmp") if folder is not None and folder.is_dir() else ():
+            stale.unlink(missing_ok=True)  # a picture a kill -9 interrupted (it was redone)
+    result.rows = result.image_rows = result.cell_embeddings = result.image_embeddings = []
+    return result
+
+
+def _analyse_all(entries, predictor, parts, paths, masks, maps_dir, scoring, nucleus_diameter, pixel_size,
+                 progress) -> CellsResult:
+    """Every image's cells: a finished image's part read back, the others analysed and saved as parts."""
+    from tqdm.auto import tqdm
+
+    import pandas as pd
+
+    from protloc.cells.masks import write_label_image
+    from protloc.data.formats import read
+    from protloc.visualization import class_overlay, save_png
+
+    result = CellsResult()
+    result.rows, result.cell_embeddings, result.image_rows, result.image_embeddings = [], [], [], []
+    result.method = None
+    said: dict = {}
+    for entry in tqdm(entries, desc="cells", unit="image", disable=not progress):
+        part = parts.load(entry.id)
+        if part is None:
+            try:
+                sample = read(entry, pixel_size=pixel_size)
+                image = sample.image
+            except ProtlocError as exc:
+                result.failures.append((entry.id, str(exc)))
+                continue
+            except Exception as exc:  # a decoder's own exception type: report it, keep going
+                result.failures.append((entry.id, f"{type(exc).__name__}: {exc}"))
+                continue
+            try:
+                cells = nuclei = None
+                if masks is not None:
+                    cells, nuclei = masks.read(entry, image.shape[1:])
+                analysed = analyse_image(predictor, image, entry.id, cells=cells, nuclei=nuclei,
+                                         nucleus_diameter=nucleus_diameter,
+                                         pixel_size_um=_pixel_size(sample.pixel_size, predictor, said))
+            except DataError as exc:
+                result.failures.append((entry.id, str(exc)))
+                continue
+            preds = analysed.predictions
+            scores = analysed.scores(predictor.classes, scoring)
+            image_row = {"image_id": entry.id, "cells": len(preds.cell_ids),
+                         **{c: float(p) for c, p in zip(predictor.classes, preds.image_probabilities)},
+                         "predicted": ";".join(predictor.predicted(preds.image_probabilities)),
+                         "method": preds.method}
+            part = {"rows": pd.DataFrame(cell_rows(analysed, predictor, scoring=scoring)), "embeddings": preds.embeddings,
+                    "image_row": image_row, "image_embedding": preds.image_embedding}
+            # the label images and the overlay first: a saved part means the image's every file is there
+            if masks is None:
+                write_label_image(paths["masks"] / f"{entry.id}_cellmask.png", analysed.cells)
+                write_label_image(paths["masks"] / f"{entry.id}_nucleimask.png", analysed.nuclei)
+            if maps_dir is not None:
+                tops = [_top_above_threshold(p, predictor) for p in scores]
+                by_id = dict(zip(preds.cell_ids.tolist(), tops))
+                colours = [by_id.get(i) for i in range(1, int(analysed.cells.max(initial=0)) + 1)]
+                overlay = class_overlay(image, analysed.cells, analysed.nuclei, colours, predictor.classes)
+                result.files.append(save_png(Path(maps_dir) / f"{entry.id}_cells.png", overlay))
+            parts.save(entry.id, **part)
+        else:
+            result.already_done += 1
+        image_row = dict(part["image_row"])
+        result.method = image_row.pop("method", None) or result.method
+        result.images += 1
+        result.cells += len(part["rows"])
+        if not len(part["rows"]):
+            result.no_cells.append(entry.id)
+        result.rows.append(part["rows"])
+        result.cell_embeddings.append(part["embeddings"])
+        result.image_rows.append(image_row)
+        result.image_embeddings.append(part["image_embedding"])
     return result
 
 
 def report(result: CellsResult, out) -> None:
-    print(f"{result.cells} cell(s) in {result.images} image(s) -> {out}")
+    print(f"{result.cells} cell(s) in {result.images} image(s), {result.already_done} already done -> {out}")
     paths = output_paths(out)
     others = [paths["h5ad"]] + ([paths["masks"]] if paths["masks"].is_dir() else [])
     others += [p for p in result.files if p.suffix == ".h5ad" and p != paths["h5ad"]]
@@ -317,7 +402,3 @@ def report(result: CellsResult, out) -> None:
     print("also: " + ", ".join(str(p) for p in others + sorted(overlays)))
     for image_id in result.no_cells:
         print(f"  {image_id}: no cells found", file=sys.stderr)
-    if result.failures:
-        print(f"skipped {len(result.failures)} image(s):", file=sys.stderr)
-        for image_id, reason in result.failures[:10]:
-            print(f"  {image_id}: {reason}", file=sys.stderr)

@@ -32,6 +32,9 @@ def register(subparsers) -> None:
     from protloc.commands.options import add_precision_argument
 
     add_precision_argument(parser, default="fp32")
+    from protloc.commands.options import add_strict_argument
+
+    add_strict_argument(parser)
     add_cell_arguments(parser)
     parser.set_defaults(handler=run)
 
@@ -74,4 +77,6 @@ def run(args) -> int:
         pixel_size=args.pixel_size, progress=sys.stderr.isatty(), precision=args.precision, **cell_options(args),
     )
     report(result, args.out)
-    return 0
+    from protloc.commands.options import skipped_exit
+
+    return skipped_exit(args, result.failures, result.errors_file, "image(s)")

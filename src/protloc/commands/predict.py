@@ -6,7 +6,7 @@ import sys
 import warnings
 
 from protloc.data.limits import add_max_pixels_argument, set_max_pixels
-from protloc.commands.options import add_precision_argument
+from protloc.commands.options import add_precision_argument, add_strict_argument, skipped_exit
 from protloc.devices import add_device_argument
 
 
@@ -47,6 +47,7 @@ def register(subparsers) -> None:
                         "written sparse on purpose; by default a missing chunk skips the image with its reason)")
     parser.add_argument("--workers", type=int, default=2, help="image-decoding worker processes")
     add_device_argument(parser)
+    add_strict_argument(parser)
     add_max_pixels_argument(parser)
     # --cells: the per-cell outputs of `protloc cells` (the same library call, protloc.cells.run_cells)
     from protloc.commands.cells import add_cell_arguments
@@ -64,6 +65,8 @@ _IMAGE_ONLY = (("whole_image", "--whole-image"), ("tta", "--tta"), ("patch_size"
                ("compile_selu", "--compile-selu"))
 _CELLS_ONLY = (("masks", "--masks"), ("embeddings", "--embeddings"), ("scoring", "--per-cell"),
                ("image_prior", "--image-prior"), ("nucleus_diameter", "--nucleus-diameter"))
+
+
 
 
 def _one_line(message, category, filename, lineno, file=None, line=None) -> None:
@@ -101,11 +104,7 @@ def _predict(args) -> int:
         reader_options=_ome_reader_options(args),
     )
     print(f"predicted {result.predicted} image(s), {result.already_done} already done -> {result.out}")
-    if result.failures:
-        print(f"skipped {len(result.failures)} unreadable image(s), reasons in {result.errors_file}:", file=sys.stderr)
-        for failure in result.failures[:10]:
-            print(f"  {failure['id']}: {failure['reason']}", file=sys.stderr)
-    return 0
+    return skipped_exit(args, [(f["id"], f["reason"]) for f in result.failures], result.errors_file)
 
 
 def _predict_cells(args) -> int:
@@ -125,7 +124,7 @@ def _predict_cells(args) -> int:
         precision=args.precision, **cell_options(args),
     )
     report(result, args.out)
-    return 0
+    return skipped_exit(args, result.failures, result.errors_file, "image(s)")
 
 
 def _ome_reader_options(args) -> dict:

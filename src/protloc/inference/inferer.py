@@ -208,9 +208,20 @@ class Inferer:
         """Mean output of each view: its covering patches, several views' patches in one pass."""
         if self.patch_size is None:  # whole images of different sizes cannot share a batch
             return [self._run(view[None], np.zeros(1, int)).mean(dim=0).numpy() for view in views]
-        patch_sets = [self.patches(view) for view in views]
-        owners = np.concatenate([np.full(len(p), i) for i, p in enumerate(patch_sets)])
-        outputs = self._run(np.concatenate(patch_sets), owners).numpy()
+        from protloc.data.patches import pad_to, patch_grid
+
+        # The patches are cut batch by batch, each padded on its own: stacking all of them (and padding
+        # the whole image first) held a 1x100000 image as 98 patches of 1024² and a 1024x100000 copy,
+        # 3.6 GB; now memory is one batch of patches whatever the image's size or shape.
+        size = self.patch_size
+        corners = [(i, y, x) for i, view in enumerate(views) for y, x in patch_grid(*view.shape[-2:], size)]
+        owners = np.array([i for i, _, _ in corners])
+        outputs = []
+        for start in range(0, len(corners), self.batch_size):
+            batch = np.stack([pad_to(views[i][:, y : y + size, x : x + size], size, size)
+                              for i, y, x in corners[start : start + self.batch_size]])
+            outputs.append(self._run(batch, owners[start : start + self.batch_size]).numpy())
+        outputs = np.concatenate(outputs)
         return [outputs[owners == i].mean(axis=0) for i in range(len(views))]
 
     def predict_many(self, images: Iterable, pixel_sizes: Sequence[float | None] | None = None) -> list[np.ndarray]:

@@ -107,7 +107,8 @@ class Platform:
         }
 
     def model_key(self, form: ReceivedForm) -> str:
-        model_key = (form.value("model") or self.default_model).strip()
+        given = form.value("model")
+        model_key = self.default_model if given is None else given  # exactly a key (the schema's enum)
         if model_key not in self.predictors:
             raise UploadError(422, f"unknown model {model_key!r}; choose one of {', '.join(self.predictors)}")
         return model_key

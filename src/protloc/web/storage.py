@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import hashlib
 import os
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import AsyncIterator
 
 import numpy as np
 
-from protloc.data.channels import CHANNELS, COLOUR_OF_CHANNEL, canonical_channel
+from protloc.data.channels import CHANNELS, COLOUR_OF_CHANNEL, HPA_COLOURS, canonical_channel
+from protloc.errors import ProtlocError
 from protloc.web.store import KIND_SUFFIX, BlobStore, ReceivedFile, UploadStore
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".npz")
@@ -285,9 +287,18 @@ def load_stored_sample(store: BlobStore, input_kind: str, files: list[dict]) -> 
     return np.stack(planes)
 
 
+# A decoder's own bug-like failure (tifffile's IndexError on a damaged file, ...) means nothing to a
+# user: the answer says what protloc knows, in its own words.
+_DECODER_INTERNALS = (IndexError, KeyError, TypeError, AttributeError, AssertionError, ZeroDivisionError,
+                      RecursionError, struct.error)
+
+
 def _one_line(exc: BaseException) -> str:
+    cause = exc.__context__ if isinstance(exc, ProtlocError) else exc
+    if isinstance(exc, _DECODER_INTERNALS) or isinstance(cause, _DECODER_INTERNALS):
+        return "damaged or unsupported image data"
     text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    return text.splitlines()[0] if text else "damaged or unsupported image data"
 
 
 def assemble_sample(planes: dict[str, np.ndarray], names: dict[str, str]) -> np.ndarray:

@@ -1,0 +1,160 @@
+"""The outputs of ``protloc cells`` / ``predict --cells``: resumable, and all or nothing.
+
+Each finished image is saved at once as one part in ``<out>.parts/`` (its table rows, its cells'
+embeddings, its image-level row and embedding; one ``.npz`` written atomically, after its label
+images), so a run killed at any moment resumes with the finished images kept and the rest redone.
+The table and the AnnData files are written under temporary names and renamed only when all of
+them are written: a full disk leaves no table that looks finished beside a cut ``.h5ad``. The parts
+go when the run is complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from protloc.errors import ProtlocError
+from protloc.files import atomic_save_npz
+
+
+def _disk_error(path: Path, exc: OSError, kept: str) -> ProtlocError:
+    return ProtlocError(f"cannot write {path}: {exc.strerror or exc}; {kept}: free space and rerun the same command")
+
+
+class CellParts:
+    """``<out>.parts/``: one part per finished image, the run's options in ``run.json`` (a part of a run
+    with another model or other options is never mixed in), locked against a second run."""
+
+    def __init__(self, table: Path, options: dict) -> None:
+        self.folder = table.with_name(table.name + ".parts")
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ProtlocError(f"cannot create {self.folder}: {exc.strerror or exc}") from None
+        self._lock = open(self.folder / "lock", "ab")
+        try:
+            import fcntl
+
+            fcntl.flock(self._lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except ImportError:  # Windows: one run per output is the user's to keep
+            pass
+        except OSError:
+            self._lock.close()
+            raise ProtlocError(f"another protloc run is writing {table}: wait for it to finish, "
+                               "or choose another --out") from None
+        stated = self.folder / "run.json"
+        text = json.dumps(options, sort_keys=True, default=str)
+        if stated.exists() and stated.read_text(encoding="utf-8", errors="replace") != text:
+            self._lock.close()
+            raise ProtlocError(f"{self.folder} holds the finished images of a run with another model or other "
+                               "options: rerun with those, remove the folder, or choose another --out")
+        if not stated.exists():
+            from protloc.files import atomic_write_text
+
+            try:
+                atomic_write_text(stated, text)
+            except OSError as exc:
+                self._lock.close()
+                raise _disk_error(stated, exc, "nothing was done yet") from None
+
+    def _path(self, image_id: str) -> Path:
+        return self.folder / (hashlib.sha1(image_id.encode("utf-8", "surrogateescape")).hexdigest() + ".npz")
+
+    def load(self, image_id: str) -> dict | None:
+        """The finished image's part, or None (also for a part a crash cut: it is redone)."""
+        path = self._path(image_id)
+        if not path.exists():
+            return None
+        try:
+            import pandas as pd
+
+            with np.load(path, allow_pickle=False) as data:
+                if str(data["id"]) != image_id:
+                    return None
+                names = [str(n) for n in data["columns"]]
+                rows = pd.DataFrame({n: data[f"column{k}"] for k, n in enumerate(names)}, columns=names)
+                return {"rows": rows, "embeddings": data["embeddings"],
+                        "image_row": json.loads(str(data["image_row"])), "image_embedding": data["image_embedding"]}
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def save(self, image_id: str, rows, embeddings: np.ndarray, image_row: dict,
+             image_embedding: np.ndarray) -> None:
+        """``rows``: the image's table rows, a DataFrame (kept column by column: a JSON list of 65,535
+        rows took seconds to write and read back)."""
+        path = self._path(image_id)
+        columns = {}
+        for k, name in enumerate(rows.columns):
+            values = np.asarray(rows[name].to_numpy())
+            # text as a fixed-width string array: an object array would need pickle, refused on load
+            columns[f"column{k}"] = values if values.dtype.kind in "biuf" else values.astype(str)
+        try:
+            atomic_save_npz(path, id=np.array(image_id), columns=np.array(list(rows.columns), dtype=str), **columns,
+                            embeddings=np.asarray(embeddings, np.float32), image_row=np.array(json.dumps(image_row)),
+                            image_embedding=np.asarray(image_embedding, np.float32))
+        except OSError as exc:
+            raise _disk_error(self.folder, exc, "the images finished before are kept") from None
+
+    def remove(self) -> None:
+        self._lock.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def close(self) -> None:
+        self._lock.close()
+
+
+def publish(writes: list[tuple[Path, object]]) -> list[Path]:
+    """Write every output under a temporary name (``write(tmp)`` for each ``(path, write)``), then
+    rename them all: on a failure none is renamed and the temporary files are removed."""
+    temporaries = [(path, path.with_name(f".{path.name}.incomplete{path.suffix}")) for path, _ in writes]
+
+    def remove_temporaries() -> None:
+        for _, tmp in temporaries:  # the writers' own ".partial" files too
+            for leftover in (tmp, tmp.with_name(tmp.name + ".partial")):
+                leftover.unlink(missing_ok=True)
+
+    try:
+        for (path, write), (_, tmp) in zip(writes, temporaries):
+            write(tmp)
+            with open(tmp, "rb") as handle:
+                os.fsync(handle.fileno())
+    except Exception as exc:  # h5py reports a full disk as a RuntimeError with the errno in its text
+        remove_temporaries()
+        if isinstance(exc, OSError) or "errno = " in str(exc):
+            raise ProtlocError(f"cannot write {path}: {_reason(exc)}; the finished images are kept in the "
+                               ".parts folder: free space and rerun the same command") from None
+        raise
+    except BaseException:
+        remove_temporaries()
+        raise
+    for path, tmp in temporaries:
+        os.replace(tmp, path)
+    return [path for path, _ in temporaries]
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    text = str(exc)
+    if "error message = '" in text:  # HDF5: "... errno = 28, error message = 'No space left on device', ..."
+        return text.split("error message = '", 1)[1].split("'", 1)[0]
+    return text.strip().splitlines()[0][:200] if text.strip() else type(exc).__name__
+
+
+def six_digits(values: np.ndarray) -> np.ndarray:
+    """``float("%.6g" % v)`` for every value, vectorised."""
+    out = values.astype(np.float64, copy=True)
+    finite = np.isfinite(out) & (out != 0)
+    exponent = np.floor(np.log10(np.abs(out[finite]))).astype(np.int64)
+    shift = 5 - exponent
+    scaled = out[finite]
+    up, down = shift >= 0, shift < 0
+    scaled[up] = np.round(scaled[up] * 10.0 ** shift[up]) / 10.0 ** shift[up]
+    scaled[down] = np.round(scaled[down] / 10.0 ** -shift[down]) * 10.0 ** -shift[down]
+    out[finite] = scaled
+    return out
