@@ -41,9 +41,8 @@ class ImageCells:
     areas: np.ndarray
     nucleus_areas: np.ndarray  # NaN where no nucleus mask exists
 
-    def scores(self, classes, scoring: str = "combined") -> np.ndarray:
-        """Per-cell answers [n, classes] (``protloc.cells.scoring``; default: expression-gated
-        combination of the cell's own and its image's probabilities)."""
+    def scores(self, classes, scoring: str | None = None) -> np.ndarray:
+        """Per-cell answers [n, classes] (``protloc.cells.scoring``; default ``DEFAULT_SCORING``)."""
         return self.predictions.scores(classes, scoring)
 
 
@@ -130,7 +129,9 @@ def cell_probabilities(result: ImageCells, image_prior: bool = False, classes=No
     """The table's probabilities: ``scoring`` (``protloc.cells.scoring``), else the geometric mean
     with ``image_prior`` (the older flag), else the default combination."""
     if scoring is None:
-        scoring = "geometric-mean" if image_prior else "combined"
+        from protloc.cells.scoring import DEFAULT_SCORING
+
+        scoring = "geometric-mean" if image_prior else DEFAULT_SCORING
     return result.predictions.scores(classes, scoring)
 
 
@@ -150,7 +151,8 @@ def cell_rows(result: ImageCells, predictor, image_prior: bool = False, scoring:
         }
         row.update({cls: float(p) for cls, p in zip(predictor.classes, probs)})
         row["predicted"] = ";".join(predictor.predicted(probs))
-        row["top_class"] = predictor.classes[int(np.argmax(probs))]
+        # a cell gated to 0 in every class shows no protein signal: no top class (not the first class)
+        row["top_class"] = predictor.classes[int(np.argmax(probs))] if np.max(probs, initial=0.0) > 0 else ""
         rows.append(row)
     return rows
 
@@ -223,19 +225,19 @@ def run_cells(inputs, model, out, *, masks_dir=None, maps_dir=None, embeddings: 
 
     ``masks_dir``: a folder of ``<id>_cellmask`` images or an OME-Zarr store with NGFF labels
     (``protloc.cells.masks.open_masks``). ``scoring``: the table's per-cell answer
-    (``protloc.cells.scoring.SCORINGS``; default ``combined``, ``image_prior`` = ``geometric-mean``).
+    (``protloc.cells.scoring.SCORINGS``; default ``DEFAULT_SCORING``, ``image_prior`` = ``geometric-mean``).
     ``pixel_size``: µm per pixel of the inputs (default: stated by their files or layout)."""
     from tqdm.auto import tqdm
 
     from protloc.cells.masks import open_masks, write_label_image
     from protloc.cells.overlay import class_overlay, save_png
-    from protloc.cells.scoring import DESCRIPTIONS, check_scoring
+    from protloc.cells.scoring import DEFAULT_SCORING, DESCRIPTIONS, check_scoring
     from protloc.data.inputs import discover_inputs, load_entry
     from protloc.data.pixel_size import check_pixel_size
     from protloc.inference import load_model
 
     require_cells_extra()
-    scoring = check_scoring(scoring or ("geometric-mean" if image_prior else "combined"))
+    scoring = check_scoring(scoring or ("geometric-mean" if image_prior else DEFAULT_SCORING))
     if pixel_size is not None:
         check_pixel_size(pixel_size)
     paths = output_paths(out)

@@ -49,6 +49,12 @@ OWN_WEIGHT_OTHER = 0.0
 RELATIVE_WEIGHT_FILLING = 0.0
 RELATIVE_WEIGHT_OTHER = 0.0
 # --- end of chosen constants ---
+# The "no signal" rule (absolute, the same in every field): a cell whose protein signal above the
+# slide's background is below SIGNAL_FLOOR times the background's noise shows no protein (gate 0);
+# from SIGNAL_FULL on it counts fully; linear between. Chosen by ``protloc.bench.cells_real``'s
+# selection (docs/single-cells.md).
+SIGNAL_FLOOR = 1.0
+SIGNAL_FULL = 3.0
 # Classes whose pattern fills a compartment every cell has (one cell's average samples it well).
 FILLING_CLASSES = frozenset({"Cytosol", "Nucleus", "Endoplasmic reticulum", "Mitochondria"})
 # The canonical sample's protein channel (nucleus, microtubules, ER, protein).
@@ -69,27 +75,54 @@ def check_scoring(name: str) -> str:
     return name
 
 
-def relative_expression(protein: np.ndarray, labels: np.ndarray, cell_ids: np.ndarray,
-                        boxes: list | None = None) -> np.ndarray:
-    """Each cell's mean protein intensity above the background, over the field's largest such value.
+def protein_signal(protein: np.ndarray, labels: np.ndarray, cell_ids: np.ndarray,
+                   boxes: list | None = None) -> tuple[np.ndarray, float, float]:
+    """(each cell's mean protein intensity above the slide's background [n], the background, its noise).
 
     Background: the median of the protein channel outside every cell (on every other pixel of every
-    other row; the 1st percentile of the channel where the cells cover the field). Values in [0, 1];
-    1 for the strongest cell; all 1 when no cell rises above the background (nothing to tell them
-    apart by). ``boxes``: the cells' bounding boxes (``scipy.ndimage.find_objects``) when known.
+    other row; the 1st percentile of the channel where the cells cover the field). Noise: the robust
+    spread of those background pixels (1.4826 x their median absolute deviation, the standard
+    deviation of Gaussian noise), at least one step of the channel's values (8-bit data: a flat
+    background has no spread but is still quantised). ``boxes``: the cells' bounding boxes
+    (``scipy.ndimage.find_objects``) when known.
     """
     from scipy import ndimage as ndi
 
-    if not len(cell_ids):
-        return np.zeros(0, np.float32)
     sample, outside = protein[::2, ::2], labels[::2, ::2] == 0
-    background = float(np.median(sample[outside]) if outside.any() else np.percentile(sample, 1.0))
+    pixels = sample[outside] if outside.any() else sample[sample <= np.percentile(sample, 1.0)]
+    background = float(np.median(pixels) if outside.any() else np.percentile(sample, 1.0))
+    spread = 1.4826 * float(np.median(np.abs(pixels - background))) if pixels.size else 0.0
+    values = np.unique(sample[:: max(1, sample.shape[0] // 64), :: max(1, sample.shape[1] // 64)])
+    step = float(np.min(np.diff(values))) if len(values) > 1 else 1.0
+    noise = max(spread, step, 1e-12)
+    if not len(cell_ids):
+        return np.zeros(0), background, noise
     boxes = ndi.find_objects(labels) if boxes is None else boxes
     means = np.empty(len(cell_ids))
     for k, cell_id in enumerate(cell_ids):
         box = boxes[int(cell_id) - 1]
         means[k] = protein[box][labels[box] == cell_id].mean(dtype=np.float64)
-    signal = np.maximum(means - background, 0.0)
+    return means - background, background, noise
+
+
+def relative_expression(protein: np.ndarray, labels: np.ndarray, cell_ids: np.ndarray,
+                        boxes: list | None = None) -> np.ndarray:
+    """Each cell's mean protein intensity above the background, over the field's largest such value.
+
+    Values in [0, 1]; 1 for the strongest cell; all 1 when no cell rises above the background
+    (nothing to tell them apart by: ``signal_to_noise`` says whether there is any signal at all).
+    ``boxes``: the cells' bounding boxes (``scipy.ndimage.find_objects``) when known.
+    """
+    if not len(cell_ids):
+        return np.zeros(0, np.float32)
+    return expression_of(protein_signal(protein, labels, cell_ids, boxes)[0])
+
+
+def expression_of(signal: np.ndarray) -> np.ndarray:
+    """``relative_expression`` from the cells' signals above the background (``protein_signal``)."""
+    signal = np.maximum(np.asarray(signal, np.float64), 0.0)
+    if not len(signal):
+        return np.zeros(0, np.float32)
     strongest = signal.max()
     if not strongest > 0:
         return np.ones(len(cell_ids), np.float32)
@@ -112,18 +145,31 @@ def _logit(p: np.ndarray) -> np.ndarray:
     return np.log(p) - np.log1p(-p)
 
 
+def signal_gate(signal_to_noise, floor: float | None = SIGNAL_FLOOR, full: float = SIGNAL_FULL) -> np.ndarray:
+    """0 for a cell without protein signal (below ``floor`` x the background's noise), 1 from
+    ``full`` on, linear between; all 1 with ``floor`` None (no absolute rule)."""
+    snr = np.asarray(signal_to_noise, np.float64)
+    if floor is None:
+        return np.ones_like(snr)
+    return np.clip((snr - floor) / max(full - floor, 1e-9), 0.0, 1.0)
+
+
 def combine(own: np.ndarray, image: np.ndarray, expression: np.ndarray, classes, *,
             expression_full: float | None = EXPRESSION_FULL, weights: np.ndarray | None = None,
-            relative: np.ndarray | None = None) -> np.ndarray:
+            relative: np.ndarray | None = None, signal_to_noise: np.ndarray | None = None,
+            signal_floor: float | None = SIGNAL_FLOOR, signal_full: float = SIGNAL_FULL) -> np.ndarray:
     """The default per-cell answer [n, classes] of ONE field's cells (module docstring: the relative
-    term compares each cell with the other cells passed together); ``expression_full`` None: no gate."""
+    term compares each cell with the other cells passed together); ``expression_full`` None: no gate
+    relative to the field; ``signal_to_noise`` None or ``signal_floor`` None: no absolute gate."""
     weights = own_weights(classes) if weights is None else np.asarray(weights, np.float64)
     relative = relative_weights(classes) if relative is None else np.asarray(relative, np.float64)
     own = np.clip(np.asarray(own, np.float64), 1e-12, 1.0)
     image = np.clip(np.asarray(image, np.float64), 1e-12, 1.0)[None, :]
     expression = np.asarray(expression, np.float64)
-    gate = (np.ones_like(expression) if expression_full is None
-            else np.minimum(1.0, expression / expression_full))[:, None]
+    gate = np.ones_like(expression) if expression_full is None else np.minimum(1.0, expression / expression_full)
+    if signal_to_noise is not None:
+        gate = gate * signal_gate(signal_to_noise, signal_floor, signal_full)
+    gate = gate[:, None]
     base = own**weights * image ** (1.0 - weights)
     if len(own) and np.any(relative != 0):
         own_logit = _logit(own)
@@ -142,4 +188,5 @@ def cell_scores(predictions, classes, scoring: str = DEFAULT_SCORING) -> np.ndar
         return np.repeat(predictions.image_probabilities[None, :], len(own), axis=0).astype(np.float32)
     if scoring == "geometric-mean":
         return np.sqrt(own * predictions.image_probabilities[None, :]).astype(np.float32)
-    return combine(own, predictions.image_probabilities, predictions.expression, classes)
+    return combine(own, predictions.image_probabilities, predictions.expression, classes,
+                   signal_to_noise=getattr(predictions, "signal_to_noise", None))
