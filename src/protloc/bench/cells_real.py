@@ -71,9 +71,12 @@ def _crops_alone(predictor, image: np.ndarray, cells: np.ndarray, cell_ids, scal
 
 def collect(data, model="pretrained", count: int = 48, seed: int = 0, margin: int = MARGIN, masks=None,
             alone: bool = True, progress: bool = False, shard: tuple[int, int] = (0, 1),
-            grids=GRIDS, alone_grids=ALONE_GRIDS) -> dict:
+            grids=GRIDS, alone_grids=ALONE_GRIDS, evidence: Path | None = None) -> dict:
     """Every mosaic's kept cells and their evidence (arrays, one row per cell) plus the arrangement.
-    ``shard`` (k, n): only the mosaics whose number is k modulo n (``merge`` joins the shards)."""
+    ``shard`` (k, n): only the mosaics whose number is k modulo n (``merge`` joins the shards).
+    ``evidence``: saved there after every mosaic (an interrupted run keeps the mosaics it finished)."""
+    from protloc.bench.cells_real_report import save_evidence
+
     from tqdm.auto import tqdm
 
     from protloc.cells.features import predict_cells
@@ -135,13 +138,22 @@ def collect(data, model="pretrained", count: int = 48, seed: int = 0, margin: in
             rows["tile_index"].append(where[k])
             rows["cell_id"].append(int(ids[k]))
         rows["alone"].extend(list(by_alone))
+        if evidence is not None:
+            save_evidence(evidence, _result(rows, mosaics, classes, predictor, model, pixel_size, fields, skipped,
+                                            seed, margin, seconds, masks, data))
         if not progress:
             print(f"{mosaic['id']}: {mosaic['kept']} of {mosaic['cells']} cells kept ({sum(seconds.values()):.0f} s)",
                   file=sys.stderr, flush=True)
+    return _result(rows, mosaics, classes, predictor, model, pixel_size, fields, skipped, seed, margin, seconds,
+                   masks, data)
+
+
+def _result(rows, mosaics, classes, predictor, model, pixel_size, fields, skipped, seed, margin, seconds, masks,
+            data) -> dict:
     arrays = {k: np.array(v) for k, v in rows.items()}
     return {"arrays": arrays, "mosaics": mosaics, "classes": classes, "model": getattr(predictor, "name", str(model)),
             "thresholds": np.asarray(predictor.thresholds).tolist(), "pixel_size_um": pixel_size,
-            "fields": len(fields), "skipped": skipped, "seed": seed, "margin": margin, "seconds": seconds,
+            "fields": len(fields), "skipped": skipped, "seed": seed, "margin": margin, "seconds": dict(seconds),
             "masks": str(masks) if masks else "protloc's segmentation", "data": str(data)}
 
 
@@ -175,7 +187,7 @@ def cells_real_section(settings, progress) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from protloc.bench.cells_real_report import load_evidence, report, save_evidence, write_results
+    from protloc.bench.cells_real_report import load_evidence, report, write_results
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=REAL_DATA, help="labelled real fields (Kaggle 2018 layout)")
@@ -196,9 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         k, n = (int(v) for v in args.shard.split("/"))
         collected = collect(args.data, args.model, args.mosaics, args.seed, args.margin, args.masks,
-                            alone=not args.no_alone, progress=sys.stderr.isatty(), shard=(k, n))
-        if args.evidence:
-            save_evidence(args.evidence, collected)
+                            alone=not args.no_alone, progress=sys.stderr.isatty(), shard=(k, n),
+                            evidence=args.evidence)
         if n > 1:
             return 0
     result = report(collected)

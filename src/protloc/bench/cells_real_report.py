@@ -120,7 +120,7 @@ def load_evidence(path: Path) -> dict:
 
 def markdown(result: dict, collected: dict, command: str) -> str:
     mosaics = collected.get("mosaics") or []
-    grids = collected.get("grids") or {str(g): sum(1 for m in mosaics if m["grid"] == g)
+    grids = collected.get("grids") or {str(g): sum(1 for m in mosaics if m["grid"] == g and "kept" in m)
                                        for g in sorted({m["grid"] for m in mosaics})}
     lines = [f"Data: {collected['data']} ({collected['fields']} fields used, {collected['pixel_size_um']} µm/px, "
              f"labels mapped onto the model's classes); model: {collected['model']}; cells: {collected['masks']}. "
@@ -135,11 +135,20 @@ def markdown(result: dict, collected: dict, command: str) -> str:
                   "| per-cell answer | accuracy (top class among the source field's labels) | per-cell mAP "
                   "| distinct answers per mosaic (mean) | mosaics with one answer for all cells |",
                   "|---|---:|---:|---:|---:|"]
-        for name, m in rows.items():
-            lines.append(f"| {name} | {m['accuracy']:.3f} | {m['map']:.3f} | {m['mean_distinct_answers']:.2f} "
-                         f"| {m['mosaics_one_answer']} of {m['mosaics']} |")
-        lines.append("")
+        lines += _rows(rows) + [""]
+    for half, rows in (result.get("alone") or {}).items():
+        first = next(iter(rows.values()))
+        lines += [f"**The cell's own evidence: the shared pass's masked pooling against each cell alone** ({half} half, "
+                  f"the 2x2 mosaics where each cell was also predicted alone: {first['mosaics']} mosaics, "
+                  f"{first['cells']} cells; no gate):", "",
+                  "| evidence | accuracy | per-cell mAP | distinct answers per mosaic (mean) | mosaics with one answer |",
+                  "|---|---:|---:|---:|---:|", *_rows(rows), ""]
     return "\n".join(lines) + "\n"
+
+
+def _rows(rows: dict) -> list[str]:
+    return [f"| {name} | {m['accuracy']:.3f} | {m['map']:.3f} | {m['mean_distinct_answers']:.2f} "
+            f"| {m['mosaics_one_answer']} of {m['mosaics']} |" for name, m in rows.items()]
 
 
 def section(collected: dict, result: dict, side: Path, model, figure_mosaic: int | None = None) -> dict:
@@ -153,7 +162,7 @@ def section(collected: dict, result: dict, side: Path, model, figure_mosaic: int
     number = pick_figure_mosaic(collected) if figure_mosaic is None else figure_mosaic
     picture = figure(collected, number, side.with_name(side.name + ".png"), model)
     meta = {k: v for k, v in collected.items() if k not in ("arrays", "mosaics")}
-    grids = {str(g): sum(1 for m in collected["mosaics"] if m["grid"] == g)
+    grids = {str(g): sum(1 for m in collected["mosaics"] if m["grid"] == g and "kept" in m)
              for g in sorted({m["grid"] for m in collected["mosaics"]})}
     return {**meta, **result, "grids": grids, "arrangement": arrangement.name, "figure": picture.name,
             "figure_mosaic": collected["mosaics"][number]["id"]}

@@ -3,30 +3,35 @@
 Three pieces of evidence per cell (``CellPredictions`` holds them):
 
 - the cell's own probabilities (GapNet-PL's head on the cell's masked feature averages): tell the
-  cells of one field apart, best for classes that fill a compartment every cell has;
+  cells of one field apart;
 - its image's probabilities (the whole field through the network): the field's many cells give a
-  surer answer on sparse and fibrous patterns than one cell's average does;
-- its expression: how much protein the cell holds above the slide's background, relative to the
-  field's strongest cell (0..1). A cell that does not express the protein shows no location at all
-  (the HPA single-cell challenge's "Negative" class); neither prediction knows that, since the
-  network normalises every image and reads patterns, not amounts.
+  surer answer on sparse and fibrous patterns than one cell's average does, but every cell of a
+  field gets the same one;
+- its protein signal: its mean protein intensity above the slide's background, (a) relative to the
+  field's strongest cell (``expression``, 0..1) and (b) in units of the background's noise
+  (``signal_to_noise``, the same scale in every field). A cell that does not express the protein
+  shows no location at all (the HPA single-cell challenge's "Negative"); neither prediction knows
+  that, since the network normalises every image and reads patterns, not amounts.
 
-``combined`` (the default answer) multiplies them, and moves each cell within its field by how its
-own evidence stands against the field's other cells:
+``combined`` (the default answer) multiplies them:
 
     base[c]  = own[c] ** w[c] * image[c] ** (1 - w[c])
-    score[c] = gate(expression) * sigmoid(logit(base[c]) + v[c] * (logit(own[c]) - field mean of logit(own[c])))
+    score[c] = gate * sigmoid(logit(base[c]) + v[c] * (logit(own[c]) - field mean of logit(own[c])))
+    gate     = min(1, expression / EXPRESSION_FULL) * signal_gate(signal_to_noise)
 
-The relative term is there because the cell's own probabilities are off in absolute value (the
-head was trained on whole fields, not on one cell) but still rank the cells of one field; used
-relatively they keep the image's calibration across fields. A field of one cell keeps ``base``.
+``signal_gate`` is the absolute "no signal" rule: 0 below ``SIGNAL_FLOOR`` times the background's
+noise (the cell cannot be told from the slide), 1 from ``SIGNAL_FULL`` on, linear between. The
+relative gate alone cannot say "no signal": in a field where no cell expresses, the brightest
+background-level cell still has expression 1. ``w`` is ``OWN_WEIGHT_FILLING`` for the classes
+that fill a compartment (``FILLING_CLASSES``) and ``OWN_WEIGHT_OTHER`` for the others; ``v``
+likewise ``RELATIVE_WEIGHT_FILLING`` and ``RELATIVE_WEIGHT_OTHER`` (the cell's own evidence relative
+to its field's other cells; a field of one cell keeps ``base``).
 
-``gate(e) = min(1, e / EXPRESSION_FULL)``: a cell with a fraction ``EXPRESSION_FULL`` of the
-field's strongest signal or more counts as fully expressing, one without signal above the
-background scores 0. ``w`` is ``OWN_WEIGHT_FILLING`` for the classes that fill a compartment
-(``FILLING_CLASSES``) and ``OWN_WEIGHT_OTHER`` for the others; ``v`` likewise
-``RELATIVE_WEIGHT_FILLING`` and ``RELATIVE_WEIGHT_OTHER``. The constants were chosen on one
-synthetic set (seed 101) and the figures are reported on another (seed 102); README "Single cells".
+The constants are chosen on real cells: the selection half of mosaics tiled from real labelled HPA
+fields (``protloc.bench.cells_real``, ``protloc.bench.cells_real_select``), among the points that
+keep the synthetic per-cell mAP at or above the image baseline; docs/single-cells.md has the figures.
+(They were first chosen on synthetic cells alone, where they gave the cell's own evidence weight 0:
+on real fields every cell then got its image's answer.)
 
 The other answers stay available (``protloc cells --per-cell``): ``own``, ``image`` (the weak
 baseline: every cell gets its image's probabilities) and ``geometric-mean`` (own and image, no gate).
@@ -41,11 +46,11 @@ from protloc.errors import ProtlocError
 SCORINGS = ("combined", "own", "image", "geometric-mean")
 DEFAULT_SCORING = "combined"
 # --- chosen constants: written by `python -m protloc.bench.cells --select ... --write-constants` ---
-# Chosen on /tmp/cm/S101 (drawn masks), model /work/cache/synth2-demo-e25/model.pt:
-# per-cell mAP 0.6890, the grid's best (benchmarks/results/cells-map-selection.md).
-EXPRESSION_FULL = 0.5
-OWN_WEIGHT_FILLING = 0.0
-OWN_WEIGHT_OTHER = 0.0
+# Chosen on real cells: the selection half of the mosaics of kaggle2018-train-101 (protloc.bench.cells_real_select), model gapnet-pl (gapnet-pl.pt):
+# per-cell mAP 0.4212, accuracy 0.6496 there; synthetic per-cell mAP 0.4692 (image baseline 0.4654, s101-evidence.npz).
+EXPRESSION_FULL = 0.2
+OWN_WEIGHT_FILLING = 0.5
+OWN_WEIGHT_OTHER = 0.5
 RELATIVE_WEIGHT_FILLING = 0.0
 RELATIVE_WEIGHT_OTHER = 0.0
 # --- end of chosen constants ---
@@ -61,7 +66,7 @@ FILLING_CLASSES = frozenset({"Cytosol", "Nucleus", "Endoplasmic reticulum", "Mit
 PROTEIN_CHANNEL = 3
 
 DESCRIPTIONS = {
-    "combined": "expression gate x own^w x image^(1-w), moved by the cell's own evidence relative to its field "
+    "combined": "signal gates (relative to the field, and absolute: no signal) x own^w x image^(1-w) "
                 "(protloc.cells.scoring)",
     "own": "the cell's own",
     "image": "its image's (every cell of an image alike)",
