@@ -83,10 +83,11 @@ def write_chosen(chosen: dict, collected: dict, synthetic, baseline: float) -> N
 
     row = {**chosen, "relative_weight_filling": 0.0, "relative_weight_other": 0.0, "map": chosen["real_map"]}
     write_constants(row, collected["data"], collected["model"], note=[
-        f"# Chosen on real cells: the selection half of the mosaics of {Path(collected['data']).name} "
-        f"(protloc.bench.cells_real_select), model {collected['model']}:",
-        f"# per-cell mAP {chosen['real_map']:.4f}, accuracy {chosen['real_accuracy']:.4f} there; synthetic "
-        f"per-cell mAP {chosen['synthetic_map']:.4f} (image baseline {baseline:.4f}, {Path(str(synthetic)).name})."])
+        "# Chosen on real cells (python -m protloc.bench.cells_real_select ... --write-constants): the selection",
+        f"# half of the mosaics of {Path(collected['data']).name}, {collected['model']}: per-cell mAP "
+        f"{chosen['real_map']:.4f}, accuracy {chosen['real_accuracy']:.4f}",
+        f"# there; synthetic per-cell mAP {chosen['synthetic_map']:.4f} ({Path(str(synthetic)).name}, image "
+        f"baseline {baseline:.4f}). docs/single-cells.md."])
 
 
 def real_arrays(collected: dict):
@@ -143,8 +144,12 @@ def main(argv: list[str] | None = None) -> int:
         write_chosen(chosen, collected, args.synthetic, baseline)
     if args.out:
         atomic_write_text(args.out.with_suffix(".md"), text)
+        from protloc.bench.common import machine_info
+
+        command = "python -m protloc.bench.cells_real_select " + " ".join(sys.argv[1:])
         atomic_write_text(args.out.with_suffix(".json"), json.dumps(
-            {"chosen": chosen, "synthetic_baseline": baseline, "rows": rows}, default=float) + "\n")
+            {"protloc_bench": 1, "machine": machine_info(), "command": command, "sections": {"cells-real-selection": {
+                "chosen": chosen, "synthetic_baseline": baseline, "rows": rows}}}, default=float) + "\n")
     return 0
 
 

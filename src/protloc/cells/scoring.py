@@ -46,8 +46,9 @@ from protloc.errors import ProtlocError
 SCORINGS = ("combined", "own", "image", "geometric-mean")
 DEFAULT_SCORING = "combined"
 # --- chosen constants: written by `python -m protloc.bench.cells --select ... --write-constants` ---
-# Chosen on real cells: the selection half of the mosaics of kaggle2018-train-101 (protloc.bench.cells_real_select), model gapnet-pl (gapnet-pl.pt):
-# per-cell mAP 0.4212, accuracy 0.6496 there; synthetic per-cell mAP 0.4692 (image baseline 0.4654, s101-evidence.npz).
+# Chosen on real cells (python -m protloc.bench.cells_real_select ... --write-constants): the selection
+# half of the mosaics of kaggle2018-train-101, published weights: per-cell mAP 0.4212, accuracy 0.6496
+# there; synthetic per-cell mAP 0.4692 (seed 101, image baseline 0.4654). docs/single-cells.md.
 EXPRESSION_FULL = 0.2
 OWN_WEIGHT_FILLING = 0.5
 OWN_WEIGHT_OTHER = 0.5
@@ -130,7 +131,7 @@ def expression_of(signal: np.ndarray) -> np.ndarray:
         return np.zeros(0, np.float32)
     strongest = signal.max()
     if not strongest > 0:
-        return np.ones(len(cell_ids), np.float32)
+        return np.ones(len(signal), np.float32)
     return (signal / strongest).astype(np.float32)
 
 
