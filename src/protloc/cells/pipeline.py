@@ -6,10 +6,11 @@ segmentation (or the user's masks), then every cell's embedding and probabilitie
 
 - the per-cell table (``.csv`` or ``.parquet``): image id, cell id, centroid (y, x, px of the
   input), area and nucleus area (px of the input), border flag, expression (the cell's protein
-  signal relative to the field's strongest cell), one probability column per class (``scoring``:
-  by default the expression-gated combination of the cell's own and its image's probabilities,
-  ``protloc.cells.scoring``), the predicted classes (";"-joined, per-class thresholds of the model)
-  and the top class;
+  signal relative to the field's strongest cell), signal_to_noise (the same signal in units of the
+  slide background's noise, the same scale in every field: "no signal" below 1), one probability
+  column per class (``scoring``: by default ``protloc.cells.scoring.DEFAULT_SCORING``), the
+  predicted classes (";"-joined, per-class thresholds of the model) and the top class (empty for a
+  cell gated to 0: no signal);
 - ``<out stem>.h5ad``: AnnData with obs = that table and X = the embeddings (SubCell's convention);
 - ``<out stem>-masks/<id>_cellmask.png`` and ``_nucleimask.png``: the label images (the ``--masks``
   layout, so they can be corrected and fed back);
@@ -141,6 +142,8 @@ def cell_rows(result: ImageCells, predictor, image_prior: bool = False, scoring:
     preds = result.predictions
     scores = cell_probabilities(result, image_prior, predictor.classes, scoring)
     expression = preds.expression if preds.expression is not None else np.full(len(preds.cell_ids), np.nan)
+    snr = getattr(preds, "signal_to_noise", None)
+    snr = snr if snr is not None else np.full(len(preds.cell_ids), np.nan)
     for k, cell_id in enumerate(preds.cell_ids):
         probs = scores[k]
         row = {
@@ -148,6 +151,7 @@ def cell_rows(result: ImageCells, predictor, image_prior: bool = False, scoring:
             "centroid_y": round(float(result.centroids[k, 0]), 2), "centroid_x": round(float(result.centroids[k, 1]), 2),
             "area": int(result.areas[k]), "nucleus_area": float(result.nucleus_areas[k]),
             "border": bool(result.border[k]), "expression": round(float(expression[k]), 4),
+            "signal_to_noise": round(float(snr[k]), 3),
         }
         row.update({cls: float(p) for cls, p in zip(predictor.classes, probs)})
         row["predicted"] = ";".join(predictor.predicted(probs))
@@ -290,6 +294,7 @@ def run_cells(inputs, model, out, *, masks_dir=None, maps_dir=None, embeddings: 
         reasons = "; ".join(f"{i}: {r}" for i, r in result.failures[:3])
         raise ProtlocError(f"no image could be analysed ({reasons})")
     columns = ["image_id", "cell_id", "centroid_y", "centroid_x", "area", "nucleus_area", "border", "expression",
+               "signal_to_noise",
                *predictor.classes, "predicted", "top_class"]
     dims = cell_embeddings[0].shape[1] if cell_embeddings else 0
     stacked = np.concatenate(cell_embeddings) if rows else np.zeros((0, dims), np.float32)
