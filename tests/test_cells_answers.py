@@ -77,7 +77,8 @@ def test_scorings_of_the_predictions(predictor):
     np.testing.assert_allclose(cells.scores(classes, "geometric-mean"), cells.with_image_prior(), rtol=1e-6)
     default = cells.scores(classes)
     weights = scoring.own_weights(classes)
-    gate = np.minimum(1, cells.expression / scoring.EXPRESSION_FULL)[:, None]
+    gate = (np.minimum(1, cells.expression / scoring.EXPRESSION_FULL)
+            * scoring.signal_gate(cells.signal_to_noise))[:, None]  # relative and absolute ("no signal")
     expected = gate * cells.probabilities**weights * cells.image_probabilities[None] ** (1 - weights)
     np.testing.assert_allclose(default, expected, rtol=1e-5, atol=1e-7)
     assert default[2].max() < 0.02 * default[0].max()  # the cell without protein says (almost) nothing

@@ -161,10 +161,10 @@ def class_overlay(image, cells, nuclei, top_classes: list[str | None], classes: 
     colour_of = class_colours(classes)
     rgb = outline_overlay(image, cells, nuclei, [colour_of.get(c, NO_CLASS) if c else NO_CLASS for c in top_classes])
     present = [c for c in classes if c in set(top_classes)]
-    return _with_legend(rgb, [(c, colour_of[c]) for c in present] + [("no class", NO_CLASS)])
+    return with_legend(rgb, [(c, colour_of[c]) for c in present] + [("no class", NO_CLASS)])
 
 
-def _with_legend(rgb: np.ndarray, entries: list[tuple[str, tuple[int, int, int]]]) -> np.ndarray:
+def with_legend(rgb: np.ndarray, entries: list[tuple[str, tuple[int, int, int]]]) -> np.ndarray:
     from PIL import Image, ImageDraw, ImageFont
 
     picture = Image.fromarray(rgb)

@@ -22,6 +22,8 @@ Run with ``protloc bench`` (installed with the package: ``protloc.bench``); sect
 * ``cells``: segmentation + per-cell prediction of the real 2048² HPA field against the image-level
   prediction of the same field (``protloc.bench.cells``; per-cell accuracy: ``python -m
   protloc.bench.cells --accuracy``).
+* ``cells-real`` (only when named; ``--data DIR``): per-cell answers on mosaics tiled from real
+  labelled fields, each cell's truth its source field's labels (``protloc.bench.cells_real``).
 
 Timings interleave the variants round-robin (each round runs every variant once), so a load change
 on a shared machine hits all of them alike; the table reports the best round and the median.
@@ -38,7 +40,8 @@ from protloc.bench.report import markdown
 
 __all__ = ["SECTIONS", "Settings", "markdown", "parse_sections", "run"]
 
-STEPS = {"inference": 40, "training": 30, "data": 12, "platform": 5, "scaling": 20, "onnxruntime": 10, "cells": 8}
+STEPS = {"inference": 40, "training": 30, "data": 12, "platform": 5, "scaling": 20, "onnxruntime": 10, "cells": 8,
+         "cells-real": 1}
 
 
 def run(sections: list[str], settings: Settings) -> dict:
@@ -70,6 +73,10 @@ def run(sections: list[str], settings: Settings) -> dict:
         from protloc.bench.cells import cells_section
 
         functions["cells"] = cells_section
+    if "cells-real" in sections:  # needs the cells extra and labelled real fields
+        from protloc.bench.cells_real import cells_real_section
+
+        functions["cells-real"] = cells_real_section
     total = sum(STEPS[s] for s in sections)
     with tqdm(total=total, desc="bench", unit="step", disable=not settings.progress, file=sys.stderr) as bar:
         progress = Progress(bar)

@@ -272,7 +272,7 @@ CONSTANTS_BEGIN = "# --- chosen constants: written by `python -m protloc.bench.c
 CONSTANTS_END = "# --- end of chosen constants ---"
 
 
-def write_constants(row: dict, data: str, model: str, path: Path = SCORING_FILE) -> None:
+def write_constants(row: dict, data: str, model: str, path: Path = SCORING_FILE, note: list[str] | None = None) -> None:
     """Replace the default answer's constants in ``protloc/cells/scoring.py`` by a grid row (atomically)."""
     text = path.read_text(encoding="utf-8")
     if text.count(CONSTANTS_BEGIN) != 1 or text.count(CONSTANTS_END) != 1:
@@ -281,8 +281,8 @@ def write_constants(row: dict, data: str, model: str, path: Path = SCORING_FILE)
     _, tail = rest.split(CONSTANTS_END)
     block = "\n".join([
         CONSTANTS_BEGIN,
-        f"# Chosen on {data} (drawn masks), model {model}:",
-        f"# per-cell mAP {row['map']:.4f}, the grid's best (benchmarks/results/cells-map-selection.md).",
+        *(note or [f"# Chosen on {data} (drawn masks), model {model}:",
+                   f"# per-cell mAP {row['map']:.4f}, the grid's best (benchmarks/results/cells-map-selection.md)."]),
         f"EXPRESSION_FULL = {row['expression_full']}",
         f"OWN_WEIGHT_FILLING = {row['own_weight_filling']}",
         f"OWN_WEIGHT_OTHER = {row['own_weight_other']}",

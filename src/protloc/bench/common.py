@@ -13,7 +13,9 @@ from typing import Callable
 
 import numpy as np
 
-SECTIONS = ("inference", "training", "data", "platform", "scaling", "onnxruntime", "cells")
+SECTIONS = ("inference", "training", "data", "platform", "scaling", "onnxruntime", "cells", "cells-real")
+# cells-real needs labelled real fields (--data) and takes half an hour: only when asked for
+DEFAULT_SECTIONS = tuple(s for s in SECTIONS if s != "cells-real")
 CHECKPOINT_CHANNEL_ORDER = ["nucleus", "protein", "microtubules", "er"]
 
 
@@ -27,6 +29,8 @@ class Settings:
     progress: bool = True
     threads: int | None = None
     precision: str | None = None  # --precision: the platform section compares it with fp32 (bench/platform_precision.py)
+    data: str | None = None  # labelled real fields for cells-real (default ../shared/real-hpa/kaggle2018-train-101)
+    out: str | None = None  # the results file: cells-real writes its figure and arrangement beside it
 
     @property
     def image_size(self) -> int:
@@ -107,7 +111,7 @@ def load_network(settings: Settings):
     from protloc.inference.predictor import load_model
     from protloc.models import create_model
 
-    spec = settings.model
+    spec = None if settings.model == "pretrained" else settings.model
     if spec is None:
         try:
             from protloc.pretrained.fetch import resolve_pretrained

@@ -71,6 +71,10 @@ def markdown(results: dict) -> str:
         from protloc.bench.cells import cells_markdown
 
         out += cells_markdown(sections["cells"])
+    if "cells-real" in sections:
+        from protloc.bench.cells_real_report import section_markdown
+
+        out += section_markdown(sections["cells-real"])
     return "\n".join(out)
 
 

@@ -115,6 +115,7 @@ class CellRecords:
     image: list = field(default_factory=list)
     expression: list = field(default_factory=list)
     image_of: list = field(default_factory=list)
+    signal_to_noise: list = field(default_factory=list)
 
     def add(self, predictions, rows: list[np.ndarray], image_index: int) -> None:
         for k in range(len(predictions.cell_ids)):
@@ -123,12 +124,15 @@ class CellRecords:
             self.image.append(predictions.image_probabilities)
             self.expression.append(predictions.expression[k])
             self.image_of.append(image_index)
+            snr = getattr(predictions, "signal_to_noise", None)
+            self.signal_to_noise.append(np.nan if snr is None else snr[k])
 
     def arrays(self):
         from types import SimpleNamespace
 
         return SimpleNamespace(truth=np.array(self.truth), own=np.array(self.own), image=np.array(self.image),
-                               expression=np.array(self.expression), image_of=np.array(self.image_of))
+                               expression=np.array(self.expression), image_of=np.array(self.image_of),
+                               signal_to_noise=np.array(self.signal_to_noise))
 
     def scores(self, classes, scoring: str, **combine_options) -> np.ndarray:
         """Per-cell answers by ``scoring``; ``combine_options`` (``expression_full``, ``weights``,
@@ -151,7 +155,10 @@ def combine_rows(a, classes, combine, **options) -> np.ndarray:
     out = np.empty_like(a.own, dtype=np.float32)
     for index in np.unique(a.image_of):
         rows = a.image_of == index
-        out[rows] = combine(a.own[rows], a.image[rows][0], a.expression[rows], classes, **options)
+        snr = getattr(a, "signal_to_noise", None)
+        snr = None if snr is None or not len(snr) or np.isnan(snr[rows]).any() else snr[rows]
+        out[rows] = combine(a.own[rows], a.image[rows][0], a.expression[rows], classes,
+                            **{"signal_to_noise": snr, **options})
     return out
 
 

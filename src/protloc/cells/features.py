@@ -47,6 +47,8 @@ class CellPredictions:
     method: str  # "masked-features" or "masked-crops"
     # each cell's protein signal relative to the field's strongest cell (protloc.cells.scoring)
     expression: np.ndarray | None = None
+    # each cell's protein signal above the background in units of the background's noise (absolute)
+    signal_to_noise: np.ndarray | None = None
     scale: float = 1.0  # the input was resized by this factor to the model's pixel size
     boxes: list | None = None  # the cells' bounding boxes on the input's grid (``cell_boxes``)
 
@@ -56,12 +58,12 @@ class CellPredictions:
         own tells the cells of one field apart)."""
         return np.sqrt(self.probabilities * self.image_probabilities[None, :]).astype(np.float32)
 
-    def scores(self, classes, scoring: str = "combined") -> np.ndarray:
-        """The per-cell answers [n, classes] by ``scoring`` (``protloc.cells.scoring``; default the
-        expression-gated combination of the cell's own and its image's probabilities)."""
-        from protloc.cells.scoring import cell_scores
+    def scores(self, classes, scoring: str | None = None) -> np.ndarray:
+        """The per-cell answers [n, classes] by ``scoring`` (``protloc.cells.scoring``; default
+        ``DEFAULT_SCORING``)."""
+        from protloc.cells.scoring import DEFAULT_SCORING, cell_scores
 
-        return cell_scores(self, classes, scoring)
+        return cell_scores(self, classes, scoring or DEFAULT_SCORING)
 
 
 def is_gapnet(network: torch.nn.Module) -> bool:
@@ -351,7 +353,7 @@ def predict_cells(predictor, image: np.ndarray, labels: np.ndarray, *,
     (``labels_on_grid``); the cells' expression is read on the input's own grid. ``made``: GapNet-PL's
     forward pass over this image with this pixel size, made before (``image_pass``).
     """
-    from protloc.cells.scoring import PROTEIN_CHANNEL, relative_expression
+    from protloc.cells.scoring import PROTEIN_CHANNEL, expression_of, protein_signal
 
     if labels.shape != image.shape[1:]:
         raise ProtlocError(
@@ -370,7 +372,9 @@ def predict_cells(predictor, image: np.ndarray, labels: np.ndarray, *,
                                  made)
     else:
         result = crop_probabilities(predictor, model_image, model_labels, cell_ids)
-    result.expression = relative_expression(image[PROTEIN_CHANNEL], labels, cell_ids, boxes)
+    signal, _, noise = protein_signal(image[PROTEIN_CHANNEL], labels, cell_ids, boxes)
+    result.expression = expression_of(signal)
+    result.signal_to_noise = (signal / noise).astype(np.float32)
     result.boxes = boxes
     result.scale = scale
     return result

@@ -6,10 +6,11 @@ segmentation (or the user's masks), then every cell's embedding and probabilitie
 
 - the per-cell table (``.csv`` or ``.parquet``): image id, cell id, centroid (y, x, px of the
   input), area and nucleus area (px of the input), border flag, expression (the cell's protein
-  signal relative to the field's strongest cell), one probability column per class (``scoring``:
-  by default the expression-gated combination of the cell's own and its image's probabilities,
-  ``protloc.cells.scoring``), the predicted classes (";"-joined, per-class thresholds of the model)
-  and the top class;
+  signal relative to the field's strongest cell), signal_to_noise (the same signal in units of the
+  slide background's noise, the same scale in every field: "no signal" below 1), one probability
+  column per class (``scoring``: by default ``protloc.cells.scoring.DEFAULT_SCORING``), the
+  predicted classes (";"-joined, per-class thresholds of the model) and the top class (empty for a
+  cell gated to 0: no signal);
 - ``<out stem>.h5ad``: AnnData with obs = that table and X = the embeddings (SubCell's convention);
 - ``<out stem>-masks/<id>_cellmask.png`` and ``_nucleimask.png``: the label images (the ``--masks``
   layout, so they can be corrected and fed back);
@@ -41,9 +42,8 @@ class ImageCells:
     areas: np.ndarray
     nucleus_areas: np.ndarray  # NaN where no nucleus mask exists
 
-    def scores(self, classes, scoring: str = "combined") -> np.ndarray:
-        """Per-cell answers [n, classes] (``protloc.cells.scoring``; default: expression-gated
-        combination of the cell's own and its image's probabilities)."""
+    def scores(self, classes, scoring: str | None = None) -> np.ndarray:
+        """Per-cell answers [n, classes] (``protloc.cells.scoring``; default ``DEFAULT_SCORING``)."""
         return self.predictions.scores(classes, scoring)
 
 
@@ -131,7 +131,9 @@ def cell_probabilities(result: ImageCells, image_prior: bool = False, classes=No
     """The table's probabilities: ``scoring`` (``protloc.cells.scoring``), else the geometric mean
     with ``image_prior`` (the older flag), else the default combination."""
     if scoring is None:
-        scoring = "geometric-mean" if image_prior else "combined"
+        from protloc.cells.scoring import DEFAULT_SCORING
+
+        scoring = "geometric-mean" if image_prior else DEFAULT_SCORING
     return result.predictions.scores(classes, scoring)
 
 
@@ -141,6 +143,8 @@ def cell_rows(result: ImageCells, predictor, image_prior: bool = False, scoring:
     preds = result.predictions
     scores = cell_probabilities(result, image_prior, predictor.classes, scoring)
     expression = preds.expression if preds.expression is not None else np.full(len(preds.cell_ids), np.nan)
+    snr = getattr(preds, "signal_to_noise", None)
+    snr = snr if snr is not None else np.full(len(preds.cell_ids), np.nan)
     for k, cell_id in enumerate(preds.cell_ids):
         probs = scores[k]
         row = {
@@ -148,10 +152,12 @@ def cell_rows(result: ImageCells, predictor, image_prior: bool = False, scoring:
             "centroid_y": round(float(result.centroids[k, 0]), 2), "centroid_x": round(float(result.centroids[k, 1]), 2),
             "area": int(result.areas[k]), "nucleus_area": float(result.nucleus_areas[k]),
             "border": bool(result.border[k]), "expression": round(float(expression[k]), 4),
+            "signal_to_noise": round(float(snr[k]), 3),
         }
         row.update({cls: float(p) for cls, p in zip(predictor.classes, probs)})
         row["predicted"] = ";".join(predictor.predicted(probs))
-        row["top_class"] = predictor.classes[int(np.argmax(probs))]
+        # a cell gated to 0 in every class shows no protein signal: no top class (not the first class)
+        row["top_class"] = predictor.classes[int(np.argmax(probs))] if np.max(probs, initial=0.0) > 0 else ""
         rows.append(row)
     return rows
 
@@ -245,19 +251,19 @@ def run_cells(inputs, model, out, *, masks_dir=None, maps_dir=None, embeddings: 
 
     ``masks_dir``: a folder of ``<id>_cellmask`` images or an OME-Zarr store with NGFF labels
     (``protloc.cells.masks.open_masks``). ``scoring``: the table's per-cell answer
-    (``protloc.cells.scoring.SCORINGS``; default ``combined``, ``image_prior`` = ``geometric-mean``).
+    (``protloc.cells.scoring.SCORINGS``; default ``DEFAULT_SCORING``, ``image_prior`` = ``geometric-mean``).
     ``pixel_size``: µm per pixel of the inputs (default: stated by their files or layout).
     ``precision``: of GapNet-PL's pass (``protloc.inference.precision``; int8 has no feature maps)."""
     from protloc.cells.masks import open_masks
     from protloc.cells.outputs import CellParts, publish
-    from protloc.cells.scoring import DESCRIPTIONS, check_scoring
+    from protloc.cells.scoring import DEFAULT_SCORING, DESCRIPTIONS, check_scoring
     from protloc.data.formats import discover
     from protloc.inference.batch import write_skipped
     from protloc.data.pixel_size import check_pixel_size
     from protloc.inference.predictor import load_model
 
     require_cells_extra()
-    scoring = check_scoring(scoring or ("geometric-mean" if image_prior else "combined"))
+    scoring = check_scoring(scoring or ("geometric-mean" if image_prior else DEFAULT_SCORING))
     if pixel_size is not None:
         check_pixel_size(pixel_size)
     paths = output_paths(out)
@@ -291,6 +297,7 @@ def run_cells(inputs, model, out, *, masks_dir=None, maps_dir=None, embeddings: 
         where = f"; every reason in {errors_file}" if result.failures else ""
         raise ProtlocError(f"no image could be analysed ({reasons}){where}")
     columns = ["image_id", "cell_id", "centroid_y", "centroid_x", "area", "nucleus_area", "border", "expression",
+               "signal_to_noise",
                *predictor.classes, "predicted", "top_class"]
     import pandas as pd
 

@@ -9,10 +9,10 @@ import json
 import sys
 from pathlib import Path
 
+from protloc.bench.common import DEFAULT_SECTIONS, SECTIONS
 from protloc.errors import ProtlocError
 from protloc.files import atomic_write_text
 
-SECTIONS = ("inference", "training", "data", "platform", "scaling", "onnxruntime", "cells")
 # not a timing: a finished demo's figures against the range the documentation states (--run, --expected)
 DEMO_CHECK = "demo-check"
 DEFAULT_EXPECTED = "benchmarks/demo-headline.json"
@@ -32,12 +32,16 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--quick", action="store_true", help="small sizes (well under a minute; for tests)")
     parser.add_argument("--out", default="bench-results.json", help="JSON results file (default bench-results.json)")
-    parser.add_argument("--sections", default=",".join(SECTIONS),
-                        help=f"comma-separated subset of {','.join(SECTIONS)} (default: all); or {DEMO_CHECK} "
-                        "alone: a finished demo against its stated range")
+    parser.add_argument("--sections", default=",".join(DEFAULT_SECTIONS),
+                        help=f"comma-separated subset of {','.join(SECTIONS)} (default: all but cells-real, "
+                        "which measures per-cell answers on mosaics of real labelled fields: give --data); or "
+                        f"{DEMO_CHECK} alone: a finished demo against its stated range")
+    parser.add_argument("--data", default=None, metavar="DIR",
+                        help="cells-real: labelled real fields in the Kaggle 2018 layout (default "
+                        "../shared/real-hpa/kaggle2018-train-101 beside the repository)")
     parser.add_argument("--model", default=None,
-                        help="GapNet-PL model file for realistic weights (default: the imported pretrained "
-                        "weights when present, else random weights)")
+                        help="GapNet-PL model file or 'pretrained' (default: the imported pretrained "
+                        "weights when present, else random weights; cells-real: pretrained)")
     parser.add_argument("--tf-result", default=None, metavar="FILE",
                         help="JSON written by tools/tf_benchmark.py: the authors' TensorFlow graph in the table")
     parser.add_argument("--repeats", default=None, help="timed rounds per variant (default 7, --quick 2)")
@@ -99,16 +103,18 @@ def run(args) -> int:
     out = Path(args.out)
     if out.suffix.lower() != ".json":
         raise ProtlocError(f"--out must name a .json file, got {out.name}")
+    if args.data is not None and not Path(args.data).is_dir():
+        raise ProtlocError(f"no data folder {args.data}")
     if args.tf_result is not None and not Path(args.tf_result).is_file():
         raise ProtlocError(f"no TensorFlow result file {args.tf_result}")
-    if args.model is not None and not Path(args.model).is_file():
+    if args.model is not None and args.model != "pretrained" and not Path(args.model).is_file():
         raise ProtlocError(f"no model file {args.model}")
     import protloc.bench as bench
 
     sections = bench.parse_sections(args.sections)
     settings = bench.Settings(quick=args.quick, model=args.model, tf_result=args.tf_result, repeats=repeats,
                               compile=args.compile, progress=sys.stderr.isatty(), threads=threads,
-                              precision=args.precision)
+                              precision=args.precision, data=args.data, out=str(out))
     results = bench.run(sections, settings)
     # atomic: an interrupted run never leaves a half-written results file over an earlier one
     atomic_write_text(out, json.dumps(results, indent=1) + "\n")

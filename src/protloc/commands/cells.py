@@ -50,8 +50,9 @@ def add_cell_arguments(parser) -> None:
                         help="also write image-level embeddings and probabilities (<out>.images.h5ad)")
     parser.add_argument("--per-cell", dest="scoring", choices=SCORINGS, default=None,
                         help=f"each cell's answer (default {DEFAULT_SCORING}: the cell's own and its image's "
-                        "probabilities combined, times the cell's expression gate; README: Single cells); own: the "
-                        "cell's own; image: its image's (the weak baseline); geometric-mean: own and image, no gate")
+                        "probabilities combined, times its protein-signal gates, 0 for a cell without signal; "
+                        "chosen on real cells, docs/single-cells.md); own: the cell's own; image: its image's "
+                        "(the weak baseline); geometric-mean: own and image, no gate")
     parser.add_argument("--image-prior", action="store_true", help="the same as --per-cell geometric-mean")
     parser.add_argument("--nucleus-diameter", type=float, metavar="PX",
                         help="typical nucleus diameter in pixels (default: estimated from the nucleus channel)")
