@@ -18,7 +18,7 @@ sklearn = pytest.importorskip("sklearn")
 from protloc.bench.cells_real_report import cell_accuracy, distinct_answers, metrics, top_classes  # noqa: E402
 from protloc.cells import scoring  # noqa: E402
 from protloc.cells.features import cell_boxes, predict_cells  # noqa: E402
-from protloc.cells.mosaics import Field, arrange_mosaics, build_mosaic, cell_tiles, tile_labels  # noqa: E402
+from protloc.bench.mosaics import Field, arrange_mosaics, build_mosaic, cell_tiles, tile_labels  # noqa: E402
 
 REAL_FIELDS = shared_dir() / "real-hpa" / "kaggle2018-train-101"
 CHECKPOINT_DIR = shared_dir() / "pretrained" / "gapnet-pl"

@@ -1,4 +1,4 @@
-"""Per-cell answers on real cells: mosaics tiled from real labelled fields (``protloc.cells.mosaics``).
+"""Per-cell answers on real cells: mosaics tiled from real labelled fields (``protloc.bench.mosaics``).
 
     protloc bench --sections cells-real --data ../shared/real-hpa/kaggle2018-train-101 [--model pretrained]
     python -m protloc.bench.cells_real --data DIR [--model pretrained] [--mosaics 48] [--seed 0] \
@@ -81,7 +81,7 @@ def collect(data, model="pretrained", count: int = 48, seed: int = 0, margin: in
 
     from protloc.cells.features import predict_cells
     from protloc.cells.masks import read_masks
-    from protloc.cells.mosaics import arrange_mosaics, build_mosaic, cell_tiles, list_fields, tile_labels
+    from protloc.bench.mosaics import arrange_mosaics, build_mosaic, cell_tiles, list_fields, tile_labels
     from protloc.cells.segmentation import segment
     from protloc.inference import load_model
 

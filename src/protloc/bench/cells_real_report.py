@@ -204,7 +204,7 @@ def figure(collected: dict, number: int, path: Path, model, scoring: str | None 
     threshold) beside the same mosaic outlined by its truth (its source field's label that the answer
     names, else the first; grey: left out at a seam)."""
     from protloc.cells.features import predict_cells
-    from protloc.cells.mosaics import build_mosaic, cell_tiles, list_fields
+    from protloc.bench.mosaics import build_mosaic, cell_tiles, list_fields
     from protloc.visualization import class_colours, class_overlay, outline_overlay, save_png, with_legend
     from protloc.cells.scoring import DEFAULT_SCORING
     from protloc.cells.segmentation import segment

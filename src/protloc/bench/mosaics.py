@@ -40,7 +40,6 @@ def list_fields(data, classes, mapping: str | None = "kaggle28-to-hpa13"):
 
     The folder is scanned, not opened through its saved index, so nothing is written into it."""
     from protloc.data.index import scan_dataset
-    from protloc.data.pixel_size import sample_pixel_size
     from protloc.evaluation.external import resolve_mapping
     from protloc.labels import LabelSet
 
@@ -56,7 +55,7 @@ def list_fields(data, classes, mapping: str | None = "kaggle28-to-hpa13"):
         if not targets:
             skipped[entry.id] = "its labels map to none of the model's classes"
             continue
-        size = sample_pixel_size(index, entry)
+        size = index.pixel_size(entry)
         candidates.append(Field(entry.id, tuple(classes[t] for t in targets), size.um, (entry.height, entry.width)))
     if not candidates:
         raise ProtlocError(f"{data}: no labelled field whose labels reach the model's classes")
