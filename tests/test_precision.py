@@ -142,7 +142,10 @@ def test_cells_precision_reaches_the_maps(model_file, monkeypatch, cpu_is):
     asked = {}
     import protloc.cells.pipeline as pipeline
 
-    monkeypatch.setattr(pipeline, "run_cells", lambda *a, **k: asked.update(k))
+    from types import SimpleNamespace
+
+    done = SimpleNamespace(failures=[], errors_file=None)  # run_cells' result, as the command reads it
+    monkeypatch.setattr(pipeline, "run_cells", lambda *a, **k: asked.update(k) or done)
     monkeypatch.setattr(pipeline, "report", lambda result, out: None)
     assert main(["cells", "x.tif", "--model", str(model_file), "--precision", "auto"]) == 0
     assert asked["precision"] == "auto"

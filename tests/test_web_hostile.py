@@ -222,12 +222,12 @@ def test_a_body_trickling_a_byte_every_two_seconds_is_cut(server):
 
 def test_a_damaged_image_is_refused_in_protlocs_words(client, tmp_path, monkeypatch):
     """A 422 quoted tifffile's internal IndexError ("list index out of range")."""
-    from protloc.data import readers
+    from protloc.data.formats import tiff as tiff_format
 
     def internal(*_args, **_kwargs):
         raise IndexError("list index out of range")
 
-    monkeypatch.setattr(readers, "_read_tiff", internal)
+    monkeypatch.setattr(tiff_format, "read_tiff_array", internal)
     tiff = tmp_path / "sample.tif"
     import tifffile
 
