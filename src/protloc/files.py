@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import IO, Iterator
 
 import numpy as np
 
@@ -20,20 +22,60 @@ def spreadsheet_safe(text: str) -> str:
     return "'" + text if text.startswith(FORMULA_STARTS) else text
 
 
-def atomic_write(path: str | Path, write) -> None:
-    """Write `path` through `write(binary_handle)` atomically."""
+def _umask_mode() -> int:
+    # mkstemp makes 0600 files; what protloc writes is readable as any file the user makes
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def _fsync(path: str | Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
+    """A temporary file name beside ``path`` for a writer that wants a name (pandas, torch, ONNX,
+    a zip writer): when the block ends without error the file is synced and renamed to ``path``;
+    otherwise it is removed and ``path`` is untouched. ``suffix``: for writers that go by it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    os.chmod(tmp, _umask_mode())
     try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
+        yield Path(tmp)
+        _fsync(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def atomic_open(path: str | Path, mode: str = "w", **options) -> Iterator[IO]:
+    """An open handle (text ``w`` or binary ``wb``; ``options`` as ``open`` takes them) whose file
+    appears at ``path`` complete, only when the block ends without error."""
+    with atomic_path(path) as tmp, open(tmp, mode, **options) as handle:
+        yield handle
+
+
+def atomic_write(path: str | Path, write) -> None:
+    """Write `path` through `write(binary_handle)` atomically."""
+    with atomic_open(path, "wb") as handle:
+        write(handle)
+
+
+def move_into_place(source: str | Path, target: str | Path) -> Path:
+    """Move a finished file (written elsewhere in the same file system) to ``target`` in one step, synced
+    first: a reader sees the whole file or none."""
+    _fsync(source)
+    os.replace(source, target)
+    return Path(target)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

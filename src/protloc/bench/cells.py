@@ -43,6 +43,8 @@ from pathlib import Path
 
 import numpy as np
 
+from protloc.files import atomic_write_text
+
 REPO = Path(__file__).resolve().parents[3]
 REAL_FIELD = Path(os.environ.get("PROTLOC_SHARED", REPO.parent / "shared")) / "real-hpa" / "hpa-download"
 
@@ -289,9 +291,7 @@ def write_constants(row: dict, data: str, model: str, path: Path = SCORING_FILE,
         f"RELATIVE_WEIGHT_FILLING = {row['relative_weight_filling']}",
         f"RELATIVE_WEIGHT_OTHER = {row['relative_weight_other']}",
         CONSTANTS_END])
-    partial = path.with_suffix(".py.partial")
-    partial.write_text(head + block + tail, encoding="utf-8")
-    partial.replace(path)
+    atomic_write_text(path, head + block + tail)
     print(f"wrote the chosen constants to {path}", file=sys.stderr)
 
 

@@ -23,6 +23,7 @@ from protloc.data.formats.listing import SampleEntry, list_dataset
 from protloc.data.limits import DEFAULT_MAX_PIXELS, max_pixels
 from protloc.data.pixel_size import UNKNOWN, PixelSize, check_pixel_size
 from protloc.errors import DataError, ProtlocError, printable
+from protloc.files import atomic_write_text
 from protloc.labels import LabelSet, load_label_set
 
 INDEX_DIRNAME = ".protloc"
@@ -164,9 +165,7 @@ class DatasetIndex:
         # Also remember the root relative to the index file, so a data folder moved together with its
         # .protloc/ keeps working.
         data["root_relative_to_index"] = os.path.relpath(Path(self.root).resolve(), path.parent.resolve())
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data, indent=1) + "\n")
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(data, indent=1) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> DatasetIndex:

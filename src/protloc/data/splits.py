@@ -11,11 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from pathlib import Path
 
 from protloc.data.index import default_index_path, default_splits_path  # noqa: F401  (re-exported)
 from protloc.errors import ProtlocError
+from protloc.files import atomic_write_text
 
 SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
 DEFAULT_FRACTIONS: tuple[float, float, float] = (0.8, 0.1, 0.1)
@@ -81,10 +81,7 @@ def save_splits(splits: dict, path, seed: int, fractions=DEFAULT_FRACTIONS, inde
     }
     if index is not None:
         data["single_label"] = {name: single_label_ids(index, data["splits"][name]) for name in SPLIT_NAMES}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=1) + "\n")
 
 
 def load_split_file(path) -> dict:

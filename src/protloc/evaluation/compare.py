@@ -29,7 +29,8 @@ import numpy as np
 
 from protloc.errors import ProtlocError
 from protloc.evaluation.metrics import format_value
-from protloc.evaluation.report import load_metrics, markdown_table, write_json, write_text_atomic, new_figure
+from protloc.evaluation.report import load_metrics, markdown_table, write_json, new_figure
+from protloc.files import atomic_write_text
 
 FORMAT = "protloc-comparison/1"
 WILCOXON_METHODS = ("approx", "exact", "auto")
@@ -336,7 +337,7 @@ def write_comparison(tables: dict, out_dir) -> dict[str, Path]:
         "json": out_dir / "comparison.json",
         "image": out_dir / "f1_per_class.png",
     }
-    write_text_atomic(paths["markdown"], render_markdown(tables))
+    atomic_write_text(paths["markdown"], render_markdown(tables))
     write_json(paths["json"], json.loads(json.dumps(tables)))
     plot_f1_comparison(paths["image"], tables)
     return paths

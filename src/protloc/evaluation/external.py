@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from protloc.errors import ProtlocError
-from protloc.evaluation.report import markdown_table, write_json, write_report, write_text_atomic
+from protloc.evaluation.report import markdown_table, write_json, write_report
+from protloc.files import atomic_write_text
 
 MIN_POSITIVES = 3
 
@@ -229,7 +230,7 @@ def evaluate_model(
     # the run report's heading names a run and a split; here it is a model and a data set
     lines[0] = f"# Evaluation of {info['model']} on {Path(index.root).name} ({info['split']})"
     lines[2] = f"Model file: `{info['model_file']}`; data: `{index.root}`  "
-    write_text_atomic(out / "report.md", "\n".join(lines).rstrip("\n") + "\n\n" + render_data_section(metrics) + "\n")
+    atomic_write_text(out / "report.md", "\n".join(lines).rstrip("\n") + "\n\n" + render_data_section(metrics) + "\n")
     return metrics
 
 
@@ -248,7 +249,7 @@ def _write_inputs_csv(path: Path, rows, original, mapping, index) -> None:
         writer.writerow([row["id"], ";".join(labels), ";".join(mapped), row["data_pixel_size_um"],
                          row["pixel_size_source"], row["model_pixel_size_um"], f"{row['scale']:g}",
                          "x".join(str(v) for v in row["network_input"])])
-    write_text_atomic(path, buffer.getvalue())
+    atomic_write_text(path, buffer.getvalue())
 
 
 def render_data_section(metrics: dict) -> str:

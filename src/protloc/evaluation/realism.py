@@ -219,7 +219,8 @@ def run_realism(out: str | Path, *, published=None, trained=None, real: str | Pa
                 progress: bool = False, log=print) -> dict:
     """Run the measurements whose inputs are given; write ``realism.json``, ``realism.md`` and a PNG."""
     from protloc.data.synth import PIXEL_SIZE_UM
-    from protloc.evaluation.report import write_json, write_text_atomic
+    from protloc.evaluation.report import write_json
+    from protloc.files import atomic_write_text
     from protloc.inference.predictor import load_model
 
     if published is None and trained is None:
@@ -254,6 +255,6 @@ def run_realism(out: str | Path, *, published=None, trained=None, real: str | Pa
         if key in results:
             results[key].update(mapping=MAPPING, left_out=real_set.left_out)
     write_json(out / "realism.json", results)
-    write_text_atomic(out / "realism.md", markdown(results))
+    atomic_write_text(out / "realism.md", markdown(results))
     plot(out / "realism.png", results)
     return results

@@ -17,13 +17,12 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from protloc.files import atomic_open, atomic_write_text
 from protloc.evaluation.metrics import (
     DEFAULT_THRESHOLD,
     NO_POSITIVES,
@@ -43,32 +42,8 @@ def ids_digest(ids: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()
 
 
-def _umask_mode() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def open_atomic(path: Path):
-    """(handle, temporary path) for writing ``path`` atomically; ``commit_atomic`` renames it in place."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.chmod(tmp, _umask_mode())  # mkstemp makes 0600 files; reports should be readable like any other
-    return os.fdopen(fd, "w", encoding="utf-8", newline=""), tmp
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    handle, tmp = open_atomic(path)
-    try:
-        with handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_json(path: Path, data: dict) -> None:
-    write_text_atomic(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
+    atomic_write_text(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]], align: Sequence[str] | None = None) -> str:
@@ -230,22 +205,16 @@ def plot_f1_per_class(path: Path, metrics: dict) -> None:
 def write_predictions_csv(path: Path, ids: Sequence[str], y_true: np.ndarray, probs: np.ndarray,
                           classes: Sequence[str], thresholds) -> None:
     predicted = binarize(probs, thresholds)
-    handle, tmp = open_atomic(path)
-    try:
-        with handle:
-            writer = csv.writer(handle)
-            writer.writerow(["id", *classes, "true_labels", "predicted_labels"])
-            for i, sample_id in enumerate(ids):
-                writer.writerow([
-                    sample_id,
-                    *(f"{p:.6f}" for p in probs[i]),
-                    ";".join(classes[c] for c in np.flatnonzero(y_true[i])),
-                    ";".join(classes[c] for c in np.flatnonzero(predicted[i])),
-                ])
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", *classes, "true_labels", "predicted_labels"])
+        for i, sample_id in enumerate(ids):
+            writer.writerow([
+                sample_id,
+                *(f"{p:.6f}" for p in probs[i]),
+                ";".join(classes[c] for c in np.flatnonzero(y_true[i])),
+                ";".join(classes[c] for c in np.flatnonzero(predicted[i])),
+            ])
 
 
 def write_report(out_dir, ids: Sequence[str], y_true, probs, classes: Sequence[str], thresholds=None,
@@ -267,7 +236,7 @@ def write_report(out_dir, ids: Sequence[str], y_true, probs, classes: Sequence[s
     write_predictions_csv(out_dir / "predictions.csv", ids, y_true, probs, list(classes), metrics["thresholds"])
     plot_roc_curves(out_dir / "roc_curves.png", y_true, probs, metrics)
     plot_f1_per_class(out_dir / "f1_per_class.png", metrics)
-    write_text_atomic(out_dir / "report.md", render_markdown(metrics))
+    atomic_write_text(out_dir / "report.md", render_markdown(metrics))
     # metrics.json last: its presence marks a complete report (compare reads it)
     write_json(out_dir / "metrics.json", metrics)
     return metrics

@@ -22,6 +22,7 @@ import yaml
 
 from protloc.version import __version__ as protloc_version
 from protloc.errors import ProtlocError
+from protloc.files import atomic_path
 from protloc.inference.normalization import EPSILON, normalize
 from protloc.export.metadata import ExportResult, model_metadata
 
@@ -243,13 +244,8 @@ def export_bioimageio(model: dict, out: str | Path, *, pixel_size_um: float | No
         description = load_description(rdf_path)
         if isinstance(description, InvalidDescr):
             raise ProtlocError(f"the bioimage.io description is invalid: {_first_error(description)}")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp_zip = out.with_name(f".{out.name}.tmp.zip")
-        try:
+        with atomic_path(out, suffix=".tmp.zip") as tmp_zip:
             save_bioimageio_package(rdf_path, output_path=tmp_zip)
-            tmp_zip.replace(out)
-        finally:
-            tmp_zip.unlink(missing_ok=True)
     checks.insert(0, f"bioimage.io model, format 0.5: valid (bioimageio.spec); pixel size {pixel_size} µm; "
                      f"channels {', '.join(payload['channels'])}")
     return ExportResult(out, "bioimageio", checks)

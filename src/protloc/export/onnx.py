@@ -10,7 +10,6 @@ input size. protloc's metadata (classes, channels, normalisation, thresholds) go
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import numpy as np
 import torch
 
 from protloc.errors import ProtlocError
+from protloc.files import atomic_path
 from protloc.export.metadata import ExportResult
 
 OPSET = 17
@@ -122,16 +122,11 @@ def export_onnx(network: torch.nn.Module, out: str | Path, *, metadata: dict, op
     out = Path(out)
     if out.suffix.lower() != ".onnx":
         raise ProtlocError(f"an ONNX export is written to a .onnx file, not {out.name}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp.onnx")
-    try:
+    with atomic_path(out, suffix=".tmp.onnx") as tmp:
         fixed, sizes, difference, notes = traced_and_checked(
             network, metadata, "ONNX", lambda fixed: trace_to_onnx(network, tmp, opset, fixed),
             lambda sizes: max_difference_onnx(network, tmp, sizes))
         add_metadata(tmp, metadata)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     shown = ", ".join(f"{h}x{w}" for h, w in sizes)
     axes = "dynamic batch, height and width" if fixed is None and fully_convolutional(network) else \
         f"dynamic batch, fixed size {sizes[0][0]}x{sizes[0][1]}"

@@ -9,13 +9,13 @@ size. The export is run against the eager network before it is kept.
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from pathlib import Path
 
 import torch
 
 from protloc.errors import ProtlocError
+from protloc.files import atomic_path
 from protloc.export.metadata import ExportResult
 from protloc.export.onnx import example_input, export_shapes, fully_convolutional, traced_and_checked
 
@@ -47,8 +47,6 @@ def max_difference_torchscript(network: torch.nn.Module, path: Path, sizes: list
 
 def export_torchscript(network: torch.nn.Module, out: str | Path, *, metadata: dict) -> ExportResult:
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     def write(fixed: int | None) -> None:
         trace_size, _ = export_shapes(network, fixed)
         traced = trace(network, trace_size)
@@ -57,12 +55,9 @@ def export_torchscript(network: torch.nn.Module, out: str | Path, *, metadata: d
             torch.jit.save(traced, str(tmp), _extra_files={
                 METADATA_FILE: json.dumps({**metadata, "fixed_size": fixed})})
 
-    try:
+    with atomic_path(out) as tmp:
         fixed, sizes, difference, notes = traced_and_checked(
             network, metadata, "TorchScript", write, lambda sizes: max_difference_torchscript(network, tmp, sizes))
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     shown = ", ".join(f"{h}x{w}" for h, w in sizes)
     axes = "any height and width" if fixed is None and fully_convolutional(network) else \
         f"input {sizes[0][0]}x{sizes[0][1]}"

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from protloc.errors import ProtlocError
+from protloc.files import move_into_place
 
 CALIBRATION_SEED = 20261206
 CALIBRATION_FIELDS = 8
@@ -130,7 +131,7 @@ def quantise(network: torch.nn.Module, out: Path, model_pixel_size_um: float | N
         quantize_static(str(fp32), str(staged), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=head)
-        os.replace(staged, out)
+        move_into_place(staged, out)
     return out
 
 

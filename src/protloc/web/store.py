@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from protloc.files import move_into_place
+
 CHUNK_SIZE = 1 << 20
 KIND_SUFFIX = {"tiff": ".tif", "png": ".png", "jpeg": ".jpg", "npz": ".npz", "zip": ".zip"}
 
@@ -38,8 +40,7 @@ class ReceivedFile:
         """Give the temporary file the suffix of its content: decoders go by the suffix."""
         target = self.path.with_suffix(self.suffix)
         if target != self.path:
-            os.replace(self.path, target)
-            self.path = target
+            self.path = move_into_place(self.path, target)
 
 
 class UploadStore(Protocol):
@@ -98,7 +99,7 @@ class BlobStore:
             received.path.unlink(missing_ok=True)
         else:
             target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(received.path, target)
+            move_into_place(received.path, target)
         received.path = target
         return target
 
