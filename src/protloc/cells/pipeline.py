@@ -246,14 +246,16 @@ def _pixel_size(size, predictor, said: dict) -> float | None:
 def run_cells(inputs, model, out, *, masks_dir=None, maps_dir=None, embeddings: bool = False,
               image_prior: bool = False, nucleus_diameter: float | None = None, device: str = "cpu",
               input_format: str | None = None, scoring: str | None = None, pixel_size: float | None = None,
-              reader_options: dict | None = None, progress: bool = False, precision: str = "fp32") -> CellsResult:
+              reader_options: dict | None = None, progress: bool = False, precision: str = "fp32",
+              max_pixels: int | None = None) -> CellsResult:
     """Segment (or read the masks of) every input image, predict its cells and write the outputs.
 
     ``masks_dir``: a folder of ``<id>_cellmask`` images or an OME-Zarr store with NGFF labels
     (``protloc.cells.masks.open_masks``). ``scoring``: the table's per-cell answer
     (``protloc.cells.scoring.SCORINGS``; default ``DEFAULT_SCORING``, ``image_prior`` = ``geometric-mean``).
     ``pixel_size``: µm per pixel of the inputs (default: stated by their files or layout).
-    ``precision``: of GapNet-PL's pass (``protloc.inference.precision``; int8 has no feature maps)."""
+    ``precision``: of GapNet-PL's pass (``protloc.inference.precision``; int8 has no feature maps).
+    ``max_pixels``: the readers' pixel limit (None: protloc.data.limits.DEFAULT_MAX_PIXELS)."""
     from protloc.cells.masks import open_masks
     from protloc.cells.outputs import CellParts, publish
     from protloc.cells.scoring import DEFAULT_SCORING, DESCRIPTIONS, check_scoring
@@ -281,7 +283,7 @@ def run_cells(inputs, model, out, *, masks_dir=None, maps_dir=None, embeddings: 
     parts = CellParts(paths["table"], run_options)
     try:
         result = _analyse_all(entries, predictor, parts, paths, masks, maps_dir, scoring, nucleus_diameter,
-                              pixel_size, progress)
+                              pixel_size, progress, max_pixels)
     except BaseException:
         parts.close()
         raise
@@ -330,7 +332,7 @@ def run_cells(inputs, model, out, *, masks_dir=None, maps_dir=None, embeddings: 
 
 
 def _analyse_all(entries, predictor, parts, paths, masks, maps_dir, scoring, nucleus_diameter, pixel_size,
-                 progress) -> CellsResult:
+                 progress, max_pixels=None) -> CellsResult:
     """Every image's cells: a finished image's part read back, the others analysed and saved as parts."""
     from tqdm.auto import tqdm
 
@@ -348,7 +350,7 @@ def _analyse_all(entries, predictor, parts, paths, masks, maps_dir, scoring, nuc
         part = parts.load(entry.id)
         if part is None:
             try:
-                sample = read(entry, pixel_size=pixel_size)
+                sample = read(entry, max_pixels=max_pixels, pixel_size=pixel_size)
                 image = sample.image
             except ProtlocError as exc:
                 result.failures.append((entry.id, str(exc)))

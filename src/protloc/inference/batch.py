@@ -151,9 +151,10 @@ class _ImageDataset:
     """Reads one input per item (image, pixel size, channel names: ``protloc.data.formats.read``); a
     failure is returned as its reason instead of raising."""
 
-    def __init__(self, entries, pixel_size: float | None = None):
+    def __init__(self, entries, pixel_size: float | None = None, max_pixels: int | None = None):
         self.entries = entries
         self.pixel_size = pixel_size
+        self.max_pixels = max_pixels  # travels with the dataset into the decoding worker processes
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -163,7 +164,7 @@ class _ImageDataset:
 
         entry = self.entries[i]
         try:
-            return entry.id, read(entry, pixel_size=self.pixel_size), None
+            return entry.id, read(entry, max_pixels=self.max_pixels, pixel_size=self.pixel_size), None
         except ProtlocError as exc:
             return entry.id, None, str(exc)
         except Exception as exc:  # a decoder's own exception type: report it, keep going
@@ -208,12 +209,14 @@ def run_batch_prediction(
     progress: bool = True,
     precision: str = "fp32",
     pixel_size: float | None = None,
+    max_pixels: int | None = None,
     reader_options: dict | None = None,  # hook (issue 14): OME --channels/--projection
 ) -> BatchResult:
     """Predict every input into ``out``. Each image is brought to the model's pixel size first: its
     own is ``pixel_size`` (µm per pixel) when given, else what its files state or its layout implies
     (``protloc.data.pixel_size``); one line on stderr says what was done, and each row records the
-    input's pixel size and the resize factor (``pixel_size_um``, ``scale``)."""
+    input's pixel size and the resize factor (``pixel_size_um``, ``scale``). ``max_pixels`` is the readers'
+    pixel limit (None: protloc.data.limits.DEFAULT_MAX_PIXELS)."""
     import torch
     from tqdm import tqdm
 
@@ -258,7 +261,7 @@ def run_batch_prediction(
     sources_by_id = {e.id: e.sources for e in todo}  # hook (issue 14): maps of OME-Zarr inputs go back as labels
 
     loader = torch.utils.data.DataLoader(
-        _ImageDataset(todo, pixel_size), batch_size=1, collate_fn=_first, num_workers=workers if len(todo) > 1 else 0,
+        _ImageDataset(todo, pixel_size, max_pixels), batch_size=1, collate_fn=_first, num_workers=workers if len(todo) > 1 else 0,
         worker_init_fn=partial(_close_in_worker, writer.lock_fd, os.getpid()),
         prefetch_factor=2 if workers and len(todo) > 1 else None,
     )

@@ -127,10 +127,12 @@ class PredictionWorker:
         activity: Activity | None = None,
         lanes: int = DEFAULT_LANES,
         on_finished=None,
+        max_pixels: int | None = None,
     ) -> None:
         self.predictors = predictors
         self.sessions = sessions
         self.store = store
+        self.max_pixels = max_pixels  # the stored samples' readers apply the server's pixel limit
         self.max_batch_patches = max_batch_patches
         self.max_samples = max_samples
         self.linger_seconds = linger_seconds
@@ -140,7 +142,7 @@ class PredictionWorker:
         if isinstance(self.jobs, DatabaseJobs):
             self.jobs.model_keys = list(predictors)
         self.eager_render = eager_render
-        self.renderer = renderer or Renderer(predictors, sessions, store)
+        self.renderer = renderer or Renderer(predictors, sessions, store, max_pixels)
         self.lanes = Lanes(lanes)
         self.cells = CellsStage(store, enabled=cells, segmenters=lanes)
         self.stats = WorkerStats()
@@ -301,7 +303,7 @@ class PredictionWorker:
                 image = self._handed.get(row.id)
             if image is None:
                 try:
-                    image = load_stored_sample(self.store, row.input_kind, row.files)
+                    image = load_stored_sample(self.store, row.input_kind, row.files, self.max_pixels)
                 except Exception as exc:
                     self._fail(row.id, f"cannot read the stored sample: {exc}")
                     continue
