@@ -23,7 +23,8 @@ skimage = pytest.importorskip("skimage")
 from protloc.cells.evaluate import match_cells, per_cell_map  # noqa: E402
 from protloc.cells.features import cell_crop, coverage, masked_averages, predict_cells  # noqa: E402
 from protloc.inference.gapnet_pl_fast import block_maps  # noqa: E402
-from protloc.cells.masks import read_label_image, write_label_image  # noqa: E402
+from protloc.cells.masks import read_label_image  # noqa: E402
+from protloc.data.label_images import write_label_image  # noqa: E402
 from protloc.cells.pipeline import analyse_image  # noqa: E402
 from protloc.cells.segmentation import segment  # noqa: E402
 

@@ -338,7 +338,7 @@ def _analyse_all(entries, predictor, parts, paths, masks, maps_dir, scoring, nuc
 
     import pandas as pd
 
-    from protloc.cells.masks import write_label_image
+    from protloc.data.label_images import write_label_image
     from protloc.data.formats import read
     from protloc.visualization import class_overlay, save_png
 
