@@ -22,7 +22,7 @@ from protloc.cli import main
 from protloc.data.formats.tiff import stated_pixel_size
 from protloc.data.index import data_pixel_size, open_dataset
 from protloc.data.pixel_size import KAGGLE2018_PIXEL_SIZE_UM, rescale, scale_factor
-from protloc.data.synth import generate_dataset
+from protloc.data.synth.dataset import generate_dataset
 from protloc.errors import ProtlocError
 from protloc.labels import HPA13, KAGGLE28, load_label_mapping
 from protloc.models import create_model

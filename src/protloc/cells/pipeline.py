@@ -69,7 +69,7 @@ def require_cells_extra() -> None:
         raise ProtlocError(f"single-cell analysis needs {', '.join(missing)}: pip install 'protloc[cells]'")
 
 
-def _cell_geometry(cells: np.ndarray, nuclei: np.ndarray | None, cell_ids: np.ndarray, boxes: list | None = None):
+def cell_geometry(cells: np.ndarray, nuclei: np.ndarray | None, cell_ids: np.ndarray, boxes: list | None = None):
     """Centroids [n, 2] (y, x), areas and nucleus areas (NaN without a nucleus mask) of the cells,
     from one vectorised pass over the pixels (a loop over 65,535 cells took minutes). ``boxes``:
     not needed any more (accepted for the callers that pass them)."""
@@ -122,7 +122,7 @@ def analyse_image(predictor, image: np.ndarray, image_id: str = "image", *, cell
     ids = predictions.cell_ids
     flags = border_cells(cells)
     border = flags[ids - 1] if len(ids) else np.zeros(0, dtype=bool)
-    centroids, areas, nucleus_areas = _cell_geometry(cells, nuclei, ids, predictions.boxes)
+    centroids, areas, nucleus_areas = cell_geometry(cells, nuclei, ids, predictions.boxes)
     return ImageCells(image_id, cells, nuclei, predictions, border, centroids, areas, nucleus_areas)
 
 

@@ -45,7 +45,7 @@ def output_format(path: Path) -> str:
         ) from None
 
 
-class _RowWriter:
+class RowWriter:
     """Appends prediction rows to the run's journal (CSV or JSON Lines), fsynced per row; knows the ids
     already written. ``out``: the finished output whose rows a new journal starts from."""
 
@@ -252,7 +252,7 @@ def run_batch_prediction(
 
         sync = RankSync(part, rank, world)
     # Under torchrun each rank keeps its own part; a finished output is adopted by a single run only.
-    writer = _RowWriter(part, row_format, columns, out=None if world > 1 else out, out_format=fmt)
+    writer = RowWriter(part, row_format, columns, out=None if world > 1 else out, out_format=fmt)
     my_entries = [e for i, e in enumerate(entries) if i % world == rank]
     written_as = spreadsheet_safe if row_format == "csv" else str  # a CSV holds its ids defused
     todo = [e for e in my_entries if written_as(e.id) not in writer.done]

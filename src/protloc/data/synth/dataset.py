@@ -26,7 +26,7 @@ from protloc.data.channels import CHANNELS, COLOUR_OF_CHANNEL
 from protloc.data.label_images import write_label_image
 from protloc.data.synth.field import PIXEL_SIZE_UM
 from protloc.data.synth.labels import sample_labels
-from protloc.data.synth.render import RenderedField, _check_size, render_field
+from protloc.data.synth.render import RenderedField, check_field_size, render_field
 from protloc.errors import ProtlocError
 from protloc.labels import HPA13, LabelSet
 
@@ -111,7 +111,7 @@ def generate_dataset(out: str | os.PathLike, samples: int, size: int = 512, seed
     _check_whole(seed, "--seed", 0)
     height = size if height is None else height
     width = size if width is None else width
-    _check_size(height, width)
+    check_field_size(height, width)
     workers = default_workers() if workers is None else workers
     _check_whole(workers, "--workers", 1)
 
