@@ -25,7 +25,7 @@ from protloc.web.storage import (
     decode_multichannel,
     normalise_channel_name,
 )
-from protloc.web.access import NotFound, Viewer, owner_of, visible
+from protloc.web.access import NotFound, Viewer, visible
 from protloc.web.archives import shared_sample_id
 from protloc.web.store import BlobStore, ReceivedFile
 from protloc.web.cells import answering_precision, probabilities_view

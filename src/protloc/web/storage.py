@@ -19,9 +19,9 @@ from typing import AsyncIterator
 
 import numpy as np
 
-from protloc.data.channels import CHANNELS, COLOUR_OF_CHANNEL, HPA_COLOURS, canonical_channel
+from protloc.data.channels import CHANNELS, COLOUR_OF_CHANNEL, canonical_channel
 from protloc.errors import ProtlocError
-from protloc.web.store import KIND_SUFFIX, BlobStore, ReceivedFile, UploadStore
+from protloc.web.store import KIND_SUFFIX, BlobStore, ReceivedFile
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".npz")
 
