@@ -60,20 +60,6 @@ def pytest_make_collect_report(collector):
         _fail_skip(report, collector.nodeid)
 
 
-@pytest.fixture(autouse=True)
-def _restore_pixel_limit():
-    """``--max-pixels`` sets the process-wide limit (an environment variable, for worker processes);
-    a CLI call inside one test must not change the limit of the next."""
-    from protloc.data.limits import MAX_PIXELS_ENV
-
-    saved = os.environ.get(MAX_PIXELS_ENV)
-    yield
-    if saved is None:
-        os.environ.pop(MAX_PIXELS_ENV, None)
-    else:
-        os.environ[MAX_PIXELS_ENV] = saved
-
-
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory) -> Path:
     """A GapNet-PL model file with random weights (seed 0), the 13 classes and thresholds 0.5: for tests of

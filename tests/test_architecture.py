@@ -22,11 +22,7 @@ def _tool():
     return module
 
 
-KNOWN_CIRCLES = {
-    # load_model's ".onnx" hook (the input engineer's area this session) and the ONNX predictor, which
-    # builds a Predictor: breaks once load_model picks the runtime through one model-format table
-    frozenset({"protloc.export.onnx_runtime", "protloc.inference.predictor"}),
-}
+KNOWN_CIRCLES = set()
 KNOWN_UPWARD = set()
 
 

@@ -134,12 +134,12 @@ def test_an_out_path_that_cannot_be_a_file_is_refused_in_one_line(inputs, cheap_
 @pytest.mark.parametrize("name", ["pred.csv", "pred.parquet"])
 def test_a_second_run_on_the_same_output_is_refused_while_the_first_writes(inputs, cheap_model, tmp_path, name):
     """Two runs appending to one file each predicted every image: every row twice."""
-    from protloc.inference.batch import _RowWriter
+    from protloc.inference.batch import RowWriter
 
     model, folder, ids = inputs
     out = tmp_path / name
     journal = out.with_name(out.name + (".journal.csv" if name.endswith(".csv") else ".journal.jsonl"))
-    first = _RowWriter(journal, "csv" if name.endswith(".csv") else "jsonl", ["id"])
+    first = RowWriter(journal, "csv" if name.endswith(".csv") else "jsonl", ["id"])
     try:
         with pytest.raises(ProtlocError, match="another protloc predict is writing"):
             run_batch_prediction([str(folder)], str(model), out, workers=0, progress=False)

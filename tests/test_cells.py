@@ -11,7 +11,7 @@ import torch
 import protloc
 from protloc.model_file import save_model_file
 from protloc.cli import main
-from protloc.data.synth import generate_dataset
+from protloc.data.synth.dataset import generate_dataset
 from protloc.labels import HPA13
 from protloc.inference import normalize
 from protloc.models import create_model
@@ -23,7 +23,8 @@ skimage = pytest.importorskip("skimage")
 from protloc.cells.evaluate import match_cells, per_cell_map  # noqa: E402
 from protloc.cells.features import cell_crop, coverage, masked_averages, predict_cells  # noqa: E402
 from protloc.inference.gapnet_pl_fast import block_maps  # noqa: E402
-from protloc.cells.masks import read_label_image, write_label_image  # noqa: E402
+from protloc.cells.masks import read_label_image  # noqa: E402
+from protloc.data.label_images import write_label_image  # noqa: E402
 from protloc.cells.pipeline import analyse_image  # noqa: E402
 from protloc.cells.segmentation import segment  # noqa: E402
 
@@ -150,7 +151,7 @@ def test_other_networks_predict_masked_crops(tmp_path):
 
 
 def test_segmentation_finds_the_synthetic_cells():
-    from protloc.data.synth import draw_field
+    from protloc.data.synth.dataset import draw_field
 
     ious, found, drawn = [], 0, 0
     for index in range(3):

@@ -21,7 +21,7 @@ tifffile = pytest.importorskip("tifffile")
 
 from protloc.cells import scoring  # noqa: E402
 from protloc.cells.features import coverage, coverages, labels_on_grid, predict_cells  # noqa: E402
-from protloc.cells.masks import write_label_image  # noqa: E402
+from protloc.data.label_images import write_label_image  # noqa: E402
 from protloc.cells.pipeline import analyse_image  # noqa: E402
 
 

@@ -108,7 +108,7 @@ def test_write_constants_replaces_only_the_marked_block(tmp_path):
 
 def test_select_and_accuracy_in_one_command(model_file, tmp_path, monkeypatch, capsys):
     pytest.importorskip("skimage")  # the accuracy half also segments; under CI=true a skip fails
-    from protloc.data.synth import generate_dataset
+    from protloc.data.synth.dataset import generate_dataset
 
     selection, report = tmp_path / "s101", tmp_path / "s102"
     generate_dataset(selection, samples=3, size=128, seed=101, workers=1)

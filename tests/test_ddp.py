@@ -15,7 +15,7 @@ import pytest
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_torchrun_two_gloo_processes(tmp_path):
-    from protloc.data.synth import generate_dataset
+    from protloc.data.synth.dataset import generate_dataset
 
     data = tmp_path / "data"
     generate_dataset(data, samples=24, size=96, seed=3, workers=1, progress=False)

@@ -229,7 +229,7 @@ def test_fast_path_gives_tensorflow_logits_on_odd_sizes(pretrained_file):
 
 
 def test_bf16_keeps_the_predicted_classes_on_synthetic_samples(pretrained_file, tmp_path):
-    from protloc.data.synth import draw_sample
+    from protloc.data.synth.dataset import draw_sample
     from protloc.inference.predictor import load_model
 
     predictor = load_model(pretrained_file)

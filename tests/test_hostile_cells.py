@@ -31,7 +31,7 @@ def leftovers(folder: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def fields(tmp_path_factory) -> Path:
     """Synthetic fields with cells (segmentation finds them): the --cells runs."""
-    from protloc.data.synth import generate_dataset
+    from protloc.data.synth.dataset import generate_dataset
 
     folder = tmp_path_factory.mktemp("fields")
     generate_dataset(folder, samples=8, size=160, seed=3, workers=1)
@@ -44,7 +44,7 @@ def test_per_cell_sums_and_geometry_are_vectorised_and_exact():
     import torch
 
     from protloc.cells import features
-    from protloc.cells.pipeline import _cell_geometry
+    from protloc.cells.pipeline import cell_geometry
 
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 7, (53, 71)).astype(np.int32)
@@ -62,7 +62,7 @@ def test_per_cell_sums_and_geometry_are_vectorised_and_exact():
             np.testing.assert_allclose(sums[row, columns : columns + plane.shape[2]], expected, rtol=1e-5, atol=1e-5)
             np.testing.assert_allclose(totals[row, index], weights.sum(), rtol=1e-5)
             columns += plane.shape[2]
-    centroids, areas, nucleus_areas = _cell_geometry(labels, labels % 2, ids)
+    centroids, areas, nucleus_areas = cell_geometry(labels, labels % 2, ids)
     for k, cell_id in enumerate(ids):
         ys, xs = np.nonzero(labels == cell_id)
         assert areas[k] == len(ys) and nucleus_areas[k] == int(cell_id) % 2 * len(ys)
@@ -77,7 +77,7 @@ def test_per_cell_sums_and_geometry_are_vectorised_and_exact():
     started = time.perf_counter()
     ids, boxes = features.cell_boxes(large)
     sums, _ = features.masked_sums(maps, large, ids, boxes)
-    _, areas, _ = _cell_geometry(large, None, ids)
+    _, areas, _ = cell_geometry(large, None, ids)
     elapsed = time.perf_counter() - started
     assert len(ids) == 65535 and (areas == 9).all() and sums.shape == (65535, 224)
     assert elapsed < 20, f"{elapsed:.1f} s"  # about 3 s on two busy cores; the loop took minutes

@@ -62,13 +62,13 @@ def test_a_finished_run_leaves_only_its_output_and_nothing_is_at_the_final_path_
 
     out = tmp_path / f"o{suffix}"
     seen = []
-    real_write = batch._RowWriter.write
+    real_write = batch.RowWriter.write
 
     def watching(self, *args, **kwargs):
         seen.append(out.exists())
         return real_write(self, *args, **kwargs)
 
-    monkeypatch.setattr(batch._RowWriter, "write", watching)
+    monkeypatch.setattr(batch.RowWriter, "write", watching)
     assert main(predict(images, "--model", model_file, "--out", out)) == 0
     assert seen == [False] * 6  # nothing under --out while the run goes on
     assert sorted(ids_in(out)) == [f"s{i}" for i in range(6)]

@@ -256,7 +256,7 @@ def published(tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_bf16_and_int8_against_fp32_on_synthetic_fields(published):
     pytest.importorskip("onnxruntime")
-    from protloc.data.synth import PIXEL_SIZE_UM
+    from protloc.data.synth.field import PIXEL_SIZE_UM
     from protloc.data.synth.dataset import draw_sample
 
     fields = [draw_sample(101, i, 96, 96)[1].astype(np.float32) for i in range(4)]  # 480² at the model's 0.08 µm

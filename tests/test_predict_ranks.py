@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from protloc.model_file import save_model_file
-from protloc.data.synth import generate_dataset
+from protloc.data.synth.dataset import generate_dataset
 from protloc.labels import HPA13
 from protloc.models import create_model
 

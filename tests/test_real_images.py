@@ -22,7 +22,7 @@ from protloc.cli import main
 from protloc.data.formats.tiff import stated_pixel_size
 from protloc.data.index import data_pixel_size, open_dataset
 from protloc.data.pixel_size import KAGGLE2018_PIXEL_SIZE_UM, rescale, scale_factor
-from protloc.data.synth import generate_dataset
+from protloc.data.synth.dataset import generate_dataset
 from protloc.errors import ProtlocError
 from protloc.labels import HPA13, KAGGLE28, load_label_mapping
 from protloc.models import create_model
@@ -315,7 +315,7 @@ def test_predict_says_and_records_the_pixel_size(pretrained_cache, real_few, tmp
 def test_platform_worker_rescales_through_the_same_inferer(tiny_model, tmp_path):
     from protloc.data.formats.channel_files import pixel_size
     from protloc.inference import load_model
-    from protloc.web.worker import batched_probabilities
+    from protloc.web.batching import batched_probabilities
 
     predictor = load_model(tiny_model)  # trained at 0.5 µm/px, 64² patches
     assert predictor.pixel_size_um == 0.5

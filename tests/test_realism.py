@@ -114,7 +114,7 @@ def test_realism_command_writes_both_tables(tmp_path: Path, model_file: Path, ca
 
 
 def realism_pixel_size() -> float:
-    from protloc.data.synth import PIXEL_SIZE_UM
+    from protloc.data.synth.field import PIXEL_SIZE_UM
 
     return PIXEL_SIZE_UM
 

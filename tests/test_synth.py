@@ -12,8 +12,13 @@ import pytest
 import tifffile
 
 from protloc.cli import main
-from protloc.data import synth
 from protloc.data.channels import CHANNELS, COLOUR_OF_CHANNEL
+from protloc.data.synth.compartments import COMPARTMENT_DRAWERS
+from protloc.data.synth.dataset import CELLS_HEADER, draw_field, generate_dataset
+from protloc.data.synth.field import PIXEL_SIZE_UM, make_field
+from protloc.data.synth.labels import sample_labels
+from protloc.data.synth.references import draw_references
+from protloc.data.synth.render import render_sample
 from protloc.errors import ProtlocError
 from protloc.labels import HPA13
 
@@ -61,13 +66,13 @@ def test_tiffs_carry_no_varying_tags(small_set: Path) -> None:
 
 def test_same_seed_same_bytes_whatever_the_workers(small_set: Path, tmp_path: Path) -> None:
     again = tmp_path / "again"
-    synth.generate_dataset(again, 6, SIZE, 3, workers=1, progress=False)
+    generate_dataset(again, 6, SIZE, 3, workers=1, progress=False)
     assert digest(again) == digest(small_set)
 
 
 def test_different_seed_different_data(small_set: Path, tmp_path: Path) -> None:
     other = tmp_path / "other"
-    synth.generate_dataset(other, 6, SIZE, 4, workers=1, progress=False)
+    generate_dataset(other, 6, SIZE, 4, workers=1, progress=False)
     ours, theirs = digest(small_set), digest(other)
     assert ours.keys() == theirs.keys()
     assert all(ours[name] != theirs[name] for name in ours if name.endswith((".tif", "mask.png")))
@@ -76,7 +81,7 @@ def test_different_seed_different_data(small_set: Path, tmp_path: Path) -> None:
 def test_sample_does_not_depend_on_data_set_size(small_set: Path, tmp_path: Path) -> None:
     # sample i comes from its own generator: a shorter set repeats the first samples exactly
     fewer = tmp_path / "fewer"
-    synth.generate_dataset(fewer, 2, SIZE, 3, workers=1, progress=False)
+    generate_dataset(fewer, 2, SIZE, 3, workers=1, progress=False)
     names = [p.relative_to(fewer) for p in fewer.rglob("*") if p.suffix in (".tif", ".png")]
     assert len(names) == 2 * 6
     for name in names:
@@ -94,7 +99,7 @@ def test_non_square(tmp_path: Path) -> None:
 
 
 def test_label_statistics() -> None:
-    draws = [synth.sample_labels(np.random.default_rng([11, i])) for i in range(600)]
+    draws = [sample_labels(np.random.default_rng([11, i])) for i in range(600)]
     multi = np.mean([len(d) > 1 for d in draws])
     assert 0.35 <= multi <= 0.65
     counts = np.zeros(len(HPA13))
@@ -122,7 +127,7 @@ def test_cell_masks_and_cells_csv_agree(small_set: Path) -> None:
     from PIL import Image
 
     cells = read_cells(small_set)
-    assert list(cells[0]) == synth.CELLS_HEADER
+    assert list(cells[0]) == CELLS_HEADER
     image_labels = {r["id"]: set(HPA13.parse(r["labels"])) for r in read_labels(small_set)}
     for sid, labels in image_labels.items():
         rows = [c for c in cells if c["image_id"] == sid]
@@ -158,7 +163,7 @@ def test_every_cell_is_one_piece_without_holes() -> None:
     from scipy import ndimage as ndi
 
     for index in range(4):
-        _, field = synth.draw_field(99, index, 320, 320)
+        _, field = draw_field(99, index, 320, 320)
         for cell in field.cells:
             mask = field.cell_mask == cell.cell_id
             assert ndi.label(mask)[1] == 1, (index, cell.cell_id)
@@ -166,7 +171,7 @@ def test_every_cell_is_one_piece_without_holes() -> None:
 
 
 def test_cells_vary_expressing_mitotic_and_localisation() -> None:
-    fields = [synth.draw_field(21, i, 256, 256)[1] for i in range(24)]
+    fields = [draw_field(21, i, 256, 256)[1] for i in range(24)]
     cells = [c for f in fields for c in f.cells]
     assert any(not c.expressing for c in cells) and sum(c.expressing for c in cells) > len(cells) / 2
     assert 0 < sum(c.mitotic for c in cells) < 0.15 * len(cells)
@@ -177,7 +182,7 @@ def test_cells_vary_expressing_mitotic_and_localisation() -> None:
 def test_non_expressing_cells_are_dark_in_the_protein_channel() -> None:
     brighter = 0
     for index in range(12):
-        _, field = synth.draw_field(5, index, 256, 256)
+        _, field = draw_field(5, index, 256, 256)
         protein = field.image[3].astype(np.float64)
         on = [protein[field.cell_mask == c.cell_id].mean() for c in field.cells if c.expressing and c.area_px > 500]
         off = [protein[field.cell_mask == c.cell_id].mean() for c in field.cells if not c.expressing and c.area_px > 500]
@@ -189,7 +194,7 @@ def test_non_expressing_cells_are_dark_in_the_protein_channel() -> None:
 def test_mitotic_cells_have_condensed_bright_chromatin() -> None:
     ratios, contrasts = [], []
     for index in range(30):
-        _, field = synth.draw_field(8, index, 256, 256)
+        _, field = draw_field(8, index, 256, 256)
         nucleus = field.image[0].astype(np.float64)
         interphase = [nucleus[field.nuclei_mask == c.cell_id].mean() for c in field.cells
                       if not c.mitotic and not c.touches_border]
@@ -205,7 +210,7 @@ def test_mitotic_cells_have_condensed_bright_chromatin() -> None:
 
 
 def test_pixel_size_is_stated() -> None:
-    assert 0.05 < synth.PIXEL_SIZE_UM < 1.0
+    assert 0.05 < PIXEL_SIZE_UM < 1.0
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -215,15 +220,15 @@ def test_pixel_size_is_stated() -> None:
 def noiseless(labels, seed=7, height=SIZE, width=SIZE):
     """Signal maps of one sample without camera noise: (field, references, protein, expression)."""
     rng = np.random.default_rng(seed)
-    field = synth.make_field(rng, height, width)
-    refs = synth.draw_references(rng, field)
+    field = make_field(rng, height, width)
+    refs = draw_references(rng, field)
     expr = np.ones(field.n)
-    protein = sum(synth.COMPARTMENT_DRAWERS[name](rng, field, refs, expr) for name in labels)
+    protein = sum(COMPARTMENT_DRAWERS[name](rng, field, refs, expr) for name in labels)
     return field, refs, protein
 
 
 def rendered(labels, seed=5):
-    image = synth.render_sample(np.random.default_rng(seed), [HPA13.index(n) for n in labels], SIZE, SIZE)
+    image = render_sample(np.random.default_rng(seed), [HPA13.index(n) for n in labels], SIZE, SIZE)
     return image.astype(np.float64)
 
 
@@ -348,7 +353,7 @@ def test_bad_options_are_one_line_errors(tmp_path: Path, capsys, argv, message) 
 
 def test_refuses_a_non_empty_folder_unless_overwrite(tmp_path: Path, capsys) -> None:
     out = tmp_path / "set"
-    synth.generate_dataset(out, 2, 64, 0, workers=1, progress=False)
+    generate_dataset(out, 2, 64, 0, workers=1, progress=False)
     assert main(["synth", str(out), "--samples", "1", "--size", "64"]) == 2
     assert "not empty" in capsys.readouterr().err
     assert main(["synth", str(out), "--samples", "1", "--size", "64", "--overwrite", "--workers", "1"]) == 0
@@ -368,4 +373,4 @@ def test_refuses_a_non_empty_folder_unless_overwrite(tmp_path: Path, capsys) -> 
 
 def test_unknown_class_for_render_sample() -> None:
     with pytest.raises(ProtlocError):
-        synth.render_sample(0, ["Ribosomes"], 64, 64)
+        render_sample(0, ["Ribosomes"], 64, 64)

@@ -24,7 +24,7 @@ EPOCHS = 2
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
-    from protloc.data.synth import generate_dataset
+    from protloc.data.synth.dataset import generate_dataset
 
     out = tmp_path_factory.mktemp("synth") / "data"
     generate_dataset(out, samples=24, size=96, seed=3, workers=1, progress=False)

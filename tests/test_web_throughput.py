@@ -58,7 +58,7 @@ def test_a_failing_segmentation_beside_the_pass_is_raised(predictor, monkeypatch
 def test_lanes_take_submissions_side_by_side_and_finish_each_once(predictor, tmp_path, monkeypatch, lanes):
     sessions = db.open_database(f"sqlite:///{tmp_path / 'platform.db'}")
     image = cell_like_sample(48, 48, seed=1).astype(np.float32)
-    monkeypatch.setattr(worker_module, "load_stored_sample", lambda _store, _kind, _files: image)
+    monkeypatch.setattr(worker_module, "load_stored_sample", lambda _store, _kind, _files, _max_pixels=None: image)
     running, most, seen, lock = [0], [0], [], threading.Lock()
     finished = []
     worker = PredictionWorker({"tiny": predictor}, sessions, BlobStore(tmp_path / "store"), lanes=lanes,

@@ -26,7 +26,7 @@ def platform(tmp_path, monkeypatch):
     store = BlobStore(tmp_path / "store")
     # The stored files are the storage module's concern; the worker gets the decoded sample.
     image = cell_like_sample(48, 48, seed=1).astype(np.float32)
-    monkeypatch.setattr(worker_module, "load_stored_sample", lambda _store, _kind, _files: image)
+    monkeypatch.setattr(worker_module, "load_stored_sample", lambda _store, _kind, _files, _max_pixels=None: image)
     worker = PredictionWorker({"tiny": predictor}, sessions, store, linger_seconds=0.2)
     yield predictor, sessions, worker
     worker.stop()

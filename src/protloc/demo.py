@@ -55,7 +55,7 @@ def _synth_params(settings: DemoSettings) -> dict:
 
 def prepare_data(data: Path, settings: DemoSettings, progress: bool) -> Path:
     """The synthetic data set, generated once per set of parameters."""
-    from protloc.data.synth import generate_dataset
+    from protloc.data.synth.dataset import generate_dataset
 
     marker = data / "demo-synth.json"
     wanted = _synth_params(settings)

@@ -56,7 +56,7 @@ def _load_image(path: Path | None, size: int = 2048) -> tuple[np.ndarray, str]:
     if size == 2048 and folder.exists():
         entry = discover([folder])[0]
         return read(entry).image, f"{entry.id} ({folder})"
-    from protloc.data.synth import draw_sample
+    from protloc.data.synth.dataset import draw_sample
 
     _, image = draw_sample(0, 0, size, size)
     return image.astype(np.float32), f"synthetic {size}x{size} field (seed 0, sample 0)"

@@ -149,7 +149,7 @@ def bf16_class_check(network, settings: Settings) -> dict:
     """Predicted classes of fp32 and bf16 (whole image) on synthetic samples (the demo's generator)."""
     import torch
 
-    from protloc.data.synth import draw_sample
+    from protloc.data.synth.dataset import draw_sample
     from protloc.inference.gapnet_pl_fast import fast_network
 
     count, size = (3, 128) if settings.quick else (24, 512)

@@ -23,9 +23,8 @@ def precision_section(settings: Settings, progress: Progress) -> dict:
         import httpx
     except ImportError as exc:
         return {"skipped": f"{exc.name} is not installed (pip install -e '.[dev]')"}
-    from protloc.bench.platform import (
-        Server, bench_model, field_files, field_sample, find_field, predict, throughput, tiff_payload, wait_idle,
-    )
+    from protloc.bench.platform import Server, bench_model, predict, throughput, wait_idle
+    from protloc.bench.platform_inputs import field_files, field_sample, find_field, tiff_payload
     from protloc.inference.precision import detect_capabilities, resolve_precision
 
     quick = settings.quick

@@ -93,7 +93,7 @@ def _total(rows) -> dict:
 
 def synthetic_figures(segment, seed: int = 102, samples: int = 100, size: int = 256) -> dict:
     from protloc.cells.evaluate import match_cells
-    from protloc.data.synth import draw_field
+    from protloc.data.synth.dataset import draw_field
 
     drawn = found = matched = 0
     ious = []

@@ -80,7 +80,7 @@ def training_section(settings: Settings, progress: Progress) -> dict:
 def data_section(settings: Settings, progress: Progress) -> dict:
     from protloc.data.index import open_dataset
     from protloc.data.patches import random_crop
-    from protloc.data.synth import generate_dataset
+    from protloc.data.synth.dataset import generate_dataset
     from protloc.training.cache import SampleCache
 
     samples, size, crop = (4, 256, 64) if settings.quick else (8, 2048, 1024)

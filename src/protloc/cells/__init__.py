@@ -1,7 +1,8 @@
 """Single cells: segmentation, and a prediction and an embedding for every cell.
 
 - ``segment(image)`` (``segmentation.py``): nuclei and whole cells of a canonical sample [4, H, W].
-- ``read_masks`` / ``write_label_image`` (``masks.py``): users' label images and protloc's own.
+- ``read_masks`` (``masks.py``): users' label images and protloc's own (written by
+  ``protloc.data.label_images.write_label_image``).
 - ``predict_cells(predictor, image, labels)`` (``features.py``): per-cell embeddings and
   probabilities (GapNet-PL: masked averages of its block maps through its own head, one forward
   pass per image; other networks: a masked window per cell).
@@ -21,7 +22,6 @@ _EXPORTS = {
     "Segmentation": "segmentation",
     "read_masks": "masks",
     "open_masks": "masks",
-    "write_label_image": "masks",
     "predict_cells": "features",
     "CellPredictions": "features",
     "analyse_image": "pipeline",

@@ -16,7 +16,6 @@ TIFF, channel files) uses the store's single image.
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
@@ -110,28 +109,3 @@ def open_masks(path: str | Path):
 
         return ZarrLabels(path)
     return MaskFolder(check_masks_folder(path))
-
-
-def write_label_image(path: str | Path, labels: np.ndarray) -> Path:
-    """protloc's one label-image writer: 16-bit PNG, or 32-bit TIFF (``path`` with suffix ``.tif``)
-    when ids exceed 65535, the layout ``read_masks`` reads back; written atomically (a reader never
-    sees half a file) and reproducibly (no date or software tags). Returns the path written."""
-    from protloc.files import atomic_write
-
-    path = Path(path)
-    if labels.size and int(labels.max()) > 65535:
-        import tifffile
-
-        path = path.with_suffix(".tif")
-        buffer = io.BytesIO()  # tifffile wants a named file or a seekable buffer, not a bare descriptor
-        tifffile.imwrite(buffer, labels.astype(np.uint32), photometric="minisblack", metadata=None,
-                         software=False, datetime=None)
-        atomic_write(path, lambda handle: handle.write(buffer.getvalue()))
-        return path
-    from PIL import Image
-
-    picture = Image.fromarray(labels.astype(np.uint16))
-    # zlib's fastest level: a label image is long runs of one id, 3x the size of the default level's
-    # file (tens of kB) in 60% of the time (the web worker writes one per submission).
-    atomic_write(path, lambda handle: picture.save(handle, format="PNG", compress_level=1))
-    return path

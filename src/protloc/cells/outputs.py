@@ -21,6 +21,8 @@ import numpy as np
 from protloc.errors import ProtlocError
 from protloc.files import atomic_save_npz
 
+TABLE_FORMATS = (".csv", ".parquet")
+
 
 def _disk_error(path: Path, exc: OSError, kept: str) -> ProtlocError:
     return ProtlocError(f"cannot write {path}: {exc.strerror or exc}; {kept}: free space and rerun the same command")
@@ -158,3 +160,65 @@ def six_digits(values: np.ndarray) -> np.ndarray:
     scaled[down] = np.round(scaled[down] / 10.0 ** -shift[down]) * 10.0 ** -shift[down]
     out[finite] = scaled
     return out
+
+
+def write_table(path: Path, rows: list[dict], columns: list[str]) -> Path:
+    """The per-cell (or per-image) table as CSV or Parquet, under its final name only when complete."""
+    import pandas as pd
+
+    from protloc.files import spreadsheet_safe
+
+    frame = pd.DataFrame(rows, columns=columns)
+    tmp = path.with_name(path.name + ".partial")
+    if path.suffix.lower() == ".parquet":
+        frame.to_parquet(tmp, index=False)
+    else:
+        # ids a spreadsheet would run as formulas are defused, as in every CSV protloc writes
+        for name in ("image_id", "predicted", "top_class"):
+            if name in frame:
+                frame[name] = frame[name].map(lambda v: spreadsheet_safe(v) if isinstance(v, str) else v)
+        # 6 significant digits, rounded in numpy: pandas' float_format formats cell by cell in Python
+        # (5 s of a 65,535-cell table); the shortest repr of the rounded value is the same text.
+        for name in frame.columns[frame.dtypes == np.float64]:
+            frame[name] = six_digits(frame[name].to_numpy())
+        frame.to_csv(tmp, index=False)
+    tmp.replace(path)  # never a half-written table under the final name
+    return path
+
+
+def write_anndata(path: Path, rows: list[dict], columns: list[str], embeddings: np.ndarray, uns: dict) -> Path:
+    """An AnnData file: obs = the table's rows, X = the embeddings; written atomically."""
+    import anndata
+    import pandas as pd
+
+    obs = pd.DataFrame(rows, columns=columns)  # rows: a list of dicts or a DataFrame
+    ids = obs["image_id"].astype(str)
+    obs.index = (ids + ":" + obs["cell_id"].astype(str) if "cell_id" in obs else ids).tolist()
+    for name in ("image_id", "predicted", "top_class"):
+        if name in obs:
+            obs[name] = obs[name].astype(str)
+    adata = anndata.AnnData(X=embeddings.astype(np.float32), obs=obs, uns=uns)
+    # Built in memory, then written by Python: HDF5 writing straight to a full disk raised a cascade
+    # of errors and then crashed the interpreter at exit (SIGSEGV); now a full disk is an OSError.
+    import io
+
+    import h5py
+    from anndata.io import write_elem
+
+    from protloc.files import atomic_write
+
+    image = io.BytesIO()
+    with h5py.File(image, "w") as handle:
+        write_elem(handle, "/", adata)
+    atomic_write(path, lambda target: target.write(image.getbuffer()))
+    return path
+
+
+def output_paths(out: str | Path) -> dict[str, Path]:
+    """Where a run with table ``out`` writes: the table, its AnnData files and its label images."""
+    out = Path(out)
+    if out.suffix.lower() not in TABLE_FORMATS:
+        raise ProtlocError(f"cannot tell the table format of {out.name}: use .csv or .parquet")
+    stem = out.with_suffix("")
+    return {"table": out, "h5ad": Path(f"{stem}.h5ad"), "masks": Path(f"{stem}-masks"),
+            "images": Path(f"{stem}.images.h5ad")}

@@ -28,9 +28,6 @@ import numpy as np
 
 from protloc.errors import DataError, ProtlocError
 
-TABLE_FORMATS = (".csv", ".parquet")
-
-
 @dataclass
 class ImageCells:
     image_id: str
@@ -69,7 +66,7 @@ def require_cells_extra() -> None:
         raise ProtlocError(f"single-cell analysis needs {', '.join(missing)}: pip install 'protloc[cells]'")
 
 
-def _cell_geometry(cells: np.ndarray, nuclei: np.ndarray | None, cell_ids: np.ndarray, boxes: list | None = None):
+def cell_geometry(cells: np.ndarray, nuclei: np.ndarray | None, cell_ids: np.ndarray, boxes: list | None = None):
     """Centroids [n, 2] (y, x), areas and nucleus areas (NaN without a nucleus mask) of the cells,
     from one vectorised pass over the pixels (a loop over 65,535 cells took minutes). ``boxes``:
     not needed any more (accepted for the callers that pass them)."""
@@ -122,7 +119,7 @@ def analyse_image(predictor, image: np.ndarray, image_id: str = "image", *, cell
     ids = predictions.cell_ids
     flags = border_cells(cells)
     border = flags[ids - 1] if len(ids) else np.zeros(0, dtype=bool)
-    centroids, areas, nucleus_areas = _cell_geometry(cells, nuclei, ids, predictions.boxes)
+    centroids, areas, nucleus_areas = cell_geometry(cells, nuclei, ids, predictions.boxes)
     return ImageCells(image_id, cells, nuclei, predictions, border, centroids, areas, nucleus_areas)
 
 
@@ -169,66 +166,6 @@ def _top_above_threshold(probs: np.ndarray, predictor) -> str | None:
     return predictor.classes[int(np.argmax(np.where(above, probs, -1.0)))]
 
 
-def write_table(path: Path, rows: list[dict], columns: list[str]) -> Path:
-    import pandas as pd
-
-    from protloc.cells.outputs import six_digits
-    from protloc.files import spreadsheet_safe
-
-    frame = pd.DataFrame(rows, columns=columns)
-    tmp = path.with_name(path.name + ".partial")
-    if path.suffix.lower() == ".parquet":
-        frame.to_parquet(tmp, index=False)
-    else:
-        # ids a spreadsheet would run as formulas are defused, as in every CSV protloc writes
-        for name in ("image_id", "predicted", "top_class"):
-            if name in frame:
-                frame[name] = frame[name].map(lambda v: spreadsheet_safe(v) if isinstance(v, str) else v)
-        # 6 significant digits, rounded in numpy: pandas' float_format formats cell by cell in Python
-        # (5 s of a 65,535-cell table); the shortest repr of the rounded value is the same text.
-        for name in frame.columns[frame.dtypes == np.float64]:
-            frame[name] = six_digits(frame[name].to_numpy())
-        frame.to_csv(tmp, index=False)
-    tmp.replace(path)  # never a half-written table under the final name
-    return path
-
-
-def write_anndata(path: Path, rows: list[dict], columns: list[str], embeddings: np.ndarray, uns: dict) -> Path:
-    import anndata
-    import pandas as pd
-
-    obs = pd.DataFrame(rows, columns=columns)  # rows: a list of dicts or a DataFrame
-    ids = obs["image_id"].astype(str)
-    obs.index = (ids + ":" + obs["cell_id"].astype(str) if "cell_id" in obs else ids).tolist()
-    for name in ("image_id", "predicted", "top_class"):
-        if name in obs:
-            obs[name] = obs[name].astype(str)
-    adata = anndata.AnnData(X=embeddings.astype(np.float32), obs=obs, uns=uns)
-    # Built in memory, then written by Python: HDF5 writing straight to a full disk raised a cascade
-    # of errors and then crashed the interpreter at exit (SIGSEGV); now a full disk is an OSError.
-    import io
-
-    import h5py
-    from anndata.io import write_elem
-
-    from protloc.files import atomic_write
-
-    image = io.BytesIO()
-    with h5py.File(image, "w") as handle:
-        write_elem(handle, "/", adata)
-    atomic_write(path, lambda target: target.write(image.getbuffer()))
-    return path
-
-
-def output_paths(out: str | Path) -> dict[str, Path]:
-    out = Path(out)
-    if out.suffix.lower() not in TABLE_FORMATS:
-        raise ProtlocError(f"cannot tell the table format of {out.name}: use .csv or .parquet")
-    stem = out.with_suffix("")
-    return {"table": out, "h5ad": Path(f"{stem}.h5ad"), "masks": Path(f"{stem}-masks"),
-            "images": Path(f"{stem}.images.h5ad")}
-
-
 def _pixel_size(size, predictor, said: dict) -> float | None:
     """The input's µm per pixel (``--pixel-size``, its metadata or layout, as read with the sample),
     said once per run as ``protloc predict`` says it (``protloc.data.pixel_size``)."""
@@ -246,16 +183,18 @@ def _pixel_size(size, predictor, said: dict) -> float | None:
 def run_cells(inputs, model, out, *, masks_dir=None, maps_dir=None, embeddings: bool = False,
               image_prior: bool = False, nucleus_diameter: float | None = None, device: str = "cpu",
               input_format: str | None = None, scoring: str | None = None, pixel_size: float | None = None,
-              reader_options: dict | None = None, progress: bool = False, precision: str = "fp32") -> CellsResult:
+              reader_options: dict | None = None, progress: bool = False, precision: str = "fp32",
+              max_pixels: int | None = None) -> CellsResult:
     """Segment (or read the masks of) every input image, predict its cells and write the outputs.
 
     ``masks_dir``: a folder of ``<id>_cellmask`` images or an OME-Zarr store with NGFF labels
     (``protloc.cells.masks.open_masks``). ``scoring``: the table's per-cell answer
     (``protloc.cells.scoring.SCORINGS``; default ``DEFAULT_SCORING``, ``image_prior`` = ``geometric-mean``).
     ``pixel_size``: µm per pixel of the inputs (default: stated by their files or layout).
-    ``precision``: of GapNet-PL's pass (``protloc.inference.precision``; int8 has no feature maps)."""
+    ``precision``: of GapNet-PL's pass (``protloc.inference.precision``; int8 has no feature maps).
+    ``max_pixels``: the readers' pixel limit (None: protloc.data.limits.DEFAULT_MAX_PIXELS)."""
     from protloc.cells.masks import open_masks
-    from protloc.cells.outputs import CellParts, publish
+    from protloc.cells.outputs import CellParts, output_paths, publish, write_anndata, write_table
     from protloc.cells.scoring import DEFAULT_SCORING, DESCRIPTIONS, check_scoring
     from protloc.data.formats import discover
     from protloc.inference.batch import write_skipped
@@ -281,7 +220,7 @@ def run_cells(inputs, model, out, *, masks_dir=None, maps_dir=None, embeddings: 
     parts = CellParts(paths["table"], run_options)
     try:
         result = _analyse_all(entries, predictor, parts, paths, masks, maps_dir, scoring, nucleus_diameter,
-                              pixel_size, progress)
+                              pixel_size, progress, max_pixels)
     except BaseException:
         parts.close()
         raise
@@ -330,13 +269,13 @@ def run_cells(inputs, model, out, *, masks_dir=None, maps_dir=None, embeddings: 
 
 
 def _analyse_all(entries, predictor, parts, paths, masks, maps_dir, scoring, nucleus_diameter, pixel_size,
-                 progress) -> CellsResult:
+                 progress, max_pixels=None) -> CellsResult:
     """Every image's cells: a finished image's part read back, the others analysed and saved as parts."""
     from tqdm.auto import tqdm
 
     import pandas as pd
 
-    from protloc.cells.masks import write_label_image
+    from protloc.data.label_images import write_label_image
     from protloc.data.formats import read
     from protloc.visualization import class_overlay, save_png
 
@@ -348,7 +287,7 @@ def _analyse_all(entries, predictor, parts, paths, masks, maps_dir, scoring, nuc
         part = parts.load(entry.id)
         if part is None:
             try:
-                sample = read(entry, pixel_size=pixel_size)
+                sample = read(entry, max_pixels=max_pixels, pixel_size=pixel_size)
                 image = sample.image
             except ProtlocError as exc:
                 result.failures.append((entry.id, str(exc)))
@@ -401,6 +340,8 @@ def _analyse_all(entries, predictor, parts, paths, masks, maps_dir, scoring, nuc
 
 
 def report(result: CellsResult, out) -> None:
+    from protloc.cells.outputs import output_paths
+
     print(f"{result.cells} cell(s) in {result.images} image(s), {result.already_done} already done -> {out}")
     paths = output_paths(out)
     others = [paths["h5ad"]] + ([paths["masks"]] if paths["masks"].is_dir() else [])

@@ -24,12 +24,12 @@ class ZarrLabels:
     """Label images of the images of one OME-Zarr store."""
 
     def __init__(self, store: Path) -> None:
-        from protloc.data.formats.ome_zarr import _listed_images, _open_group, ngff_attributes, store_name
+        from protloc.data.formats.ome_zarr import listed_images, open_group, ngff_attributes, store_name
 
         self.store = Path(store).resolve()
-        self.root = _open_group(self.store)
+        self.root = open_group(self.store)
         try:
-            self.images, _ = _listed_images(self.root, ngff_attributes(self.root), store_name(self.store), self.store)
+            self.images, _ = listed_images(self.root, ngff_attributes(self.root), store_name(self.store), self.store)
         except DataError as exc:
             raise ProtlocError(f"--masks {store}: {exc}") from None
         if not any(self._names(image) for image in self.images):

@@ -35,6 +35,9 @@ def register(subparsers) -> None:
     from protloc.commands.options import add_strict_argument
 
     add_strict_argument(parser)
+    from protloc.data.limits import add_max_pixels_argument
+
+    add_max_pixels_argument(parser)
     add_cell_arguments(parser)
     parser.set_defaults(handler=run)
 
@@ -75,7 +78,8 @@ def run(args) -> int:
 
     result = run_cells(
         args.inputs, args.model, args.out, maps_dir=args.maps, device=args.device, input_format=args.input_format,
-        pixel_size=args.pixel_size, progress=sys.stderr.isatty(), precision=args.precision, **cell_options(args),
+        pixel_size=args.pixel_size, progress=sys.stderr.isatty(), precision=args.precision,
+        max_pixels=args.max_pixels, **cell_options(args),
     )
     report(result, args.out)
     from protloc.commands.options import skipped_exit

@@ -31,8 +31,6 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from protloc.commands.train import overrides_from, run_folds
-    from protloc.data.limits import set_max_pixels
 
-    set_max_pixels(args.max_pixels)
     return run_folds(args, overrides_from(args), mapping=args.mapping, min_positives=args.min_positives,
                      baseline=not args.no_baseline)

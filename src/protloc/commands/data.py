@@ -80,12 +80,10 @@ def _format_summary(index, summary: dict, splits: dict, single: dict, written: P
 def run_scan(args) -> int:
     from protloc.data.index import INDEX_DIRNAME, scan_dataset, unwritable_reason
     from protloc.errors import ProtlocError, printable
-    from protloc.data.limits import set_max_pixels
     from protloc.data.splits import make_splits, save_splits, single_label_ids
 
-    set_max_pixels(args.max_pixels)
     index = scan_dataset(args.dir, format=args.format, labels=args.labels, label_set=args.label_set,
-                         progress=sys.stderr.isatty())
+                         progress=sys.stderr.isatty(), max_pixels=args.max_pixels)
     splits = make_splits(index, seed=args.seed)
     single = {name: single_label_ids(index, ids) for name, ids in splits.items()}
 

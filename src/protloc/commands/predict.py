@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import warnings
 
-from protloc.data.limits import add_max_pixels_argument, set_max_pixels
+from protloc.data.limits import add_max_pixels_argument
 from protloc.commands.options import add_precision_argument, add_strict_argument, skipped_exit
 from protloc.devices import add_device_argument
 
@@ -91,7 +91,6 @@ def _predict(args) -> int:
     if given:
         raise ProtlocError(f"{given[0]} is a per-cell option: add --cells")
     check_precision(args.precision, allow_auto=True)
-    set_max_pixels(args.max_pixels)  # the readers, in the decoding workers too
     if args.compile_selu:
         from protloc.inference.gapnet_pl_fast import use_compiled_selu
 
@@ -100,7 +99,7 @@ def _predict(args) -> int:
         args.inputs, args.model, args.out, whole_image=args.whole_image, tta=args.tta, maps_dir=args.maps,
         patch_size=args.patch_size, batch_size=args.batch_size, workers=args.workers, device=args.device,
         input_format=args.input_format, progress=sys.stderr.isatty(), precision=args.precision,
-        pixel_size=args.pixel_size,
+        pixel_size=args.pixel_size, max_pixels=args.max_pixels,
         reader_options=_ome_reader_options(args),
     )
     print(f"predicted {result.predicted} image(s), {result.already_done} already done -> {result.out}")
@@ -117,11 +116,10 @@ def _predict_cells(args) -> int:
     if given:
         raise ProtlocError(f"{given[0]} is an image-level option: the per-cell path (--cells) makes one "
                            "whole-image pass of its own")
-    set_max_pixels(args.max_pixels)
     result = run_cells(
         args.inputs, args.model, args.out, maps_dir=args.maps, device=args.device, input_format=args.input_format,
         pixel_size=args.pixel_size, reader_options=_ome_reader_options(args), progress=sys.stderr.isatty(),
-        precision=args.precision, **cell_options(args),
+        precision=args.precision, max_pixels=args.max_pixels, **cell_options(args),
     )
     report(result, args.out)
     return skipped_exit(args, result.failures, result.errors_file, "image(s)")

@@ -86,9 +86,9 @@ def settings_from_args(args):
     from protloc.errors import ProtlocError
     from protloc.web.app import MB, WebSettings
 
-    from protloc.data.limits import max_pixels
+    from protloc.data.limits import DEFAULT_MAX_PIXELS
 
-    pixel_limit = max_pixels() if args.max_pixels is None else args.max_pixels
+    pixel_limit = DEFAULT_MAX_PIXELS if args.max_pixels is None else args.max_pixels
     if (args.max_upload_mb <= 0 or args.max_batch_mb <= 0 or pixel_limit <= 0 or args.client_timeout <= 0
             or args.lease <= 0 or args.lanes <= 0):
         raise ProtlocError("--max-upload-mb, --max-batch-mb, --max-pixels, --client-timeout, --lease and --lanes "
@@ -139,9 +139,6 @@ def run(args) -> int:
     from PIL import Image
 
     Image.MAX_IMAGE_PIXELS = settings.max_pixels
-    from protloc.data.limits import set_max_pixels
-
-    set_max_pixels(settings.max_pixels)  # the worker's readers apply the same limit as the upload checks
     if args.create_token:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         sessions = db.open_database(settings.resolved_database_url())

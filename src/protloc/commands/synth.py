@@ -30,7 +30,8 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from protloc.data.synth import CELLS_FILE, PIXEL_SIZE_UM, generate_dataset
+    from protloc.data.synth.dataset import CELLS_FILE, generate_dataset
+    from protloc.data.synth.field import PIXEL_SIZE_UM
 
     start = time.perf_counter()
     out = generate_dataset(args.out, args.samples, args.size, args.seed, height=args.height, width=args.width,

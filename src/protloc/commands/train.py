@@ -62,18 +62,17 @@ def overrides_from(args) -> dict:
         "precision": args.precision, "limit_train": args.limit_train,
         "cache": "none" if args.no_cache else args.cache,
         "init": args.init, "freeze_encoder": args.freeze_encoder, "head_lr": args.head_lr, "pixel_size": args.pixel_size,
+        "max_pixels": args.max_pixels,
     }
 
 
 def run(args) -> int:
     from pathlib import Path
 
-    from protloc.data.limits import set_max_pixels
     from protloc.errors import ProtlocError
     from protloc.training.config import load_config
     from protloc.training.run import resume_config, train
 
-    set_max_pixels(args.max_pixels)
     overrides = overrides_from(args)
     if args.folds is not None:
         if args.resume:

@@ -43,6 +43,9 @@ def register(subparsers) -> None:
     from protloc.commands.options import add_precision_argument
 
     add_precision_argument(parser, default="auto")
+    from protloc.data.limits import add_max_pixels_argument
+
+    add_max_pixels_argument(parser)  # give the server's --max-pixels: stored samples are decoded again here
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     parser.set_defaults(handler=run)
 
@@ -74,7 +77,8 @@ def run(args) -> int:
     predictors = load_predictors(list(args.models or ["pretrained"]), args.device, args.precision)
     jobs = DatabaseJobs(sessions, "", lease_seconds=args.lease, poll_seconds=args.poll)
     worker = PredictionWorker(predictors, sessions, BlobStore(data_dir), max_batch_patches=args.max_batch_patches,
-                              jobs=jobs, cells=not args.no_cells, lanes=args.lanes)
+                              jobs=jobs, cells=not args.no_cells, lanes=args.lanes,
+                              max_pixels=args.max_pixels)
     signal.signal(signal.SIGTERM, lambda *_: worker.stop(timeout=0))
     print(f"protloc worker {worker.name}: models {', '.join(predictors)}, database {sessions.kw['bind'].url!r}, "
           f"data in {data_dir}, lease {args.lease:g} s", file=sys.stderr, flush=True)

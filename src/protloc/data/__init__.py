@@ -3,8 +3,5 @@
 Every reader converts a sample once to the canonical in-memory form: a float32 array
 [4, height, width] with the channels in ``CHANNELS`` order (nucleus, microtubules, ER, protein),
 holding the raw intensities (not normalised; ``patches.normalize`` does that per crop or image).
+``CHANNELS`` lives in ``protloc.data.channels``.
 """
-
-from protloc.data.channels import CHANNELS, HPA_COLOURS
-
-__all__ = ["CHANNELS", "HPA_COLOURS"]

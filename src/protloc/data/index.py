@@ -20,7 +20,7 @@ import numpy as np
 
 from protloc.data import formats
 from protloc.data.formats.listing import SampleEntry, list_dataset
-from protloc.data.limits import DEFAULT_MAX_PIXELS, max_pixels
+from protloc.data.limits import DEFAULT_MAX_PIXELS, limit_of
 from protloc.data.pixel_size import UNKNOWN, PixelSize, check_pixel_size
 from protloc.errors import DataError, ProtlocError, printable
 from protloc.files import atomic_write_text
@@ -103,8 +103,8 @@ class DatasetIndex:
     def load_image(self, entry_or_id: str | SampleEntry) -> np.ndarray:
         """The sample's raw image, float32 [4, H, W] in CHANNELS order. DataError if it cannot be read.
 
-        The pixel limit is the larger of the one in force and the one the scan accepted the sample
-        under: a data set scanned with a raised ``--max-pixels`` stays usable by every later step.
+        The pixel limit is the one the scan accepted the sample under (``max_pixels``, saved in the
+        index): a data set scanned with a raised ``--max-pixels`` stays usable by every later step.
         """
         return self.read(entry_or_id).image
 
@@ -112,7 +112,7 @@ class DatasetIndex:
         """The sample with its pixel size and channel names (``protloc.data.formats.read``)."""
         entry = self.entry(entry_or_id)
         sources = formats.absolute_sources(entry.sources, self.root)
-        return formats.read(sources, max_pixels=max(self.max_pixels, max_pixels()), pixel_size=pixel_size)
+        return formats.read(sources, max_pixels=self.max_pixels, pixel_size=pixel_size)
 
     def pixel_size(self, entry_or_id: str | SampleEntry) -> PixelSize:
         """The pixel size a sample's files state or its layout implies (UNKNOWN otherwise); reads it."""
@@ -193,8 +193,8 @@ class DatasetIndex:
 # Scanning
 
 
-def _check_sample(root: Path, sources: dict[str, str]) -> tuple[int, int]:
-    return formats.check(formats.absolute_sources(sources, root))
+def _check_sample(root: Path, sources: dict[str, str], max_pixels: int) -> tuple[int, int]:
+    return formats.check(formats.absolute_sources(sources, root), max_pixels)
 
 
 def _default_workers() -> int:
@@ -210,6 +210,7 @@ def scan_dataset(
     label_set=None,
     progress: bool = False,
     workers: int | None = None,
+    max_pixels: int | None = None,
 ) -> DatasetIndex:
     """List, decode and index a data folder; never stops at the first bad sample.
 
@@ -217,8 +218,9 @@ def scan_dataset(
     folder's own (labels.csv for channels, train.csv for kaggle-hpa, labels.txt / the only *.txt for
     npz) when there is one. ``label_set`` is a LabelSet, a built-in name or a JSON file; None means
     ``kaggle28`` for kaggle-hpa and ``hpa13`` otherwise. ProtlocError for a wrong path or a folder
-    without any sample.
+    without any sample. ``max_pixels`` is the pixel limit (None: DEFAULT_MAX_PIXELS), saved in the index.
     """
+    limit = limit_of(max_pixels)
     plan = list_dataset(root, format=format, labels=labels, label_set=label_set)
     root_path, format, labelset, label_map = plan.root, plan.format, plan.label_set, plan.labels
     excluded = {**plan.label_problems, **plan.problems}  # an image problem is the one to report
@@ -228,7 +230,7 @@ def scan_dataset(
     from tqdm import tqdm
 
     with ThreadPoolExecutor(max_workers=workers or _default_workers()) as pool:
-        futures = {sample_id: pool.submit(_check_sample, root_path, plan.sources[sample_id]) for sample_id in to_read}
+        futures = {sample_id: pool.submit(_check_sample, root_path, plan.sources[sample_id], limit) for sample_id in to_read}
         bar = tqdm(total=len(futures), desc="scanning", unit="sample", disable=not progress, file=sys.stderr,
                    dynamic_ncols=True)
         with bar:
@@ -252,10 +254,11 @@ def scan_dataset(
     excluded_list += [{"id": sample_id, "reason": f"label row in {plan.labels_path.name} but no image files"}
                       for sample_id in plan.orphan_label_ids]
     return DatasetIndex(root=str(root_path), format=format, label_set=labelset, samples=samples,
-                        excluded=excluded_list, max_pixels=max_pixels())
+                        excluded=excluded_list, max_pixels=limit)
 
 
-def open_dataset(path, format=None, labels=None, label_set=None, refresh: bool = False) -> DatasetIndex:
+def open_dataset(path, format=None, labels=None, label_set=None, refresh: bool = False,
+                 max_pixels: int | None = None) -> DatasetIndex:
     """A data set's index: ``path`` is an index.json, or a data folder whose saved index is used (the
     folder is scanned and the index saved when there is none, when ``refresh`` is set, or when the saved
     one was made with another format, label set or pixel limit than asked for)."""
@@ -271,9 +274,10 @@ def open_dataset(path, format=None, labels=None, label_set=None, refresh: bool =
         index = DatasetIndex.load(saved)
         wanted_set = None if label_set is None else load_label_set(label_set)
         if (format is None or format == index.format) and (wanted_set is None or wanted_set.classes ==
-                                                           index.label_set.classes) and index.max_pixels == max_pixels():
+                                                           index.label_set.classes) and index.max_pixels == limit_of(max_pixels):
             return index
-    index = scan_dataset(path, format=format, labels=labels, label_set=label_set, progress=sys.stderr.isatty())
+    index = scan_dataset(path, format=format, labels=labels, label_set=label_set, progress=sys.stderr.isatty(),
+                         max_pixels=max_pixels)
     if folder_is_writable(saved.parent):
         try:
             index.save(saved)

@@ -7,22 +7,21 @@ header (TIFF page shapes, PNG/JPEG sizes, the NPZ arrays' ``.npy`` headers) and 
 ``ImageTooLargeError`` for a plane over the limit.
 
 The limit is per image plane (the two largest dimensions; channel and colour planes are the small
-ones), and a whole file may hold at most ``MAX_PLANES`` such planes' worth of values. The process-wide
-value lives in the environment (``PROTLOC_MAX_PIXELS``) so that data-loader worker processes, forked
-or spawned, apply the same limit as the command that started them.
+ones), and a whole file may hold at most ``MAX_PLANES`` such planes' worth of values. The limit is an
+argument that travels with each call (``formats.read(..., max_pixels=)``, ``scan_dataset``, the batch's
+dataset object, which data-loader worker processes receive pickled); None means DEFAULT_MAX_PIXELS.
+Nothing is written to the environment, so two calls in one process can use two limits.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import zipfile
 from pathlib import Path
 
 from protloc.errors import DataError, ProtlocError
 
 DEFAULT_MAX_PIXELS = 50_000_000  # a 7071 x 7071 plane; HPA fields are 2048 x 2048 (4.2 M), large scans 20-40 M
-MAX_PIXELS_ENV = "PROTLOC_MAX_PIXELS"
 MAX_PLANES = 4  # four channels, or an RGBA channel file
 RAISE_HINT = "raise the limit with --max-pixels"
 
@@ -35,27 +34,13 @@ class NotAnImageError(DataError):
     """A file whose content is none of the image formats protloc reads."""
 
 
-def max_pixels() -> int:
-    """The limit in force: ``set_max_pixels``'s value (via the environment), else DEFAULT_MAX_PIXELS."""
-    value = os.environ.get(MAX_PIXELS_ENV)
-    if not value:
+def limit_of(max_pixels: int | None) -> int:
+    """The limit a call applies: ``max_pixels`` when given (positive, else ProtlocError), else the default."""
+    if max_pixels is None:
         return DEFAULT_MAX_PIXELS
-    try:
-        limit = int(value)
-    except ValueError:
-        raise ProtlocError(f"{MAX_PIXELS_ENV}={value!r} is not a whole number of pixels") from None
-    if limit <= 0:
-        raise ProtlocError(f"{MAX_PIXELS_ENV} must be positive, got {limit}")
-    return limit
-
-
-def set_max_pixels(limit: int | None) -> None:
-    """Set the limit for this process and the worker processes it starts (None keeps the current one)."""
-    if limit is None:
-        return
-    if int(limit) <= 0:
-        raise ProtlocError(f"--max-pixels must be positive, got {limit}")
-    os.environ[MAX_PIXELS_ENV] = str(int(limit))
+    if int(max_pixels) <= 0:
+        raise ProtlocError(f"--max-pixels must be positive, got {max_pixels}")
+    return int(max_pixels)
 
 
 def add_max_pixels_argument(parser) -> None:
@@ -83,7 +68,7 @@ def sniff_kind(path: str | Path) -> str:
 def check_pixels(shape: tuple[int, ...], name: str, limit: int | None = None) -> None:
     """ImageTooLargeError when one plane of ``shape`` (its two largest dimensions) or the whole array
     (more than MAX_PLANES planes' worth) exceeds the limit."""
-    limit = max_pixels() if limit is None else int(limit)
+    limit = limit_of(limit)
     dims = sorted((int(d) for d in shape), reverse=True)
     if len(dims) >= 2 and dims[0] * dims[1] > limit:
         raise ImageTooLargeError(f"{name}: image of {dims[0]}x{dims[1]} pixels exceeds the limit of {limit} "
@@ -149,11 +134,11 @@ def check_image_header(path: str | Path, name: str | None = None, limit: int | N
     The kind is 'tiff', 'png', 'jpeg' or 'npz'. ImageTooLargeError for an image over the limit,
     NotAnImageError for another kind of file, DataError for a header that cannot be read (damaged,
     truncated TIFF). ``name`` is how messages call the file (default: its name); ``limit`` defaults to
-    ``max_pixels()``.
+    DEFAULT_MAX_PIXELS.
     """
     path = Path(path)
     name = path.name if name is None else name
-    limit = max_pixels() if limit is None else int(limit)
+    limit = limit_of(limit)
     try:
         kind = sniff_kind(path)
         size = path.stat().st_size

@@ -115,7 +115,8 @@ def _predict_all(predictor, images: Callable[[int], np.ndarray], n: int, desc: s
 def published_on_synthetic(predictor, fields: int, size: int, seed: int, network_pixel_size: float,
                            progress: bool = False) -> tuple[dict, np.ndarray, np.ndarray]:
     """The real-trained network on ``fields`` fresh synthetic fields, at the network's pixel size."""
-    from protloc.data.synth import PIXEL_SIZE_UM, draw_sample
+    from protloc.data.synth.dataset import draw_sample
+    from protloc.data.synth.field import PIXEL_SIZE_UM
 
     factor = PIXEL_SIZE_UM / network_pixel_size
     labels = []
@@ -218,7 +219,7 @@ def run_realism(out: str | Path, *, published=None, trained=None, real: str | Pa
                 network_pixel_size: float = HPA_CONFOCAL_PIXEL_SIZE_UM, real_pixel_size: float = KAGGLE2018_PIXEL_SIZE_UM,
                 progress: bool = False, log=print) -> dict:
     """Run the measurements whose inputs are given; write ``realism.json``, ``realism.md`` and a PNG."""
-    from protloc.data.synth import PIXEL_SIZE_UM
+    from protloc.data.synth.field import PIXEL_SIZE_UM
     from protloc.evaluation.report import write_json
     from protloc.files import atomic_write_text
     from protloc.inference.predictor import load_model

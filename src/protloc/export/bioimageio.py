@@ -74,7 +74,7 @@ def sha256(path: Path) -> str:
 
 def test_image(size: int) -> np.ndarray:
     """A synthetic field (a nuclear protein) as the package's test input, float32 [1, 4, size, size]."""
-    from protloc.data.synth import render_sample
+    from protloc.data.synth.render import render_sample
 
     if size < MIN_SIDE or size % SIDE_STEP:
         raise ProtlocError(f"--test-size must be a multiple of {SIDE_STEP} of at least {MIN_SIDE}, got {size}")

@@ -1,5 +1,9 @@
 """Prediction through onnxruntime: an exported ``.onnx`` model behind protloc's Predictor.
 
+``onnx_predictor_arguments(path, device)`` answers what ``protloc.inference.predictor.load_model``
+needs to build the Predictor (the one loader builds every Predictor; this module does not import it,
+so the two are no import circle).
+
 ``OnnxNetwork`` stands where a torch network stands in a Predictor: a module whose forward takes the
 normalised batch and returns logits, with the network's ``paper`` defaults (whether it takes any input
 size), ``name``, ``num_classes`` and ``in_channels``. Everything else (patches, whole image, TTA,
@@ -62,10 +66,10 @@ def read_metadata(path: Path) -> dict:
     return json.loads(props["protloc"])
 
 
-def load_onnx_predictor(path: str | Path, device: str | torch.device = "cpu"):
-    """A Predictor that runs an exported ONNX file through onnxruntime (CPU)."""
+def onnx_predictor_arguments(path: str | Path, device: str | torch.device = "cpu") -> dict:
+    """The Predictor's keyword arguments for an exported ONNX file run through onnxruntime (CPU);
+    ``patch_size`` is None when the file states no crop size (the loader's default applies)."""
     from protloc.devices import resolve_device
-    from protloc.inference.predictor import DEFAULT_PATCH_SIZE, Predictor
 
     path = Path(path)
     if not path.is_file():
@@ -77,11 +81,12 @@ def load_onnx_predictor(path: str | Path, device: str | torch.device = "cpu"):
     network = OnnxNetwork(path, metadata)
     classes = list(metadata["classes"])
     thresholds = metadata.get("thresholds") or [0.5] * len(classes)
-    return Predictor(
+    crop = metadata.get("crop_size") or network.paper.input_size
+    return dict(
         network=network,
         classes=classes,
         thresholds=np.asarray(thresholds, dtype=np.float32),
-        patch_size=int(metadata.get("crop_size") or network.paper.input_size or DEFAULT_PATCH_SIZE),
+        patch_size=int(crop) if crop else None,
         model_name=metadata["model"],
         source={**(metadata.get("source") or {}), "channels": metadata["channels"], "file": str(path),
                 "runtime": "onnxruntime"},

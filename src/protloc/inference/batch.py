@@ -45,7 +45,7 @@ def output_format(path: Path) -> str:
         ) from None
 
 
-class _RowWriter:
+class RowWriter:
     """Appends prediction rows to the run's journal (CSV or JSON Lines), fsynced per row; knows the ids
     already written. ``out``: the finished output whose rows a new journal starts from."""
 
@@ -151,9 +151,10 @@ class _ImageDataset:
     """Reads one input per item (image, pixel size, channel names: ``protloc.data.formats.read``); a
     failure is returned as its reason instead of raising."""
 
-    def __init__(self, entries, pixel_size: float | None = None):
+    def __init__(self, entries, pixel_size: float | None = None, max_pixels: int | None = None):
         self.entries = entries
         self.pixel_size = pixel_size
+        self.max_pixels = max_pixels  # travels with the dataset into the decoding worker processes
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -163,7 +164,7 @@ class _ImageDataset:
 
         entry = self.entries[i]
         try:
-            return entry.id, read(entry, pixel_size=self.pixel_size), None
+            return entry.id, read(entry, max_pixels=self.max_pixels, pixel_size=self.pixel_size), None
         except ProtlocError as exc:
             return entry.id, None, str(exc)
         except Exception as exc:  # a decoder's own exception type: report it, keep going
@@ -208,12 +209,14 @@ def run_batch_prediction(
     progress: bool = True,
     precision: str = "fp32",
     pixel_size: float | None = None,
+    max_pixels: int | None = None,
     reader_options: dict | None = None,  # hook (issue 14): OME --channels/--projection
 ) -> BatchResult:
     """Predict every input into ``out``. Each image is brought to the model's pixel size first: its
     own is ``pixel_size`` (µm per pixel) when given, else what its files state or its layout implies
     (``protloc.data.pixel_size``); one line on stderr says what was done, and each row records the
-    input's pixel size and the resize factor (``pixel_size_um``, ``scale``)."""
+    input's pixel size and the resize factor (``pixel_size_um``, ``scale``). ``max_pixels`` is the readers'
+    pixel limit (None: protloc.data.limits.DEFAULT_MAX_PIXELS)."""
     import torch
     from tqdm import tqdm
 
@@ -249,7 +252,7 @@ def run_batch_prediction(
 
         sync = RankSync(part, rank, world)
     # Under torchrun each rank keeps its own part; a finished output is adopted by a single run only.
-    writer = _RowWriter(part, row_format, columns, out=None if world > 1 else out, out_format=fmt)
+    writer = RowWriter(part, row_format, columns, out=None if world > 1 else out, out_format=fmt)
     my_entries = [e for i, e in enumerate(entries) if i % world == rank]
     written_as = spreadsheet_safe if row_format == "csv" else str  # a CSV holds its ids defused
     todo = [e for e in my_entries if written_as(e.id) not in writer.done]
@@ -258,7 +261,7 @@ def run_batch_prediction(
     sources_by_id = {e.id: e.sources for e in todo}  # hook (issue 14): maps of OME-Zarr inputs go back as labels
 
     loader = torch.utils.data.DataLoader(
-        _ImageDataset(todo, pixel_size), batch_size=1, collate_fn=_first, num_workers=workers if len(todo) > 1 else 0,
+        _ImageDataset(todo, pixel_size, max_pixels), batch_size=1, collate_fn=_first, num_workers=workers if len(todo) > 1 else 0,
         worker_init_fn=partial(_close_in_worker, writer.lock_fd, os.getpid()),
         prefetch_factor=2 if workers and len(todo) > 1 else None,
     )

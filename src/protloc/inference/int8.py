@@ -85,7 +85,7 @@ def calibration_inputs(model_pixel_size_um: float | None, fields: int = CALIBRAT
                        side: int = CALIBRATION_SIDE) -> list[np.ndarray]:
     """Normalised synthetic fields [1, 4, H, W] at the model's pixel size, as the network sees them."""
     from protloc.data.pixel_size import rescale, scale_factor
-    from protloc.data.synth import PIXEL_SIZE_UM
+    from protloc.data.synth.field import PIXEL_SIZE_UM
     from protloc.data.synth.dataset import draw_sample
     from protloc.inference.normalization import normalize
 

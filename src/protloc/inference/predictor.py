@@ -176,11 +176,12 @@ def load_model(spec: str | Path = "pretrained", device: str | torch.device | Non
     check_precision(precision, allow_auto=True)
     # --- hook (issue 14): an exported .onnx model runs through onnxruntime ---
     if str(spec).lower().endswith(".onnx"):
-        from protloc.export.onnx_runtime import load_onnx_predictor
-        predictor = load_onnx_predictor(spec, device=device)
+        from protloc.export.onnx_runtime import onnx_predictor_arguments
+
+        arguments = onnx_predictor_arguments(spec, device=device)
         if precision not in ("fp32", "auto"):
             raise ProtlocError(f"an .onnx model runs as exported (fp32): --precision {precision} needs the .pt model")
-        return predictor
+        return Predictor(**{**arguments, "patch_size": arguments["patch_size"] or DEFAULT_PATCH_SIZE})
     # --- end hook ---
     path = resolve_model_file(spec)
     payload = read_model_file(path)

@@ -31,7 +31,7 @@ def real_hpa_field() -> list[tuple]:
 
 def synthetic_field() -> list[tuple]:
     """A 512x512 synthetic field from protloc's generator; its true classes are in the sample id."""
-    from protloc.data.synth import draw_sample
+    from protloc.data.synth.dataset import draw_sample
     from protloc.labels import HPA13
 
     labels, image = draw_sample(SYNTHETIC_SEED, SYNTHETIC_INDEX, SYNTHETIC_SIZE, SYNTHETIC_SIZE)

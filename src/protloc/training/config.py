@@ -66,6 +66,7 @@ class TrainConfig:
     freeze_encoder: bool = False  # train only the head (the dense layers)
     head_lr: float | None = None  # the head's learning rate; None: learning_rate
     pixel_size: float | None = None  # µm per pixel of the data; None: stated by the files / implied by the layout
+    max_pixels: int | None = None  # the pixel limit of the data's readers (--max-pixels); None: the default
     splits: str | None = None  # a splits.json to use instead of a fresh random split (cross-validation folds)
 
     def to_dict(self) -> dict:
@@ -88,7 +89,7 @@ class TrainConfig:
 ALIASES = {"lr": "learning_rate", "patience": "plateau_patience"}
 
 _INT = {"epochs", "crop_size", "batch_size", "plateau_patience", "seed", "split_seed", "limit_train", "limit_val",
-        "workers", "val_batch_size"}
+        "workers", "val_batch_size", "max_pixels"}
 _FLOAT = {"learning_rate", "dropout", "momentum", "l1", "l2", "grad_clip_norm", "plateau_factor", "plateau_threshold",
           "head_lr", "pixel_size"}
 _BOOL = {"channels_last", "progress", "freeze_encoder"}

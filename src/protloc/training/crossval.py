@@ -185,7 +185,7 @@ def run_crossval(config, k: int, out, *, mapping=None, min_positives: int = 3, b
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     progress = sys.stderr.isatty() if progress is None else progress
-    index = open_dataset(config.data)
+    index = open_dataset(config.data, max_pixels=config.max_pixels)
     label_mapping = None if mapping is None else load_label_mapping(mapping)
     if label_mapping is not None and label_mapping.source.classes != index.label_set.classes:
         raise ProtlocError(f"mapping {label_mapping.name!r} maps from {label_mapping.source.name}, the data's labels "

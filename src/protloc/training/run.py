@@ -255,7 +255,7 @@ def train(config: TrainConfig, resume: bool = False) -> RunResult:
             raise ProtlocError("no data given (--data DIR)")
         if not Path(config.data).exists():
             raise ProtlocError(f"data folder not found: {config.data}")
-        index = open_dataset(config.data)
+        index = open_dataset(config.data, max_pixels=config.max_pixels)
         if config.splits:
             splits = load_splits(config.splits)
         else:

@@ -53,7 +53,7 @@ def labels_path(store, submission_id: str) -> Path | None:
 
 def save_labels(store, submission_id: str, labels: np.ndarray) -> Path:
     """The submission's label image (written atomically by the one writer: a reader never sees half a file)."""
-    from protloc.cells.masks import write_label_image
+    from protloc.data.label_images import write_label_image
 
     return write_label_image(store.render_dir(submission_id) / "cellmask.png", labels)
 

@@ -11,7 +11,7 @@ import io
 import zipfile
 from pathlib import PurePosixPath
 
-from protloc.files import FORMULA_STARTS, spreadsheet_safe  # noqa: F401  (one function for the CLI and the platform)
+from protloc.files import spreadsheet_safe  # one function for the CLI and the platform
 
 CELL_COLUMNS = ["level", "cell_id", "centroid_y", "centroid_x", "area", "border", "top_class"]
 

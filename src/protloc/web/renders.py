@@ -57,10 +57,11 @@ def render_maps(predictor, image: np.ndarray, map_classes: list[str], folder: Pa
 class Renderer:
     """Finds or draws one picture of a submission; ``render_all`` draws a finished one's display set."""
 
-    def __init__(self, predictors: dict, sessions, store: BlobStore) -> None:
+    def __init__(self, predictors: dict, sessions, store: BlobStore, max_pixels: int | None = None) -> None:
         self.predictors = predictors
         self.sessions = sessions
         self.store = store
+        self.max_pixels = max_pixels  # the server's pixel limit, for samples decoded again from the store
         self._locks: dict[tuple, threading.Lock] = {}
         self._guard = threading.Lock()
         self._samples: collections.OrderedDict[str, np.ndarray] = collections.OrderedDict()
@@ -141,7 +142,7 @@ class Renderer:
             with self._guard:
                 image = self._samples.get(submission_id)
         if image is None:
-            image = load_stored_sample(self.store, kind, files)
+            image = load_stored_sample(self.store, kind, files, self.max_pixels)
         factor = display_factor(image.shape[1], image.shape[2], full)
         folder = self.folder(submission_id, full)
         if group == "views":

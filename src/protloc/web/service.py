@@ -25,7 +25,7 @@ from protloc.web.storage import (
     decode_multichannel,
     normalise_channel_name,
 )
-from protloc.web.access import NotFound, Viewer, owner_of, visible
+from protloc.web.access import NotFound, Viewer, visible
 from protloc.web.archives import shared_sample_id
 from protloc.web.store import BlobStore, ReceivedFile
 from protloc.web.cells import answering_precision, probabilities_view
@@ -59,7 +59,7 @@ class Platform:
             raise ProtlocError("no model loaded")
         self.default_model = next(iter(self.predictors))
         self._record_models()
-        self.renderer = Renderer(self.predictors, self.sessions, self.store)
+        self.renderer = Renderer(self.predictors, self.sessions, self.store, settings.max_pixels)
         # PostgreSQL: this server's worker claims jobs from the database like `protloc worker`s on
         # other machines; SQLite (one machine): the ids are handed over in memory.
         postgres = self.sessions.kw["bind"].dialect.name == "postgresql"
@@ -73,6 +73,7 @@ class Platform:
             max_batch_patches=settings.max_batch_patches, linger_seconds=settings.linger_seconds,
             jobs=jobs, eager_render=settings.eager_render, renderer=self.renderer, activity=self.activity,
             cells=settings.cells, lanes=settings.lanes, on_finished=self.completions.announce,
+            max_pixels=settings.max_pixels,
         )
         self.batches = Batches(self)
         self.finished_items = FinishedItems()

@@ -19,9 +19,9 @@ from typing import AsyncIterator
 
 import numpy as np
 
-from protloc.data.channels import CHANNELS, COLOUR_OF_CHANNEL, HPA_COLOURS, canonical_channel
+from protloc.data.channels import CHANNELS, COLOUR_OF_CHANNEL, canonical_channel
 from protloc.errors import ProtlocError
-from protloc.web.store import KIND_SUFFIX, BlobStore, ReceivedFile, UploadStore
+from protloc.web.store import KIND_SUFFIX, BlobStore, ReceivedFile
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".npz")
 
@@ -260,7 +260,7 @@ def decode_multichannel(received: ReceivedFile, max_pixels: int) -> np.ndarray:
         raise UploadError(422, f"{name}: a single file must be a four-channel TIFF or NPZ, or send four channel files")
     received.take_suffix()
     try:
-        image = read_file(received.path).image
+        image = read_file(received.path, max_pixels).image
     except Exception as exc:
         raise UploadError(422, f"{name}: {_one_line(exc).replace(received.path.name, name)}") from None
     image = np.asarray(image, dtype=np.float32)
@@ -269,8 +269,9 @@ def decode_multichannel(received: ReceivedFile, max_pixels: int) -> np.ndarray:
     return image
 
 
-def load_stored_sample(store: BlobStore, input_kind: str, files: list[dict]) -> np.ndarray:
-    """A submission's sample, decoded again from its stored files (the worker's view)."""
+def load_stored_sample(store: BlobStore, input_kind: str, files: list[dict], max_pixels: int | None = None) -> np.ndarray:
+    """A submission's sample, decoded again from its stored files (the worker's view), under the
+    server's pixel limit (``WebSettings.max_pixels``; None: the default)."""
     from protloc.data.formats import read_file
     from protloc.data.formats.channel_files import read_channel_file
 
@@ -278,10 +279,11 @@ def load_stored_sample(store: BlobStore, input_kind: str, files: list[dict]) -> 
         return store.path_of(entry["sha256"], KIND_SUFFIX.get(entry["kind"], ""))
 
     if input_kind == "multichannel":
-        return np.asarray(read_file(path(files[0])).image, dtype=np.float32)
+        return np.asarray(read_file(path(files[0]), max_pixels).image, dtype=np.float32)
     by_channel = {entry["channel"]: entry for entry in files}
     planes = [
-        np.asarray(read_channel_file(path(by_channel[c]), colour=COLOUR_OF_CHANNEL[c]), dtype=np.float32)
+        np.asarray(read_channel_file(path(by_channel[c]), colour=COLOUR_OF_CHANNEL[c], max_pixels=max_pixels),
+                   dtype=np.float32)
         for c in CHANNELS
     ]
     return np.stack(planes)

@@ -31,13 +31,13 @@ import collections
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from protloc.web import db
+from protloc.web.batching import WorkerStats, batched_probabilities
 from protloc.web.jobs import DatabaseJobs, MemoryJobs, worker_name
 from protloc.web.lanes import DEFAULT_LANES, Lanes
 from protloc.web.cells import PATCHES, WHOLE_IMAGE, CellsStage, answering_precision
@@ -51,50 +51,6 @@ log = logging.getLogger("protloc.web.worker")
 # Decoded samples the web server hands to the worker of its own process, so it need not decode the
 # stored files again; a few only (a 2048² field is 64 MB).
 MAX_HANDED_OVER = 4
-
-
-@dataclass
-class WorkerStats:
-    """What the worker has done; ``max_samples_per_pass`` > 1 shows batching across requests."""
-
-    forward_passes: int = 0
-    patches: int = 0
-    samples: int = 0
-    failures: int = 0
-    rendered: int = 0
-    lost_leases: int = 0
-    max_samples_per_pass: int = 0
-    busy_seconds: float = 0.0
-    started_at: float = field(default_factory=time.time)
-
-    def to_dict(self) -> dict:
-        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in self.__dict__.items()
-                if not k.startswith("_")}
-
-    def __post_init__(self) -> None:
-        self._lock = threading.Lock()
-
-    def add(self, **amounts) -> None:
-        """Counts added from any lane (``max_samples_per_pass`` keeps the largest)."""
-        with self._lock:
-            for name, amount in amounts.items():
-                if name == "max_samples_per_pass":
-                    self.max_samples_per_pass = max(self.max_samples_per_pass, amount)
-                else:
-                    setattr(self, name, getattr(self, name) + amount)
-
-
-def batched_probabilities(predictor, images: list[np.ndarray], max_batch_patches: int, stats: WorkerStats | None = None,
-                          pixel_sizes: list[float | None] | None = None) -> list[np.ndarray]:
-    """Probabilities of several samples, their covering patches sharing forward passes (the one
-    ``Inferer``; fp32: GapNet-PL's fast path, equal to the plain forward's logits within 1e-6)."""
-
-    def count(patches: int, samples: int) -> None:
-        if stats is not None:
-            stats.add(forward_passes=1, patches=patches, max_samples_per_pass=samples)
-
-    inferer = predictor.inferer(batch_size=max(1, max_batch_patches), on_pass=count)  # the predictor's precision
-    return inferer.predict_many(images, pixel_sizes)  # each image rescaled to the model's pixel size
 
 
 def stored_pixel_size(store: BlobStore, files: list[dict], image: np.ndarray) -> float | None:
@@ -127,10 +83,12 @@ class PredictionWorker:
         activity: Activity | None = None,
         lanes: int = DEFAULT_LANES,
         on_finished=None,
+        max_pixels: int | None = None,
     ) -> None:
         self.predictors = predictors
         self.sessions = sessions
         self.store = store
+        self.max_pixels = max_pixels  # the stored samples' readers apply the server's pixel limit
         self.max_batch_patches = max_batch_patches
         self.max_samples = max_samples
         self.linger_seconds = linger_seconds
@@ -140,7 +98,7 @@ class PredictionWorker:
         if isinstance(self.jobs, DatabaseJobs):
             self.jobs.model_keys = list(predictors)
         self.eager_render = eager_render
-        self.renderer = renderer or Renderer(predictors, sessions, store)
+        self.renderer = renderer or Renderer(predictors, sessions, store, max_pixels)
         self.lanes = Lanes(lanes)
         self.cells = CellsStage(store, enabled=cells, segmenters=lanes)
         self.stats = WorkerStats()
@@ -301,7 +259,7 @@ class PredictionWorker:
                 image = self._handed.get(row.id)
             if image is None:
                 try:
-                    image = load_stored_sample(self.store, row.input_kind, row.files)
+                    image = load_stored_sample(self.store, row.input_kind, row.files, self.max_pixels)
                 except Exception as exc:
                     self._fail(row.id, f"cannot read the stored sample: {exc}")
                     continue

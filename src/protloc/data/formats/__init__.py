@@ -23,7 +23,6 @@ from protloc.data.formats.base import Sample
 from protloc.data.formats.listing import (
     PATH_KEYS,
     SampleEntry,
-    is_whole_sample,
     list_dataset,
     named_channel_sample,
 )

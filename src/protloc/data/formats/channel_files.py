@@ -17,8 +17,8 @@ import numpy as np
 from protloc.data.channels import CHANNELS, COLOUR_OF_CHANNEL, HPA_COLOURS
 from protloc.data.filenames import TIFF_EXTENSIONS, colour_of_file
 from protloc.data.formats.base import Sample
-from protloc.data.formats.tiff import check_dtype, describe_shape, limit_of, read_tiff_array, stated_pixel_size
-from protloc.data.limits import allow_pillow_up_to, check_image_header
+from protloc.data.formats.tiff import check_dtype, describe_shape, read_tiff_array, stated_pixel_size
+from protloc.data.limits import allow_pillow_up_to, check_image_header, limit_of
 from protloc.data.pixel_size import (
     HPA_CONFOCAL_PIXEL_SIZE_UM,
     HPA_DOWNLOAD_SIZE,

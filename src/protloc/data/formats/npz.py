@@ -10,8 +10,8 @@ import numpy as np
 
 from protloc.data.channels import AUTHORS_CHANNEL_ORDER
 from protloc.data.formats.base import Sample
-from protloc.data.formats.tiff import canonical_from_planes, limit_of
-from protloc.data.limits import check_image_header
+from protloc.data.formats.tiff import canonical_from_planes
+from protloc.data.limits import check_image_header, limit_of
 from protloc.data.pixel_size import UNKNOWN, PixelSize
 from protloc.errors import DataError
 

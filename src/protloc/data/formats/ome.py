@@ -183,10 +183,9 @@ def reader_options(channels: str | None = None, projection: str | None = None,
 def check_size(shape: tuple[int, ...], axes: str, where: str, max_pixels: int | None = None) -> None:
     """The pixel limit (``protloc.data.limits``) on an OME image before its pixels are read: one Y x X
     plane at most the limit, and the whole stack (channels, Z, T) at most MAX_STACK_PLANES planes."""
-    from protloc.data.limits import RAISE_HINT, ImageTooLargeError, check_pixels
-    from protloc.data.limits import max_pixels as limit_in_force
+    from protloc.data.limits import RAISE_HINT, ImageTooLargeError, check_pixels, limit_of
 
-    limit = limit_in_force() if max_pixels is None else int(max_pixels)
+    limit = limit_of(max_pixels)
     sizes = dict(zip(axes, shape))
     check_pixels((sizes.get("Y", 1), sizes.get("X", 1)), where, limit)
     total = int(np.prod([int(d) for d in shape]))

@@ -50,7 +50,8 @@ def store_name(path: Path) -> str:
     return name
 
 
-def _open_group(path: Path, mode: str = "r"):
+def open_group(path: Path, mode: str = "r"):
+    """The zarr group at ``path`` (ProtlocError when it is not one); also how cells/zarr_masks opens a store."""
     import zarr
 
     try:
@@ -197,12 +198,12 @@ def list_samples(path: str | Path, options: dict[str, str] | None = None) -> lis
     cannot be matched (checked on the first image: the fields of a plate share their channels).
     """
     path = Path(path).resolve()
-    root = _open_group(path)
+    root = open_group(path)
     meta = ngff_attributes(root)
     name = store_name(path)
     try:
         with _ngff_metadata(path.name):
-            images, ids = _listed_images(root, meta, name, path)
+            images, ids = listed_images(root, meta, name, path)
     except DataError as exc:
         raise ProtlocError(str(exc)) from None
     if not images:
@@ -216,7 +217,8 @@ def list_samples(path: str | Path, options: dict[str, str] | None = None) -> lis
     return [(sample_id, {KEY: str(path), IMAGE_KEY: image, **options}) for sample_id, image in zip(ids, images)]
 
 
-def _listed_images(root, meta: dict, name: str, path: Path) -> tuple[list[str], list[str]]:
+def listed_images(root, meta: dict, name: str, path: Path) -> tuple[list[str], list[str]]:
+    """A store's images (paths inside it: a plate's fields, or the single image) and their sample ids."""
     if "plate" in meta:
         images = _plate_fields(root, meta)
         ids = [f"{name}/{image}" for image in images]
@@ -241,7 +243,7 @@ def header_of(sources: dict[str, str]) -> tuple[tuple[str, ...], PixelSize]:
     """Channel names in CHANNELS order and pixel size of one listed image, from metadata only."""
     path = Path(sources[KEY])
     image_path = sources.get(IMAGE_KEY, "")
-    root = _open_group(path)
+    root = open_group(path)
     where = f"{store_name(path)}/{image_path}".rstrip("/")
     header = _image_header(root[image_path] if image_path else root, where)
     order = _check_header(header, sources, where)
@@ -255,7 +257,7 @@ def read(sources: dict[str, str], max_pixels: int | None = None, given: PixelSiz
     image_path = sources.get(IMAGE_KEY, "")
     where = f"{store_name(path)}/{image_path}".rstrip("/")
     try:
-        root = _open_group(path)
+        root = open_group(path)
         group = root[image_path] if image_path else root
     except (ProtlocError, KeyError) as exc:
         raise DataError(f"{where}: cannot open the image ({exc})") from None
@@ -295,7 +297,7 @@ def write_label_image(
     labels = np.asarray(labels)
     if labels.ndim != 2 or labels.dtype.kind not in "iu":
         raise ProtlocError(f"a label image is an integer [height, width] array, got {labels.dtype} {list(labels.shape)}")
-    root = _open_group(Path(store), mode="r+")
+    root = open_group(Path(store), mode="r+")
     group = root[image_path] if image_path else root
     where = f"{store_name(Path(store))}/{image_path}".rstrip("/")
     header = _image_header(group, where)

@@ -16,7 +16,7 @@ import numpy as np
 from protloc.data.channels import CHANNELS
 from protloc.data.formats.base import Sample
 from protloc.data.formats.physical import tiff_resolution_pixel_size
-from protloc.data.limits import check_image_header
+from protloc.data.limits import check_image_header, limit_of
 from protloc.data.pixel_size import UNKNOWN, PixelSize
 from protloc.errors import DataError
 
@@ -89,12 +89,6 @@ def check_dtype(array: np.ndarray, name: str) -> None:
     """Intensities are numbers: complex, text or object arrays are refused instead of cast."""
     if array.dtype.kind not in "biuf":
         raise DataError(f"{name}: holds {array.dtype} values; expected integer or floating-point intensities")
-
-
-def limit_of(max_pixels: int | None) -> int:
-    from protloc.data.limits import max_pixels as limit_in_force
-
-    return limit_in_force() if max_pixels is None else int(max_pixels)
 
 
 def canonical_from_planes(array: np.ndarray, order: tuple[str, ...], name: str) -> np.ndarray:

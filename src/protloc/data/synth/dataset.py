@@ -23,9 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from protloc.data.channels import CHANNELS, COLOUR_OF_CHANNEL
+from protloc.data.label_images import write_label_image
 from protloc.data.synth.field import PIXEL_SIZE_UM
 from protloc.data.synth.labels import sample_labels
-from protloc.data.synth.render import RenderedField, _check_size, render_field
+from protloc.data.synth.render import RenderedField, check_field_size, render_field
 from protloc.errors import ProtlocError
 from protloc.labels import HPA13, LabelSet
 
@@ -72,19 +73,6 @@ def write_tiff(path: Path, image: np.ndarray) -> None:
                      resolution=(per_cm, per_cm), resolutionunit="CENTIMETER")
 
 
-def write_label_image(path_stem: Path, labels: np.ndarray) -> Path:
-    """A label image as 16-bit PNG, or as 32-bit TIFF when it holds more than 65,535 cells."""
-    if labels.dtype == np.uint16:
-        from PIL import Image
-
-        path = path_stem.with_suffix(".png")
-        Image.fromarray(labels).save(path, format="PNG")
-    else:
-        path = path_stem.with_suffix(".tif")
-        write_tiff(path, labels)
-    return path
-
-
 def _cell_rows(sid: str, field: RenderedField) -> list[list[str]]:
     yes_no = {True: "yes", False: "no"}
     return [[sid, str(c.cell_id), ";".join(c.classes), yes_no[c.expressing], yes_no[c.mitotic],
@@ -97,8 +85,8 @@ def _write_sample(task: tuple[str, int, int, int, int, str]) -> tuple[int, str, 
     for channel, plane in zip(CHANNELS, field.image):
         write_tiff(Path(out) / f"{sid}_{COLOUR_OF_CHANNEL[channel]}.tif", plane)
     masks = Path(out) / MASKS_FOLDER
-    write_label_image(masks / f"{sid}_cellmask", field.cell_mask)
-    write_label_image(masks / f"{sid}_nucleimask", field.nuclei_mask)
+    write_label_image(masks / f"{sid}_cellmask.png", field.cell_mask)
+    write_label_image(masks / f"{sid}_nucleimask.png", field.nuclei_mask)
     return index, ";".join(HPA13.names(labels)), _cell_rows(sid, field)
 
 
@@ -123,7 +111,7 @@ def generate_dataset(out: str | os.PathLike, samples: int, size: int = 512, seed
     _check_whole(seed, "--seed", 0)
     height = size if height is None else height
     width = size if width is None else width
-    _check_size(height, width)
+    check_field_size(height, width)
     workers = default_workers() if workers is None else workers
     _check_whole(workers, "--workers", 1)
 

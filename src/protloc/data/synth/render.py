@@ -85,7 +85,8 @@ def _camera(rng: np.random.Generator, signal: np.ndarray, illumination: np.ndarr
     return np.rint(photons, out=photons).astype(np.uint16)
 
 
-def _check_size(height: int, width: int) -> None:
+def check_field_size(height: int, width: int) -> None:
+    """ProtlocError unless a synthetic field's height and width are whole numbers in [MIN_SIZE, MAX_SIZE]."""
     for name, value in (("height", height), ("width", width)):
         if not isinstance(value, (int, np.integer)) or not MIN_SIZE <= value <= MAX_SIZE:
             raise ProtlocError(f"image {name} must be an integer from {MIN_SIZE} to {MAX_SIZE} px, got {value!r}")
@@ -138,7 +139,7 @@ def render_field(rng: np.random.Generator | int, labels: Sequence[int | str], he
     if not isinstance(rng, np.random.Generator):
         rng = np.random.default_rng(rng)
     width = height if width is None else width
-    _check_size(height, width)
+    check_field_size(height, width)
     names = _class_names(labels, label_set)
 
     field = make_field(rng, height, width)
