@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from functools import partial
 
 
 def register(subparsers) -> None:
@@ -28,6 +29,9 @@ def register(subparsers) -> None:
                         "the network sees each image at the model's pixel size, the masks and the table stay on the input's grid")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     add_cell_arguments(parser)
+    from protloc.distributed import add_cluster_arguments
+
+    add_cluster_arguments(parser)
     parser.set_defaults(handler=run)
 
 
@@ -63,8 +67,11 @@ def cell_options(args) -> dict:
 
 def run(args) -> int:
     from protloc.cells.pipeline import report, run_cells
+    from protloc.distributed import cells, cluster_spec
 
-    result = run_cells(
+    spec = cluster_spec(args)  # None: this process; else the same outputs from shards on a Dask cluster
+    run_here = run_cells if spec is None else partial(cells, spec, shard_size=args.shard_size)
+    result = run_here(
         args.inputs, args.model, args.out, maps_dir=args.maps, device=args.device, input_format=args.input_format,
         pixel_size=args.pixel_size, progress=sys.stderr.isatty(), **cell_options(args),
     )

@@ -1,0 +1,217 @@
+"""The client side of a distributed run: list, plan, submit the shards, show progress, merge.
+
+The client decodes nothing: it lists the samples, cuts them into shards (``shards``), and keeps a window
+of shards submitted (a few per worker, so 10⁶ samples are never one graph in the scheduler's memory).
+A worker that dies takes its shard with it; the scheduler runs the shard again on another worker, and
+since a part is written whole under its own name, the rerun replaces it with the same rows. When the
+client itself dies, the parts already written stay; the same command resumes from them.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from protloc.distributed.clusters import ClusterSpec, open_client
+from protloc.distributed.shards import make_plan, remove
+from protloc.distributed.worker import ShardJob
+from protloc.errors import ProtlocError
+
+
+def _probe(entry, max_pixels):
+    """On a worker: the first sample's (height, width), read as a shard would read it."""
+    from protloc.distributed.worker import _prepare, read_entry
+
+    worker = _prepare(ShardJob(-1, [], "", "", max_pixels=max_pixels))
+    _, image, failure = read_entry(entry, worker)
+    return (2048, 2048) if image is None else tuple(image.shape[-2:])
+
+
+def _resolved(model: str) -> str:
+    """The model file every worker loads (``pretrained`` resolved here, so all load the same file)."""
+    if str(model).lower().endswith(".onnx"):
+        return str(Path(model).absolute())
+    from protloc.inference.predictor import resolve_model_file
+
+    return str(Path(resolve_model_file(model)).absolute())
+
+
+def run_shards(spec: ClusterSpec, kind: str, entries, out: Path, model: str, device: str, options: dict,
+               shard_size: int | None, progress: bool, on_first_size=None, max_pixels: str | None = None):
+    """Run every unfinished shard of the plan on the cluster; returns the plan (all parts written)."""
+    from distributed import as_completed
+
+    if kind == "predict":
+        from protloc.distributed.worker import predict_shard as task
+    else:
+        from protloc.distributed.cells_task import cells_shard as task
+
+    with open_client(spec) as (client, description):
+        print(f"protloc: running on {description}; Dask dashboard: {client.dashboard_link}", file=sys.stderr)
+
+        def probe():
+            return client.submit(_probe, entries[0], max_pixels, pure=False).result()
+
+        plan, reused = make_plan(out, kind, entries, model, options, shard_size, probe)
+        finished = plan.finished()
+        todo = [i for i in range(len(plan.shards)) if i not in finished]
+        if reused:
+            print(f"protloc: resuming: {reused} of {len(plan.shards)} shard(s) already done in {plan.folder}",
+                  file=sys.stderr)
+        _submit_all(client, as_completed, task, plan, todo, kind, model, device, options, max_pixels, progress,
+                    on_first_size)
+    return plan, reused
+
+
+def _submit_all(client, as_completed, task, plan, todo, kind, model, device, options, max_pixels, progress,
+                on_first_size) -> None:
+    from tqdm import tqdm
+
+    tag = plan.folder.name
+    pending = list(todo)
+    images = sum(len(plan.shards[i]) for i in todo)
+    bar = tqdm(total=images, desc=kind if kind == "cells" else "predict", unit="img", disable=not progress,
+               file=sys.stderr)
+    done_shards, said = 0, False
+    seq = as_completed()
+
+    def top_up():
+        workers = max(1, len(client.scheduler_info(n_workers=-1).get("workers", {})))
+        while pending and seq.count() < 2 * workers + 2:  # a few shards per worker queued, never all
+            shard = pending.pop(0)
+            job = ShardJob(shard, plan.shards[shard], str(plan.part(shard)), model, device, options, max_pixels)
+            seq.add(client.submit(task, job, key=f"protloc-{kind}-{shard:06d}-{tag}-{time.time_ns()}",
+                                  pure=False, retries=0))
+        return workers
+
+    workers = top_up()
+    try:
+        for future in seq:
+            summary = _result(future)
+            done_shards += 1
+            bar.update(summary["images"])
+            if not said and summary.get("size") is not None and on_first_size is not None:
+                on_first_size(summary["size"])
+                said = True
+            workers = top_up()
+            bar.set_postfix_str(f"shards {done_shards}/{len(todo)}, workers {workers}")
+    except BaseException:
+        client.cancel([f for f in seq.futures] if hasattr(seq, "futures") else [])
+        raise
+    finally:
+        bar.close()
+
+
+def _result(future) -> dict:
+    """A shard's summary, or its failure as one line: a worker that cannot see an input, a shard that
+    killed every worker it ran on, or what the task raised."""
+    from distributed.scheduler import KilledWorker
+
+    try:
+        return future.result()
+    except ProtlocError:
+        raise
+    except KilledWorker as exc:
+        raise ProtlocError(f"a shard's worker died on each of its tries ({exc}): out of memory? "
+                           "See the workers' logs") from None
+    except Exception as exc:  # noqa: BLE001 - whatever the task raised, said in one line
+        raise ProtlocError(f"a shard failed on a worker: {type(exc).__name__}: {exc}") from None
+
+
+def predict(spec: ClusterSpec, inputs, model: str, out, *, device: str = "cpu", input_format=None,
+            reader_options=None, shard_size: int | None = None, progress: bool = True, options: dict | None = None):
+    """``protloc predict --cluster``: the same output (rows, order, errors file) as the single-process run."""
+    from protloc.distributed.inputs import list_entries
+    from protloc.distributed.merge import merge_predictions, open_prediction_output, write_errors
+    from protloc.inference.batch import BatchResult
+    from protloc.inference.predictor import load_model
+
+    options = dict(options or {})
+    out = Path(out)
+    model_file = _resolved(model)
+    predictor = load_model(model_file)  # its classes (the columns) and checks, before any job is submitted
+    if options.get("whole_image") and not predictor.fully_convolutional:
+        raise ProtlocError(f"{predictor.model_name} has fixed-size dense layers: --whole-image needs GapNet-PL")
+    entries = list_entries(list(inputs), input_format, reader_options)
+    columns = ["id", *predictor.classes, "pixel_size_um", "scale", "predicted"]
+    writer, fmt = open_prediction_output(out, columns)
+    try:
+        todo = [e for e in entries if e.id not in writer.done]
+        result = BatchResult(already_done=len(entries) - len(todo), out=out)
+        if todo:
+            plan, _ = run_shards(spec, "predict", entries, out, model_file, device, options, shard_size, progress,
+                                 on_first_size=lambda size: _say_size(size, predictor), max_pixels=_max_pixels())
+        else:
+            plan = None
+    except BaseException:
+        writer.close()
+        raise
+    if plan is None:
+        writer.close()
+        return result
+    result.predicted, result.failures = merge_predictions(plan, writer, fmt, out, predictor.classes, columns)
+    if result.failures:
+        result.errors_file = write_errors(out, result.failures)
+    remove(plan)
+    return result
+
+
+def cells(spec: ClusterSpec, inputs, model: str, out, *, device: str = "cpu", input_format=None,
+          reader_options=None, shard_size: int | None = None, progress: bool = True, masks_dir=None,
+          maps_dir=None, embeddings: bool = False, image_prior: bool = False, scoring: str | None = None,
+          nucleus_diameter: float | None = None, pixel_size: float | None = None):
+    """``protloc cells --cluster``: the table, .h5ad and label images of the single-process run."""
+    from protloc.cells.pipeline import CellsResult, output_paths, require_cells_extra
+    from protloc.cells.scoring import check_scoring
+    from protloc.data.pixel_size import check_pixel_size
+    from protloc.distributed.inputs import list_entries
+    from protloc.distributed.merge import merge_cells
+    from protloc.inference.predictor import load_model
+
+    require_cells_extra()
+    scoring = check_scoring(scoring or ("geometric-mean" if image_prior else "combined"))
+    if pixel_size is not None:
+        check_pixel_size(pixel_size)
+    paths = output_paths(out)
+    if masks_dir is not None:
+        from protloc.cells.masks import open_masks
+
+        open_masks(masks_dir)  # a bad --masks is said here, not by every worker
+        masks_dir = str(Path(masks_dir).absolute())
+    model_file = _resolved(model)
+    predictor = load_model(model_file)
+    entries = list_entries(list(inputs), input_format, reader_options)
+    paths["table"].parent.mkdir(parents=True, exist_ok=True)
+    options = {"scoring": scoring, "masks_dir": masks_dir, "nucleus_diameter": nucleus_diameter,
+               "pixel_size": pixel_size, "embeddings": bool(embeddings),
+               "maps_dir": None if maps_dir is None else str(Path(maps_dir).absolute()),
+               "masks_out": str(paths["masks"].absolute())}
+    plan, _ = run_shards(spec, "cells", entries, paths["table"], model_file, device, options, shard_size, progress,
+                         on_first_size=lambda size: _say_size(size, predictor), max_pixels=_max_pixels())
+    result = CellsResult()
+    merge_cells(plan, paths, predictor.classes, embeddings, result)
+    if maps_dir is not None:
+        result.files += sorted(Path(maps_dir).glob("*_cells.png"))
+    remove(plan)
+    return result
+
+
+def _say_size(size, predictor) -> None:
+    """The pixel-size line (or warning) a single-process run prints, once, from the first shard."""
+    from protloc.data.pixel_size import PixelSize, describe, warn_unknown
+
+    if isinstance(size, (list, tuple)):
+        size = PixelSize(*size)
+    if size.known or predictor.pixel_size_um is None:
+        print(describe(size, predictor.pixel_size_um), file=sys.stderr)
+    if not size.known:
+        warn_unknown(predictor.pixel_size_um)
+
+
+def _max_pixels() -> str | None:
+    import os
+
+    from protloc.data.limits import MAX_PIXELS_ENV
+
+    return os.environ.get(MAX_PIXELS_ENV)
