@@ -1,0 +1,389 @@
+"""Prediction and cells over a Dask cluster (``--cluster``, issue 25): a real ``dask scheduler`` and two
+real ``dask worker`` processes on 127.0.0.1; the merged outputs against the single-process path, a worker
+killed with SIGKILL mid-run, a client killed and resumed, the batch-system job script, and one real
+SLURM job where a single-node SLURM can be started."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import protloc
+from protloc.cli import main
+from protloc.errors import ProtlocError
+
+pytest.importorskip("distributed", reason="the dask extra (pip install 'protloc[dask]') is not installed")
+
+SRC = str(Path(protloc.__file__).resolve().parents[1])
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _env() -> dict:
+    # the workers import this tree's protloc; one torch thread each (two workers share the test machine)
+    return {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""),
+            "PROTLOC_TORCH_THREADS": "1"}
+
+
+class LoopbackCluster:
+    """``dask scheduler`` + two ``dask worker`` processes (no nanny: SIGKILL kills the worker itself)."""
+
+    def __init__(self, tmp: Path):
+        self.address = f"tcp://127.0.0.1:{_free_port()}"
+        self.logs = tmp
+        self.scheduler = self._start("scheduler", ["scheduler", "--host", "127.0.0.1", "--port",
+                                                   self.address.rsplit(":", 1)[1], "--no-dashboard"])
+        self.workers = [self._start(f"worker{i}", ["worker", self.address, "--nthreads", "1", "--no-nanny",
+                                                   "--name", f"w{i}", "--no-dashboard"]) for i in range(2)]
+        self.wait_for(2)
+
+    def _start(self, name: str, args: list[str]) -> subprocess.Popen:
+        log = open(self.logs / f"{name}.log", "wb")
+        return subprocess.Popen([sys.executable, "-m", "dask", *args], stdout=log, stderr=subprocess.STDOUT,
+                                env=_env())
+
+    def wait_for(self, n: int, timeout: float = 90.0) -> None:
+        from distributed import Client
+
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with Client(self.address, timeout="5s") as client:
+                    client.wait_for_workers(n, timeout=max(1.0, deadline - time.monotonic()))
+                    return
+            except (OSError, TimeoutError):
+                if time.monotonic() > deadline:
+                    raise
+
+    def close(self) -> None:
+        for process in [*self.workers, self.scheduler]:
+            if process.poll() is None:
+                process.terminate()
+        for process in [*self.workers, self.scheduler]:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    started = LoopbackCluster(tmp_path_factory.mktemp("dask-logs"))
+    yield started
+    started.close()
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    from protloc.data.synth import generate_dataset
+
+    out = tmp_path_factory.mktemp("synth")
+    generate_dataset(out, samples=10, size=96, seed=3, workers=1)
+    return out
+
+
+@pytest.fixture(scope="module")
+def single(data_dir, model_file, tmp_path_factory) -> Path:
+    """The single-process outputs every cluster run is compared with."""
+    out = tmp_path_factory.mktemp("single")
+    for name in ("pred.csv", "pred.jsonl", "pred.parquet"):
+        assert main(["predict", str(data_dir), "--model", str(model_file), "--out", str(out / name),
+                     "--workers", "0"]) == 0
+    assert main(["cells", str(data_dir), "--model", str(model_file), "--out", str(out / "cells.csv")]) == 0
+    return out
+
+
+def read_rows(path: Path) -> list[dict]:
+    if path.suffix == ".csv":
+        with open(path, newline="") as handle:
+            return list(csv.DictReader(handle))
+    if path.suffix == ".jsonl":
+        return [json.loads(line) for line in path.read_text().splitlines()]
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path).to_pylist()
+
+
+def assert_same_rows(got: Path, want: Path) -> None:
+    """Row for row, in the same order: ids and text equal, numbers within 1e-6."""
+    a, b = read_rows(got), read_rows(want)
+    assert [r.get("id", r.get("image_id")) for r in a] == [r.get("id", r.get("image_id")) for r in b]
+    assert len(a) == len(b) and a and list(a[0]) == list(b[0])
+    for x, y in zip(a, b):
+        for key in y:
+            try:
+                assert float(x[key]) == pytest.approx(float(y[key]), abs=1e-6), key
+            except (TypeError, ValueError):
+                assert x[key] == y[key], key
+
+
+# --- the cluster spec, without a cluster -----------------------------------------------------------
+
+def test_cluster_specs_and_their_errors():
+    from protloc.distributed import parse_cluster
+
+    assert parse_cluster("local:3").workers == 3
+    assert parse_cluster("tcp://10.0.0.5:8786").address == "tcp://10.0.0.5:8786"
+    spec = parse_cluster("slurm", ["cores=8", "memory=32GB", "job_extra=--gres=gpu:1", "job_extra=--qos=low",
+                                   "adaptive=0-20"])
+    assert spec.options["job_extra"] == ["--gres=gpu:1", "--qos=low"] and spec.options["adaptive"] == "0-20"
+    for bad, options, message in [("local:0", [], "positive number"), ("yarn", [], "unknown --cluster"),
+                                  ("tcp://host", [], "tcp://HOST:PORT"), ("slurm", ["colour=red"], "colour"),
+                                  ("slurm", ["cores"], "key=value"), ("slurm", ["jobs=2", "adaptive=1-3"], "exclude"),
+                                  ("pbs", ["adaptive=5-2"], "minimum exceeds"), ("lsf", ["jobs=x"], "positive"),
+                                  ("tcp://h:1", ["cores=2"], "existing scheduler")]:
+        with pytest.raises(ProtlocError, match=message):
+            parse_cluster(bad, options)
+
+
+def test_cli_errors_are_one_line(data_dir, model_file, tmp_path, capsys):
+    base = ["predict", str(data_dir), "--model", str(model_file), "--out", str(tmp_path / "x.csv")]
+    assert main([*base, "--shard-size", "2"]) == 2
+    assert "--shard-size needs --cluster" in capsys.readouterr().err
+    assert main([*base, "--cluster", "local:two"]) == 2
+    assert "local:N" in capsys.readouterr().err
+    assert not (tmp_path / "x.csv").exists()
+
+
+def test_missing_dask_names_the_extra(data_dir, model_file, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "distributed", None)  # import distributed -> ImportError
+    assert main(["cells", str(data_dir), "--model", str(model_file), "--out", str(tmp_path / "c.csv"),
+                 "--cluster", "local:2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "protloc: error: --cluster needs distributed: pip install 'protloc[dask]'"
+
+
+def test_one_worker_per_gpu_without_a_gpu():
+    from protloc.distributed.worker import pin_device
+
+    assert [pin_device("cuda", str(i), 4) for i in range(6)] == ["cuda:0", "cuda:1", "cuda:2", "cuda:3",
+                                                                  "cuda:0", "cuda:1"]
+    assert pin_device("cuda", "SLURMCluster-7", 8) == "cuda:7"
+    assert pin_device("cuda", "SLURMCluster-7", 8, visible="3") == "cuda:0"  # the batch system gave it GPU 3
+    assert pin_device("cuda:2", "w5", 4) == "cuda:2" and pin_device("cpu", "w5", 0) == "cpu"
+    with pytest.raises(ProtlocError, match="worker gpu-node-1 sees no GPU"):
+        pin_device("cuda", "gpu-node-1", 0)
+
+
+def test_shard_size_from_the_image_size():
+    from protloc.distributed.shards import shard_size_for
+
+    assert shard_size_for(2048, 2048) == 16
+    assert shard_size_for(4096, 4096) == 4
+    assert shard_size_for(8192, 8192) == 1
+    assert shard_size_for(512, 512) == 256  # capped
+
+
+def test_slurm_job_script():
+    pytest.importorskip("dask_jobqueue", reason="the dask extra installs dask-jobqueue")
+    from protloc.distributed import parse_cluster
+    from protloc.distributed.clusters import jobqueue_cluster
+
+    spec = parse_cluster("slurm", ["cores=8", "memory=32GB", "walltime=02:30:00", "queue=gpu", "account=imaging",
+                                   "job_extra=--gres=gpu:1", "jobs=4"])
+    cluster = jobqueue_cluster(spec)
+    try:
+        script = cluster.job_script()
+    finally:
+        cluster.close()
+    lines = script.splitlines()
+    assert lines[0] == "#!/usr/bin/env bash"
+    for directive in ("#SBATCH --cpus-per-task=8", "#SBATCH --mem=30G", "#SBATCH -t 02:30:00", "#SBATCH -p gpu",
+                      "#SBATCH -A imaging", "#SBATCH --gres=gpu:1", "#SBATCH -n 1"):
+        assert directive in lines, (directive, script)
+    command = lines[-1]
+    assert command.startswith(sys.executable) and "distributed.cli.dask_worker" in command
+    # one worker process owning the job's 8 cores (protloc's torch threads), its memory, the scheduler's address
+    assert "--nthreads 8" in command and "--nworkers" not in command and "--memory-limit 29.80GiB" in command
+    assert " tcp://" in command and "--nanny" in command
+
+
+# --- a real scheduler and two real workers ----------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["pred.csv", "pred.jsonl", "pred.parquet"])
+def test_merged_output_equals_single_process(cluster, data_dir, model_file, single, tmp_path, name, capsys):
+    out = tmp_path / name
+    assert main(["predict", str(data_dir), "--model", str(model_file), "--out", str(out),
+                 "--cluster", cluster.address, "--shard-size", "3"]) == 0
+    captured = capsys.readouterr()
+    assert "predicted 10 image(s), 0 already done" in captured.out
+    assert "Dask dashboard" in captured.err
+    assert_same_rows(out, single / name)
+    assert not (tmp_path / f"{name}.parts").exists()  # merged, then removed
+
+
+def test_cells_merged_equal_single_process(cluster, data_dir, model_file, single, tmp_path):
+    import anndata
+
+    out = tmp_path / "cells.csv"
+    assert main(["predict", "--cells", str(data_dir), "--model", str(model_file), "--out", str(out),
+                 "--cluster", cluster.address, "--shard-size", "4"]) == 0
+    assert_same_rows(out, single / "cells.csv")
+    got, want = anndata.read_h5ad(tmp_path / "cells.h5ad"), anndata.read_h5ad(single / "cells.h5ad")
+    assert list(got.obs_names) == list(want.obs_names) and got.X.shape == want.X.shape
+    assert np.abs(got.X - want.X).max() <= 1e-6
+    assert dict(got.uns)["method"] == dict(want.uns)["method"]
+    masks = sorted(p.name for p in (tmp_path / "cells-masks").iterdir())
+    assert masks == sorted(p.name for p in (single / "cells-masks").iterdir()) and len(masks) == 20
+
+
+def test_worker_that_cannot_see_an_input(cluster, model_file, tmp_path, monkeypatch, capsys):
+    from protloc.data.inputs import SampleEntry
+
+    missing = tmp_path / "only-on-the-client" / "field_blue.png"
+    entries = [SampleEntry("field", {"nucleus": str(missing)}, None, 0, 0)]
+    monkeypatch.setattr("protloc.distributed.inputs.list_entries", lambda *a, **k: entries)
+    assert main(["predict", str(tmp_path), "--model", str(model_file), "--out", str(tmp_path / "p.csv"),
+                 "--cluster", cluster.address, "--shard-size", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("protloc: error: worker w") and f"cannot see {missing}" in err
+
+
+def test_client_killed_then_resumed(cluster, data_dir, model_file, single, tmp_path, capsys):
+    out = tmp_path / "pred.csv"
+    parts = tmp_path / "pred.csv.parts"
+    command = [sys.executable, "-m", "protloc.cli", "predict", str(data_dir), "--model", str(model_file),
+               "--out", str(out), "--cluster", cluster.address, "--shard-size", "1"]
+    client = subprocess.Popen([sys.executable, "-c", "import sys; from protloc.cli import main; "
+                               "sys.exit(main(sys.argv[1:]))", *command[3:]], env=_env(),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while len(list(parts.glob("shard-*.parquet"))) < 3 and client.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    client.send_signal(signal.SIGKILL)
+    client.wait()
+    finished = len(list(parts.glob("shard-*.parquet")))
+    assert 3 <= finished < 10, "the client was to be killed mid-run"
+    assert main(["predict", str(data_dir), "--model", str(model_file), "--out", str(out),
+                 "--cluster", cluster.address, "--shard-size", "1"]) == 0
+    err = capsys.readouterr().err
+    resumed = int(err.split("resuming: ")[1].split(" of ")[0])
+    assert resumed >= finished  # kept, not recomputed (shards running when it died may have finished since)
+    assert_same_rows(out, single / "pred.csv")
+
+
+def test_worker_killed_mid_run_loses_and_doubles_nothing(data_dir, model_file, single, tmp_path):
+    from protloc.distributed import parse_cluster, predict
+
+    own = LoopbackCluster(tmp_path)  # its own: one of its workers dies here
+    try:
+        parts = tmp_path / "pred.jsonl.parts"
+        killed = []
+
+        def kill_when_working():
+            deadline = time.monotonic() + 120
+            while not list(parts.glob("shard-*.parquet")) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            own.workers[1].send_signal(signal.SIGKILL)
+            killed.append(len(list(parts.glob("shard-*.parquet"))))
+
+        killer = threading.Thread(target=kill_when_working)
+        killer.start()
+        result = predict(parse_cluster(own.address), [str(data_dir)], str(model_file), tmp_path / "pred.jsonl",
+                         shard_size=1, progress=False)
+        killer.join()
+        assert own.workers[1].poll() == -signal.SIGKILL and killed and killed[0] < 10
+        assert result.predicted == 10
+        rows = read_rows(tmp_path / "pred.jsonl")
+        assert len({r["id"] for r in rows}) == len(rows) == 10
+        assert_same_rows(tmp_path / "pred.jsonl", single / "pred.jsonl")
+    finally:
+        own.close()
+
+
+# --- a real SLURM job -------------------------------------------------------------------------------
+
+SLURM_CONF = """ClusterName=protloc
+SlurmctldHost={host}(127.0.0.1)
+SlurmctldPort={ctld_port}
+SlurmdPort={slurmd_port}
+AuthType=auth/none
+CredType=cred/none
+SlurmUser={user}
+SlurmdUser={user}
+StateSaveLocation={dir}/state
+SlurmdSpoolDir={dir}/spool
+SlurmctldPidFile={dir}/slurmctld.pid
+SlurmdPidFile={dir}/slurmd.pid
+SlurmctldLogFile={dir}/slurmctld.log
+SlurmdLogFile={dir}/slurmd.log
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SchedulerType=sched/builtin
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core_Memory
+JobCompType=jobcomp/none
+AccountingStorageType=accounting_storage/none
+JobAcctGatherType=jobacct_gather/none
+MpiDefault=none
+ReturnToService=2
+NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory=4000 State=UNKNOWN
+PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+"""
+
+
+@pytest.fixture
+def slurm(tmp_path, monkeypatch):
+    """A throw-away single-node SLURM (slurmctld + slurmd on 127.0.0.1, no munge: auth/none)."""
+    missing = [b for b in ("slurmctld", "slurmd", "sbatch") if shutil.which(b) is None]
+    if missing:
+        pytest.skip(f"SLURM is not installed ({', '.join(missing)}; tools/install-test-system-packages.sh)")
+    import getpass
+
+    folder = tmp_path / "slurm"
+    for sub in ("state", "spool"):
+        (folder / sub).mkdir(parents=True)
+    conf = folder / "slurm.conf"
+    conf.write_text(SLURM_CONF.format(host=socket.gethostname(), ctld_port=_free_port(), slurmd_port=_free_port(),
+                                      user=getpass.getuser(), dir=folder, cpus=os.cpu_count() or 1))
+    monkeypatch.setenv("SLURM_CONF", str(conf))
+    daemons = [subprocess.Popen([shutil.which("slurmctld"), "-D", "-c", "-f", str(conf)], env=os.environ.copy(),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    time.sleep(1)
+    daemons.append(subprocess.Popen([shutil.which("slurmd"), "-D", "-f", str(conf)], env=os.environ.copy(),
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        state = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True).stdout.strip()
+        if state == "idle":
+            break
+        time.sleep(0.5)
+    else:
+        for daemon in daemons:
+            daemon.kill()
+        logs = " | ".join((folder / n).read_text()[-300:] for n in ("slurmctld.log", "slurmd.log")
+                          if (folder / n).exists())
+        pytest.fail(f"the single-node SLURM did not come up (sinfo: {state!r}): {logs}")
+    yield folder
+    for daemon in reversed(daemons):
+        daemon.terminate()
+        daemon.wait(timeout=20)
+
+
+@pytest.mark.slow
+def test_one_real_slurm_job(slurm, data_dir, model_file, single, tmp_path, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", _env()["PYTHONPATH"])  # sbatch passes the environment to the job
+    out = tmp_path / "pred.csv"
+    assert main(["predict", str(data_dir), "--model", str(model_file), "--out", str(out), "--cluster", "slurm",
+                 "--cluster-option", "cores=1", "--cluster-option", "memory=2GB", "--cluster-option",
+                 "walltime=00:10:00", "--cluster-option", "jobs=1", "--cluster-option", "queue=debug",
+                 "--cluster-option", f"local_directory={tmp_path}", "--shard-size", "5"]) == 0
+    assert_same_rows(out, single / "pred.csv")
+    accounting = subprocess.run(["scontrol", "show", "job"], capture_output=True, text=True).stdout
+    assert "JobName=dask-worker" in accounting  # the rows came from a job SLURM ran
