@@ -22,6 +22,8 @@ Run with ``protloc bench`` (installed with the package: ``protloc.bench``); sect
 * ``cells``: segmentation + per-cell prediction of the real 2048² HPA field against the image-level
   prediction of the same field (``protloc.bench.cells``; per-cell accuracy: ``python -m
   protloc.bench.cells --accuracy``).
+* ``cluster``: 64 real-sized fields through the single-process path, ``--cluster local:1`` and ``local:2``
+  and a loopback ``dask scheduler`` + two ``dask worker`` processes (``protloc.bench.cluster``).
 
 Timings interleave the variants round-robin (each round runs every variant once), so a load change
 on a shared machine hits all of them alike; the table reports the best round and the median.
@@ -38,7 +40,7 @@ from protloc.bench.report import markdown
 
 __all__ = ["SECTIONS", "Settings", "markdown", "parse_sections", "run"]
 
-STEPS = {"inference": 40, "training": 30, "data": 12, "platform": 5, "scaling": 20, "onnxruntime": 10, "cells": 8}
+STEPS = {"inference": 40, "training": 30, "data": 12, "platform": 5, "scaling": 20, "onnxruntime": 10, "cells": 8, "cluster": 6}
 
 
 def run(sections: list[str], settings: Settings) -> dict:
@@ -66,6 +68,13 @@ def run(sections: list[str], settings: Settings) -> dict:
         from protloc.bench.cells import cells_section
 
         functions["cells"] = cells_section
+    if "cluster" in sections:  # needs the dask extra
+        from protloc.distributed.clusters import require_dask
+
+        require_dask()
+        from protloc.bench.cluster import cluster_section
+
+        functions["cluster"] = cluster_section
     total = sum(STEPS[s] for s in sections)
     with tqdm(total=total, desc="bench", unit="step", disable=not settings.progress, file=sys.stderr) as bar:
         progress = Progress(bar)

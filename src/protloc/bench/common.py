@@ -13,7 +13,7 @@ from typing import Callable
 
 import numpy as np
 
-SECTIONS = ("inference", "training", "data", "platform", "scaling", "onnxruntime", "cells")
+SECTIONS = ("inference", "training", "data", "platform", "scaling", "onnxruntime", "cells", "cluster")
 CHECKPOINT_CHANNEL_ORDER = ["nucleus", "protein", "microtubules", "er"]
 
 
@@ -26,6 +26,8 @@ class Settings:
     compile: bool = False
     progress: bool = True
     threads: int | None = None
+    fields: int | None = None  # cluster section: how many fields (default 64, --quick 8)
+    size: int | None = None  # cluster section: their size (default 2048, --quick 256)
 
     @property
     def image_size(self) -> int:

@@ -71,6 +71,10 @@ def markdown(results: dict) -> str:
         from protloc.bench.cells import cells_markdown
 
         out += cells_markdown(sections["cells"])
+    if "cluster" in sections:
+        from protloc.bench.cluster import cluster_markdown
+
+        out += cluster_markdown(sections["cluster"])
     return "\n".join(out)
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from protloc.errors import ProtlocError
 from protloc.files import atomic_write_text
 
-SECTIONS = ("inference", "training", "data", "platform", "scaling", "onnxruntime", "cells")
+SECTIONS = ("inference", "training", "data", "platform", "scaling", "onnxruntime", "cells", "cluster")
 
 
 def register(subparsers) -> None:
@@ -40,6 +40,8 @@ def register(subparsers) -> None:
     parser.add_argument("--threads", default=None, help="torch threads (default: torch's own choice)")
     parser.add_argument("--compile", action="store_true",
                         help="also time torch.compile variants (minutes of compilation on a small CPU)")
+    parser.add_argument("--fields", default=None, help="cluster section: number of fields (default 64, --quick 8)")
+    parser.add_argument("--size", default=None, help="cluster section: field size in pixels (default 2048, --quick 256)")
     parser.add_argument("--markdown", default=None, metavar="FILE", help="also write the tables to FILE")
     parser.set_defaults(handler=run)
 
@@ -59,6 +61,7 @@ def _positive_int(value, option: str) -> int | None:
 def run(args) -> int:
     repeats = _positive_int(args.repeats, "--repeats")
     threads = _positive_int(args.threads, "--threads")
+    fields, size = _positive_int(args.fields, "--fields"), _positive_int(args.size, "--size")
     out = Path(args.out)
     if out.suffix.lower() != ".json":
         raise ProtlocError(f"--out must name a .json file, got {out.name}")
@@ -70,7 +73,8 @@ def run(args) -> int:
 
     sections = bench.parse_sections(args.sections)
     settings = bench.Settings(quick=args.quick, model=args.model, tf_result=args.tf_result, repeats=repeats,
-                              compile=args.compile, progress=sys.stderr.isatty(), threads=threads)
+                              compile=args.compile, progress=sys.stderr.isatty(), threads=threads,
+                              fields=fields, size=size)
     results = bench.run(sections, settings)
     # atomic: an interrupted run never leaves a half-written results file over an earlier one
     atomic_write_text(out, json.dumps(results, indent=1) + "\n")

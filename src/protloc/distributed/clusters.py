@@ -149,6 +149,18 @@ def jobqueue_cluster(spec: ClusterSpec):
     return classes[spec.kind](**kwargs)
 
 
+def start_local(spec: ClusterSpec):
+    """(LocalCluster, threads per worker): N worker processes on loopback sharing this machine's cores."""
+    from distributed import LocalCluster
+
+    threads = spec.options.get("threads")
+    threads = _positive(threads, "threads") if threads else max(1, (os.cpu_count() or 1) // spec.workers)
+    kwargs = {"memory_limit": spec.options["memory"]} if "memory" in spec.options else {}
+    cluster = LocalCluster(n_workers=spec.workers, threads_per_worker=threads, processes=True,
+                           host="127.0.0.1", dashboard_address="127.0.0.1:0", **kwargs)
+    return cluster, threads
+
+
 @contextmanager
 def open_client(spec: ClusterSpec):
     """(client, description) for the run; a cluster protloc started is closed afterwards, a scheduler
@@ -165,13 +177,7 @@ def open_client(spec: ClusterSpec):
                 raise ProtlocError(f"cannot reach the Dask scheduler at {spec.address}: {exc}") from None
             description = f"the scheduler at {spec.address}"
         elif spec.kind == "local":
-            from distributed import LocalCluster
-
-            threads = spec.options.get("threads")
-            threads = _positive(threads, "threads") if threads else max(1, (os.cpu_count() or 1) // spec.workers)
-            kwargs = {"memory_limit": spec.options["memory"]} if "memory" in spec.options else {}
-            cluster = LocalCluster(n_workers=spec.workers, threads_per_worker=threads, processes=True,
-                                   host="127.0.0.1", dashboard_address="127.0.0.1:0", **kwargs)
+            cluster, threads = start_local(spec)
             client = Client(cluster)
             description = f"a local cluster of {spec.workers} worker process(es), {threads} thread(s) each"
         else:

@@ -10,6 +10,7 @@ Cells: the parts' AnnData rows and embeddings, in input order, through ``protloc
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 import numpy as np
@@ -43,9 +44,13 @@ def merge_predictions(plan: Plan, writer, fmt: str, out: Path, classes: list[str
                 if row["failure"] is not None:
                     failures.append({"id": row["id"], "reason": row["failure"]})
                 elif row["id"] not in writer.done:  # a merge interrupted half-way is resumed, not doubled
+                    # one fsync at the end, not per row (10⁶ rows): until the parts are removed, a merge
+                    # cut short is redone from them, skipping the rows already in --out
                     writer.write(row["id"], np.asarray(row["probs"]), row["predicted"], classes,
-                                 row["pixel_size_um"], row["scale"])
+                                 row["pixel_size_um"], row["scale"], sync=False)
                     written += 1
+        writer.handle.flush()
+        os.fsync(writer.handle.fileno())
     finally:
         writer.close()
     if fmt == "parquet":

@@ -38,8 +38,10 @@ def _resolved(model: str) -> str:
 
 
 def run_shards(spec: ClusterSpec, kind: str, entries, out: Path, model: str, device: str, options: dict,
-               shard_size: int | None, progress: bool, on_first_size=None, max_pixels: str | None = None):
-    """Run every unfinished shard of the plan on the cluster; returns the plan (all parts written)."""
+               shard_size: int | None, progress: bool, on_first_size=None, max_pixels: str | None = None,
+               stats: dict | None = None):
+    """Run every unfinished shard of the plan on the cluster; returns the plan (all parts written).
+    ``stats`` (the benchmark's) receives each shard's summary."""
     from distributed import as_completed
 
     if kind == "predict":
@@ -59,8 +61,10 @@ def run_shards(spec: ClusterSpec, kind: str, entries, out: Path, model: str, dev
         if reused:
             print(f"protloc: resuming: {reused} of {len(plan.shards)} shard(s) already done in {plan.folder}",
                   file=sys.stderr)
-        _submit_all(client, as_completed, task, plan, todo, kind, model, device, options, max_pixels, progress,
-                    on_first_size)
+        summaries = _submit_all(client, as_completed, task, plan, todo, kind, model, device, options, max_pixels,
+                                progress, on_first_size)
+        if stats is not None:
+            stats["shards"] = summaries
     return plan, reused
 
 
@@ -73,7 +77,7 @@ def _submit_all(client, as_completed, task, plan, todo, kind, model, device, opt
     images = sum(len(plan.shards[i]) for i in todo)
     bar = tqdm(total=images, desc=kind if kind == "cells" else "predict", unit="img", disable=not progress,
                file=sys.stderr)
-    done_shards, said = 0, False
+    done_shards, said, summaries = 0, False, []
     seq = as_completed()
 
     def top_up():
@@ -89,6 +93,7 @@ def _submit_all(client, as_completed, task, plan, todo, kind, model, device, opt
     try:
         for future in seq:
             summary = _result(future)
+            summaries.append(summary)
             done_shards += 1
             bar.update(summary["images"])
             if not said and summary.get("size") is not None and on_first_size is not None:
@@ -101,6 +106,7 @@ def _submit_all(client, as_completed, task, plan, todo, kind, model, device, opt
         raise
     finally:
         bar.close()
+    return summaries
 
 
 def _result(future) -> dict:
@@ -120,7 +126,8 @@ def _result(future) -> dict:
 
 
 def predict(spec: ClusterSpec, inputs, model: str, out, *, device: str = "cpu", input_format=None,
-            reader_options=None, shard_size: int | None = None, progress: bool = True, options: dict | None = None):
+            reader_options=None, shard_size: int | None = None, progress: bool = True, options: dict | None = None,
+            stats: dict | None = None):
     """``protloc predict --cluster``: the same output (rows, order, errors file) as the single-process run."""
     from protloc.distributed.inputs import list_entries
     from protloc.distributed.merge import merge_predictions, open_prediction_output, write_errors
@@ -141,7 +148,8 @@ def predict(spec: ClusterSpec, inputs, model: str, out, *, device: str = "cpu", 
         result = BatchResult(already_done=len(entries) - len(todo), out=out)
         if todo:
             plan, _ = run_shards(spec, "predict", entries, out, model_file, device, options, shard_size, progress,
-                                 on_first_size=lambda size: _say_size(size, predictor), max_pixels=_max_pixels())
+                                 on_first_size=lambda size: _say_size(size, predictor), max_pixels=_max_pixels(),
+                                 stats=stats)
         else:
             plan = None
     except BaseException:
@@ -150,7 +158,10 @@ def predict(spec: ClusterSpec, inputs, model: str, out, *, device: str = "cpu", 
     if plan is None:
         writer.close()
         return result
+    merging = time.perf_counter()
     result.predicted, result.failures = merge_predictions(plan, writer, fmt, out, predictor.classes, columns)
+    if stats is not None:
+        stats["merge_s"] = time.perf_counter() - merging
     if result.failures:
         result.errors_file = write_errors(out, result.failures)
     remove(plan)

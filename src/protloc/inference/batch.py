@@ -143,7 +143,9 @@ class _RowWriter:
             handle.truncate(0)
 
     def write(self, sample_id: str, probs: np.ndarray, predicted: list[str], classes: list[str],
-              pixel_size_um: float | None = None, scale: float = 1.0) -> None:
+              pixel_size_um: float | None = None, scale: float = 1.0, sync: bool = True) -> None:
+        """One row, flushed; ``sync``: on disk before returning (False: the caller syncs once, as the
+        distributed merge does after its last row, its parts being kept until then)."""
         if self.fmt == "csv":
             self.csv.writerow([sample_id, *(f"{p:.6f}" for p in probs), "" if pixel_size_um is None else
                                f"{pixel_size_um:g}", f"{scale:g}", ";".join(predicted)])
@@ -152,7 +154,8 @@ class _RowWriter:
                    "pixel_size_um": pixel_size_um, "scale": round(float(scale), 6), "predicted": predicted}
             self.handle.write(json.dumps(row) + "\n")
         self.handle.flush()
-        os.fsync(self.handle.fileno())
+        if sync:
+            os.fsync(self.handle.fileno())
         self.done.add(sample_id)
 
     @property
