@@ -255,6 +255,42 @@ def test_worker_that_cannot_see_an_input(cluster, model_file, tmp_path, monkeypa
     assert err.startswith("protloc: error: worker w") and f"cannot see {missing}" in err
 
 
+def test_hcs_plate_read_by_the_workers(cluster, model_file, tmp_path):
+    pytest.importorskip("zarr", reason="the formats extra installs zarr")
+    from test_ome_formats import write_plate
+
+    plate = tmp_path / "plate.zarr"
+    write_plate(plate, fields_per_well=3)
+    assert main(["predict", str(plate), "--model", str(model_file), "--out", str(tmp_path / "one.csv"),
+                 "--workers", "0"]) == 0
+    assert main(["predict", str(plate), "--model", str(model_file), "--out", str(tmp_path / "many.csv"),
+                 "--cluster", cluster.address, "--shard-size", "2"]) == 0
+    assert len(read_rows(tmp_path / "one.csv")) == 6
+    assert_same_rows(tmp_path / "many.csv", tmp_path / "one.csv")
+
+
+def test_http_urls_fetched_by_the_workers(cluster, data_dir, model_file, single, tmp_path):
+    pytest.importorskip("aiohttp", reason="fsspec's http protocol needs aiohttp")
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
+                               "--directory", str(data_dir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        out = tmp_path / "pred.csv"
+        assert main(["predict", f"http://127.0.0.1:{port}/", "--model", str(model_file), "--out", str(out),
+                     "--cluster", cluster.address, "--shard-size", "4"]) == 0
+    finally:
+        server.terminate()
+        server.wait()
+    assert_same_rows(out, single / "pred.csv")
+
+
 def test_client_killed_then_resumed(cluster, data_dir, model_file, single, tmp_path, capsys):
     out = tmp_path / "pred.csv"
     parts = tmp_path / "pred.csv.parts"

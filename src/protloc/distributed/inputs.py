@@ -23,7 +23,10 @@ class WorkerCannotRead(ProtlocError):
 
 
 def is_url(text: str) -> bool:
-    return "://" in text and not text.startswith("file://")
+    """``PROTOCOL://...`` (s3, gs, http, file, ...): read through fsspec."""
+    import re
+
+    return re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", text) is not None
 
 
 def list_entries(inputs: list[str], input_format: str | None, reader_options: dict | None) -> list:
