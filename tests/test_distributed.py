@@ -1,137 +1,34 @@
 """Prediction and cells over a Dask cluster (``--cluster``, issue 25): a real ``dask scheduler`` and two
 real ``dask worker`` processes on 127.0.0.1; the merged outputs against the single-process path, a worker
-killed with SIGKILL mid-run, a client killed and resumed, the batch-system job script, and one real
-SLURM job where a single-node SLURM can be started."""
+killed with SIGKILL mid-run, a client killed and resumed, inputs the workers read (a plate, URLs, a path
+one cannot see), and the batch-system job script (one real SLURM job: test_distributed_slurm.py)."""
 
 from __future__ import annotations
 
-import csv
-import json
-import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-import protloc
 from protloc.cli import main
 from protloc.errors import ProtlocError
 
 pytest.importorskip("distributed", reason="the dask extra (pip install 'protloc[dask]') is not installed")
-
-SRC = str(Path(protloc.__file__).resolve().parents[1])
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _env() -> dict:
-    # the workers import this tree's protloc; one torch thread each (two workers share the test machine)
-    return {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""),
-            "PROTLOC_TORCH_THREADS": "1"}
-
-
-class LoopbackCluster:
-    """``dask scheduler`` + two ``dask worker`` processes (no nanny: SIGKILL kills the worker itself)."""
-
-    def __init__(self, tmp: Path):
-        self.address = f"tcp://127.0.0.1:{_free_port()}"
-        self.logs = tmp
-        self.scheduler = self._start("scheduler", ["scheduler", "--host", "127.0.0.1", "--port",
-                                                   self.address.rsplit(":", 1)[1], "--no-dashboard"])
-        self.workers = [self._start(f"worker{i}", ["worker", self.address, "--nthreads", "1", "--no-nanny",
-                                                   "--name", f"w{i}", "--no-dashboard"]) for i in range(2)]
-        self.wait_for(2)
-
-    def _start(self, name: str, args: list[str]) -> subprocess.Popen:
-        log = open(self.logs / f"{name}.log", "wb")
-        return subprocess.Popen([sys.executable, "-m", "dask", *args], stdout=log, stderr=subprocess.STDOUT,
-                                env=_env())
-
-    def wait_for(self, n: int, timeout: float = 90.0) -> None:
-        from distributed import Client
-
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                with Client(self.address, timeout="5s") as client:
-                    client.wait_for_workers(n, timeout=max(1.0, deadline - time.monotonic()))
-                    return
-            except (OSError, TimeoutError):
-                if time.monotonic() > deadline:
-                    raise
-
-    def close(self) -> None:
-        for process in [*self.workers, self.scheduler]:
-            if process.poll() is None:
-                process.terminate()
-        for process in [*self.workers, self.scheduler]:
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    started = LoopbackCluster(tmp_path_factory.mktemp("dask-logs"))
-    yield started
-    started.close()
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    from protloc.data.synth import generate_dataset
-
-    out = tmp_path_factory.mktemp("synth")
-    generate_dataset(out, samples=10, size=96, seed=3, workers=1)
-    return out
-
-
-@pytest.fixture(scope="module")
-def single(data_dir, model_file, tmp_path_factory) -> Path:
-    """The single-process outputs every cluster run is compared with."""
-    out = tmp_path_factory.mktemp("single")
-    for name in ("pred.csv", "pred.jsonl", "pred.parquet"):
-        assert main(["predict", str(data_dir), "--model", str(model_file), "--out", str(out / name),
-                     "--workers", "0"]) == 0
-    assert main(["cells", str(data_dir), "--model", str(model_file), "--out", str(out / "cells.csv")]) == 0
-    return out
-
-
-def read_rows(path: Path) -> list[dict]:
-    if path.suffix == ".csv":
-        with open(path, newline="") as handle:
-            return list(csv.DictReader(handle))
-    if path.suffix == ".jsonl":
-        return [json.loads(line) for line in path.read_text().splitlines()]
-    import pyarrow.parquet as pq
-
-    return pq.read_table(path).to_pylist()
-
-
-def assert_same_rows(got: Path, want: Path) -> None:
-    """Row for row, in the same order: ids and text equal, numbers within 1e-6."""
-    a, b = read_rows(got), read_rows(want)
-    assert [r.get("id", r.get("image_id")) for r in a] == [r.get("id", r.get("image_id")) for r in b]
-    assert len(a) == len(b) and a and list(a[0]) == list(b[0])
-    for x, y in zip(a, b):
-        for key in y:
-            try:
-                assert float(x[key]) == pytest.approx(float(y[key]), abs=1e-6), key
-            except (TypeError, ValueError):
-                assert x[key] == y[key], key
-
+from dask_helpers import (  # noqa: F401 - fixtures
+    LoopbackCluster,
+    _env,
+    _free_port,
+    assert_same_rows,
+    cluster,
+    data_dir,
+    read_rows,
+    single,
+)
 
 # --- the cluster spec, without a cluster -----------------------------------------------------------
 
@@ -223,9 +120,19 @@ def test_merged_output_equals_single_process(cluster, data_dir, model_file, sing
                  "--cluster", cluster.address, "--shard-size", "3"]) == 0
     captured = capsys.readouterr()
     assert "predicted 10 image(s), 0 already done" in captured.out
-    assert "Dask dashboard" in captured.err
+    assert "the scheduler serves no Dask dashboard" in captured.err  # started with --no-dashboard
     assert_same_rows(out, single / name)
     assert not (tmp_path / f"{name}.parts").exists()  # merged, then removed
+
+
+def test_local_cluster_and_its_dashboard(data_dir, model_file, single, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", _env()["PYTHONPATH"])  # the LocalCluster's worker processes import this tree
+    out = tmp_path / "pred.csv"
+    assert main(["predict", str(data_dir), "--model", str(model_file), "--out", str(out), "--cluster", "local:2",
+                 "--shard-size", "5"]) == 0
+    err = capsys.readouterr().err
+    assert "a local cluster of 2 worker process(es)" in err and "Dask dashboard: http://127.0.0.1:" in err
+    assert_same_rows(out, single / "pred.csv")
 
 
 def test_cells_merged_equal_single_process(cluster, data_dir, model_file, single, tmp_path):
@@ -294,10 +201,10 @@ def test_http_urls_fetched_by_the_workers(cluster, data_dir, model_file, single,
 def test_client_killed_then_resumed(cluster, data_dir, model_file, single, tmp_path, capsys):
     out = tmp_path / "pred.csv"
     parts = tmp_path / "pred.csv.parts"
-    command = [sys.executable, "-m", "protloc.cli", "predict", str(data_dir), "--model", str(model_file),
-               "--out", str(out), "--cluster", cluster.address, "--shard-size", "1"]
+    arguments = ["predict", str(data_dir), "--model", str(model_file), "--out", str(out),
+                 "--cluster", cluster.address, "--shard-size", "1"]
     client = subprocess.Popen([sys.executable, "-c", "import sys; from protloc.cli import main; "
-                               "sys.exit(main(sys.argv[1:]))", *command[3:]], env=_env(),
+                               "sys.exit(main(sys.argv[1:]))", *arguments], env=_env(),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while len(list(parts.glob("shard-*.parquet"))) < 3 and client.poll() is None and time.monotonic() < deadline:
@@ -341,85 +248,3 @@ def test_worker_killed_mid_run_loses_and_doubles_nothing(data_dir, model_file, s
         assert_same_rows(tmp_path / "pred.jsonl", single / "pred.jsonl")
     finally:
         own.close()
-
-
-# --- a real SLURM job -------------------------------------------------------------------------------
-
-SLURM_CONF = """ClusterName=protloc
-SlurmctldHost={host}(127.0.0.1)
-SlurmctldPort={ctld_port}
-SlurmdPort={slurmd_port}
-AuthType=auth/none
-CredType=cred/none
-SlurmUser={user}
-SlurmdUser={user}
-StateSaveLocation={dir}/state
-SlurmdSpoolDir={dir}/spool
-SlurmctldPidFile={dir}/slurmctld.pid
-SlurmdPidFile={dir}/slurmd.pid
-SlurmctldLogFile={dir}/slurmctld.log
-SlurmdLogFile={dir}/slurmd.log
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-SchedulerType=sched/builtin
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core_Memory
-JobCompType=jobcomp/none
-AccountingStorageType=accounting_storage/none
-JobAcctGatherType=jobacct_gather/none
-MpiDefault=none
-ReturnToService=2
-NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory=4000 State=UNKNOWN
-PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
-"""
-
-
-@pytest.fixture
-def slurm(tmp_path, monkeypatch):
-    """A throw-away single-node SLURM (slurmctld + slurmd on 127.0.0.1, no munge: auth/none)."""
-    missing = [b for b in ("slurmctld", "slurmd", "sbatch") if shutil.which(b) is None]
-    if missing:
-        pytest.skip(f"SLURM is not installed ({', '.join(missing)}; tools/install-test-system-packages.sh)")
-    import getpass
-
-    folder = tmp_path / "slurm"
-    for sub in ("state", "spool"):
-        (folder / sub).mkdir(parents=True)
-    conf = folder / "slurm.conf"
-    conf.write_text(SLURM_CONF.format(host=socket.gethostname(), ctld_port=_free_port(), slurmd_port=_free_port(),
-                                      user=getpass.getuser(), dir=folder, cpus=os.cpu_count() or 1))
-    monkeypatch.setenv("SLURM_CONF", str(conf))
-    daemons = [subprocess.Popen([shutil.which("slurmctld"), "-D", "-c", "-f", str(conf)], env=os.environ.copy(),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
-    time.sleep(1)
-    daemons.append(subprocess.Popen([shutil.which("slurmd"), "-D", "-f", str(conf)], env=os.environ.copy(),
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        state = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True).stdout.strip()
-        if state == "idle":
-            break
-        time.sleep(0.5)
-    else:
-        for daemon in daemons:
-            daemon.kill()
-        logs = " | ".join((folder / n).read_text()[-300:] for n in ("slurmctld.log", "slurmd.log")
-                          if (folder / n).exists())
-        pytest.fail(f"the single-node SLURM did not come up (sinfo: {state!r}): {logs}")
-    yield folder
-    for daemon in reversed(daemons):
-        daemon.terminate()
-        daemon.wait(timeout=20)
-
-
-@pytest.mark.slow
-def test_one_real_slurm_job(slurm, data_dir, model_file, single, tmp_path, monkeypatch):
-    monkeypatch.setenv("PYTHONPATH", _env()["PYTHONPATH"])  # sbatch passes the environment to the job
-    out = tmp_path / "pred.csv"
-    assert main(["predict", str(data_dir), "--model", str(model_file), "--out", str(out), "--cluster", "slurm",
-                 "--cluster-option", "cores=1", "--cluster-option", "memory=2GB", "--cluster-option",
-                 "walltime=00:10:00", "--cluster-option", "jobs=1", "--cluster-option", "queue=debug",
-                 "--cluster-option", f"local_directory={tmp_path}", "--shard-size", "5"]) == 0
-    assert_same_rows(out, single / "pred.csv")
-    accounting = subprocess.run(["scontrol", "show", "job"], capture_output=True, text=True).stdout
-    assert "JobName=dask-worker" in accounting  # the rows came from a job SLURM ran

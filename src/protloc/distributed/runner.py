@@ -18,6 +18,8 @@ from protloc.distributed.shards import make_plan, remove
 from protloc.distributed.worker import ShardJob
 from protloc.errors import ProtlocError
 
+WINDOW = 100  # shards submitted at once, at least
+
 
 def _probe(entry, max_pixels):
     """On a worker: the first sample's (height, width), read as a shard would read it."""
@@ -50,7 +52,7 @@ def run_shards(spec: ClusterSpec, kind: str, entries, out: Path, model: str, dev
         from protloc.distributed.cells_task import cells_shard as task
 
     with open_client(spec) as (client, description):
-        print(f"protloc: running on {description}; Dask dashboard: {client.dashboard_link}", file=sys.stderr)
+        print(f"protloc: running on {description}; {_dashboard(client)}", file=sys.stderr)
 
         def probe():
             return client.submit(_probe, entries[0], max_pixels, pure=False).result()
@@ -69,11 +71,13 @@ def run_shards(spec: ClusterSpec, kind: str, entries, out: Path, model: str, dev
 
 
 def _submit_all(client, as_completed, task, plan, todo, kind, model, device, options, max_pixels, progress,
-                on_first_size) -> None:
+                on_first_size) -> list[dict]:
+    from collections import deque
+
     from tqdm import tqdm
 
     tag = plan.folder.name
-    pending = list(todo)
+    pending = deque(todo)
     images = sum(len(plan.shards[i]) for i in todo)
     bar = tqdm(total=images, desc=kind if kind == "cells" else "predict", unit="img", disable=not progress,
                file=sys.stderr)
@@ -82,8 +86,10 @@ def _submit_all(client, as_completed, task, plan, todo, kind, model, device, opt
 
     def top_up():
         workers = max(1, len(client.scheduler_info(n_workers=-1).get("workers", {})))
-        while pending and seq.count() < 2 * workers + 2:  # a few shards per worker queued, never all
-            shard = pending.pop(0)
+        # A window of shards, never all of them (10⁶ samples are not one graph), but wide enough for
+        # adaptive scaling to see the backlog and ask for its jobs; the scheduler hands them out.
+        while pending and seq.count() < max(2 * workers + 2, WINDOW):
+            shard = pending.popleft()
             job = ShardJob(shard, plan.shards[shard], str(plan.part(shard)), model, device, options, max_pixels)
             seq.add(client.submit(task, job, key=f"protloc-{kind}-{shard:06d}-{tag}-{time.time_ns()}",
                                   pure=False, retries=0))
@@ -107,6 +113,13 @@ def _submit_all(client, as_completed, task, plan, todo, kind, model, device, opt
     finally:
         bar.close()
     return summaries
+
+
+def _dashboard(client) -> str:
+    """The dashboard's address, or that the scheduler has none (started with --no-dashboard, no bokeh)."""
+    if "dashboard" not in client.scheduler_info(n_workers=0).get("services", {}):
+        return "the scheduler serves no Dask dashboard"
+    return f"Dask dashboard: {client.dashboard_link}"
 
 
 def _result(future) -> dict:
