@@ -120,7 +120,7 @@ def test_merged_output_equals_single_process(cluster, data_dir, model_file, sing
                  "--cluster", cluster.address, "--shard-size", "3"]) == 0
     captured = capsys.readouterr()
     assert "predicted 10 image(s), 0 already done" in captured.out
-    assert "the scheduler serves no Dask dashboard" in captured.err  # started with --no-dashboard
+    assert "Dask dashboard: http://127.0.0.1:" in captured.err
     assert_same_rows(out, single / name)
     assert not (tmp_path / f"{name}.parts").exists()  # merged, then removed
 
