@@ -5,6 +5,7 @@ one cannot see), and the batch-system job script (one real SLURM job: test_distr
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import subprocess
@@ -248,3 +249,18 @@ def test_worker_killed_mid_run_loses_and_doubles_nothing(data_dir, model_file, s
         assert_same_rows(tmp_path / "pred.jsonl", single / "pred.jsonl")
     finally:
         own.close()
+
+
+@pytest.mark.slow
+def test_bench_cluster_section_quick(model_file, tmp_path, monkeypatch):
+    """``protloc bench --sections cluster`` end to end on 4 small fields: every path, every output the same."""
+    monkeypatch.setenv("PYTHONPATH", _env()["PYTHONPATH"])
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--quick", "--sections", "cluster", "--fields", "4", "--size", "128", "--model",
+                 str(model_file), "--out", str(out), "--markdown", str(tmp_path / "bench.md")]) == 0
+    section = json.loads(out.read_text())["sections"]["cluster"]
+    paths = [r["path"] for r in section["rows"]]
+    assert paths == ["single process", "single process", "local:1", "local:2", "scheduler + 2 workers"]
+    assert all(r["same_rows"] for r in section["rows"]) and section["empty_task_s"] > 0
+    assert [r["workers"] for r in section["projection"]["table"]] == [1, 2, 8, 32, 128]
+    assert "load average" in section["uptime"] and "### Cluster" in (tmp_path / "bench.md").read_text()
