@@ -112,6 +112,26 @@ def test_slurm_job_script():
     assert " tcp://" in command and "--nanny" in command
 
 
+@pytest.mark.parametrize("kind, expected", [
+    ("pbs", ["#PBS -q short", "#PBS -A imaging", "#PBS -l walltime=00:30:00", "#PBS -l select=1:ncpus=4:mem=7630MB"]),
+    ("lsf", ["#BSUB -q short", '#BSUB -P "imaging"', "#BSUB -W 00:30", "#BSUB -n 4"]),
+])
+def test_pbs_and_lsf_job_scripts(kind, expected):
+    pytest.importorskip("dask_jobqueue", reason="the dask extra installs dask-jobqueue")
+    from protloc.distributed import parse_cluster
+    from protloc.distributed.clusters import jobqueue_cluster
+
+    cluster = jobqueue_cluster(parse_cluster(kind, ["cores=4", "memory=8GB", "walltime=00:30:00", "queue=short",
+                                                    "account=imaging"]))
+    try:
+        lines = cluster.job_script().splitlines()
+    finally:
+        cluster.close()
+    for directive in expected:
+        assert directive in lines, (directive, lines)
+    assert "distributed.cli.dask_worker" in lines[-1] and "--nthreads 4" in lines[-1]
+
+
 # --- a real scheduler and two real workers ----------------------------------------------------------
 
 @pytest.mark.parametrize("name", ["pred.csv", "pred.jsonl", "pred.parquet"])

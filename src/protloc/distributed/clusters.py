@@ -139,12 +139,14 @@ def jobqueue_cluster(spec: ClusterSpec):
         kwargs["job_extra_directives"] = options.pop("job_extra")
     if "job_script_prologue" in options:
         kwargs["job_script_prologue"] = [options.pop("job_script_prologue")]
-    if "account" in options:
-        kwargs["account"] = options.pop("account")
+    if "account" in options:  # LSF calls it the project (#BSUB -P)
+        kwargs["project" if spec.kind == "lsf" else "account"] = options.pop("account")
     for key in ("walltime", "queue", "local_directory", "interface", "python"):
         if key in options:
             kwargs[key] = options.pop(key)
     kwargs.setdefault("walltime", "01:00:00")
+    if spec.kind == "lsf" and kwargs["walltime"].count(":") == 2:  # bsub -W takes [HH:]MM: seconds dropped
+        kwargs["walltime"] = kwargs["walltime"].rsplit(":", 1)[0]
     # one worker process per job owns the job's cores: protloc gives them to torch (one shard at a time)
     return classes[spec.kind](**kwargs)
 
