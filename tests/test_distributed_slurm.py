@@ -92,7 +92,9 @@ def test_one_real_slurm_job(slurm, data_dir, model_file, single, tmp_path, monke
     assert main(["predict", str(data_dir), "--model", str(model_file), "--out", str(out), "--cluster", "slurm",
                  "--cluster-option", "cores=1", "--cluster-option", "memory=2GB", "--cluster-option",
                  "walltime=00:10:00", "--cluster-option", "jobs=1", "--cluster-option", "queue=debug",
-                 "--cluster-option", f"local_directory={tmp_path}", "--shard-size", "5"]) == 0
+                 "--cluster-option", f"local_directory={tmp_path}",
+                 "--cluster-option", f"log_directory={tmp_path / 'logs'}", "--shard-size", "5"]) == 0
     assert_same_rows(out, single / "pred.csv")
     accounting = subprocess.run(["scontrol", "show", "job"], capture_output=True, text=True).stdout
     assert "JobName=dask-worker" in accounting  # the rows came from a job SLURM ran
+    assert list((tmp_path / "logs").glob("dask-worker-*.err"))  # its log, not in the working folder

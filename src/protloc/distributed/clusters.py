@@ -20,7 +20,7 @@ JOBQUEUES = ("slurm", "pbs", "lsf")
 # --cluster-option keys: the dask-jobqueue arguments users of a core facility need, named as they are there
 # (job_extra = one #SBATCH/#PBS/#BSUB line each, repeatable), plus how many jobs to keep.
 JOB_OPTIONS = ("cores", "memory", "walltime", "queue", "account", "job_extra", "processes", "local_directory",
-               "interface", "python", "job_script_prologue", "jobs", "adaptive")
+               "interface", "python", "job_script_prologue", "log_directory", "jobs", "adaptive")
 LOCAL_OPTIONS = ("threads", "memory")
 
 
@@ -141,7 +141,7 @@ def jobqueue_cluster(spec: ClusterSpec):
         kwargs["job_script_prologue"] = [options.pop("job_script_prologue")]
     if "account" in options:  # LSF calls it the project (#BSUB -P)
         kwargs["project" if spec.kind == "lsf" else "account"] = options.pop("account")
-    for key in ("walltime", "queue", "local_directory", "interface", "python"):
+    for key in ("walltime", "queue", "local_directory", "interface", "python", "log_directory"):
         if key in options:
             kwargs[key] = options.pop(key)
     kwargs.setdefault("walltime", "01:00:00")
