@@ -220,22 +220,37 @@ def test_http_urls_fetched_by_the_workers(cluster, data_dir, model_file, single,
     assert_same_rows(out, single / "pred.csv")
 
 
-def test_client_killed_then_resumed(cluster, data_dir, model_file, single, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def many(tmp_path_factory, model_file) -> tuple:
+    """40 fields of 160², so that the kill tests find a run with work left (their shards take longer
+    than the tests' reaction) however idle the machine; and their single-process rows."""
+    from protloc.data.synth import generate_dataset
+
+    folder = tmp_path_factory.mktemp("many")
+    generate_dataset(folder / "data", samples=40, size=160, seed=5, workers=1)
+    for name in ("pred.csv", "pred.jsonl"):
+        assert main(["predict", str(folder / "data"), "--model", str(model_file), "--out", str(folder / name),
+                     "--workers", "0"]) == 0
+    return folder / "data", folder
+
+
+def test_client_killed_then_resumed(cluster, many, model_file, tmp_path, capsys):
+    data, single = many
     out = tmp_path / "pred.csv"
     parts = tmp_path / "pred.csv.parts"
-    arguments = ["predict", str(data_dir), "--model", str(model_file), "--out", str(out),
+    arguments = ["predict", str(data), "--model", str(model_file), "--out", str(out),
                  "--cluster", cluster.address, "--shard-size", "1"]
     client = subprocess.Popen([sys.executable, "-c", "import sys; from protloc.cli import main; "
                                "sys.exit(main(sys.argv[1:]))", *arguments], env=_env(),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while len(list(parts.glob("shard-*.parquet"))) < 3 and client.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
+        time.sleep(0.01)
     client.send_signal(signal.SIGKILL)
     client.wait()
     finished = len(list(parts.glob("shard-*.parquet")))
-    assert 3 <= finished < 10, "the client was to be killed mid-run"
-    assert main(["predict", str(data_dir), "--model", str(model_file), "--out", str(out),
+    assert 3 <= finished < 40, "the client was to be killed mid-run"
+    assert main(["predict", str(data), "--model", str(model_file), "--out", str(out),
                  "--cluster", cluster.address, "--shard-size", "1"]) == 0
     err = capsys.readouterr().err
     resumed = int(err.split("resuming: ")[1].split(" of ")[0])
@@ -243,8 +258,10 @@ def test_client_killed_then_resumed(cluster, data_dir, model_file, single, tmp_p
     assert_same_rows(out, single / "pred.csv")
 
 
-def test_worker_killed_mid_run_loses_and_doubles_nothing(data_dir, model_file, single, tmp_path):
+def test_worker_killed_mid_run_loses_and_doubles_nothing(many, model_file, tmp_path):
     from protloc.distributed import parse_cluster, predict
+
+    data, single = many
 
     own = LoopbackCluster(tmp_path)  # its own: one of its workers dies here
     try:
@@ -254,19 +271,19 @@ def test_worker_killed_mid_run_loses_and_doubles_nothing(data_dir, model_file, s
         def kill_when_working():
             deadline = time.monotonic() + 120
             while not list(parts.glob("shard-*.parquet")) and time.monotonic() < deadline:
-                time.sleep(0.02)
+                time.sleep(0.01)
             own.workers[1].send_signal(signal.SIGKILL)
             killed.append(len(list(parts.glob("shard-*.parquet"))))
 
         killer = threading.Thread(target=kill_when_working)
         killer.start()
-        result = predict(parse_cluster(own.address), [str(data_dir)], str(model_file), tmp_path / "pred.jsonl",
+        result = predict(parse_cluster(own.address), [str(data)], str(model_file), tmp_path / "pred.jsonl",
                          shard_size=1, progress=False)
         killer.join()
-        assert own.workers[1].poll() == -signal.SIGKILL and killed and killed[0] < 10
-        assert result.predicted == 10
+        assert own.workers[1].poll() == -signal.SIGKILL and killed and killed[0] < 40
+        assert result.predicted == 40
         rows = read_rows(tmp_path / "pred.jsonl")
-        assert len({r["id"] for r in rows}) == len(rows) == 10
+        assert len({r["id"] for r in rows}) == len(rows) == 40
         assert_same_rows(tmp_path / "pred.jsonl", single / "pred.jsonl")
     finally:
         own.close()
