@@ -80,7 +80,7 @@ def model_file(tmp_path_factory) -> Path:
     the plumbing around a model, not of its answers."""
     import torch
 
-    from protloc.checkpoint import save_model_file
+    from protloc.model_file import save_model_file
     from protloc.labels import HPA13
     from protloc.models import create_model
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import protloc
-from protloc.checkpoint import save_model_file
+from protloc.model_file import save_model_file
 from protloc.cli import main
 from protloc.data.synth import generate_dataset
 from protloc.labels import HPA13
@@ -21,7 +21,8 @@ anndata = pytest.importorskip("anndata")
 skimage = pytest.importorskip("skimage")
 
 from protloc.cells.evaluate import match_cells, per_cell_map  # noqa: E402
-from protloc.cells.features import block_maps, cell_crop, coverage, masked_averages, predict_cells  # noqa: E402
+from protloc.cells.features import cell_crop, coverage, masked_averages, predict_cells  # noqa: E402
+from protloc.inference.gapnet_pl_fast import block_maps  # noqa: E402
 from protloc.cells.masks import read_label_image, write_label_image  # noqa: E402
 from protloc.cells.pipeline import analyse_image  # noqa: E402
 from protloc.cells.segmentation import segment  # noqa: E402
@@ -165,14 +166,14 @@ def test_segmentation_finds_the_synthetic_cells():
 
 
 def test_segmentation_of_the_real_kaggle_field():
-    from protloc.data.inputs import discover_inputs, load_entry
+    from protloc.data.formats import discover, read
 
     from conftest import shared_dir
 
     folder = shared_dir() / "real-hpa" / "kaggle-png"
     if not folder.is_dir():
         pytest.skip("../shared/real-hpa is not beside the repository")
-    image = load_entry(discover_inputs([folder])[0])
+    image = read(discover([folder])[0]).image
     segmentation = segment(image)
     # By eye (README): 13 cells found; 2 cells with very dim nuclei on the left are missed.
     assert 8 <= segmentation.count <= 18

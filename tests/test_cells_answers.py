@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import protloc
-from protloc.checkpoint import save_model_file
+from protloc.model_file import save_model_file
 from protloc.cli import main
 from protloc.labels import HPA13
 from protloc.models import create_model
@@ -77,7 +77,8 @@ def test_scorings_of_the_predictions(predictor):
     np.testing.assert_allclose(cells.scores(classes, "geometric-mean"), cells.with_image_prior(), rtol=1e-6)
     default = cells.scores(classes)
     weights = scoring.own_weights(classes)
-    gate = np.minimum(1, cells.expression / scoring.EXPRESSION_FULL)[:, None]
+    gate = (np.minimum(1, cells.expression / scoring.EXPRESSION_FULL)
+            * scoring.signal_gate(cells.signal_to_noise))[:, None]  # relative and absolute ("no signal")
     expected = gate * cells.probabilities**weights * cells.image_probabilities[None] ** (1 - weights)
     np.testing.assert_allclose(default, expected, rtol=1e-5, atol=1e-7)
     assert default[2].max() < 0.02 * default[0].max()  # the cell without protein says (almost) nothing
@@ -218,7 +219,7 @@ def test_masks_from_ome_zarr_labels_and_next_to_ome_tiff(model_file, tmp_path, c
     import zarr
     from ome_zarr import writer as ome_writer
 
-    from protloc.data.ome_zarr import write_label_image as write_ngff_labels
+    from protloc.data.formats.ome_zarr import write_label_image as write_ngff_labels
 
     image, labels = _field(5)
     names = ["DAPI", "Tubulin", "Calreticulin", "GFP"]

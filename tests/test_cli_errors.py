@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from protloc.checkpoint import save_model_file
+from protloc.model_file import save_model_file
 from protloc.cli import main
 from protloc.labels import HPA13
 from protloc.models import create_model

@@ -8,14 +8,18 @@ import tifffile
 from PIL import Image
 
 from protloc.data.channels import CHANNELS, COLOUR_OF_CHANNEL
-from protloc.data.inputs import discover_inputs, load_entry
-from protloc.data.readers import (
-    NPZ_CHANNEL_ORDER,
-    read_channel_file,
-    read_multichannel_file,
-    read_npz_sample,
-    read_sample,
-)
+from protloc.data.formats import discover, read, read_file
+from protloc.data.formats.channel_files import read_channel_file
+from protloc.data.formats.npz import NPZ_CHANNEL_ORDER
+from protloc.data.formats.npz import read_array as read_npz_sample
+
+
+def read_sample(sources, _format=None, **options):
+    return read(sources, **options).image
+
+
+def read_multichannel_file(path, **options):
+    return read_file(path, **options).image
 from protloc.errors import DataError, ProtlocError
 
 from conftest import shared_dir
@@ -217,21 +221,21 @@ def test_discover_inputs_mixes_files_folders_and_multichannel(tmp_path):
     del broken["er"]
     write_sample(dataset, "d2", broken)
     (dataset / "labels.csv").write_text("id,labels\nd1,Nucleus\n")
-    entries = discover_inputs([flat / "a_blue.png", flat / "a_red.png", per_sample, tmp_path / "c.tif", dataset,
+    entries = discover([flat / "a_blue.png", flat / "a_red.png", per_sample, tmp_path / "c.tif", dataset,
                                flat])
     assert [e.id for e in entries] == ["a", "b", "c", "d1", "d2", "a#2"]
     assert entries[3].labels == (10,) and entries[0].labels is None
     for entry in entries[:4]:
-        image = load_entry(entry)
+        image = read(entry).image
         assert image.shape == (4, 16, 24)
         np.testing.assert_array_equal(image[3], planes["protein"])
     with pytest.raises(DataError, match="missing channel yellow"):  # reported when decoded, not hidden
-        load_entry(entries[4])
+        read(entries[4]).image
     with pytest.raises(ProtlocError, match="no such file"):
-        discover_inputs([tmp_path / "nope.png"])
+        discover([tmp_path / "nope.png"])
     (tmp_path / "notes.txt").write_text("x")
     with pytest.raises(ProtlocError, match="not a channel file"):
-        discover_inputs([tmp_path / "notes.txt"])
+        discover([tmp_path / "notes.txt"])
 
 
 # ---- the real HPA field in its two published formats ------------------------------------------------

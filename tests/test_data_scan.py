@@ -14,7 +14,8 @@ from PIL import Image
 
 from protloc.cli import main
 from protloc.data.channels import CHANNELS, COLOUR_OF_CHANNEL
-from protloc.data.index import DatasetIndex, default_index_path, detect_format, open_dataset, scan_dataset
+from protloc.data.formats.listing import detect_format
+from protloc.data.index import DatasetIndex, default_index_path, open_dataset, scan_dataset
 from protloc.data.splits import load_split_file
 from protloc.errors import ProtlocError
 from protloc.labels import HPA13, KAGGLE28

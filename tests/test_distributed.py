@@ -143,7 +143,7 @@ def test_merged_output_equals_single_process(cluster, data_dir, model_file, sing
     assert "predicted 10 image(s), 0 already done" in captured.out
     assert "Dask dashboard: http://127.0.0.1:" in captured.err
     assert_same_rows(out, single / name)
-    assert not (tmp_path / f"{name}.parts").exists()  # merged, then removed
+    assert not (tmp_path / f"{name}.shards").exists()  # merged, then removed
 
 
 def test_local_cluster_and_its_dashboard(data_dir, model_file, single, tmp_path, capsys, monkeypatch):
@@ -172,7 +172,7 @@ def test_cells_merged_equal_single_process(cluster, data_dir, model_file, single
 
 
 def test_worker_that_cannot_see_an_input(cluster, model_file, tmp_path, monkeypatch, capsys):
-    from protloc.data.inputs import SampleEntry
+    from protloc.data.formats import SampleEntry
 
     missing = tmp_path / "only-on-the-client" / "field_blue.png"
     entries = [SampleEntry("field", {"nucleus": str(missing)}, None, 0, 0)]
@@ -237,7 +237,7 @@ def many(tmp_path_factory, model_file) -> tuple:
 def test_client_killed_then_resumed(cluster, many, model_file, tmp_path, capsys):
     data, single = many
     out = tmp_path / "pred.csv"
-    parts = tmp_path / "pred.csv.parts"
+    parts = tmp_path / "pred.csv.shards"
     arguments = ["predict", str(data), "--model", str(model_file), "--out", str(out),
                  "--cluster", cluster.address, "--shard-size", "1"]
     client = subprocess.Popen([sys.executable, "-c", "import sys; from protloc.cli import main; "
@@ -265,7 +265,7 @@ def test_worker_killed_mid_run_loses_and_doubles_nothing(many, model_file, tmp_p
 
     own = LoopbackCluster(tmp_path)  # its own: one of its workers dies here
     try:
-        parts = tmp_path / "pred.jsonl.parts"
+        parts = tmp_path / "pred.jsonl.shards"
         killed = []
 
         def kill_when_working():
@@ -302,3 +302,37 @@ def test_bench_cluster_section_quick(model_file, tmp_path, monkeypatch):
     assert all(r["same_rows"] for r in section["rows"]) and section["empty_task_s"] > 0
     assert [r["workers"] for r in section["projection"]["table"]] == [1, 2, 8, 32, 128]
     assert "load average" in section["uptime"] and "### Cluster" in (tmp_path / "bench.md").read_text()
+
+
+def test_skipped_input_precision_and_strict_as_single_process(cluster, data_dir, model_file, tmp_path, capsys):
+    """An unreadable input, --precision and --strict: the same rows (precision column), the same
+    errors list and the same exit status as the single-process run; for cells too (signal_to_noise,
+    the .h5ad's uns)."""
+    import shutil
+
+    import anndata
+
+    from protloc.commands.options import STRICT_EXIT
+
+    data = tmp_path / "data"
+    shutil.copytree(data_dir, data)
+    (data / "broken.npz").write_bytes(b"not a zip file")
+    for kind, name, flags in (("predict", "pred.csv", ["--precision", "bf16"]), ("cells", "cells.csv", [])):
+        runs = {}
+        for where, extra in (("single", ["--workers", "0"] if kind == "predict" else []),
+                             ("cluster", ["--cluster", cluster.address, "--shard-size", "4"])):
+            out = tmp_path / where / name
+            runs[where] = main([kind, str(data), "--model", str(model_file), "--out", str(out), "--strict",
+                                *flags, *extra])
+        assert runs == {"single": STRICT_EXIT, "cluster": STRICT_EXIT}, kind
+        assert_same_rows(tmp_path / "cluster" / name, tmp_path / "single" / name)
+        errors = name.replace(".csv", ".errors.csv")
+        got, want = (read_rows(tmp_path / where / errors) for where in ("cluster", "single"))
+        assert got == want and [r["id"] for r in got] == ["broken"], got
+    rows = read_rows(tmp_path / "cluster" / "pred.csv")
+    assert {r["precision"] for r in rows} == {"bf16"} and len(rows) == 10
+    assert "signal_to_noise" in read_rows(tmp_path / "cluster" / "cells.csv")[0]
+    got, want = (anndata.read_h5ad(tmp_path / where / "cells.h5ad") for where in ("cluster", "single"))
+    assert {k: str(v) for k, v in got.uns.items()} == {k: str(v) for k, v in want.uns.items()}
+    assert got.uns["precision"] == "fp32"
+    capsys.readouterr()

@@ -14,7 +14,7 @@ from PIL import Image
 from scipy.stats import wilcoxon
 from sklearn.metrics import f1_score, precision_recall_curve, precision_score, recall_score, roc_auc_score
 
-from protloc.checkpoint import read_model_file, save_model_file
+from protloc.model_file import read_model_file, save_model_file
 from protloc.cli import main
 from protloc.errors import ProtlocError
 from protloc.evaluation.compare import compare_runs, wilcoxon_greater

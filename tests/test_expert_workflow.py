@@ -20,7 +20,7 @@ torch.set_num_threads(1)
 
 def make_run(run_dir: Path, seed: int = 0) -> Path:
     """A 'training run' with a GapNet-PL model file (untrained weights; the fine-tuning learns on its features)."""
-    from protloc.checkpoint import save_model_file
+    from protloc.model_file import save_model_file
     from protloc.labels import HPA13
     from protloc.models import create_model
 
@@ -45,7 +45,7 @@ def workflow(tmp_path_factory):
 
 
 def test_workflow_select_to_report(workflow, capsys):
-    from protloc.checkpoint import read_model_file
+    from protloc.model_file import read_model_file
     from protloc.expert.study import load_study
 
     base, data, run = workflow
@@ -165,7 +165,7 @@ def test_finetune_uses_the_runs_own_index_and_splits(workflow, tmp_path, capsys)
     """A training run folder carries index.json and splits.json: fine-tuning needs no --data then."""
     import shutil
 
-    from protloc.checkpoint import read_model_file
+    from protloc.model_file import read_model_file
     from protloc.data.index import default_index_path, default_splits_path, open_dataset
     from protloc.data.splits import load_splits, single_label_ids
 

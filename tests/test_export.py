@@ -19,7 +19,7 @@ import torch
 import yaml
 
 import protloc
-from protloc.checkpoint import save_model_file
+from protloc.model_file import save_model_file
 from protloc.cli import main
 from protloc.inference import normalize
 from protloc.labels import HPA13

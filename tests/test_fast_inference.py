@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from protloc.checkpoint import build_network, read_model_file, save_model_file
+from protloc.model_file import network_from_model_file, read_model_file, save_model_file
 from protloc.cli import main
 from protloc.data.channels import CHANNELS
 from protloc.errors import ProtlocError
@@ -22,7 +22,7 @@ from protloc.inference.inferer import Inferer
 from protloc.inference.normalization import normalize
 from protloc.labels import HPA13
 from protloc.models import create_model
-from protloc.models.gapnet_pl_fast import FastGapNetPL, fast_network, gflop, image_moments
+from protloc.inference.gapnet_pl_fast import FastGapNetPL, fast_network, gflop, image_moments
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 CHECKPOINT_DIR = SHARED / "pretrained" / "gapnet-pl"
@@ -88,7 +88,7 @@ def test_fp32_fast_path_equals_plain_forward(shape):
 
 def assert_selu_compiled() -> None:
     """Compiling SELU falls back to ATen on failure: equal logits alone would not show it compiled."""
-    import protloc.models.gapnet_pl_fast as fast_path
+    import protloc.inference.gapnet_pl_fast as fast_path
 
     assert fast_path.compiled_selu_error is None, f"SELU did not compile: {fast_path.compiled_selu_error}"
     assert fast_path._compiled_selu is not None, "the compiled SELU was never used"
@@ -103,7 +103,7 @@ def test_compiled_selu_gives_the_same_logits():
 
 
 def test_a_failed_selu_compile_warns_once_and_falls_back(monkeypatch):
-    import protloc.models.gapnet_pl_fast as fast_path
+    import protloc.inference.gapnet_pl_fast as fast_path
 
     def no_compiler(*_args, **_kwargs):
         raise RuntimeError("no C++ compiler found\nsecond line")
@@ -222,7 +222,7 @@ def test_fast_path_gives_tensorflow_logits_on_odd_sizes(pretrained_file):
     assert hashlib.sha256(image.tobytes()).hexdigest() == odd["sha256_float32"]
     canonical = [CHECKPOINT_CHANNEL_ORDER.index(channel) for channel in CHANNELS]
     raw = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)[canonical]))[None] * 700.0 + 300.0
-    network = build_network(read_model_file(pretrained_file)).eval()
+    network = network_from_model_file(read_model_file(pretrained_file)).eval()
     logits = FastGapNetPL(network, strip_rows=16)(raw)[0].double().numpy()
     expected = np.array(odd["logits"])
     assert np.abs(logits - expected).max() <= 1e-4 * np.abs(expected).max()
@@ -269,7 +269,7 @@ def test_predictor_and_cli_reject_unknown_precision(tmp_path, capsys):
 
 
 def test_predict_with_compiled_selu_gives_the_same_probabilities(tmp_path, monkeypatch):
-    import protloc.models.gapnet_pl_fast as fast_inference
+    import protloc.inference.gapnet_pl_fast as fast_inference
 
     monkeypatch.setattr(fast_inference, "DEFAULT_OPTIONS", {})
     torch.manual_seed(0)

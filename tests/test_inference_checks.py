@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from protloc.checkpoint import read_model_file, save_model_file
+from protloc.model_file import read_model_file, save_model_file
 from protloc.cli import main
 from protloc.errors import ProtlocError
 from protloc.inference import precision as precision_module
-from protloc.inference.maps import map_file_stem, write_maps
+from protloc.files import sample_file_stem
+from protloc.inference.maps import write_maps
 from protloc.inference.predictor import load_model
 from protloc.labels import HPA13
 from protloc.models import create_model
@@ -88,14 +89,14 @@ def test_bf16_without_native_support_warns_once(model_file, sample_file, tmp_pat
 
 def test_map_file_names_are_distinct_and_give_the_id_back(model_file, tmp_path):
     ids = ["a/b", "a_b", "a b", "a%2Fb", "a__b", "a", "ü/ß", "x" * 300, "x" * 299 + "y", "bad-\udcff-bytes"]
-    stems = [map_file_stem(sample_id) for sample_id in ids]
+    stems = [sample_file_stem(sample_id) for sample_id in ids]
     assert len(set(stems)) == len(ids)
     assert all("/" not in stem and len(stem.encode()) <= 200 for stem in stems)
     for sample_id, stem in zip(ids, stems):
         if len(stem) < 150:
             assert unquote(stem, errors="surrogateescape") == sample_id
-    assert map_file_stem("a_b") == "a_b" and map_file_stem("a/b") == "a%2Fb"
-    assert map_file_stem("x" * 300) == map_file_stem("x" * 300)  # stable
+    assert sample_file_stem("a_b") == "a_b" and sample_file_stem("a/b") == "a%2Fb"
+    assert sample_file_stem("x" * 300) == sample_file_stem("x" * 300)  # stable
 
     predictor = load_model(model_file)
     image = np.random.default_rng(1).random((4, 40, 40)).astype(np.float32)

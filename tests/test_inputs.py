@@ -21,9 +21,9 @@ from protloc.cli import main
 from protloc.data.channels import CHANNELS, COLOUR_OF_CHANNEL
 from protloc.data.filenames import parse_channel_filename
 from protloc.data.index import DatasetIndex, scan_dataset
-from protloc.data.inputs import discover_inputs, load_entry
+from protloc.data.formats import discover, read, read_file
 from protloc.data.limits import DEFAULT_MAX_PIXELS, ImageTooLargeError, check_image_header
-from protloc.data.readers import read_channel_file, read_multichannel_file
+from protloc.data.formats.channel_files import read_channel_file
 from protloc.errors import DataError, ProtlocError
 
 SIZE = 72
@@ -86,7 +86,7 @@ def test_tiff_bomb_header_is_refused_before_decoding(tmp_path):
     with pytest.raises(ImageTooLargeError, match=f"100000x100000 pixels exceeds the limit of {DEFAULT_MAX_PIXELS}"):
         read_channel_file(bomb)
     with pytest.raises(ImageTooLargeError, match="--max-pixels"):
-        read_multichannel_file(tiff_bomb(tmp_path / "stack.tif"))
+        read_file(tiff_bomb(tmp_path / "stack.tif"))
     assert time.perf_counter() - start < 5  # decoding 10 GB would take far longer (and the memory)
 
 
@@ -113,7 +113,7 @@ def test_png_and_npz_bombs_are_refused_from_the_header(tmp_path):
     with zipfile.ZipFile(npz, "w") as archive:
         archive.writestr("sample.npy", member.getvalue())
     with pytest.raises(ImageTooLargeError, match="100000x100000"):
-        read_multichannel_file(npz)
+        read_file(npz)
 
 
 def test_a_stack_of_many_small_pages_is_refused_as_a_whole(tmp_path):
@@ -145,7 +145,8 @@ def test_bombs_in_scan_predict_and_train_are_excluded_with_the_limit(tmp_path, m
     # the flag is the same limit everywhere: lowered below the images' 72 x 72, every image is refused
     capsys.readouterr()
     code, rows, errors = predict([data / "ok0_blue.png"], model_file, tmp_path / "low.csv", "--max-pixels", "1000")
-    assert code == 0 and rows == [] and "72x72 pixels exceeds the limit of 1000" in errors[0]["reason"]
+    # nothing predicted is an error (exit 2, issue 23), the reasons listed all the same
+    assert code == 2 and rows == [] and "72x72 pixels exceeds the limit of 1000" in errors[0]["reason"]
     capsys.readouterr()
     assert main(["data", "scan", str(data), "--json", "--max-pixels", "5184", "--out", str(tmp_path / "i")]) == 0
     assert json.loads(capsys.readouterr().out)["valid"] == 3  # 72 x 72 = 5184: at the limit is allowed
@@ -179,8 +180,8 @@ def test_non_utf8_names_are_predicted_and_scanned(tmp_path, model_file, capsys):
 
     # named one by one, the same id
     bad_file = Path(os.fsdecode(bytes(data) + b"/\xff\xfebad_green.png"))
-    [entry] = discover_inputs([bad_file])
-    assert entry.id == "\\xff\\xfebad" and load_entry(entry).shape == (4, SIZE, SIZE)
+    [entry] = discover([bad_file])
+    assert entry.id == "\\xff\\xfebad" and read(entry).image.shape == (4, SIZE, SIZE)
 
     # scan without labels: no crash in the split hash, and the index reads back with its sources
     assert main(["data", "scan", str(data)]) == 0
@@ -244,11 +245,11 @@ def test_scan_and_predict_agree_on_a_tricky_folder(tricky_folder, model_file, tm
     assert {e["id"]: e["reason"] for e in errors} == excluded  # and the same reasons for the others
 
     # named one by one: the same ids and the same refusal for the doubled channel
-    entries = discover_inputs([tricky_folder / "stack.tif", tricky_folder / "twice_red.png"])
+    entries = discover([tricky_folder / "stack.tif", tricky_folder / "twice_red.png"])
     assert [e.id for e in entries] == ["stack", "twice"]
-    np.testing.assert_array_equal(load_entry(entries[0]), index.load_image("stack"))
+    np.testing.assert_array_equal(read(entries[0]).image, index.load_image("stack"))
     with pytest.raises(DataError, match="two files for the blue channel: .*twice_blue.png, .*twice_blue.tif"):
-        load_entry(entries[1])
+        read(entries[1]).image
 
 
 def test_labels_file_that_is_not_utf8_stops_scan_but_not_predict(tmp_path, model_file, capsys):
@@ -272,8 +273,8 @@ def test_single_sample_folder_is_the_same_sample_for_scan_and_predict(tmp_path):
     for channel, array in sample_planes(5).items():
         Image.fromarray(array).save(folder / f"{COLOUR_OF_CHANNEL[channel]}.png")
     assert scan_dataset(folder).ids() == ["cellA"]
-    assert [e.id for e in discover_inputs([folder])] == ["cellA"]
-    assert [e.id for e in discover_inputs([folder / "green.png"])] == ["cellA"]
+    assert [e.id for e in discover([folder])] == ["cellA"]
+    assert [e.id for e in discover([folder / "green.png"])] == ["cellA"]
 
 
 # ---- from 7: one file-name parser; clear errors --------------------------------------------------
@@ -299,7 +300,7 @@ def test_one_file_name_parser_for_the_web_upload_and_the_readers(tmp_path, name,
         (tmp_path / name).write_bytes(b"")
         samples, _ = group_samples([tmp_path / name], tmp_path)
         assert samples[0]["kind"] == "multichannel"  # as the listing treats it
-        assert discover_inputs([tmp_path / name])[0].sources == {"multichannel": str(tmp_path / name)}
+        assert discover([tmp_path / name])[0].sources == {"multichannel": str(tmp_path / name)}
 
 
 def test_unclear_shapes_get_clear_messages(tmp_path):
@@ -313,7 +314,7 @@ def test_unclear_shapes_get_clear_messages(tmp_path):
     plane = read_channel_file(tmp_path / "one_red.png")
     assert plane.shape == (1, 1) and plane[0, 0] == 7  # a 1x1 image is a 1x1 image, not "shape ()"
     with pytest.raises(ProtlocError, match="no such file"):
-        discover_inputs([tmp_path / "absent_blue.png"])
+        discover([tmp_path / "absent_blue.png"])
 
 
 def test_complex_and_text_arrays_are_refused_not_cast(tmp_path):
@@ -322,7 +323,7 @@ def test_complex_and_text_arrays_are_refused_not_cast(tmp_path):
         read_channel_file(tmp_path / "c_red.tif")
     np.savez(tmp_path / "t.npz", sample=np.array([["a"] * 4] * 3))
     with pytest.raises(DataError, match="holds <U1 values"):
-        read_multichannel_file(tmp_path / "t.npz")
+        read_file(tmp_path / "t.npz")
 
 
 def test_control_characters_in_names_stay_on_one_line(tmp_path, capsys):
@@ -331,7 +332,7 @@ def test_control_characters_in_names_stay_on_one_line(tmp_path, capsys):
     write_sample(data, "new\nline", seed=1)
     write_sample(data, "two\nthree", seed=2)
     (data / "two\nthree_red.png").unlink()
-    assert [e.id for e in discover_inputs([data])] == ["new\\nline", "two\\nthree"]
+    assert [e.id for e in discover([data])] == ["new\\nline", "two\\nthree"]
     assert main(["data", "scan", str(data)]) == 0
     out = capsys.readouterr().out
     assert "  two\\nthree: missing channel red (microtubules)\n" in out

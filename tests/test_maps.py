@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from protloc.checkpoint import save_model_file
+from protloc.model_file import save_model_file
 from protloc.inference.maps import class_activation_maps, window_grid
 from protloc.inference.normalization import normalize
 from protloc.inference.predictor import load_model

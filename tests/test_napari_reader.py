@@ -15,7 +15,7 @@ from PIL import Image
 
 from napari_helpers import shared_path
 from protloc.data.channels import AUTHORS_CHANNEL_ORDER, CHANNELS
-from protloc.data.inputs import discover_inputs, load_entry
+from protloc.data.formats import discover, read
 from protloc.errors import DataError, ProtlocError
 from protloc.napari.reader import contrast_limits, get_reader, read_samples
 
@@ -40,7 +40,7 @@ def check_channel_layers(layers, sample_id: str, expected: np.ndarray) -> None:
 @pytest.mark.parametrize("folder, sample_id", [("hpa-download", HPA_ID), ("kaggle-png", KAGGLE_ID)])
 def test_real_field_folder_file_and_file_list_give_four_hpa_coloured_layers(folder, sample_id):
     root = shared_path("real-hpa", folder)
-    expected = load_entry(discover_inputs([root])[0])  # what protloc predict reads
+    expected = read(discover([root])[0]).image  # what protloc predict reads
     green = next(root.glob("*_green.*"))
     for path in (str(root), str(green), sorted(str(p) for p in root.iterdir())):
         reader = get_reader(path)

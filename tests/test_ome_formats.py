@@ -16,7 +16,12 @@ import tifffile
 import protloc
 from protloc.cli import main
 from protloc.data.channels import CHANNELS
-from protloc.data.ome import channel_of_name, ome_inputs, read_ome_source
+from protloc.data.channels import channel_of_name
+from protloc.data.formats import discover, read
+
+
+def ome_inputs(path, options=None):
+    return [(e.id, e.sources) for e in discover([path], reader_options=options)]
 from protloc.labels import HPA13
 
 import zarr  # the formats extra; in dev, so CI installs it
@@ -86,12 +91,12 @@ def test_ome_tiff_channels_by_name_and_pixel_size(tmp_path):
     data = field(0)
     path = write_ome_tiff(tmp_path / "cells.ome.tif", data)
     ((sample_id, sources),) = ome_inputs(path)
-    sample = read_ome_source(sources)
+    sample = read(sources)
     assert sample_id == "cells"
     assert sample.image.dtype == np.float32 and sample.image.shape == (4, 72, 56)
     assert np.array_equal(sample.image, canonical(data))
-    assert sample.source_channels == ("DAPI", "anti-Tubulin (Alexa 568)", "Calreticulin", "GFP")
-    assert sample.pixel_size_um == pytest.approx((0.08, 0.08))  # 80 nm in µm
+    assert sample.channel_names == ("DAPI", "anti-Tubulin (Alexa 568)", "Calreticulin", "GFP")
+    assert sample.pixel_size.um == pytest.approx(0.08)  # 80 nm in µm
 
 
 def test_ome_tiff_pyramid_reads_full_resolution(tmp_path):
@@ -104,9 +109,9 @@ def test_ome_tiff_pyramid_reads_full_resolution(tmp_path):
         tif.write(data[:, ::4, ::4], subfiletype=1)
     with tifffile.TiffFile(path) as check:
         assert len(check.series[0].levels) == 3
-    sample = read_ome_source(ome_inputs(path)[0][1])
+    sample = read(ome_inputs(path)[0][1])
     assert np.array_equal(sample.image, canonical(data))
-    assert sample.pixel_size_um == (0.5, 0.5)
+    assert sample.pixel_size.um == 0.5
 
 
 def test_ome_tiff_z_stack_needs_projection(tmp_path, capsys, model_file):
@@ -115,7 +120,7 @@ def test_ome_tiff_z_stack_needs_projection(tmp_path, capsys, model_file):
     assert main(["predict", str(path), "--model", str(model_file), "--out", str(tmp_path / "p.csv")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "Z-stack of 3 planes" in err and "--projection" in err
-    sample = read_ome_source(ome_inputs(path, {"projection": "max"})[0][1])
+    sample = read(ome_inputs(path, {"projection": "max"})[0][1])
     assert np.array_equal(sample.image, canonical(stack.max(axis=0)))
 
 
@@ -150,7 +155,7 @@ def test_ome_tiff_unknown_names_then_channels_mapping(tmp_path, capsys, model_fi
     (row,) = read_csv(out)
     expected = protloc.load_model(model_file).predict_proba(canonical(data))
     assert [float(row[c]) for c in HPA13.classes] == pytest.approx(expected.tolist(), abs=2e-6)
-    positional = read_ome_source(ome_inputs(path, {"channels": "protein,nucleus,microtubules,er"})[0][1])
+    positional = read(ome_inputs(path, {"channels": "protein,nucleus,microtubules,er"})[0][1])
     assert np.array_equal(positional.image, canonical(data))
     assert main(["predict", str(path), "--model", str(model_file), "--out", str(out), "--channels", "DAPI=nucleus,GFP=golgi"]) == 2
     assert "unknown channel 'golgi'" in capsys.readouterr().err
@@ -170,8 +175,8 @@ def test_ome_zarr_plate_predicts_every_field(tmp_path, model_file, capsys):
         expected = predictor.predict_proba(canonical(data))
         assert [float(rows[sample_id][c]) for c in HPA13.classes] == pytest.approx(expected.tolist(), abs=2e-6)
     ((_, sources),) = [s for s in ome_inputs(plate) if s[0] == "plate/B/3/1"]
-    sample = read_ome_source(sources)
-    assert sample.pixel_size_um == pytest.approx((0.08, 0.08))
+    sample = read(sources)
+    assert sample.pixel_size.um == pytest.approx(0.08)
     assert np.array_equal(sample.image, canonical(written["plate/B/3/1"]))
 
 
@@ -196,7 +201,7 @@ def test_ngff_04_single_image_and_folder_of_ome_tiffs(tmp_path):
     data = field(11)
     write_ngff_image(root, data)
     ((sample_id, sources),) = ome_inputs(tmp_path / "one.ome.zarr")
-    assert sample_id == "one" and np.array_equal(read_ome_source(sources).image, canonical(data))
+    assert sample_id == "one" and np.array_equal(read(sources).image, canonical(data))
     # bioformats2raw's container: numbered images under a root that says its layout
     container = zarr.open_group(str(tmp_path / "converted.zarr"), mode="w")
     container.attrs["ome"] = {"version": "0.5", "bioformats2raw.layout": 3}
@@ -233,7 +238,7 @@ def test_label_image_written_the_ngff_way(tmp_path, zarr_format):
     from ome_zarr.io import parse_url
     from ome_zarr.reader import Label, Reader
 
-    from protloc.data.ome_zarr import class_label_image, write_label_image
+    from protloc.data.formats.ome_zarr import class_label_image, write_label_image
 
     plate = tmp_path / "plate.zarr"
     write_plate(plate, fields_per_well=1, wells=("B/2",), zarr_format=zarr_format)
@@ -276,12 +281,12 @@ def test_real_hpa_field_as_ome_tiff_with_published_weights(tmp_path):
         if __import__("os").environ.get("CI"):
             pytest.fail("../shared is not beside the repository")
         pytest.skip("../shared is not beside the repository")
-    from protloc.data.inputs import discover_inputs, load_entry
+    from protloc.data.formats import discover, read
 
     model = tmp_path / "gapnet-pl.pt"
     assert main(["pretrained", "import", str(checkpoint), "--out", str(model)]) == 0
-    (entry,) = discover_inputs([str(real)])
-    image = load_entry(entry)
+    (entry,) = discover([str(real)])
+    image = read(entry).image
     names = ["Antibody (Alexa 488)", "Hoechst", "Calreticulin", "alpha-Tubulin"]
     order = [CHANNELS.index(c) for c in ("protein", "nucleus", "er", "microtubules")]
     path = write_ome_tiff(tmp_path / "hpa.ome.tif", image[order].astype(np.uint8), names=names, size_x=0.32,
@@ -321,9 +326,9 @@ def test_predict_plate_with_maps_writes_ngff_labels(tmp_path, model_file):
         assert sorted(named.values()) == sorted(shown)  # the classes whose maps were drawn
         nodes = list(Reader(parse_url(str(plate / well / "0")))())
         assert any(isinstance(spec, Label) for node in nodes for spec in node.specs)
-    from protloc.inference.maps import map_file_stem
+    from protloc.files import sample_file_stem
 
-    assert (tmp_path / "maps" / f"{map_file_stem('screen/B/2/0')}__composite.png").is_file()
+    assert (tmp_path / "maps" / f"{sample_file_stem('screen/B/2/0')}__composite.png").is_file()
 
 
 def test_plate_listing_reads_no_pixels_and_a_damaged_field_is_reported(tmp_path, model_file):
@@ -348,22 +353,22 @@ def test_pixel_limit_applies_to_ome_inputs_before_reading(tmp_path):
 
     path = write_ome_tiff(tmp_path / "big.ome.tif", field(14))  # 72 x 56 = 4032 pixels per plane
     with pytest.raises(ImageTooLargeError, match="exceeds the limit of 4000"):
-        read_ome_source(ome_inputs(path)[0][1], max_pixels=4000)
-    assert read_ome_source(ome_inputs(path)[0][1], max_pixels=4032).image.shape == (4, 72, 56)
+        read(ome_inputs(path)[0][1], max_pixels=4000)
+    assert read(ome_inputs(path)[0][1], max_pixels=4032).image.shape == (4, 72, 56)
     plate = tmp_path / "plate.zarr"
     write_plate(plate, fields_per_well=1, wells=("B/2",))
     with pytest.raises(ImageTooLargeError, match="exceeds the limit"):
-        read_ome_source(ome_inputs(plate)[0][1], max_pixels=4000)
+        read(ome_inputs(plate)[0][1], max_pixels=4000)
 
 
 def test_multichannel_upload_of_a_named_ome_tiff_follows_the_names(tmp_path):
     """The web platform and other single-file paths take "a 4-plane TIFF in canonical order"; an
     OME-TIFF naming its channels in another order is read by the names, never by plane order."""
-    from protloc.data.readers import read_multichannel_file
+    from protloc.data.formats import read_file
 
     data = field(15)
     named = write_ome_tiff(tmp_path / "named.ome.tif", data)
-    assert np.array_equal(read_multichannel_file(named), canonical(data))
+    assert np.array_equal(read_file(named).image, canonical(data))
     plain = tmp_path / "plain.tif"
     tifffile.imwrite(plain, data)  # no OME names: the documented canonical plane order
-    assert np.array_equal(read_multichannel_file(plain), data.astype(np.float32))
+    assert np.array_equal(read_file(plain).image, data.astype(np.float32))

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from protloc.data.ome_zarr import list_samples
+from protloc.data.formats.ome_zarr import list_samples
 from protloc.errors import ProtlocError
 
 MALFORMED = {
@@ -33,7 +33,7 @@ def test_malformed_ngff_metadata_is_a_one_line_refusal(tmp_path, case):
 @pytest.mark.parametrize("attribute", ['SizeC="abc"', 'SizeZ=""', 'PhysicalSizeX="wide" PhysicalSizeY="0.1"'])
 def test_ome_xml_sizes_that_are_not_numbers_are_a_one_line_refusal(attribute):
     """Found by tools/attack.py: SizeC="abc" gave a ValueError traceback."""
-    from protloc.data.ome_tiff import parse_ome_xml
+    from protloc.data.formats.ome_tiff import parse_ome_xml
 
     xml = ('<OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06"><Image ID="Image:0">'
            f'<Pixels ID="P:0" SizeX="32" SizeY="32" {attribute} DimensionOrder="XYCZT" Type="uint8"/></Image></OME>')

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import protloc
-from protloc.checkpoint import save_model_file
+from protloc.model_file import save_model_file
 from protloc.cli import main
 from protloc.data.synth import generate_dataset
 from protloc.labels import HPA13
@@ -86,7 +86,8 @@ def test_predict_csv_columns_maps_and_resume(data_dir, model_file, tmp_path, cap
     assert [r["id"] for r in rows] == [p.name.removesuffix("_blue.tif") for p in first]
     with open(out, newline="") as handle:
         header = next(csv.reader(handle))
-    assert header == ["id", *HPA13.classes, "pixel_size_um", "scale", "predicted"]
+    assert header == ["id", *HPA13.classes, "pixel_size_um", "scale", "precision", "predicted"]
+    assert {r["precision"] for r in rows} == {"fp32"}  # predict's default stays exact
     for row in rows:
         predicted = [c for c in HPA13.classes if float(row[c]) >= 0.5]
         assert row["predicted"] == ";".join(predicted)
@@ -168,8 +169,8 @@ def test_torchrun_splits_inputs_between_ranks(data_dir, model_file, tmp_path):
     )
     ids = [r["id"] for r in read_csv(out)]
     assert sorted(ids) == sorted(f"synth-0000{i}" for i in range(6))
-    parts = sorted(tmp_path.glob("pred.csv.rank*"))
-    assert len(parts) == 2 and all(len(read_csv(p)) == 3 for p in parts)
+    # the ranks' parts are merged, then removed with the journal: only the output is left (issue 23)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pred.csv"]
 
 
 @pytest.fixture(scope="module")

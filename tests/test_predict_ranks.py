@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from protloc.checkpoint import save_model_file
+from protloc.model_file import save_model_file
 from protloc.data.synth import generate_dataset
 from protloc.labels import HPA13
 from protloc.models import create_model
@@ -51,14 +51,14 @@ def test_a_dead_rank_is_reported_within_the_timeout(data_and_model, tmp_path):
 
     rank0, rank1 = start(0), start(1)
     try:
-        alive = tmp_path / "pred.csv.ranks" / "1.alive"
+        alive = tmp_path / "pred.csv.journal.csv.ranks" / "1.alive"
         deadline = time.monotonic() + 120
         while not alive.exists():
             assert rank1.poll() is None and time.monotonic() < deadline, rank1.communicate()
             time.sleep(0.05)
         rank1.send_signal(signal.SIGKILL)  # dies mid-share, as under kill -9 or a lost node
         rank1.wait()
-        assert not (tmp_path / "pred.csv.ranks" / "1.done").exists()
+        assert not (tmp_path / "pred.csv.journal.csv.ranks" / "1.done").exists()
         started = time.monotonic()
         _, err = rank0.communicate(timeout=240)
     finally:
@@ -71,4 +71,4 @@ def test_a_dead_rank_is_reported_within_the_timeout(data_and_model, tmp_path):
     assert "Traceback" not in err
     assert time.monotonic() - started < 120  # bounded: the timeout plus rank 0's own share
     assert not out.exists()  # nothing merged from an unfinished rank
-    assert (tmp_path / "pred.csv.rank0").is_file()  # rank 0's rows are kept for the rerun
+    assert (tmp_path / "pred.csv.journal.csv.rank0").is_file()  # rank 0's rows are kept for the rerun

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from protloc.checkpoint import build_network, read_model_file
+from protloc.model_file import network_from_model_file, read_model_file
 from protloc.cli import main as cli_main
 from protloc.data.channels import CHANNELS
 from protloc.errors import ProtlocError
@@ -264,7 +264,7 @@ def test_imported_network_gives_tensorflow_logits(imported):
     assert recipe["channel_order"] == list(CHECKPOINT_CHANNEL_ORDER)
     canonical = [recipe["channel_order"].index(channel) for channel in CHANNELS]
     x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)[canonical]))[None]
-    network = build_network(read_model_file(imported))
+    network = network_from_model_file(read_model_file(imported))
     with torch.no_grad():
         logits = network(x)[0].double().numpy()
     expected = np.array(reference["logits"])
@@ -286,7 +286,7 @@ def test_imported_network_gives_tensorflow_logits_when_sides_are_not_multiples_o
     canonical = [CHECKPOINT_CHANNEL_ORDER.index(channel) for channel in CHANNELS]
     x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)[canonical]))[None]
     with torch.no_grad():
-        logits = build_network(read_model_file(imported))(x)[0].double().numpy()
+        logits = network_from_model_file(read_model_file(imported))(x)[0].double().numpy()
     expected = np.array(odd["logits"])
     assert np.abs(logits - expected).max() <= 1e-4 * np.abs(expected).max()
 

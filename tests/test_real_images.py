@@ -17,12 +17,11 @@ import pytest
 import tifffile
 import torch
 
-from protloc.checkpoint import model_pixel_size, read_model_file, save_model_file
+from protloc.model_file import model_pixel_size, read_model_file, save_model_file
 from protloc.cli import main
-from protloc.data.index import open_dataset
-from protloc.data.pixel_size import (
-    KAGGLE2018_PIXEL_SIZE_UM, data_pixel_size, rescale, sample_pixel_size, scale_factor, tiff_pixel_size,
-)
+from protloc.data.formats.tiff import stated_pixel_size
+from protloc.data.index import data_pixel_size, open_dataset
+from protloc.data.pixel_size import KAGGLE2018_PIXEL_SIZE_UM, rescale, scale_factor
 from protloc.data.synth import generate_dataset
 from protloc.errors import ProtlocError
 from protloc.labels import HPA13, KAGGLE28, load_label_mapping
@@ -78,7 +77,7 @@ def pretrained_cache(pretrained_file, monkeypatch):
 def test_kaggle_pngs_get_their_pixel_size_from_the_layout(real_few):
     index = open_dataset(real_few)
     assert index.format == "kaggle-hpa" and len(index) == FEW
-    size = sample_pixel_size(index, index.samples[0])
+    size = index.pixel_size(index.samples[0])
     assert size.um == pytest.approx(0.32) and size.um == KAGGLE2018_PIXEL_SIZE_UM
     assert "Kaggle 2018" in size.source
     assert data_pixel_size(index, override=0.5).um == 0.5
@@ -90,8 +89,8 @@ def test_tiff_resolution_tags_give_the_pixel_size(tmp_path):
     image = np.zeros((16, 16), np.uint16)
     tifffile.imwrite(tmp_path / "cm.tif", image, resolution=(1 / 0.2e-4, 1 / 0.2e-4), resolutionunit="CENTIMETER")
     tifffile.imwrite(tmp_path / "none.tif", image)
-    assert tiff_pixel_size(tmp_path / "cm.tif") == pytest.approx(0.2)
-    assert tiff_pixel_size(tmp_path / "none.tif") is None
+    assert stated_pixel_size(tmp_path / "cm.tif").um == pytest.approx(0.2)
+    assert stated_pixel_size(tmp_path / "none.tif").um is None
 
 
 def test_rescale_reaches_the_model_pixel_size():
@@ -314,7 +313,7 @@ def test_predict_says_and_records_the_pixel_size(pretrained_cache, real_few, tmp
 
 
 def test_platform_worker_rescales_through_the_same_inferer(tiny_model, tmp_path):
-    from protloc.data.pixel_size import pixel_size_of
+    from protloc.data.formats.channel_files import pixel_size
     from protloc.inference import load_model
     from protloc.web.worker import batched_probabilities
 
@@ -328,8 +327,8 @@ def test_platform_worker_rescales_through_the_same_inferer(tiny_model, tmp_path)
     # stored blobs keep their original names beside them: the layout is read from those
     blobs = [tmp_path / f"{i}.png" for i in range(4)]
     names = [f"abc_{colour}.png" for colour in ("blue", "red", "yellow", "green")]
-    assert pixel_size_of(blobs, 512, 512, names=names).um == pytest.approx(0.32)
-    assert pixel_size_of(blobs, 512, 512).um is None
+    assert pixel_size(blobs, 512, 512, names=names).um == pytest.approx(0.32)
+    assert pixel_size(blobs, 512, 512).um is None
 
 
 def test_ome_tiff_physical_size_reaches_the_model(tiny_model, tmp_path, capsys):

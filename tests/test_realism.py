@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from protloc.cli import main
+from protloc.data.pixel_size import rescale
 from protloc.evaluation import realism
 from protloc.labels import HPA13, load_label_set
 
@@ -84,8 +85,8 @@ def test_per_class_auc_matches_a_hand_count() -> None:
 
 def test_rescale_changes_the_pixel_grid_not_the_intensities() -> None:
     image = np.full((4, 40, 60), 7.0, dtype=np.float32)
-    bigger = realism.rescale(image, 2.5)
-    smaller = realism.rescale(image, 0.5)
+    bigger = rescale(image, 2.5)
+    smaller = rescale(image, 0.5)
     assert bigger.shape == (4, 100, 150) and smaller.shape == (4, 20, 30)
     assert np.allclose(bigger, 7.0) and np.allclose(smaller, 7.0)
 

@@ -50,7 +50,7 @@ def network_state(checkpoint_path: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def full_run(data_dir, tmp_path_factory):
-    from protloc.training import train
+    from protloc.training.run import train
 
     out = tmp_path_factory.mktemp("runs") / "full"
     result = train(tiny_config(data_dir, out))
@@ -59,7 +59,7 @@ def full_run(data_dir, tmp_path_factory):
 
 @pytest.mark.slow
 def test_two_epoch_run_writes_every_artefact(full_run):
-    from protloc.checkpoint import read_model_file
+    from protloc.model_file import read_model_file
 
     run, result = full_run
     assert result.status == "completed" and result.epochs_completed == EPOCHS
@@ -114,7 +114,7 @@ def test_evaluate_reads_the_run(full_run):
 
 @pytest.mark.slow
 def test_resume_gives_the_uninterrupted_result(full_run, data_dir, tmp_path):
-    from protloc.training import train
+    from protloc.training.run import train
     from protloc.training.run import resume_config
 
     reference, _ = full_run
@@ -257,7 +257,7 @@ def test_plateau_halves_after_patience(mode, scores, halved_after):
 @pytest.mark.slow
 def test_nan_loss_stops_and_keeps_best(data_dir, tmp_path, monkeypatch):
     from protloc.models.gapnet_pl import GapNetPL
-    from protloc.training import train
+    from protloc.training.run import train
 
     original = GapNetPL.loss
     calls = {"n": 0}
@@ -294,7 +294,7 @@ def test_validation_metrics_neither_guess_nan_outputs_nor_zero_an_undefined_f1()
 
 @pytest.mark.slow
 def test_nan_validation_outputs_stop_the_run(data_dir, tmp_path, monkeypatch):
-    from protloc.training import train
+    from protloc.training.run import train
     from protloc.training.lightning_module import LocalizationModule
 
     original = LocalizationModule.validation_step
@@ -319,7 +319,7 @@ def test_undefined_f1_is_reported_as_undefined(data_dir, tmp_path, capsys):
     import shutil
 
     from protloc.data.splits import make_splits
-    from protloc.training import train
+    from protloc.training.run import train
 
     data = tmp_path / "data"
     shutil.copytree(data_dir, data, ignore=shutil.ignore_patterns(".protloc"))

@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from protloc.expert.render import outline_picture
+from protloc.visualization import outline_picture
 from protloc.expert.study import load_study, select_study
 from protloc.expert.web import create_expert_app
 

@@ -8,6 +8,7 @@ import struct
 import zipfile
 
 import httpx
+import numpy as np
 import pytest
 
 import protloc
@@ -158,3 +159,106 @@ def test_batch_folders_of_bare_channel_names_are_samples(tmp_path):
             files.append(path)
     samples, skipped = group_samples(files, tmp_path)
     assert [s["name"] for s in samples] == ["plate/well3", "plate/well4"] and skipped == []
+
+
+# -- issue 23: the platform's minor findings -------------------------------------------------------------
+
+def test_the_worker_counters_are_for_admins_only(server, client):
+    """GET /api/v1/worker showed counters across all users to any user."""
+    from protloc.web import db
+
+    token = db.create_user(server.platform.sessions, "not-an-admin")
+    answer = httpx.get(server.url + "/api/v1/worker", headers={"Authorization": f"Bearer {token}"})
+    assert answer.status_code == 403 and answer.json() == {"detail": "the worker's counters cover every user: for admins only"}
+    assert client.get("/api/v1/worker").status_code == 200  # the operator's token is an admin's
+
+
+def test_a_batch_answer_lists_its_skipped_entries_in_pages(client):
+    """A batch answer listed all 2,500 skipped entries at once."""
+    import time
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for i in range(2500):
+            archive.writestr(f"notes/n{i:04d}.txt", b"not an image")
+    created = client.post("/api/v1/batches", files={"file": ("many.zip", buffer.getvalue(), "application/zip")})
+    assert created.status_code == 202, created.text
+    url = created.json()["url"]
+    deadline = time.monotonic() + 60
+    while (answer := client.get(url).json())["status"] == "extracting" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert answer["skipped_total"] == 2500 and len(answer["skipped"]) == 100 and answer["limit"] == 100
+    assert answer["next"] == f"{url}?offset=100&limit=100"
+    last = client.get(url, params={"offset": 2400, "limit": 1000}).json()
+    assert len(last["skipped"]) == 100 and last["next"] is None and last["skipped"][-1]["name"].endswith("n2499.txt")
+    assert client.get(url, params={"limit": 1001}).status_code == 422
+
+
+def test_a_body_trickling_a_byte_every_two_seconds_is_cut(server):
+    """Not cut within 50 s before: the read timeout only sees silence, and a byte every 2 s is not silent."""
+    import socket
+    import time
+
+    port = int(server.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
+        s.sendall(b"POST /api/v1/predictions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer right-token\r\n"
+                  b"Content-Type: multipart/form-data; boundary=XX\r\nContent-Length: 100000\r\n\r\n")
+        started = time.monotonic()
+        s.settimeout(2.0)
+        closed = None
+        while time.monotonic() - started < 50:
+            try:
+                s.sendall(b"-")
+                if s.recv(4096) == b"":  # the server closed the connection
+                    closed = time.monotonic() - started
+                    break
+            except socket.timeout:
+                continue
+            except OSError:  # reset: closed as well
+                closed = time.monotonic() - started
+                break
+    assert closed is not None and closed < 30, closed  # about BODY_RATE_GRACE_SECONDS (10 s)
+
+
+def test_a_damaged_image_is_refused_in_protlocs_words(client, tmp_path, monkeypatch):
+    """A 422 quoted tifffile's internal IndexError ("list index out of range")."""
+    from protloc.data import readers
+
+    def internal(*_args, **_kwargs):
+        raise IndexError("list index out of range")
+
+    monkeypatch.setattr(readers, "_read_tiff", internal)
+    tiff = tmp_path / "sample.tif"
+    import tifffile
+
+    tifffile.imwrite(tiff, np.zeros((4, 16, 16), np.uint8))
+    answer = client.post("/api/v1/predictions", files=[("files", ("sample.tif", tiff.read_bytes(), "image/tiff"))])
+    assert answer.status_code == 422
+    detail = answer.json()["detail"]
+    assert "damaged or unsupported image data" in detail and "index" not in detail.lower(), detail
+
+
+def test_options_and_405_list_every_method_of_a_path(client):
+    """OPTIONS answered Allow: POST although GET is served on /api/v1/predictions too."""
+    answer = client.options("/api/v1/predictions")
+    assert answer.status_code == 204 and answer.headers["allow"] == "GET, POST, OPTIONS"
+    refused = client.delete("/api/v1/predictions")
+    assert refused.status_code == 405 and refused.headers["allow"] == "GET, POST, OPTIONS"
+    assert client.options("/api/v1/worker").headers["allow"] == "GET, OPTIONS"
+    assert client.options("/no/such/path").status_code == 404
+
+
+def test_the_schema_states_what_the_server_enforces(server, client):
+    """Enforced but not in the schema: the batch file type, an empty multipart, an unknown model, an unknown sort key."""
+    paths = client.get("/openapi.json").json()["paths"]
+    sample = paths["/api/v1/predictions"]["post"]["requestBody"]["content"]["multipart/form-data"]
+    assert sample["schema"]["properties"]["model"]["enum"] == ["tiny"]
+    assert sample["schema"]["properties"]["files"]["minItems"] == 1 and sample["schema"]["required"] == ["files"]
+    batch = paths["/api/v1/batches"]["post"]["requestBody"]["content"]["multipart/form-data"]
+    assert batch["schema"]["properties"]["file"]["contentMediaType"] == "application/zip"
+    assert batch["encoding"]["file"]["contentType"] == "application/zip"
+    sort = next(p for p in paths["/api/v1/predictions/{submission_id}/cells"]["get"]["parameters"] if p["name"] == "sort")
+    assert {"cell_id", "-area", "Nucleoli", "-Nucleoli"} <= set(sort["schema"]["enum"])
+    assert "403" in paths["/api/v1/worker"]["get"]["responses"]
+    refused = client.post("/api/v1/predictions", data={"model": "nope"}, files=[("files", ("a.png", b"x", "image/png"))])
+    assert refused.status_code == 422

@@ -14,7 +14,8 @@ import pytest
 from protloc.web import db
 from protloc.web.listing import Coalesced, FinishedItems
 from protloc.web.pictures import Activity, IdlePictures
-from protloc.web.service import Platform, Viewer, WebSettings
+from protloc.web.access import Viewer
+from protloc.web.service import Platform, WebSettings
 
 from web_helpers import make_model_file
 

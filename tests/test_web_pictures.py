@@ -14,6 +14,7 @@ import tifffile
 from PIL import Image
 
 import protloc
+from protloc import visualization
 from protloc.web import renders
 from protloc.web.app import WebSettings
 
@@ -57,7 +58,7 @@ def held_back(monkeypatch):
 
 
 def test_done_before_any_picture_then_drawn_on_first_view_at_display_size(predictor, tmp_path, monkeypatch, held_back):
-    monkeypatch.setattr(renders, "DISPLAY_SIZE", 100)
+    monkeypatch.setattr(visualization, "DISPLAY_SIZE", 100)
     settings = WebSettings(predictors={"tiny": predictor}, data_dir=tmp_path / "data")
     with LiveServer(settings) as server, httpx.Client(base_url=server.url, timeout=120) as client:
         sid = post(client, tiff_payload(96, 250, seed=2))
@@ -101,7 +102,7 @@ def test_the_idle_worker_draws_the_pictures_before_anyone_looks(predictor, tmp_p
 
 
 def test_eager_render_draws_full_size_pictures_before_done(predictor, tmp_path, monkeypatch):
-    monkeypatch.setattr(renders, "DISPLAY_SIZE", 100)  # ignored by the old path: it drew at full size
+    monkeypatch.setattr(visualization, "DISPLAY_SIZE", 100)  # ignored by the old path: it drew at full size
     settings = WebSettings(predictors={"tiny": predictor}, data_dir=tmp_path / "data", eager_render=True)
     with LiveServer(settings) as server, httpx.Client(base_url=server.url, timeout=120) as client:
         sid = post(client, tiff_payload(96, 250, seed=4))
@@ -123,10 +124,10 @@ def test_pictures_of_unfinished_or_unknown_submissions_are_404(predictor, tmp_pa
 
 def test_shrink_is_a_block_mean():
     image = np.arange(4 * 5 * 7, dtype=np.float32).reshape(4, 5, 7)
-    small = renders.shrink(image, 2)
+    small = visualization.shrink(image, 2)
     assert small.shape == (4, 2, 3)
     assert small[1, 1, 2] == pytest.approx(image[1, 2:4, 4:6].mean())
-    assert renders.display_factor(2048, 2048, full=False) == 2 and renders.display_factor(2048, 2048, full=True) == 1
+    assert visualization.display_factor(2048, 2048, full=False) == 2 and visualization.display_factor(2048, 2048, full=True) == 1
 
 
 def test_a_prediction_arriving_mid_drawing_goes_first_and_the_pictures_resume_when_quiet():

@@ -72,3 +72,50 @@ def test_the_schema_names_the_real_content_types_and_refusals(live):
     assert set(image["200"]["content"]) == {"image/png"} and set(image["404"]["content"]) == {"application/json"}
     for path, method in (("/api/v1/predictions", "post"), ("/api/v1/batches", "post")):
         assert {"400", "413", "415", "422"} <= set(paths[path][method]["responses"]), path
+
+
+def test_schemathesis_run_with_all_checks_against_protloc_serve_finds_nothing(tmp_path):
+    """The command-line run of issue 23: `schemathesis run --checks all` (every check, the coverage,
+    fuzzing and stateful phases) against a live `protloc serve` on 127.0.0.1, with the repository's
+    schemathesis.toml. PROTLOC_SCHEMATHESIS_EXAMPLES per operation (default 5; 25 for the report)."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import httpx
+
+    root = Path(__file__).resolve().parents[1]
+    cli = Path(sys.executable).with_name("schemathesis")
+    assert cli.exists(), f"no schemathesis command beside {sys.executable}"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(root / "src")}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "protloc", "serve", "--model", str(make_model_file(tmp_path / "tiny.pt")),
+         "--data-dir", str(tmp_path / "data"), "--port", str(port), "--max-upload-mb", "1", "--max-batch-mb", "4",
+         "--log-level", "error"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None, server.stderr.read()
+            try:
+                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "protloc serve did not start"
+            time.sleep(0.5)
+        examples = os.environ.get("PROTLOC_SCHEMATHESIS_EXAMPLES", "5")
+        run = subprocess.run([str(cli), "run", url + "/openapi.json", "--checks", "all", "-n", examples,
+                              "--max-time", "300", "-w", "1", "--no-color"],
+                             cwd=root, capture_output=True, text=True, timeout=600)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    summary = run.stdout[-3000:]
+    assert run.returncode == 0, summary
+    assert "Failures:" not in run.stdout and "passed" in summary, summary

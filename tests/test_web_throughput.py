@@ -18,7 +18,7 @@ from protloc.web import db
 from protloc.web import worker as worker_module
 from protloc.web.app import WebSettings
 from protloc.web.completion import Completions
-from protloc.web.storage import BlobStore
+from protloc.web.store import BlobStore
 from protloc.web.worker import PredictionWorker
 
 from web_helpers import (LiveServer, add_submissions, cell_like_sample, make_model_file, upload_channels,

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 import protloc
-from protloc.models.gapnet_pl_fast import FastGapNetPL
+from protloc.inference.gapnet_pl_fast import FastGapNetPL
 from protloc.web import db
 from protloc.web import worker as worker_module
-from protloc.web.storage import BlobStore
+from protloc.web.store import BlobStore
 from protloc.web.worker import PredictionWorker
 
 from web_helpers import add_submissions, cell_like_sample, make_model_file

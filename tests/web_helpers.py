@@ -15,12 +15,12 @@ COLOURS = {"nucleus": "blue", "microtubules": "red", "er": "yellow", "protein": 
 def make_model_file(path: Path, seed: int = 0, crop_size: int = 64) -> Path:
     import torch
 
-    import protloc.checkpoint
+    import protloc.model_file
     import protloc.labels
     import protloc.models
 
     torch.manual_seed(seed)
-    protloc.checkpoint.save_model_file(
+    protloc.model_file.save_model_file(
         path, protloc.models.create_model("gapnet-pl"), model_name="gapnet-pl",
         classes=list(protloc.labels.HPA13.classes), label_set="hpa13", crop_size=crop_size,
     )

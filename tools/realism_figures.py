@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from protloc.data.readers import read_sample
+from protloc.data.formats import read
 from protloc.data.synth import PIXEL_SIZE_UM, render_sample
-from protloc.evaluation.realism import KAGGLE_PNG_PIXEL_SIZE_UM, read_real_set, rescale
+from protloc.data.pixel_size import KAGGLE2018_PIXEL_SIZE_UM, rescale
+from protloc.evaluation.realism import read_real_set
 from protloc.labels import HPA13
 
 TILE = 256
@@ -40,13 +41,13 @@ def main(real_root: str, out: str, per_class: int = 2) -> None:
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     real = read_real_set(real_root)
-    factor = KAGGLE_PNG_PIXEL_SIZE_UM / PIXEL_SIZE_UM
+    factor = KAGGLE2018_PIXEL_SIZE_UM / PIXEL_SIZE_UM
     classes = sys.argv[3].split(",") if len(sys.argv) > 3 else list(HPA13.classes)
     for name in classes:
         k = HPA13.index(name)
         picks = [i for i in range(len(real.ids)) if real.labels[i, k] > 0][:per_class]
         rows = []
-        real_tiles = [tiles(rescale(read_sample(real.sources[i]), factor)) for i in picks]
+        real_tiles = [tiles(rescale(read(real.sources[i]).image, factor)) for i in picks]
         synth_tiles = [tiles(render_sample(np.random.default_rng([99, j]), [name], 320, 320).astype(np.float32))
                        for j in range(per_class)]
         blank = np.ones_like(synth_tiles[0])

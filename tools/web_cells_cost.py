@@ -30,14 +30,14 @@ def main() -> None:
     args = parser.parse_args()
 
     import protloc
-    from protloc.data.inputs import discover_inputs, load_entry
+    from protloc.data.formats import discover, read
     from protloc.web.cells import CellsStage
     from protloc.web.storage import BlobStore
     from protloc.web.worker import batched_probabilities
 
     predictor = protloc.load_model(args.model)
-    entry = discover_inputs(args.inputs)[0]
-    image = load_entry(entry)
+    entry = discover(args.inputs)[0]
+    image = read(entry).image
     if args.crop:
         top, left = (image.shape[1] - args.crop) // 2, (image.shape[2] - args.crop) // 2
         image = image[:, max(top, 0) : max(top, 0) + args.crop, max(left, 0) : max(left, 0) + args.crop].copy()

@@ -1,6 +1,8 @@
 """protloc: where in a human cell a protein sits, from four-channel fluorescence microscopy images."""
 
-__version__ = "0.1.0"
+# The version is written once, in protloc/version.py (pyproject.toml reads it there).
+# Bumping rule: CHANGELOG.md ("Versions").
+from protloc.version import __version__
 
 __all__ = ["__version__", "load_model"]
 

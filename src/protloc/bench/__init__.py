@@ -3,7 +3,7 @@
 Run with ``protloc bench`` (installed with the package: ``protloc.bench``); sections:
 
 * ``inference``: GapNet-PL on a 2048² four-channel image, as four 1024² patches and as one whole
-  image, fp32 and bf16, each lever of ``protloc.models.gapnet_pl_fast`` switched off in turn; baseline: the
+  image, fp32 and bf16, each lever of ``protloc.inference.gapnet_pl_fast`` switched off in turn; baseline: the
   plain eager NCHW fp32 forward (``network(normalize(x))``) on the four patches. Outputs are
   compared with the baseline's (max logit difference, relative), and bf16's predicted classes with
   fp32's on synthetic samples. ``--tf-result`` adds the authors' TensorFlow graph
@@ -24,6 +24,8 @@ Run with ``protloc bench`` (installed with the package: ``protloc.bench``); sect
   protloc.bench.cells --accuracy``).
 * ``cluster``: 64 real-sized fields through the single-process path, ``--cluster local:1`` and ``local:2``
   and a loopback ``dask scheduler`` + two ``dask worker`` processes (``protloc.bench.cluster``).
+* ``cells-real`` (only when named; ``--data DIR``): per-cell answers on mosaics tiled from real
+  labelled fields, each cell's truth its source field's labels (``protloc.bench.cells_real``).
 
 Timings interleave the variants round-robin (each round runs every variant once), so a load change
 on a shared machine hits all of them alike; the table reports the best round and the median.
@@ -40,7 +42,8 @@ from protloc.bench.report import markdown
 
 __all__ = ["SECTIONS", "Settings", "markdown", "parse_sections", "run"]
 
-STEPS = {"inference": 40, "training": 30, "data": 12, "platform": 5, "scaling": 20, "onnxruntime": 10, "cells": 8, "cluster": 6}
+STEPS = {"inference": 40, "training": 30, "data": 12, "platform": 5, "scaling": 20, "onnxruntime": 10, "cells": 8,
+         "cluster": 6, "cells-real": 1}
 
 
 def run(sections: list[str], settings: Settings) -> dict:
@@ -60,6 +63,10 @@ def run(sections: list[str], settings: Settings) -> dict:
 
     functions = {"inference": inference_section, "training": training_section, "data": data_section,
                  "platform": platform_section, "scaling": scaling_section}
+    if settings.precision is not None:  # --precision: the platform at that precision against fp32
+        from protloc.bench.platform_precision import precision_section
+
+        functions["platform"] = precision_section
     if "onnxruntime" in sections:  # needs the formats extra
         from protloc.bench.onnx_runtime import onnxruntime_section
 
@@ -75,6 +82,10 @@ def run(sections: list[str], settings: Settings) -> dict:
         from protloc.bench.cluster import cluster_section
 
         functions["cluster"] = cluster_section
+    if "cells-real" in sections:  # needs the cells extra and labelled real fields
+        from protloc.bench.cells_real import cells_real_section
+
+        functions["cells-real"] = cells_real_section
     total = sum(STEPS[s] for s in sections)
     with tqdm(total=total, desc="bench", unit="step", disable=not settings.progress, file=sys.stderr) as bar:
         progress = Progress(bar)

@@ -48,12 +48,12 @@ REAL_FIELD = Path(os.environ.get("PROTLOC_SHARED", REPO.parent / "shared")) / "r
 
 
 def _load_image(path: Path | None, size: int = 2048) -> tuple[np.ndarray, str]:
-    from protloc.data.inputs import discover_inputs, load_entry
+    from protloc.data.formats import discover, read
 
     folder = path or REAL_FIELD
     if size == 2048 and folder.exists():
-        entry = discover_inputs([folder])[0]
-        return load_entry(entry), f"{entry.id} ({folder})"
+        entry = discover([folder])[0]
+        return read(entry).image, f"{entry.id} ({folder})"
     from protloc.data.synth import draw_sample
 
     _, image = draw_sample(0, 0, size, size)
@@ -64,7 +64,7 @@ def _predictor(model: str | None):
     import torch
 
     from protloc.labels import HPA13
-    from protloc.inference import Predictor, load_model
+    from protloc.inference.predictor import Predictor, load_model
 
     if model:
         return load_model(model), model
@@ -199,7 +199,7 @@ def select_constants(records, classes, progress: bool = False) -> list[dict]:
 
     from tqdm.auto import tqdm
 
-    from protloc.cells.evaluate import _combine_rows, per_cell_map
+    from protloc.cells.evaluate import combine_rows, per_cell_map
     from protloc.cells.scoring import FILLING_CLASSES, combine
 
     a = records.arrays()
@@ -207,7 +207,7 @@ def select_constants(records, classes, progress: bool = False) -> list[dict]:
     rows = []
     grid = list(product(SELECT_EXPRESSION_FULL, SELECT_WEIGHTS, SELECT_WEIGHTS, SELECT_RELATIVE, SELECT_RELATIVE))
     for full, w_fill, w_other, v_fill, v_other in tqdm(grid, desc="grid", unit="point", disable=not progress):
-        scores = _combine_rows(a, classes, combine, expression_full=full, weights=np.where(filling, w_fill, w_other),
+        scores = combine_rows(a, classes, combine, expression_full=full, weights=np.where(filling, w_fill, w_other),
                                relative=np.where(filling, v_fill, v_other))
         rows.append({"expression_full": full, "own_weight_filling": w_fill, "own_weight_other": w_other,
                      "relative_weight_filling": v_fill, "relative_weight_other": v_other,
@@ -272,7 +272,7 @@ CONSTANTS_BEGIN = "# --- chosen constants: written by `python -m protloc.bench.c
 CONSTANTS_END = "# --- end of chosen constants ---"
 
 
-def write_constants(row: dict, data: str, model: str, path: Path = SCORING_FILE) -> None:
+def write_constants(row: dict, data: str, model: str, path: Path = SCORING_FILE, note: list[str] | None = None) -> None:
     """Replace the default answer's constants in ``protloc/cells/scoring.py`` by a grid row (atomically)."""
     text = path.read_text(encoding="utf-8")
     if text.count(CONSTANTS_BEGIN) != 1 or text.count(CONSTANTS_END) != 1:
@@ -281,8 +281,8 @@ def write_constants(row: dict, data: str, model: str, path: Path = SCORING_FILE)
     _, tail = rest.split(CONSTANTS_END)
     block = "\n".join([
         CONSTANTS_BEGIN,
-        f"# Chosen on {data} (drawn masks), model {model}:",
-        f"# per-cell mAP {row['map']:.4f}, the grid's best (benchmarks/results/cells-map-selection.md).",
+        *(note or [f"# Chosen on {data} (drawn masks), model {model}:",
+                   f"# per-cell mAP {row['map']:.4f}, the grid's best (benchmarks/results/cells-map-selection.md)."]),
         f"EXPRESSION_FULL = {row['expression_full']}",
         f"OWN_WEIGHT_FILLING = {row['own_weight_filling']}",
         f"OWN_WEIGHT_OTHER = {row['own_weight_other']}",

@@ -43,10 +43,10 @@ def _fields(folder: Path, count: int, size: int) -> str:
     from protloc.data.channels import CHANNELS, COLOUR_OF_CHANNEL
 
     if size == 2048 and REAL_FIELD.exists():
-        from protloc.data.inputs import discover_inputs, load_entry
+        from protloc.data.formats import discover, read
 
-        entry = discover_inputs([REAL_FIELD])[0]
-        base, what = load_entry(entry), f"the real HPA field {entry.id}"
+        entry = discover([REAL_FIELD])[0]
+        base, what = read(entry).image, f"the real HPA field {entry.id}"
     else:
         from protloc.data.synth import draw_sample
 
@@ -73,7 +73,7 @@ def _model(settings: Settings, folder: Path) -> tuple[str, str]:
     except Exception:  # not imported here: random weights time the same
         import torch
 
-        from protloc.checkpoint import save_model_file
+        from protloc.model_file import save_model_file
         from protloc.labels import HPA13
         from protloc.models import create_model
 
@@ -94,9 +94,7 @@ class _LoopbackScheduler:
     """``dask scheduler`` + two ``dask worker`` processes (1 thread each: the two cores between them)."""
 
     def __init__(self, logs: Path, workers: int = 2):
-        import protloc
-
-        env = {**os.environ, "PYTHONPATH": str(Path(protloc.__file__).resolve().parents[1]) + os.pathsep
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]) + os.pathsep
                + os.environ.get("PYTHONPATH", "")}
         self.address = f"tcp://127.0.0.1:{_free_port()}"
         threads = str(max(1, (os.cpu_count() or 1) // workers))
@@ -273,7 +271,7 @@ def _projection(rows: list[dict], task_s: float, count: int) -> dict:
 
 
 def cluster_markdown(s: dict) -> list[str]:
-    from protloc.bench.report import _table
+    from protloc.bench.common import markdown_table as _table
 
     out = [f"### Cluster: {s['fields']}", "",
            f"Weights: {s['weights']}; shards of {s['shard_size']}; baseline: the single-process path (mean of its "

@@ -13,7 +13,9 @@ from typing import Callable
 
 import numpy as np
 
-SECTIONS = ("inference", "training", "data", "platform", "scaling", "onnxruntime", "cells", "cluster")
+SECTIONS = ("inference", "training", "data", "platform", "scaling", "onnxruntime", "cells", "cluster", "cells-real")
+# cells-real needs labelled real fields (--data) and takes half an hour: only when asked for
+DEFAULT_SECTIONS = tuple(s for s in SECTIONS if s != "cells-real")
 CHECKPOINT_CHANNEL_ORDER = ["nucleus", "protein", "microtubules", "er"]
 
 
@@ -28,6 +30,9 @@ class Settings:
     threads: int | None = None
     fields: int | None = None  # cluster section: how many fields (default 64, --quick 8)
     size: int | None = None  # cluster section: their size (default 2048, --quick 256)
+    precision: str | None = None  # --precision: the platform section compares it with fp32 (bench/platform_precision.py)
+    data: str | None = None  # labelled real fields for cells-real (default ../shared/real-hpa/kaggle2018-train-101)
+    out: str | None = None  # the results file: cells-real writes its figure and arrangement beside it
 
     @property
     def image_size(self) -> int:
@@ -73,7 +78,7 @@ def machine_info() -> dict:
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "memory_gib": memory_gib,
-        "isa": sorted(f for f in flags if f.startswith(("avx512_bf16", "amx", "avx512f", "avx512_vnni", "avx2"))),
+        "isa": sorted(f for f in flags if f.startswith(("avx512_bf16", "amx", "avx512f", "avx512_vnni", "avx_vnni", "avx2"))),
         "bf16_native": bf16_supported("cpu"),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "python": platform_module.python_version(),
@@ -105,10 +110,10 @@ def load_network(settings: Settings):
     """(GapNet-PL network in eval mode, description of its weights)."""
     import torch
 
-    from protloc.checkpoint import build_network, read_model_file
+    from protloc.inference.predictor import load_model
     from protloc.models import create_model
 
-    spec = settings.model
+    spec = None if settings.model == "pretrained" else settings.model
     if spec is None:
         try:
             from protloc.pretrained.fetch import resolve_pretrained
@@ -124,10 +129,11 @@ def load_network(settings: Settings):
     path = Path(spec)
     if not path.is_file():
         raise ProtlocError(f"no model file {spec}")
-    payload = read_model_file(path)
-    if payload["model"] != "gapnet-pl":
-        raise ProtlocError(f"{path.name} is a {payload['model']} model; the inference benchmark needs GapNet-PL")
-    return build_network(payload).eval(), f"{path} ({payload.get('source', {}).get('repository', 'protloc model file')})"
+    predictor = load_model(path)
+    if predictor.model_name != "gapnet-pl":
+        raise ProtlocError(f"{path.name} is a {predictor.model_name} model; the inference benchmark needs GapNet-PL")
+    repository = predictor.model_file.get("source", {}).get("repository", "protloc model file")
+    return predictor.network.eval(), f"{path} ({repository})"
 
 
 def benchmark_image(size: int):
@@ -154,3 +160,9 @@ def to_patches(image, patch: int):
 
 def relative_difference(a, b) -> float:
     return float((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-12))
+
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join("" if v is None else str(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)

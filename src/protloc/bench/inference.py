@@ -1,5 +1,5 @@
 """The inference section: GapNet-PL on one image, as patches and whole, fp32 and bf16, each lever of
-``protloc.models.gapnet_pl_fast`` switched off in turn, against the plain eager forward."""
+``protloc.inference.gapnet_pl_fast`` switched off in turn, against the plain eager forward."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from protloc.bench.common import (Progress, Settings, benchmark_image, interleav
 def inference_section(settings: Settings, progress: Progress) -> dict:
     import torch
 
-    from protloc.models.gapnet_pl_fast import FastGapNetPL, gflop
+    from protloc.inference.gapnet_pl_fast import FastGapNetPL, gflop
     from protloc.inference.normalization import normalize
 
     network, weights = load_network(settings)
@@ -73,6 +73,10 @@ def inference_section(settings: Settings, progress: Progress) -> dict:
     ]
     if settings.quick and not settings.compile:  # no inductor compilation in the quick run
         rows = [row for row in rows if "compiled" not in row[0]]
+    int8 = _int8_row(network, settings)
+    if int8 is not None:
+        rows.append(("int8, ONNX Runtime (outside the accuracy margins: not in auto)", "whole", int8, image,
+                     "static int8, calibrated on synthetic fields (protloc.inference.int8)"))
     compile_seconds = {}
     if settings.compile:
         import torch._inductor.config as inductor_config
@@ -126,12 +130,27 @@ def inference_section(settings: Settings, progress: Progress) -> dict:
     return result
 
 
+def _int8_row(network, settings: Settings):
+    """GapNet-PL's int8 graph (quantised once, cached in the user cache), or None (quick runs; no
+    onnxruntime)."""
+    if settings.quick:
+        return None
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return None
+    from protloc.data.pixel_size import HPA_CONFOCAL_PIXEL_SIZE_UM
+    from protloc.inference.int8 import int8_forward
+
+    return int8_forward(network, None, HPA_CONFOCAL_PIXEL_SIZE_UM)
+
+
 def bf16_class_check(network, settings: Settings) -> dict:
     """Predicted classes of fp32 and bf16 (whole image) on synthetic samples (the demo's generator)."""
     import torch
 
     from protloc.data.synth import draw_sample
-    from protloc.models.gapnet_pl_fast import fast_network
+    from protloc.inference.gapnet_pl_fast import fast_network
 
     count, size = (3, 128) if settings.quick else (24, 512)
     fp32, bf16 = fast_network(network, precision="fp32"), fast_network(network, precision="bf16")

@@ -24,7 +24,7 @@ def _model_file(settings: Settings, folder: Path) -> tuple[str, str]:
     """(protloc model file to export, description of its weights)."""
     import torch
 
-    from protloc.checkpoint import save_model_file
+    from protloc.model_file import save_model_file
     from protloc.labels import HPA13
     from protloc.models import create_model
 
@@ -49,8 +49,9 @@ def onnxruntime_section(settings: Settings, progress: Progress) -> dict:
 
     from protloc.errors import ProtlocError
     from protloc.export import export_model
-    from protloc.inference import load_model, normalize
-    from protloc.models.gapnet_pl_fast import fast_network
+    from protloc.inference.normalization import normalize
+    from protloc.inference.predictor import load_model
+    from protloc.inference.gapnet_pl_fast import fast_network
 
     with tempfile.TemporaryDirectory(prefix="protloc-bench-onnx-") as tmp:
         model, weights = _model_file(settings, Path(tmp))

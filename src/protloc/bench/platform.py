@@ -167,7 +167,7 @@ def page_complete(client, sid: str) -> None:
 def field_sample(tmp: Path, files: list[tuple[str, bytes]]) -> np.ndarray:
     """The field as the command line reads it: float32 [4, H, W] by the project's channel reader."""
     from protloc.data.channels import CHANNELS, COLOUR_OF_CHANNEL
-    from protloc.data.readers import read_channel_file
+    from protloc.data.formats.channel_files import read_channel_file
 
     folder = tmp / "field"
     folder.mkdir(exist_ok=True)
@@ -341,9 +341,9 @@ def platform_section(settings: Settings, progress: Progress) -> dict:
             clients = {s.name: httpx.Client(base_url=s.url, timeout=600) for s in servers}
             for server in servers:  # warm-up: model loading, the first forward pass
                 predict(clients[server.name], [("warm.tif", payload)])
-            import protloc
+            from protloc.inference.predictor import load_model
 
-            predictor = protloc.load_model(model)
+            predictor = load_model(model)
             field_rows = field_rounds(servers, clients, files, 2 if quick else 3, progress,
                                       reference=lambda: predictor.predict_proba(image))
             del predictor, image
@@ -415,7 +415,7 @@ def bench_model(settings: Settings, tmp: Path) -> tuple[str, str]:
     except Exception:
         import torch
 
-        from protloc.checkpoint import save_model_file
+        from protloc.model_file import save_model_file
         from protloc.labels import HPA13
         from protloc.models import create_model
 

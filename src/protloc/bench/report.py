@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-
-def _table(header: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join("" if v is None else str(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
+from protloc.bench.common import markdown_table as _table
 
 
 def markdown(results: dict) -> str:
     """The result tables in Markdown (what BENCHMARKS.md shows)."""
     m = results["machine"]
     out = [f"Machine: {m['cpu']}, {m['cores']} cores ({m['torch_threads']} torch threads), {m['memory_gib']} GiB, "
-           f"bf16 native: {m['bf16_native']}, GPU: {m['gpu'] or 'none'}; torch {m['torch']}, Python {m['python']}; "
+           f"bf16 native: {m['bf16_native']}, instruction sets: {' '.join(m.get('isa') or []) or 'none listed'}, GPU: {m['gpu'] or 'none'}; torch {m['torch']}, Python {m['python']}; "
            f"load average at start {m['load_average_at_start'][0]:.2f}, at end {m.get('load_average_at_end', [0])[0]:.2f}; "
            f"{results['started']} to {results.get('finished')}.", ""]
     sections = results["sections"]
@@ -75,10 +71,18 @@ def markdown(results: dict) -> str:
         from protloc.bench.cluster import cluster_markdown
 
         out += cluster_markdown(sections["cluster"])
+    if "cells-real" in sections:
+        from protloc.bench.cells_real_report import section_markdown
+
+        out += section_markdown(sections["cells-real"])
     return "\n".join(out)
 
 
 def platform_markdown(s: dict) -> list[str]:
+    if "precision_rows" in s:  # --precision: that precision against fp32 (protloc.bench.platform_precision)
+        from protloc.bench.platform_precision import precision_markdown
+
+        return precision_markdown(s)
     out = ["### Platform: probabilities first against today's path", ""]
     if "skipped" in s:
         return out + [f"skipped: {s['skipped']}", ""]

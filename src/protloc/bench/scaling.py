@@ -35,7 +35,7 @@ def child(task: dict) -> dict:
     """One scaling point, in a fresh process: seconds per call and peak resident memory."""
     import torch
 
-    from protloc.models.gapnet_pl_fast import FastGapNetPL
+    from protloc.inference.gapnet_pl_fast import FastGapNetPL
     from protloc.inference.normalization import normalize
     from protloc.models import create_model
 
@@ -103,7 +103,7 @@ def scaling_section(settings: Settings, progress: Progress) -> dict:
     for batch in batches:
         training_rows.append(run_child({"kind": "training", "size": crop, "batch": batch, "rounds": rounds}))
         progress.step(f"scaling training batch {batch}")
-    from protloc.models.gapnet_pl_fast import gflop
+    from protloc.inference.gapnet_pl_fast import gflop
 
     for row in inference_rows:
         if "best_s" in row:

@@ -115,6 +115,7 @@ class CellRecords:
     image: list = field(default_factory=list)
     expression: list = field(default_factory=list)
     image_of: list = field(default_factory=list)
+    signal_to_noise: list = field(default_factory=list)
 
     def add(self, predictions, rows: list[np.ndarray], image_index: int) -> None:
         for k in range(len(predictions.cell_ids)):
@@ -123,12 +124,15 @@ class CellRecords:
             self.image.append(predictions.image_probabilities)
             self.expression.append(predictions.expression[k])
             self.image_of.append(image_index)
+            snr = getattr(predictions, "signal_to_noise", None)
+            self.signal_to_noise.append(np.nan if snr is None else snr[k])
 
     def arrays(self):
         from types import SimpleNamespace
 
         return SimpleNamespace(truth=np.array(self.truth), own=np.array(self.own), image=np.array(self.image),
-                               expression=np.array(self.expression), image_of=np.array(self.image_of))
+                               expression=np.array(self.expression), image_of=np.array(self.image_of),
+                               signal_to_noise=np.array(self.signal_to_noise))
 
     def scores(self, classes, scoring: str, **combine_options) -> np.ndarray:
         """Per-cell answers by ``scoring``; ``combine_options`` (``expression_full``, ``weights``,
@@ -143,15 +147,18 @@ class CellRecords:
             return a.image
         if scoring == "geometric-mean":
             return np.sqrt(a.own * a.image)
-        return _combine_rows(a, classes, combine, **combine_options)
+        return combine_rows(a, classes, combine, **combine_options)
 
 
-def _combine_rows(a, classes, combine, **options) -> np.ndarray:
+def combine_rows(a, classes, combine, **options) -> np.ndarray:
     """``combine`` per row (each row has its own image's probabilities)."""
     out = np.empty_like(a.own, dtype=np.float32)
     for index in np.unique(a.image_of):
         rows = a.image_of == index
-        out[rows] = combine(a.own[rows], a.image[rows][0], a.expression[rows], classes, **options)
+        snr = getattr(a, "signal_to_noise", None)
+        snr = None if snr is None or not len(snr) or np.isnan(snr[rows]).any() else snr[rows]
+        out[rows] = combine(a.own[rows], a.image[rows][0], a.expression[rows], classes,
+                            **{"signal_to_noise": snr, **options})
     return out
 
 
@@ -194,8 +201,8 @@ def collect_cells(data: str | Path, model, ids: list[str] | None = None, progres
     from protloc.cells.features import predict_cells
     from protloc.cells.masks import read_masks
     from protloc.cells.segmentation import segment
-    from protloc.data.inputs import discover_inputs, load_entry
-    from protloc.inference import load_model
+    from protloc.data.formats import discover, read
+    from protloc.inference.predictor import load_model
 
     data = Path(data)
     predictor = model if hasattr(model, "network") else load_model(model)
@@ -203,7 +210,7 @@ def collect_cells(data: str | Path, model, ids: list[str] | None = None, progres
     if not truth_file.is_file() or not (data / "masks").is_dir():
         raise ProtlocError(f"{data} has no per-cell truth (cells.csv and masks/): generate it with 'protloc synth'")
     truth = read_cell_truth(truth_file, predictor.classes)
-    entries = [e for e in discover_inputs([data]) if ids is None or e.id in set(ids)]
+    entries = [e for e in discover([data]) if ids is None or e.id in set(ids)]
     if not entries:
         raise ProtlocError(f"no images of the requested ids in {data}")
     result = CellsEvaluation()
@@ -211,7 +218,7 @@ def collect_cells(data: str | Path, model, ids: list[str] | None = None, progres
     ious = []
     none = np.zeros(len(predictor.classes), np.int8)
     for entry in tqdm(entries, desc="cells", unit="image", disable=not progress):
-        image = load_entry(entry)
+        image = read(entry).image
         true_cells, _ = read_masks(data / "masks", entry.id, image.shape[1:])
         on_truth = predict_cells(predictor, image, true_cells)
         drawn.add(on_truth, [truth[(entry.id, int(i))] for i in on_truth.cell_ids], result.images)

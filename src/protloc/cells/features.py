@@ -27,6 +27,7 @@ import torch
 from torch.nn import functional as F
 
 from protloc.errors import ProtlocError
+from protloc.inference.gapnet_pl_fast import maps_and_averages
 
 # Block 1 sits on a grid of stride 4 (stride-2 convolution, 2x2 pooling), blocks 2 and 3 of stride 16.
 BLOCK_STRIDES = (4, 16, 16)
@@ -46,6 +47,8 @@ class CellPredictions:
     method: str  # "masked-features" or "masked-crops"
     # each cell's protein signal relative to the field's strongest cell (protloc.cells.scoring)
     expression: np.ndarray | None = None
+    # each cell's protein signal above the background in units of the background's noise (absolute)
+    signal_to_noise: np.ndarray | None = None
     scale: float = 1.0  # the input was resized by this factor to the model's pixel size
     boxes: list | None = None  # the cells' bounding boxes on the input's grid (``cell_boxes``)
 
@@ -55,36 +58,16 @@ class CellPredictions:
         own tells the cells of one field apart)."""
         return np.sqrt(self.probabilities * self.image_probabilities[None, :]).astype(np.float32)
 
-    def scores(self, classes, scoring: str = "combined") -> np.ndarray:
-        """The per-cell answers [n, classes] by ``scoring`` (``protloc.cells.scoring``; default the
-        expression-gated combination of the cell's own and its image's probabilities)."""
-        from protloc.cells.scoring import cell_scores
+    def scores(self, classes, scoring: str | None = None) -> np.ndarray:
+        """The per-cell answers [n, classes] by ``scoring`` (``protloc.cells.scoring``; default
+        ``DEFAULT_SCORING``)."""
+        from protloc.cells.scoring import DEFAULT_SCORING, cell_scores
 
-        return cell_scores(self, classes, scoring)
+        return cell_scores(self, classes, scoring or DEFAULT_SCORING)
 
 
 def is_gapnet(network: torch.nn.Module) -> bool:
     return all(hasattr(network, name) for name in ("conv1", "conv8", "fc1", "head"))
-
-
-def block_maps(network: torch.nn.Module, raw: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """GapNet-PL's three block feature maps of a raw batch [N, 4, H, W], normalised as the predictor does.
-
-    The same values as ``network.blocks(normalize(raw))`` (``protloc.inference.normalize``), from
-    GapNet-PL's fast path (``protloc.models.gapnet_pl_fast``): the pass the image-level prediction
-    makes, keeping the maps instead of only their averages. Block 1 is that path's per-thread
-    workspace: use it before the next pass on this thread.
-    """
-    return _maps_and_averages(network, raw)[0]
-
-
-def _maps_and_averages(network: torch.nn.Module, raw: torch.Tensor):
-    from protloc.models.gapnet_pl_fast import fast_network
-
-    fast = fast_network(network, precision="fp32")
-    if fast is None:
-        raise ProtlocError(f"{getattr(network, 'name', 'this network')} has no block feature maps")
-    return fast.block_maps(raw.float())
 
 
 def coverage(labels: np.ndarray, cell_id: int, box: tuple[slice, slice], stride: int) -> tuple[int, int, np.ndarray]:
@@ -167,8 +150,7 @@ def masked_sums(maps: tuple[torch.Tensor, ...], labels: np.ndarray, cell_ids: np
                 boxes: list | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Coverage-weighted sums [n, sum of channels] of the maps [1, C, gh, gw] over each cell, and the
     cells' total weights [n, number of maps] (its area in grid cells on each map's grid).
-    ``boxes``: ``cell_boxes(labels)`` when the caller has them."""
-    boxes = cell_boxes(labels)[1] if boxes is None else boxes
+    ``boxes``: not needed any more (accepted for the callers that pass ``cell_boxes``' answer)."""
     # [gh, gw, C] views: the maps are channels-last, so these are contiguous
     planes = [block[0].permute(1, 2, 0).float().numpy() for block in maps]
     for plane, stride in zip(planes, BLOCK_STRIDES):
@@ -177,16 +159,18 @@ def masked_sums(maps: tuple[torch.Tensor, ...], labels: np.ndarray, cell_ids: np
                                f"{plane.shape[1]} map, not one of stride {stride}")
     sums = np.zeros((len(cell_ids), sum(plane.shape[2] for plane in planes)), dtype=np.float32)
     totals = np.zeros((len(cell_ids), len(planes)), dtype=np.float32)
-    for row, cell_id in enumerate(cell_ids):
-        fractions = coverages(labels, int(cell_id), boxes[int(cell_id) - 1])
-        columns = 0
-        for index, (plane, stride) in enumerate(zip(planes, BLOCK_STRIDES)):
-            gy0, gx0, weights = fractions[stride]
-            window = plane[gy0 : gy0 + weights.shape[0], gx0 : gx0 + weights.shape[1]]
-            channels = plane.shape[2]
-            sums[row, columns : columns + channels] = weights.reshape(-1) @ window.reshape(-1, channels)
-            totals[row, index] = weights.sum()
-            columns += channels
+    if not len(cell_ids):
+        return sums, totals
+    # One sparse coverage matrix per grid (a loop over the cells took minutes for a mask of 65,535).
+    from protloc.cells.pixels import coverage_matrix
+
+    matrices = {stride: coverage_matrix(labels, cell_ids, stride) for stride in sorted(set(BLOCK_STRIDES))}
+    columns = 0
+    for index, (plane, stride) in enumerate(zip(planes, BLOCK_STRIDES)):
+        matrix, channels = matrices[stride], plane.shape[2]
+        sums[:, columns : columns + channels] = matrix @ np.ascontiguousarray(plane).reshape(-1, channels)
+        totals[:, index] = np.asarray(matrix.sum(axis=1)).reshape(-1)
+        columns += channels
     return sums, totals
 
 
@@ -249,8 +233,9 @@ def _model_input_maps(predictor, model_image: np.ndarray) -> tuple[tuple[torch.T
     """GapNet-PL's block maps and global averages of one model input [C, H, W], on the CPU (the
     caller holds eval mode and ``no_grad``)."""
     raw = torch.from_numpy(np.ascontiguousarray(model_image, dtype=np.float32))[None].to(predictor.device)
-    maps, image_embedding = _maps_and_averages(predictor.network, raw)
-    return tuple(m.cpu() for m in maps), image_embedding.cpu()
+    # the predictor's precision, resolved for maps (``Predictor.maps_options``); cells average float32
+    maps, image_embedding = maps_and_averages(predictor.network, raw, **getattr(predictor, "maps_options", dict)())
+    return tuple(m.float().cpu() for m in maps), image_embedding.cpu()
 
 
 def masked_features(predictor, image: np.ndarray, labels: np.ndarray, cell_ids: np.ndarray,
@@ -368,7 +353,7 @@ def predict_cells(predictor, image: np.ndarray, labels: np.ndarray, *,
     (``labels_on_grid``); the cells' expression is read on the input's own grid. ``made``: GapNet-PL's
     forward pass over this image with this pixel size, made before (``image_pass``).
     """
-    from protloc.cells.scoring import PROTEIN_CHANNEL, relative_expression
+    from protloc.cells.scoring import PROTEIN_CHANNEL, expression_of, protein_signal
 
     if labels.shape != image.shape[1:]:
         raise ProtlocError(
@@ -387,7 +372,9 @@ def predict_cells(predictor, image: np.ndarray, labels: np.ndarray, *,
                                  made)
     else:
         result = crop_probabilities(predictor, model_image, model_labels, cell_ids)
-    result.expression = relative_expression(image[PROTEIN_CHANNEL], labels, cell_ids, boxes)
+    signal, _, noise = protein_signal(image[PROTEIN_CHANNEL], labels, cell_ids, boxes)
+    result.expression = expression_of(signal)
+    result.signal_to_noise = (signal / noise).astype(np.float32)
     result.boxes = boxes
     result.scale = scale
     return result

@@ -7,7 +7,7 @@ protloc writes its own segmentations in the same layout (16-bit PNG), so they ca
 back with ``--masks``. Next to an OME-TIFF the names are ``<id>_cellmask.ome.tif`` or ``.tif``, the id
 being the OME-TIFF's (its name without ``.ome.tif``).
 
-An OME-Zarr store instead of a folder: each image's NGFF ``labels/`` group (as ``protloc.data.ome_zarr``
+An OME-Zarr store instead of a folder: each image's NGFF ``labels/`` group (as ``protloc.data.formats.ome_zarr``
 writes them, or napari, ome-zarr-py and others): the label image named like cells (``cells``,
 ``cell``, ``cellmask``, ``cell_mask``, ...) for the cells, one named like nuclei for the nuclei. An
 input read from that same store finds its labels under its own image path; any other input (a
@@ -16,10 +16,12 @@ TIFF, channel files) uses the store's single image.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
 
+from protloc.cells.label_ids import checked_label_ids
 from protloc.data.filenames import CELL_MASK_SUFFIX, NUCLEI_MASK_SUFFIX
 from protloc.errors import DataError, ProtlocError
 
@@ -100,7 +102,7 @@ class MaskFolder:
 
 def open_masks(path: str | Path):
     """The mask source of ``--masks``: an OME-Zarr store (``ZarrLabels``) or a folder (``MaskFolder``)."""
-    from protloc.data.ome_zarr import is_zarr_group
+    from protloc.data.formats.ome_zarr import is_zarr_group
 
     path = Path(path)
     if is_zarr_group(path):
@@ -111,38 +113,25 @@ def open_masks(path: str | Path):
 
 
 def write_label_image(path: str | Path, labels: np.ndarray) -> Path:
-    """16-bit PNG (32-bit TIFF when ids exceed 65535), the layout ``read_masks`` reads back."""
+    """protloc's one label-image writer: 16-bit PNG, or 32-bit TIFF (``path`` with suffix ``.tif``)
+    when ids exceed 65535, the layout ``read_masks`` reads back; written atomically (a reader never
+    sees half a file) and reproducibly (no date or software tags). Returns the path written."""
+    from protloc.files import atomic_write
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if labels.size and int(labels.max()) > 65535:
         import tifffile
 
         path = path.with_suffix(".tif")
-        tifffile.imwrite(path, labels.astype(np.uint32), photometric="minisblack", metadata=None)
+        buffer = io.BytesIO()  # tifffile wants a named file or a seekable buffer, not a bare descriptor
+        tifffile.imwrite(buffer, labels.astype(np.uint32), photometric="minisblack", metadata=None,
+                         software=False, datetime=None)
+        atomic_write(path, lambda handle: handle.write(buffer.getvalue()))
         return path
     from PIL import Image
 
+    picture = Image.fromarray(labels.astype(np.uint16))
     # zlib's fastest level: a label image is long runs of one id, 3x the size of the default level's
     # file (tens of kB) in 60% of the time (the web worker writes one per submission).
-    Image.fromarray(labels.astype(np.uint16)).save(path, compress_level=1)
+    atomic_write(path, lambda handle: picture.save(handle, format="PNG", compress_level=1))
     return path
-
-
-def checked_label_ids(array: np.ndarray, where: str) -> np.ndarray:
-    """A label image of non-negative whole-number ids as int32 (booleans and whole floats accepted),
-    else a DataError naming ``where``: every mask reader's one check."""
-    array = np.squeeze(array)
-    if array.ndim != 2:
-        raise DataError(f"{where}: a label image must be one plane, got shape {list(array.shape)}")
-    if array.dtype.kind == "b":
-        array = array.astype(np.int32)
-    if array.dtype.kind == "f":
-        if not np.all(np.isfinite(array)) or not np.all(array == np.round(array)):
-            raise DataError(f"{where}: cell ids must be whole numbers")
-    elif array.dtype.kind not in "iu":
-        raise DataError(f"{where}: unsupported mask type {array.dtype}")
-    if array.size and array.min() < 0:
-        raise DataError(f"{where}: negative cell ids")
-    if array.size and array.max() > np.iinfo(np.int32).max:
-        raise DataError(f"{where}: cell ids above 2^31")
-    return array.astype(np.int32)

@@ -1,18 +1,22 @@
 """Nuclei and whole cells from the reference channels (the classic CellProfiler recipe, scikit-image).
 
-1. Nuclei: the nucleus channel is smoothed, thresholded by Otsu's method with hysteresis (dim
-   nuclei kept down to halfway to the background where part of them passes; holes filled, specks
-   removed), and touching nuclei are split by a watershed on the distance transform seeded by its
-   local maxima (at least about half a nucleus apart).
+1. Nuclei: the nucleus channel is smoothed and thresholded twice: above the background (Otsu's
+   threshold of its logarithm, so dim nuclei count as well as bright ones) and above a fraction of
+   the brightest signal within half a nucleus (each nucleus ends at its own edge, whatever its
+   brightness); holes filled, specks removed. Touching nuclei are split by a watershed on the
+   distance transform, seeded by its h-maxima (one seed per maximum that rises a little above the
+   saddle to its neighbour), computed after the dim seams between nuclei are cut out.
 2. Cells: a seeded watershed from the nuclei over the smoothed microtubule + ER signal (each channel
    scaled by its own upper percentile, so neither dominates), restricted to the foreground where
-   that signal exceeds Otsu's threshold of its logarithm; a cell always keeps its own nucleus.
+   that signal exceeds Otsu's threshold of its logarithm and a fraction of the brightest cytoplasm
+   nearby (no spill into faint haze); a cell always keeps its own nucleus.
 
 Sizes are relative to the nuclei: the median nucleus diameter is estimated from a first coarse
 threshold, and the work runs on a copy downsampled so that a nucleus is about ``WORK_DIAMETER`` px
-across (a 2048² HPA field with ~150 px nuclei runs at a quarter of its size); the labels come back
+across (a 2048² HPA field with ~230 px nuclei runs at a seventh of its size); the labels come back
 at full resolution by nearest-neighbour upsampling. No pixel size has to be guessed, which is why
-the scale is read from the image rather than assumed.
+the scale is read from the image rather than assumed. Method and measured figures:
+docs/segmentation.md.
 """
 
 from __future__ import annotations
@@ -28,6 +32,21 @@ from protloc.errors import ProtlocError
 WORK_DIAMETER = 32.0
 # Smallest object kept, as a fraction of the median nucleus area.
 MIN_NUCLEUS_FRACTION = 0.15
+# A nucleus ends where its signal falls below this fraction of the brightest within HALF_WINDOW
+# diameters (its own centre, not the field's brightest nucleus).
+EDGE_FRACTION = 0.3
+HALF_WINDOW = 0.5
+# Seams between touching nuclei: darker than GAP_FRACTION of the brightest within SEAM_WINDOW diameters.
+GAP_FRACTION = 0.5
+SEAM_WINDOW = 0.33
+# A seed (one nucleus) is a distance-transform maximum at least this many diameters above its saddle.
+SEED_DEPTH = 0.04
+# A cell's foreground also needs this fraction of the brightest cytoplasm within CELL_WINDOW
+# diameters: faint haze beside a dim cell is not part of it (a thin process of a bright one still is).
+CELL_EDGE_FRACTION = 0.15
+CELL_WINDOW = 2.0
+# The values: chosen by looking at overlays of four Kaggle fields and the 2048² field, then by the
+# matched nuclei on those (docs/segmentation.md; python -m protloc.bench.segmentation).
 
 
 @dataclass
@@ -102,73 +121,133 @@ def _otsu(values: np.ndarray) -> float:
     return float(threshold_otsu(values))
 
 
-def estimate_nucleus_diameter(nucleus: np.ndarray) -> float:
-    """Median diameter (px) of the connected bright objects of the nucleus channel, from a coarse pass.
+def _log_otsu(values: np.ndarray) -> float:
+    """Otsu's threshold of the logarithm: nuclei (or cells) whose brightness spans an order of
+    magnitude all stand out of the background, where a linear Otsu splits bright ones from dim ones."""
+    scale = max(float(np.percentile(values[::2, ::2], 99.9)), 1e-6)
+    logged = np.log1p(np.maximum(values, 0.0) * np.float32(100.0 / scale))
+    return float(np.expm1(_otsu(logged)) * scale / 100.0)
 
-    Runs on a copy about 512 px across; 0 when nothing stands out of the background.
+
+def estimate_nucleus_diameter(nucleus: np.ndarray) -> float:
+    """Median diameter (px) of the nuclei in the nucleus channel, from a coarse pass.
+
+    Runs on a copy about 512 px across; 0 when nothing stands out of the background. The objects are
+    those above Otsu's threshold of the logarithm (dim nuclei count too), holes filled; only convex
+    ones away from the image's edge (solidity > 0.85: not clumps of touching nuclei; not cut) are
+    measured, and specks (under a fifth of the area-weighted median, itself hardly moved by specks)
+    are left out of the median. A second pass cuts each object at its own edge as ``segment_nuclei``
+    does (the first pass's objects carry the blur halo of bright nuclei) and measures again.
     """
     factor = max(1, int(max(nucleus.shape) // 512))
-    coarse = ndi.gaussian_filter(_downsample(nucleus, factor), 1.0)
-    threshold = _otsu(coarse)
-    mask = coarse > threshold
-    labels, n = ndi.label(mask)
+    coarse = ndi.gaussian_filter(_downsample(nucleus, factor), 2.0)
+    threshold = _log_otsu(coarse)
+    if not np.isfinite(threshold):
+        return 0.0
+    labels, n = ndi.label(ndi.binary_fill_holes(coarse > threshold))
     if n == 0:
         return 0.0
-    areas = np.bincount(labels.ravel())[1:]
-    areas = areas[areas >= 4]  # single-pixel specks say nothing about the size of nuclei
+    from skimage.measure import regionprops_table
+    from skimage.segmentation import clear_border
+
+    inside = clear_border(labels)
+    labels = inside if inside.any() else labels  # a field of cut nuclei only: measure them anyway
+    props = regionprops_table(labels, properties=("label", "area", "solidity"))
+    usable = np.zeros(n + 1, dtype=bool)
+    usable[props["label"][(props["area"] >= 16) & (props["solidity"] > 0.85)]] = True
+    if not usable.any():
+        usable[props["label"][props["area"] >= 4]] = True  # single-pixel specks say nothing
+    diameter = _median_diameter(np.bincount(labels.ravel(), minlength=n + 1)[usable])
+    if diameter > 0:
+        # The same objects cut at their own edges (the first pass carries bright nuclei's blur halo).
+        window = max(3, int(HALF_WINDOW * diameter) | 1)
+        edged = usable[labels] & (coarse > EDGE_FRACTION * ndi.maximum_filter(coarse, size=window))
+        areas = np.bincount(labels[edged], minlength=n + 1)[usable]
+        diameter = _median_diameter(areas[areas >= 4]) or diameter
+    return diameter * factor
+
+
+def _median_diameter(areas: np.ndarray) -> float:
+    """Diameter of the median area, leaving out specks under a fifth of the area-weighted median."""
     if areas.size == 0:
         return 0.0
-    # The largest objects first: clumps of touching nuclei overstate it less than specks understate it.
-    median_area = float(np.median(areas[areas >= 0.25 * np.median(areas)]))
-    return float(2.0 * np.sqrt(median_area / np.pi) * factor)
+    areas = np.sort(areas).astype(np.float64)
+    cumulative = np.cumsum(areas)
+    weighted_median = areas[np.searchsorted(cumulative, cumulative[-1] / 2.0)]
+    median_area = float(np.median(areas[areas >= 0.2 * weighted_median]))
+    return float(2.0 * np.sqrt(median_area / np.pi))
 
 
 def segment_nuclei(nucleus: np.ndarray, diameter: float) -> np.ndarray:
     """Nuclei label image (int32) of a nucleus plane at working resolution, nuclei ``diameter`` px wide."""
-    from skimage.feature import peak_local_max
-    from skimage.filters import apply_hysteresis_threshold
-    from skimage.morphology import remove_small_objects
     from skimage.segmentation import watershed
 
     smooth = ndi.gaussian_filter(nucleus, max(1.0, diameter / 16.0))
-    high = _otsu(smooth)
-    if not np.isfinite(high):
+    low = _log_otsu(smooth)
+    if not np.isfinite(low):
         return np.zeros(nucleus.shape, dtype=np.int32)
-    # Hysteresis: dim nuclei (out of focus, weakly stained) are kept down to halfway between the
-    # background and Otsu's threshold, when part of them passes Otsu's threshold.
-    background = float(np.median(smooth[smooth <= high]))
-    mask = apply_hysteresis_threshold(smooth, background + 0.5 * (high - background), high)
+    # Foreground: above the background (Otsu of the log, so dim nuclei count) and above a fraction
+    # of the brightest signal within half a nucleus, so each nucleus is cut at its own edge whatever
+    # its brightness (a bright nucleus's blur halo is not a nucleus; a dim one is still kept).
+    window = max(3, int(HALF_WINDOW * diameter) | 1)
+    mask = (smooth > low) & (smooth > EDGE_FRACTION * ndi.maximum_filter(smooth, size=window))
     mask = ndi.binary_fill_holes(mask)
     min_area = max(4, int(MIN_NUCLEUS_FRACTION * np.pi * (diameter / 2.0) ** 2))
-    mask = remove_small_objects(mask, max_size=min_area - 1) if _has_max_size() else remove_small_objects(
-        mask, min_size=min_area)
+    mask = remove_small(mask, min_area)
     if not mask.any():
         return np.zeros(nucleus.shape, dtype=np.int32)
-    # Touching nuclei: one seed per maximum of the smoothed distance transform, at least ~0.45
-    # diameters apart (two nuclei closer than that would overlap by more than half).
-    distance = ndi.gaussian_filter(ndi.distance_transform_edt(mask), max(1.0, diameter / 16.0))
-    components, _ = ndi.label(mask)
-    peaks = peak_local_max(distance, min_distance=max(2, int(0.45 * diameter)), labels=components,
-                           exclude_border=False)
-    markers = np.zeros(mask.shape, dtype=np.int32)
-    markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1, dtype=np.int32)
-    # A component without a peak (flat distance) still gets one seed.
-    unseeded = np.setdiff1d(np.unique(components[mask]), np.unique(components[markers > 0]))
-    for offset, component in enumerate(unseeded, start=len(peaks) + 1):
-        ys, xs = np.nonzero(components == component)
-        markers[ys[len(ys) // 2], xs[len(xs) // 2]] = offset
+    # Touching nuclei: the dim seam between them (below GAP_FRACTION of the brightest signal within a
+    # third of a nucleus, on a lightly smoothed copy) is cut out first; holes that closes (dark
+    # nucleoli) are filled back, seams open to the background stay cut. One seed per maximum of the
+    # smoothed distance transform of what remains that rises at least SEED_DEPTH diameters above the
+    # saddle to its neighbour (h-maxima: an elongated nucleus has a long flat ridge, not two peaks).
+    fine = ndi.gaussian_filter(nucleus, max(1.0, diameter / 24.0))
+    seam_window = max(3, int(SEAM_WINDOW * diameter) | 1)
+    inner = ndi.binary_fill_holes(mask & (fine > GAP_FRACTION * ndi.maximum_filter(fine, size=seam_window)))
+    distance = ndi.gaussian_filter(ndi.distance_transform_edt(inner), max(1.0, diameter / 16.0))
+    markers, count = ndi.label(_seeds(distance, inner, SEED_DEPTH * diameter, np.pi * (diameter / 2.0) ** 2))
     nuclei = watershed(-distance, markers, mask=mask)
+    # A piece without a seed (cut off by a seam, too thin for a maximum) is a nucleus of its own.
+    rest, extra = ndi.label(mask & (nuclei == 0))
+    if extra:
+        nuclei = np.where(rest > 0, rest + count, nuclei)
     return nuclei.astype(np.int32)
 
 
-def _has_max_size() -> bool:
-    """scikit-image >= 0.26 renamed remove_small_objects' ``min_size`` (removes < min_size) to
-    ``max_size`` (removes <= max_size)."""
-    import inspect
+def _seeds(distance: np.ndarray, inner: np.ndarray, depth: float, nucleus_area: float) -> np.ndarray:
+    """bool: the h-maxima of ``distance`` of depth ``depth``, component by component of ``inner``
+    (h-maxima sorts every pixel it is given: the background and lone nuclei need none of that work).
+    A component smaller than half a typical nucleus is one seed whatever its shape, if it is deep enough
+    (a sliver cut off by a seam has no maximum of that depth and joins its neighbour)."""
+    from skimage.morphology import h_maxima
 
-    from skimage.morphology import remove_small_objects
+    components, _ = ndi.label(inner)
+    seeds = np.zeros(inner.shape, dtype=bool)
+    sizes = np.bincount(components.ravel())
+    peaks = ndi.maximum(distance, components, np.arange(len(sizes)))
+    for index, box in enumerate(ndi.find_objects(components), start=1):
+        if box is None or peaks[index] < depth:
+            continue
+        own = components[box] == index
+        if sizes[index] < 0.5 * nucleus_area:
+            seeds[box] |= own
+        else:
+            seeds[box] |= h_maxima(np.where(own, distance[box], 0.0), depth).astype(bool) & own
+    return seeds
 
-    return "max_size" in inspect.signature(remove_small_objects).parameters
+
+def remove_small(mask: np.ndarray, min_area: int) -> np.ndarray:
+    """``mask`` without connected objects under ``min_area`` px; an object cut by the image's edge
+    is kept down to a quarter of that (a nucleus mostly outside the field still has its cell)."""
+    labels, count = ndi.label(mask)
+    if count == 0:
+        return mask
+    sizes = np.bincount(labels.ravel())
+    minimum = np.full(count + 1, float(min_area))
+    minimum[np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))] = min_area / 4.0
+    keep = sizes >= minimum
+    keep[0] = False
+    return keep[labels]
 
 
 def grow_cells(nuclei: np.ndarray, microtubules: np.ndarray, er: np.ndarray, diameter: float) -> np.ndarray:
@@ -180,7 +259,11 @@ def grow_cells(nuclei: np.ndarray, microtubules: np.ndarray, er: np.ndarray, dia
     # Otsu on the log: the cytoplasm's brightness spans an order of magnitude between cells, and a
     # linear threshold would cut dim cells down to their brightest part.
     logged = np.log1p(50.0 * cytoplasm)
-    foreground = (logged > _otsu(logged)) | (nuclei > 0)
+    foreground = logged > _otsu(logged)
+    if CELL_EDGE_FRACTION:
+        window = max(3, int(CELL_WINDOW * diameter) | 1)
+        foreground &= cytoplasm > CELL_EDGE_FRACTION * ndi.maximum_filter(cytoplasm, size=window)
+    foreground |= nuclei > 0
     # Dark pockets inside a cell (vacuoles, dim patches) smaller than a nucleus belong to the cell.
     foreground = _fill_small_holes(foreground, int(np.pi * (diameter / 2.0) ** 2))
     # The seeded watershed floods the inverted signal, so borders between cells follow the dim

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from protloc.cells.masks import checked_label_ids
+from protloc.cells.label_ids import checked_label_ids
 from protloc.errors import DataError, ProtlocError
 
 CELL_NAMES = ("cells", "cell", "cellmask", "cell_mask", "cell-mask", "cell_masks", "cellmasks", "cell_labels")
@@ -24,7 +24,7 @@ class ZarrLabels:
     """Label images of the images of one OME-Zarr store."""
 
     def __init__(self, store: Path) -> None:
-        from protloc.data.ome_zarr import _listed_images, _open_group, ngff_attributes, store_name
+        from protloc.data.formats.ome_zarr import _listed_images, _open_group, ngff_attributes, store_name
 
         self.store = Path(store).resolve()
         self.root = _open_group(self.store)
@@ -36,7 +36,7 @@ class ZarrLabels:
             raise ProtlocError(f"--masks {self.store.name}: no image of the store has NGFF labels (labels/)")
 
     def _names(self, image_path: str) -> list[str]:
-        from protloc.data.ome_zarr import ngff_attributes
+        from protloc.data.formats.ome_zarr import ngff_attributes
 
         group = self.root[image_path] if image_path else self.root
         try:
@@ -46,7 +46,7 @@ class ZarrLabels:
         return [str(name) for name in ngff_attributes(labels).get("labels") or []]
 
     def _image_path(self, entry) -> str:
-        from protloc.data.ome_zarr import IMAGE_KEY, SOURCE_KEY
+        from protloc.data.formats.ome_zarr import IMAGE_KEY, KEY as SOURCE_KEY
 
         if SOURCE_KEY in entry.sources and Path(entry.sources[SOURCE_KEY]).resolve() == self.store:
             return entry.sources.get(IMAGE_KEY, "")
@@ -56,7 +56,7 @@ class ZarrLabels:
                         "give the store itself as the input")
 
     def _read(self, image_path: str, name: str, shape: tuple[int, int]) -> np.ndarray:
-        from protloc.data.ome_zarr import ngff_attributes
+        from protloc.data.formats.ome_zarr import ngff_attributes
 
         where = f"{self.store.name}/{image_path}/labels/{name}".replace("//", "/")
         try:
@@ -73,7 +73,7 @@ class ZarrLabels:
         return labels
 
     def read(self, entry, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray | None]:
-        from protloc.data.ome_zarr import LOCALISATION_LABELS
+        from protloc.data.formats.ome_zarr import LOCALISATION_LABELS
 
         image_path = self._image_path(entry)
         names = self._names(image_path)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 from functools import partial
 
+from protloc.devices import add_device_argument
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -27,7 +29,13 @@ def register(subparsers) -> None:
     parser.add_argument("--pixel-size", type=float, metavar="UM",
                         help="µm per pixel of the inputs (default: stated by the files or implied by the layout); "
                         "the network sees each image at the model's pixel size, the masks and the table stay on the input's grid")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    add_device_argument(parser)
+    from protloc.commands.options import add_precision_argument
+
+    add_precision_argument(parser, default="fp32")
+    from protloc.commands.options import add_strict_argument
+
+    add_strict_argument(parser)
     add_cell_arguments(parser)
     from protloc.distributed import add_cluster_arguments
 
@@ -46,8 +54,9 @@ def add_cell_arguments(parser) -> None:
                         help="also write image-level embeddings and probabilities (<out>.images.h5ad)")
     parser.add_argument("--per-cell", dest="scoring", choices=SCORINGS, default=None,
                         help=f"each cell's answer (default {DEFAULT_SCORING}: the cell's own and its image's "
-                        "probabilities combined, times the cell's expression gate; README: Single cells); own: the "
-                        "cell's own; image: its image's (the weak baseline); geometric-mean: own and image, no gate")
+                        "probabilities combined, times its protein-signal gates, 0 for a cell without signal; "
+                        "chosen on real cells, docs/single-cells.md); own: the cell's own; image: its image's "
+                        "(the weak baseline); geometric-mean: own and image, no gate")
     parser.add_argument("--image-prior", action="store_true", help="the same as --per-cell geometric-mean")
     parser.add_argument("--nucleus-diameter", type=float, metavar="PX",
                         help="typical nucleus diameter in pixels (default: estimated from the nucleus channel)")
@@ -73,7 +82,9 @@ def run(args) -> int:
     run_here = run_cells if spec is None else partial(cells, spec, shard_size=args.shard_size)
     result = run_here(
         args.inputs, args.model, args.out, maps_dir=args.maps, device=args.device, input_format=args.input_format,
-        pixel_size=args.pixel_size, progress=sys.stderr.isatty(), **cell_options(args),
+        pixel_size=args.pixel_size, progress=sys.stderr.isatty(), precision=args.precision, **cell_options(args),
     )
     report(result, args.out)
-    return 0
+    from protloc.commands.options import skipped_exit
+
+    return skipped_exit(args, result.failures, result.errors_file, "image(s)")

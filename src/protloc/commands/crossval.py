@@ -30,30 +30,9 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from protloc.commands.train import overrides_from
+    from protloc.commands.train import overrides_from, run_folds
     from protloc.data.limits import set_max_pixels
 
     set_max_pixels(args.max_pixels)
     return run_folds(args, overrides_from(args), mapping=args.mapping, min_positives=args.min_positives,
                      baseline=not args.no_baseline)
-
-
-def run_folds(args, overrides: dict, *, mapping, min_positives: int, baseline: bool) -> int:
-    from pathlib import Path
-
-    from protloc.errors import ProtlocError
-    from protloc.training.config import load_config
-    from protloc.training.crossval import render_crossval, run_crossval
-
-    if args.resume:
-        raise ProtlocError("cross-validation keeps finished folds by itself; drop --resume")
-    if not args.model and not args.config:
-        raise ProtlocError("choose a network with --model (or a --config that names one)")
-    if min_positives < 1:
-        raise ProtlocError(f"--min-positives must be at least 1, got {min_positives}")
-    config = load_config(args.config, {k: v for k, v in overrides.items() if k != "out"})
-    summary = run_crossval(config, args.folds, Path(args.out), mapping=mapping, min_positives=min_positives,
-                           baseline=baseline)
-    print(render_crossval(summary))
-    print(f"cross-validation written to {args.out}/ (crossval.md, crossval.json, folds.json, fold-*/)")
-    return 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from protloc.devices import add_device_argument
+
 
 def register(subparsers) -> None:
     from protloc.demo import ALL_MODELS, DemoSettings
@@ -27,7 +29,7 @@ def register(subparsers) -> None:
     parser.add_argument("--patience", type=int, default=defaults.patience,
                         help="epochs without a validation F1 gain before the learning rate is halved")
     parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    add_device_argument(parser)
     parser.add_argument("--fresh", action="store_true", help="retrain even where finished runs exist")
     parser.set_defaults(handler=run)
 

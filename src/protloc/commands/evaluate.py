@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from protloc.devices import add_device_argument
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -33,7 +35,7 @@ def register(subparsers) -> None:
     parser.add_argument("--split", choices=("test", "val", "train"), default=None,
                         help="split to evaluate (a run: default test; --data: default every labelled sample, "
                         "else a split of the data's splits file)")
-    parser.add_argument("--device", default=None, help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available)")
+    add_device_argument(parser)
     parser.add_argument("--batch-size", type=int, default=8, help="patches per forward pass (default 8)")
     parser.add_argument(
         "--whole-image", action="store_true",

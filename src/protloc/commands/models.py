@@ -13,6 +13,8 @@ import json
 import sys
 import time
 
+from protloc.devices import add_device_argument, resolve_device
+
 DEFAULT_CROP = 128
 NUM_CLASSES = 13
 IN_CHANNELS = 4
@@ -36,7 +38,7 @@ def register(subparsers) -> None:
         default=DEFAULT_CROP,
         help=f"square crop size for the timing, in pixels (default {DEFAULT_CROP}; the paper trained on 1024)",
     )
-    parser.add_argument("--device", default="cpu", help="torch device for the timing (default cpu; e.g. cuda)")
+    add_device_argument(parser)
     parser.add_argument("--no-timing", action="store_true", help="skip the forward+backward measurement")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.set_defaults(handler=run)
@@ -122,12 +124,7 @@ def run(args: argparse.Namespace) -> int:
         raise ProtlocError(f"unknown model {unknown[0]!r}; choose among {', '.join(list_models())}")
     if args.crop < 1 or args.crop > 16384:
         raise ProtlocError(f"--crop must be between 1 and 16384 pixels, got {args.crop}")
-    try:
-        device = torch.device(args.device)
-    except RuntimeError:
-        raise ProtlocError(f"unknown --device {args.device!r} (use cpu or cuda)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ProtlocError("--device cuda asked for, but PyTorch sees no CUDA device")
+    device = resolve_device(args.device)
 
     rows = []
     for name in tqdm(names, desc="timing" if not args.no_timing else "counting", unit="model",

@@ -8,6 +8,8 @@ from functools import partial
 from pathlib import Path
 
 from protloc.data.limits import add_max_pixels_argument, set_max_pixels
+from protloc.commands.options import add_precision_argument, add_strict_argument, skipped_exit
+from protloc.devices import add_device_argument
 
 
 def register(subparsers) -> None:
@@ -29,12 +31,10 @@ def register(subparsers) -> None:
     parser.add_argument("--tta", action="store_true", help="average over flips and 90° rotations")
     parser.add_argument("--maps", metavar="DIR", help="write localisation-map overlays (PNG) to DIR")
     parser.add_argument("--batch-size", type=int, default=4, help="patches per forward pass")
-    parser.add_argument("--precision", default="fp32", metavar="{fp32,bf16}",
-                        help="fp32 (default; GapNet-PL runs its fast exact path) or bf16 (1.7x faster on CPUs "
-                        "with AVX512-BF16; probabilities within a few hundredths, same top class)")
+    add_precision_argument(parser, default="fp32")
     parser.add_argument("--compile-selu", action="store_true",
-                        help="GapNet-PL: SELU as one compiled kernel (the first image pays 1-5 s of compiling, "
-                        "later ones run 5-10%% faster; for runs of many images)")
+                        help="GapNet-PL: SELU as one compiled kernel for any run (by default runs of "
+                        "500 images or more compile it; docs/precision.md)")
     parser.add_argument("--pixel-size", type=float, metavar="UM",
                         help="µm per pixel of the inputs (default: stated by the files, e.g. TIFF resolution tags, "
                         "or implied by the layout, e.g. Kaggle 2018 PNGs); inputs are rescaled to the model's")
@@ -44,8 +44,12 @@ def register(subparsers) -> None:
                         "'DAPI=nucleus,Tub=microtubules,Calr=er,GFP=protein' or positional 'protein,nucleus,er,microtubules'")
     parser.add_argument("--projection", choices=["max", "mean"],
                         help="OME inputs: project Z-stacks and time series (refused without it)")
+    parser.add_argument("--allow-sparse-zarr", action="store_true",
+                        help="OME-Zarr inputs: read chunks missing from the store as its fill value (for stores "
+                        "written sparse on purpose; by default a missing chunk skips the image with its reason)")
     parser.add_argument("--workers", type=int, default=2, help="image-decoding worker processes")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    add_device_argument(parser)
+    add_strict_argument(parser)
     add_max_pixels_argument(parser)
     # --cells: the per-cell outputs of `protloc cells` (the same library call, protloc.cells.run_cells)
     from protloc.commands.cells import add_cell_arguments
@@ -66,6 +70,8 @@ _IMAGE_ONLY = (("whole_image", "--whole-image"), ("tta", "--tta"), ("patch_size"
                ("compile_selu", "--compile-selu"))
 _CELLS_ONLY = (("masks", "--masks"), ("embeddings", "--embeddings"), ("scoring", "--per-cell"),
                ("image_prior", "--image-prior"), ("nucleus_diameter", "--nucleus-diameter"))
+
+
 
 
 def _one_line(message, category, filename, lineno, file=None, line=None) -> None:
@@ -90,23 +96,24 @@ def _predict(args) -> int:
     given = [flag for name, flag in _CELLS_ONLY if getattr(args, name) not in (None, False)]
     if given:
         raise ProtlocError(f"{given[0]} is a per-cell option: add --cells")
-    check_precision(args.precision)
+    check_precision(args.precision, allow_auto=True)
     set_max_pixels(args.max_pixels)  # the readers, in the decoding workers too
     if args.compile_selu:
-        from protloc.models.gapnet_pl_fast import use_compiled_selu
+        from protloc.inference.gapnet_pl_fast import use_compiled_selu
 
         use_compiled_selu()
     if (spec := cluster_spec(args)) is not None:  # the same rows, computed in shards on a Dask cluster
         from protloc.distributed import predict
 
-        result = predict(spec, args.inputs, args.model, args.out, device=args.device, input_format=args.input_format,
+        result = predict(spec, args.inputs, args.model, args.out, device=args.device, precision=args.precision,
+                         input_format=args.input_format,
                          reader_options=_ome_reader_options(args), shard_size=args.shard_size,
                          progress=sys.stderr.isatty(), options={
                              "whole_image": args.whole_image, "tta": args.tta, "patch_size": args.patch_size,
-                             "batch_size": args.batch_size, "precision": args.precision,
+                             "batch_size": args.batch_size,
                              "pixel_size": args.pixel_size, "compile_selu": args.compile_selu,
                              "maps_dir": None if args.maps is None else str(Path(args.maps).absolute())})
-        return _report(result)
+        return _report(args, result)
     result = run_batch_prediction(
         args.inputs, args.model, args.out, whole_image=args.whole_image, tta=args.tta, maps_dir=args.maps,
         patch_size=args.patch_size, batch_size=args.batch_size, workers=args.workers, device=args.device,
@@ -114,16 +121,12 @@ def _predict(args) -> int:
         pixel_size=args.pixel_size,
         reader_options=_ome_reader_options(args),
     )
-    return _report(result)
+    return _report(args, result)
 
 
-def _report(result) -> int:
+def _report(args, result) -> int:
     print(f"predicted {result.predicted} image(s), {result.already_done} already done -> {result.out}")
-    if result.failures:
-        print(f"skipped {len(result.failures)} unreadable image(s), reasons in {result.errors_file}:", file=sys.stderr)
-        for failure in result.failures[:10]:
-            print(f"  {failure['id']}: {failure['reason']}", file=sys.stderr)
-    return 0
+    return skipped_exit(args, [(f["id"], f["reason"]) for f in result.failures], result.errors_file)
 
 
 def _predict_cells(args) -> int:
@@ -136,8 +139,6 @@ def _predict_cells(args) -> int:
     if given:
         raise ProtlocError(f"{given[0]} is an image-level option: the per-cell path (--cells) makes one "
                            "whole-image pass of its own")
-    if args.precision != "fp32":
-        raise ProtlocError("--cells runs in fp32 (the per-cell feature averages); drop --precision")
     set_max_pixels(args.max_pixels)
     from protloc.distributed import cells, cluster_spec
 
@@ -145,16 +146,18 @@ def _predict_cells(args) -> int:
     result = run(
         args.inputs, args.model, args.out, maps_dir=args.maps, device=args.device, input_format=args.input_format,
         pixel_size=args.pixel_size, reader_options=_ome_reader_options(args), progress=sys.stderr.isatty(),
-        **cell_options(args),
+        precision=args.precision, **cell_options(args),
     )
     report(result, args.out)
-    return 0
+    return skipped_exit(args, result.failures, result.errors_file, "image(s)")
 
 
 def _ome_reader_options(args) -> dict:
-    from protloc.data.ome import describe_inputs, reader_options
+    from protloc.data.formats import describe_ome
+    from protloc.data.formats.ome import reader_options
 
-    options = reader_options(channels=args.channels, projection=args.projection)
-    for line in describe_inputs(args.inputs, options):  # which channel is which, and the pixel size
+    options = reader_options(channels=args.channels, projection=args.projection,
+                             allow_sparse=args.allow_sparse_zarr)
+    for line in describe_ome(args.inputs, options):  # which channel is which, and the pixel size
         print(line, file=sys.stderr)
     return options

@@ -83,7 +83,7 @@ def run_info(args) -> int:
     path = Path(args.file) if args.file else resolve_pretrained()
     if path.is_dir() or path.suffix == ".index" or ".data-" in path.name:
         return _info_checkpoint(path, args.json)
-    from protloc.checkpoint import read_model_file
+    from protloc.model_file import read_model_file
 
     payload = read_model_file(path)
     parameters = sum(int(t.numel()) for t in payload["state_dict"].values())

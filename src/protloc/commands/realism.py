@@ -6,7 +6,7 @@ import sys
 
 
 def register(subparsers) -> None:
-    from protloc.evaluation.realism import KAGGLE_PNG_PIXEL_SIZE_UM, PUBLISHED_PIXEL_SIZE_UM
+    from protloc.data.pixel_size import HPA_CONFOCAL_PIXEL_SIZE_UM, KAGGLE2018_PIXEL_SIZE_UM
 
     parser = subparsers.add_parser(
         "realism",
@@ -29,10 +29,10 @@ def register(subparsers) -> None:
     parser.add_argument("--size", type=int, default=256, help="side of those fields in px (default 256)")
     parser.add_argument("--seed", type=int, default=1000,
                         help="seed of those fields (default 1000: not the demo's training data)")
-    parser.add_argument("--network-pixel-size", type=float, default=PUBLISHED_PIXEL_SIZE_UM,
-                        help=f"µm/px the published weights were trained at (default {PUBLISHED_PIXEL_SIZE_UM})")
-    parser.add_argument("--real-pixel-size", type=float, default=KAGGLE_PNG_PIXEL_SIZE_UM,
-                        help=f"µm/px of the real fields (default {KAGGLE_PNG_PIXEL_SIZE_UM}: Kaggle's 512² PNGs)")
+    parser.add_argument("--network-pixel-size", type=float, default=HPA_CONFOCAL_PIXEL_SIZE_UM,
+                        help=f"µm/px the published weights were trained at (default {HPA_CONFOCAL_PIXEL_SIZE_UM})")
+    parser.add_argument("--real-pixel-size", type=float, default=KAGGLE2018_PIXEL_SIZE_UM,
+                        help=f"µm/px of the real fields (default {KAGGLE2018_PIXEL_SIZE_UM}: Kaggle's 512² PNGs)")
     parser.add_argument("--out", default="realism", help="output folder (default realism/)")
     parser.set_defaults(handler=run)
 

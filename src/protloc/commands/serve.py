@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import sys
 
+from protloc.devices import add_device_argument
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -62,9 +64,20 @@ def register(subparsers) -> None:
     parser.add_argument("--lease", type=float, default=60.0, metavar="SECONDS",
                         help="PostgreSQL: how long this server's worker holds a claimed submission without renewal "
                         "(default: %(default)s)")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    add_device_argument(parser)
+    from protloc.commands.options import add_precision_argument
+
+    add_precision_argument(parser, default="auto")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     parser.set_defaults(handler=run)
+
+
+def check_platform_precision(precision: str, cells: bool) -> None:
+    """int8 gives image-level answers only: a platform that finds cells cannot run it."""
+    from protloc.errors import ProtlocError
+
+    if precision == "int8" and cells:
+        raise ProtlocError("--precision int8 has no feature maps for the cells: add --no-cells, or use auto/bf16/fp32")
 
 
 def settings_from_args(args):
@@ -80,6 +93,7 @@ def settings_from_args(args):
             or args.lease <= 0 or args.lanes <= 0):
         raise ProtlocError("--max-upload-mb, --max-batch-mb, --max-pixels, --client-timeout, --lease and --lanes "
                            "must be positive")
+    check_platform_precision(args.precision, not args.no_cells)
     tokens = list(args.auth_tokens or [])
     if os.environ.get("PROTLOC_AUTH_TOKEN"):
         tokens.append(os.environ["PROTLOC_AUTH_TOKEN"])
@@ -99,6 +113,7 @@ def settings_from_args(args):
         lease_seconds=args.lease,
         cells=not args.no_cells,
         lanes=args.lanes,
+        precision=args.precision,
     )
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 
+from protloc.devices import add_device_argument
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -30,7 +32,7 @@ def add_training_arguments(parser, out_help: str = "run directory to create (or 
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--lr", type=float, help="initial learning rate")
     parser.add_argument("--seed", type=int)
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    add_device_argument(parser, config_file=True)
     parser.add_argument("--devices", help="devices per node (default: torchrun's, else 1)")
     parser.add_argument("--workers", type=int, help="data loader worker processes")
     parser.add_argument("--patience", type=int, help="epochs without validation-F1 improvement before halving the lr")
@@ -74,8 +76,6 @@ def run(args) -> int:
     set_max_pixels(args.max_pixels)
     overrides = overrides_from(args)
     if args.folds is not None:
-        from protloc.commands.crossval import run_folds
-
         if args.resume:
             raise ProtlocError("--folds runs every fold afresh (finished folds are kept); drop --resume")
         return run_folds(args, overrides, mapping=None, min_positives=3, baseline=True)
@@ -94,4 +94,26 @@ def run(args) -> int:
     if result.model_path is not None:
         print(result.message)
         print(f"model: {result.model_path}")
+    return 0
+
+
+# Shared with `protloc crossval` (which imports it from here: the commands never import each other back).
+def run_folds(args, overrides: dict, *, mapping, min_positives: int, baseline: bool) -> int:
+    from pathlib import Path
+
+    from protloc.errors import ProtlocError
+    from protloc.training.config import load_config
+    from protloc.training.crossval import render_crossval, run_crossval
+
+    if args.resume:
+        raise ProtlocError("cross-validation keeps finished folds by itself; drop --resume")
+    if not args.model and not args.config:
+        raise ProtlocError("choose a network with --model (or a --config that names one)")
+    if min_positives < 1:
+        raise ProtlocError(f"--min-positives must be at least 1, got {min_positives}")
+    config = load_config(args.config, {k: v for k, v in overrides.items() if k != "out"})
+    summary = run_crossval(config, args.folds, Path(args.out), mapping=mapping, min_positives=min_positives,
+                           baseline=baseline)
+    print(render_crossval(summary))
+    print(f"cross-validation written to {args.out}/ (crossval.md, crossval.json, folds.json, fold-*/)")
     return 0

@@ -11,6 +11,8 @@ import logging
 import signal
 import sys
 
+from protloc.devices import add_device_argument
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -37,7 +39,10 @@ def register(subparsers) -> None:
                         "are stored with the sample's, GapNet-PL models only)")
     parser.add_argument("--lanes", type=int, default=2, metavar="N",
                         help="threads taking submissions side by side (default: %(default)s)")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    add_device_argument(parser)
+    from protloc.commands.options import add_precision_argument
+
+    add_precision_argument(parser, default="auto")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     parser.set_defaults(handler=run)
 
@@ -49,11 +54,14 @@ def run(args) -> int:
     from protloc.web import db
     from protloc.web.jobs import DatabaseJobs
     from protloc.web.settings import load_predictors
-    from protloc.web.storage import BlobStore
+    from protloc.web.store import BlobStore
     from protloc.web.worker import PredictionWorker
 
     if args.lease <= 0 or args.poll <= 0 or args.max_batch_patches <= 0 or args.lanes <= 0:
         raise ProtlocError("--lease, --poll, --max-batch-patches and --lanes must be positive")
+    from protloc.commands.serve import check_platform_precision
+
+    check_platform_precision(args.precision, not args.no_cells)
     data_dir = Path(args.data_dir)
     if not (data_dir / "blobs").is_dir():
         raise ProtlocError(f"{data_dir} is not a protloc data folder (no blobs/ in it); give the server's --data-dir")
@@ -63,7 +71,7 @@ def run(args) -> int:
         sessions = db.open_database(args.database_url)
     except Exception as exc:  # an unreachable server, a driver not installed, a malformed URL
         raise ProtlocError(f"cannot open the database: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
-    predictors = load_predictors(list(args.models or ["pretrained"]), args.device)
+    predictors = load_predictors(list(args.models or ["pretrained"]), args.device, args.precision)
     jobs = DatabaseJobs(sessions, "", lease_seconds=args.lease, poll_seconds=args.poll)
     worker = PredictionWorker(predictors, sessions, BlobStore(data_dir), max_batch_patches=args.max_batch_patches,
                               jobs=jobs, cells=not args.no_cells, lanes=args.lanes)

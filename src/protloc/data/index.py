@@ -18,15 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from protloc.data.inputs import (  # noqa: F401  (SampleEntry, FORMATS, detect_format, list_dataset re-exported)
-    FORMATS,
-    DatasetListing,
-    SampleEntry,
-    detect_format,
-    list_dataset,
-)
+from protloc.data import formats
+from protloc.data.formats.listing import SampleEntry, list_dataset
 from protloc.data.limits import DEFAULT_MAX_PIXELS, max_pixels
-from protloc.data.readers import check_sample, read_sample
+from protloc.data.pixel_size import UNKNOWN, PixelSize, check_pixel_size
 from protloc.errors import DataError, ProtlocError, printable
 from protloc.labels import LabelSet, load_label_set
 
@@ -110,9 +105,17 @@ class DatasetIndex:
         The pixel limit is the larger of the one in force and the one the scan accepted the sample
         under: a data set scanned with a raised ``--max-pixels`` stays usable by every later step.
         """
+        return self.read(entry_or_id).image
+
+    def read(self, entry_or_id: str | SampleEntry, pixel_size: float | None = None) -> formats.Sample:
+        """The sample with its pixel size and channel names (``protloc.data.formats.read``)."""
         entry = self.entry(entry_or_id)
-        sources = {key: str(self.resolve(value)) for key, value in entry.sources.items()}
-        return read_sample(sources, self.format, max_pixels=max(self.max_pixels, max_pixels()))
+        sources = formats.absolute_sources(entry.sources, self.root)
+        return formats.read(sources, max_pixels=max(self.max_pixels, max_pixels()), pixel_size=pixel_size)
+
+    def pixel_size(self, entry_or_id: str | SampleEntry) -> PixelSize:
+        """The pixel size a sample's files state or its layout implies (UNKNOWN otherwise); reads it."""
+        return self.read(entry_or_id).pixel_size
 
     def label_vector(self, entry_or_id: str | SampleEntry) -> np.ndarray:
         """Binary float32 vector over the label set's classes; ProtlocError if the sample is unlabeled."""
@@ -192,7 +195,7 @@ class DatasetIndex:
 
 
 def _check_sample(root: Path, sources: dict[str, str]) -> tuple[int, int]:
-    return check_sample({k: str(root / v) for k, v in sources.items()})
+    return formats.check(formats.absolute_sources(sources, root))
 
 
 def _default_workers() -> int:
@@ -279,3 +282,12 @@ def open_dataset(path, format=None, labels=None, label_set=None, refresh: bool =
             pass  # a read-only data folder is still usable, just not cached
     return index
 
+
+
+def data_pixel_size(index: DatasetIndex, override: float | None = None) -> PixelSize:
+    """One pixel size for a data set: the override, else the first sample's (stated or implied)."""
+    if override is not None:
+        return PixelSize(check_pixel_size(override), "--pixel-size")
+    if not index.samples:
+        return UNKNOWN
+    return index.pixel_size(index.samples[0])

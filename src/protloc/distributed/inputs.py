@@ -14,10 +14,6 @@ from pathlib import Path
 
 from protloc.errors import ProtlocError
 
-# Source keys whose values are files (the others are reader options such as an OME channel mapping).
-FILE_KEYS = ("npz", "multichannel", "ome-tiff", "ome-zarr")
-
-
 class WorkerCannotRead(ProtlocError):
     """A worker does not see an input the client listed: no shared filesystem between them."""
 
@@ -30,12 +26,12 @@ def is_url(text: str) -> bool:
 
 
 def list_entries(inputs: list[str], input_format: str | None, reader_options: dict | None) -> list:
-    """The samples of the command line, in order, as ``protloc.data.inputs.SampleEntry`` (local paths
-    through ``discover_inputs``, the listing ``protloc predict`` uses; URLs through fsspec)."""
-    from protloc.data.inputs import discover_inputs
+    """The samples of the command line, in order, as ``protloc.data.formats.SampleEntry`` (local paths
+    through ``protloc.data.formats.discover``, the listing ``protloc predict`` uses; URLs through fsspec)."""
+    from protloc.data.formats import discover
 
     local = [raw for raw in inputs if not is_url(str(raw))]
-    entries = discover_inputs(local, format=input_format, reader_options=reader_options) if local else []
+    entries = discover(local, format=input_format, reader_options=reader_options) if local else []
     used = {e.id for e in entries}
     for raw in inputs:
         if is_url(str(raw)):
@@ -54,7 +50,7 @@ def _url_entries(url: str) -> list:
     import fsspec
 
     from protloc.data.filenames import is_multichannel_candidate, parse_channel_filename, printable_id
-    from protloc.data.inputs import SampleEntry
+    from protloc.data.formats import SampleEntry
 
     try:
         fs, path = fsspec.core.url_to_fs(url)
@@ -81,9 +77,10 @@ def _url_entries(url: str) -> list:
 
 
 def file_sources(sources: dict) -> list[str]:
-    from protloc.data.channels import CHANNELS
+    """The values that are files (the others are reader options such as an OME channel mapping)."""
+    from protloc.data.formats.listing import PATH_KEYS
 
-    return [v for k, v in sources.items() if k in CHANNELS or k in FILE_KEYS]
+    return [v for k, v in sources.items() if k in PATH_KEYS]
 
 
 def worker_sources(sources: dict, worker: str) -> dict:

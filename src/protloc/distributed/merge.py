@@ -1,16 +1,15 @@
 """The parts of a finished run into the one output the user asked for, with the single-process writers.
 
-Predictions: each part's rows, in input order, go through ``protloc.inference.batch``'s row writer (the
-one ``protloc predict`` appends with, holding the same lock and skipping ids it already holds) and,
-for Parquet, its journal conversion; unreadable samples go to ``<stem>.errors.csv`` as there.
-Cells: the parts' AnnData rows and embeddings, in input order, through ``protloc.cells.pipeline``'s
-``write_table`` and ``write_anndata``.
+Predictions: each part's rows, in input order, go through ``protloc.inference.batch``'s row writer into
+the run's journal beside ``--out`` (the one ``protloc predict`` appends to, holding the same lock,
+skipping the ids it already holds) and ``protloc.inference.journal.finish`` makes it the output;
+unreadable samples go to ``<stem>.errors.csv`` through the same ``write_skipped``.
+Cells: each image's part (``protloc.cells.outputs.save_part``'s format), in input order, into the result
+``protloc.cells.pipeline`` builds (``add_part``), written by its ``write_outputs``.
 """
 
 from __future__ import annotations
 
-import csv
-import os
 from pathlib import Path
 
 import numpy as np
@@ -18,23 +17,15 @@ import numpy as np
 from protloc.distributed.shards import Plan
 
 
-def open_prediction_output(out: Path, columns: list[str]):
-    """The output's row writer, opened before any work: it refuses a second run on the same --out (the
-    lock) and knows the ids an earlier run already wrote (those are not predicted again)."""
-    from protloc.inference.batch import _RowWriter, output_format
-
-    fmt = output_format(out)
-    journal = out.with_name(out.name + ".journal.jsonl") if fmt == "parquet" else out
-    return _RowWriter(journal, "csv" if fmt == "csv" else "jsonl", columns), fmt
-
-
-def merge_predictions(plan: Plan, writer, fmt: str, out: Path, classes: list[str], columns: list[str]) -> tuple[int, list]:
-    """(rows written, failures) from every part, in shard order; the writer is closed."""
+def merge_predictions(plan: Plan, writer, fmt: str, out: Path, classes: list[str], columns: list[str], result) -> None:
+    """Every part's rows, in shard order, into ``result`` (predicted, failures) and the output; the
+    writer is closed. Nothing predicted (and nothing earlier): the error of ``protloc predict``."""
     import pyarrow.parquet as pq
 
-    from protloc.inference.batch import _journal_to_parquet
+    from protloc.errors import ProtlocError
+    from protloc.inference import journal
+    from protloc.inference.batch import nothing_predicted, write_skipped
 
-    written, failures = 0, []
     try:
         for shard in range(len(plan.shards)):
             part = plan.part(shard)
@@ -42,82 +33,45 @@ def merge_predictions(plan: Plan, writer, fmt: str, out: Path, classes: list[str
                 continue
             for row in pq.read_table(part).to_pylist():
                 if row["failure"] is not None:
-                    failures.append({"id": row["id"], "reason": row["failure"]})
+                    result.failures.append({"id": row["id"], "reason": row["failure"]})
                 elif row["id"] not in writer.done:  # a merge interrupted half-way is resumed, not doubled
                     # one fsync at the end, not per row (10⁶ rows): until the parts are removed, a merge
-                    # cut short is redone from them, skipping the rows already in --out
+                    # cut short is redone from them, skipping the rows already in the journal
                     writer.write(row["id"], np.asarray(row["probs"]), row["predicted"], classes,
-                                 row["pixel_size_um"], row["scale"], sync=False)
-                    written += 1
-        writer.handle.flush()
-        os.fsync(writer.handle.fileno())
+                                 row["pixel_size_um"], row["scale"], row["precision"], sync=False)
+                    result.predicted += 1
+        writer.sync()
     finally:
         writer.close()
-    if fmt == "parquet":
-        _journal_to_parquet(writer.path, out, columns)
-    return written, failures
+    errors_file = out.with_name(out.stem + ".errors.csv")
+    if result.failures:
+        result.errors_file = errors_file
+        write_skipped(errors_file, result.failures)
+    else:  # an earlier run's list: its inputs were tried again and read this time
+        errors_file.unlink(missing_ok=True)
+    if not result.predicted and not result.already_done:
+        raise ProtlocError(nothing_predicted(result))
+    journal.finish(writer.path, out, fmt, columns)
 
 
-def write_errors(out: Path, failures: list[dict]) -> Path:
-    """``<stem>.errors.csv``: the unreadable samples and why, as ``protloc predict`` writes it."""
-    path = out.with_name(out.stem + ".errors.csv")
-    with open(path, "w", newline="") as handle:
-        csv.writer(handle).writerows([["id", "reason"], *[[f["id"], f["reason"]] for f in failures]])
-    return path
-
-
-def merge_cells(plan: Plan, paths: dict, classes: list[str], embeddings: bool, result) -> None:
-    """The per-cell table, the .h5ad (and with ``embeddings`` the per-image .h5ad) from the parts."""
+def gather_cells(plan: Plan):
+    """The single-process run's result (``protloc.cells.pipeline.new_result``/``add_part``) from the
+    shards' parts, in input order."""
     import json
 
-    import anndata
+    from protloc.cells.outputs import load_part
+    from protloc.cells.pipeline import add_part, new_result
+    from protloc.errors import ProtlocError
 
-    from protloc.cells.pipeline import write_anndata, write_table
-    from protloc.distributed.cells_task import cell_columns, image_columns
-
-    rows, stacked, image_rows, image_stacked, uns = [], [], [], [], None
+    result = new_result()
     for shard in range(len(plan.shards)):
-        part = plan.part(shard)
-        summary = json.loads(part.with_suffix(".json").read_text())
+        summary_file = plan.part(shard)
+        summary = json.loads(summary_file.read_text())
         result.failures += [tuple(f) for f in summary["failures"]]
-        result.no_cells += summary["no_cells"]
-        result.images += summary["images"]
-        data = anndata.read_h5ad(part)
-        if summary["images"]:
-            uns = _plain(data.uns)  # the last analysed image's method, as the single-process run records
-        if data.n_obs:
-            rows += _records(data.obs, cell_columns(classes))
-            stacked.append(np.asarray(data.X))
-        images = part.with_suffix(".images.h5ad")
-        if embeddings and images.is_file():
-            per_image = anndata.read_h5ad(images)
-            image_rows += _records(per_image.obs, image_columns(classes))
-            image_stacked.append(np.asarray(per_image.X))
-    result.cells = len(rows)
-    if result.images == 0:
-        from protloc.errors import ProtlocError
-
-        reasons = "; ".join(f"{i}: {r}" for i, r in result.failures[:3])
-        raise ProtlocError(f"no image could be analysed ({reasons})")
-    columns = cell_columns(classes)
-    dims = stacked[0].shape[1] if stacked else 0
-    matrix = np.concatenate(stacked) if stacked else np.zeros((0, dims), np.float32)
-    result.files.append(write_table(paths["table"], rows, columns))
-    result.files.append(write_anndata(paths["h5ad"], rows, columns, matrix, uns))
-    if embeddings:
-        result.files.append(write_anndata(paths["images"], image_rows, image_columns(classes),
-                                          np.concatenate(image_stacked), uns))
-
-
-def _records(obs, columns: list[str]) -> list[dict]:
-    """The table rows back from an AnnData obs (its strings may have become categories on writing)."""
-    frame = obs[columns].copy()
-    for name in frame.columns:
-        if str(frame[name].dtype) == "category":
-            frame[name] = frame[name].astype(str)
-    return frame.to_dict("records")
-
-
-def _plain(uns) -> dict:
-    """``uns`` as the writer took it (h5ad returns lists as arrays)."""
-    return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in dict(uns).items()}
+        for image_id, name in summary["images"]:
+            part = load_part(summary_file.with_name(name), image_id)
+            if part is None:
+                raise ProtlocError(f"{summary_file.with_name(name)}: the part of {image_id} is missing or cut; "
+                                   f"remove {summary_file} and rerun the same command (its shard is redone)")
+            add_part(result, image_id, part)
+    return result

@@ -26,8 +26,8 @@ def _probe(entry, max_pixels):
     from protloc.distributed.worker import _prepare, read_entry
 
     worker = _prepare(ShardJob(-1, [], "", "", max_pixels=max_pixels))
-    _, image, failure = read_entry(entry, worker)
-    return (2048, 2048) if image is None else tuple(image.shape[-2:])
+    sample, _ = read_entry(entry, worker)
+    return (2048, 2048) if sample is None else tuple(sample.image.shape[-2:])
 
 
 def _resolved(model: str) -> str:
@@ -138,63 +138,74 @@ def _result(future) -> dict:
         raise ProtlocError(f"a shard failed on a worker: {type(exc).__name__}: {exc}") from None
 
 
-def predict(spec: ClusterSpec, inputs, model: str, out, *, device: str = "cpu", input_format=None,
-            reader_options=None, shard_size: int | None = None, progress: bool = True, options: dict | None = None,
-            stats: dict | None = None):
-    """``protloc predict --cluster``: the same output (rows, order, errors file) as the single-process run."""
+def predict(spec: ClusterSpec, inputs, model: str, out, *, device: str = "cpu", precision: str = "fp32",
+            input_format=None, reader_options=None, shard_size: int | None = None, progress: bool = True,
+            options: dict | None = None, stats: dict | None = None):
+    """``protloc predict --cluster``: the same output (rows, order, errors file, journal) as the
+    single-process run (``protloc.inference.batch.run_batch_prediction``)."""
+    from protloc.data.pixel_size import check_pixel_size
     from protloc.distributed.inputs import list_entries
-    from protloc.distributed.merge import merge_predictions, open_prediction_output, write_errors
-    from protloc.inference.batch import BatchResult
+    from protloc.distributed.merge import merge_predictions
+    from protloc.files import spreadsheet_safe
+    from protloc.inference.batch import BatchResult, open_journal, prediction_columns
     from protloc.inference.predictor import load_model
 
-    options = dict(options or {})
+    options = dict(options or {}, precision=precision)
     out = Path(out)
+    if options.get("pixel_size") is not None:
+        check_pixel_size(options["pixel_size"])
     model_file = _resolved(model)
-    predictor = load_model(model_file)  # its classes (the columns) and checks, before any job is submitted
+    # its classes (the columns) and checks, before any job is submitted (the workers load it on their devices)
+    predictor = load_model(model_file, precision=precision)
     if options.get("whole_image") and not predictor.fully_convolutional:
         raise ProtlocError(f"{predictor.model_name} has fixed-size dense layers: --whole-image needs GapNet-PL")
     entries = list_entries(list(inputs), input_format, reader_options)
-    columns = ["id", *predictor.classes, "pixel_size_um", "scale", "predicted"]
-    writer, fmt = open_prediction_output(out, columns)
+    columns = prediction_columns(predictor.classes)
+    writer, fmt = open_journal(out, columns)
     try:
-        todo = [e for e in entries if e.id not in writer.done]
+        written_as = spreadsheet_safe if fmt == "csv" else str  # a CSV holds its ids defused
+        todo = [e for e in entries if written_as(e.id) not in writer.done]
         result = BatchResult(already_done=len(entries) - len(todo), out=out)
+        plan = None
         if todo:
             plan, _ = run_shards(spec, "predict", entries, out, model_file, device, options, shard_size, progress,
                                  on_first_size=lambda size: _say_size(size, predictor), max_pixels=_max_pixels(),
                                  stats=stats)
-        else:
-            plan = None
     except BaseException:
         writer.close()
         raise
-    if plan is None:
+    if plan is None:  # every row was there: the finished output as it was
+        from protloc.inference import journal
+
         writer.close()
+        if journal.journal_path(out, fmt).exists():
+            journal.finish(writer.path, out, fmt, columns)
         return result
     merging = time.perf_counter()
-    result.predicted, result.failures = merge_predictions(plan, writer, fmt, out, predictor.classes, columns)
+    merge_predictions(plan, writer, fmt, out, predictor.classes, columns, result)
     if stats is not None:
         stats["merge_s"] = time.perf_counter() - merging
-    if result.failures:
-        result.errors_file = write_errors(out, result.failures)
     remove(plan)
     return result
 
 
-def cells(spec: ClusterSpec, inputs, model: str, out, *, device: str = "cpu", input_format=None,
-          reader_options=None, shard_size: int | None = None, progress: bool = True, masks_dir=None,
-          maps_dir=None, embeddings: bool = False, image_prior: bool = False, scoring: str | None = None,
-          nucleus_diameter: float | None = None, pixel_size: float | None = None):
-    """``protloc cells --cluster``: the table, .h5ad and label images of the single-process run."""
-    from protloc.cells.pipeline import CellsResult, output_paths, require_cells_extra
-    from protloc.cells.scoring import check_scoring
+def cells(spec: ClusterSpec, inputs, model: str, out, *, device: str = "cpu", precision: str = "fp32",
+          input_format=None, reader_options=None, shard_size: int | None = None, progress: bool = True,
+          masks_dir=None, maps_dir=None, embeddings: bool = False, image_prior: bool = False,
+          scoring: str | None = None, nucleus_diameter: float | None = None, pixel_size: float | None = None):
+    """``protloc cells --cluster``: the table, .h5ad, errors list and label images of the single-process
+    run (``protloc.cells.pipeline.run_cells``), from the same per-image function and the same writer."""
+    from protloc.cells.outputs import remove_stale_pictures, write_outputs
+    from protloc.cells.pipeline import output_paths, require_cells_extra
+    from protloc.cells.scoring import DEFAULT_SCORING, check_scoring
     from protloc.data.pixel_size import check_pixel_size
     from protloc.distributed.inputs import list_entries
-    from protloc.distributed.merge import merge_cells
+    from protloc.distributed.merge import gather_cells
+    from protloc.inference.precision import resolve_precision
     from protloc.inference.predictor import load_model
 
     require_cells_extra()
-    scoring = check_scoring(scoring or ("geometric-mean" if image_prior else "combined"))
+    scoring = check_scoring(scoring or ("geometric-mean" if image_prior else DEFAULT_SCORING))
     if pixel_size is not None:
         check_pixel_size(pixel_size)
     paths = output_paths(out)
@@ -203,21 +214,26 @@ def cells(spec: ClusterSpec, inputs, model: str, out, *, device: str = "cpu", in
 
         open_masks(masks_dir)  # a bad --masks is said here, not by every worker
         masks_dir = str(Path(masks_dir).absolute())
+    # int8 refused before any work; the precision the .h5ad records (the workers' device may differ
+    # from this client's: with auto, a GPU worker's bf16 is resolved there)
+    ran_at = resolve_precision(precision, device, maps=True).precision
     model_file = _resolved(model)
-    predictor = load_model(model_file)
+    predictor = load_model(model_file, precision=precision)
     entries = list_entries(list(inputs), input_format, reader_options)
     paths["table"].parent.mkdir(parents=True, exist_ok=True)
     options = {"scoring": scoring, "masks_dir": masks_dir, "nucleus_diameter": nucleus_diameter,
-               "pixel_size": pixel_size, "embeddings": bool(embeddings),
+               "pixel_size": pixel_size, "precision": precision,
                "maps_dir": None if maps_dir is None else str(Path(maps_dir).absolute()),
                "masks_out": str(paths["masks"].absolute())}
     plan, _ = run_shards(spec, "cells", entries, paths["table"], model_file, device, options, shard_size, progress,
                          on_first_size=lambda size: _say_size(size, predictor), max_pixels=_max_pixels())
-    result = CellsResult()
-    merge_cells(plan, paths, predictor.classes, embeddings, result)
+    result = gather_cells(plan)
+    write_outputs(result, predictor, paths, scoring, ran_at, embeddings)
     if maps_dir is not None:
         result.files += sorted(Path(maps_dir).glob("*_cells.png"))
     remove(plan)
+    remove_stale_pictures(paths, maps_dir)
+    result.rows = result.image_rows = result.cell_embeddings = result.image_embeddings = []
     return result
 
 

@@ -1,7 +1,8 @@
 """Cutting a run into shards, and the parts folder that makes the run resumable.
 
-The parts folder ``<out>.parts/`` lies beside ``--out`` and holds ``manifest.json`` (what this run is:
-the samples in order, the model, the options, the shard size) and one finished part per shard. A rerun
+The parts folder ``<out>.shards/`` (not ``protloc cells``' own ``<out>.parts/``) lies beside ``--out``
+and holds ``manifest.json`` (what this run is: the samples in order, the model, the options, the shard
+size) and one finished part per shard. A rerun
 of the same command finds the manifest equal, keeps the finished parts and submits only the other
 shards; a different command (other inputs, model or options) starts the folder afresh. After the merge
 the folder is removed.
@@ -33,7 +34,7 @@ class Plan:
     folder: Path
     size: int
     shards: list[list]  # entries per shard, in input order
-    suffix: str  # ".parquet" (predict) or ".h5ad" (cells)
+    suffix: str  # ".parquet" (predict) or ".json" (cells: the shard's summary, its images' parts beside it)
 
     def part(self, shard: int) -> Path:
         return self.folder / f"shard-{shard:06d}{self.suffix}"
@@ -43,7 +44,7 @@ class Plan:
 
 
 def parts_folder(out: Path) -> Path:
-    return out.with_name(out.name + ".parts")
+    return out.with_name(out.name + ".shards")
 
 
 def fingerprint(kind: str, entries, model: str, options: dict) -> str:
@@ -64,7 +65,7 @@ def make_plan(out: Path, kind: str, entries, model: str, options: dict, shard_si
     """The run's shards and how many parts an earlier run of it left finished. ``probe()`` gives the
     (height, width) of the first sample (read on a worker) when the size is to be chosen here."""
     folder = parts_folder(out)
-    suffix = ".parquet" if kind == "predict" else ".h5ad"
+    suffix = ".parquet" if kind == "predict" else ".json"
     key = fingerprint(kind, entries, model, options)
     manifest = folder / "manifest.json"
     saved = _read_manifest(manifest)

@@ -31,7 +31,7 @@ _ONE_SHARD_AT_A_TIME = threading.Lock()
 @dataclass
 class ShardJob:
     shard: int
-    entries: list  # protloc.data.inputs.SampleEntry
+    entries: list  # protloc.data.formats.SampleEntry
     part: str  # the part file this shard writes
     model: str  # resolved model file (every worker loads the same file)
     device: str = "cpu"
@@ -79,13 +79,13 @@ def worker_device(requested: str) -> str:
     return pin_device(requested, name, torch.cuda.device_count(), os.environ.get("CUDA_VISIBLE_DEVICES"))
 
 
-def cached_model(model: str, device: str):
-    """The predictor of ``model`` on ``device``, loaded once per worker process."""
-    key = (model, device)
+def cached_model(model: str, device: str, precision: str = "fp32"):
+    """The predictor of ``model`` on ``device`` at ``precision``, loaded once per worker process."""
+    key = (model, device, precision)
     if key not in _MODELS:
         from protloc.inference.predictor import load_model
 
-        _MODELS[key] = load_model(model, device=device)
+        _MODELS[key] = load_model(model, device=device, precision=precision)
     return _MODELS[key]
 
 
@@ -113,20 +113,26 @@ def _prepare(job: ShardJob) -> str:
     return worker_name()
 
 
-def read_entry(entry, worker: str):
-    """(entry with the sources this worker reads, image) or (entry, reason it cannot be used). A path
-    the worker does not see is not a bad image but a bad cluster: WorkerCannotRead stops the run."""
-    from protloc.data.inputs import load_entry
+def readable_entry(entry, worker: str):
+    """The entry with the sources this worker reads (URLs fetched into its cache). A path the worker
+    does not see is not a bad image but a bad cluster: WorkerCannotRead stops the run."""
+    return replace(entry, sources=worker_sources(entry.sources, worker))
 
-    readable = replace(entry, sources=worker_sources(entry.sources, worker))
+
+def read_entry(entry, worker: str, pixel_size: float | None = None):
+    """(``protloc.data.formats.Sample``, None) or (None, the reason the sample cannot be used), as
+    ``protloc predict``'s reader says it."""
+    from protloc.data.formats import read
+
+    readable = readable_entry(entry, worker)
     try:
-        return readable, load_entry(readable), None
+        return read(readable, pixel_size=pixel_size), None
     except WorkerCannotRead:
         raise
     except ProtlocError as exc:
-        return readable, None, str(exc)
+        return None, str(exc)
     except Exception as exc:  # a decoder's own exception type: reported with the sample, as predict does
-        return readable, None, f"{type(exc).__name__}: {exc}"
+        return None, f"{type(exc).__name__}: {exc}"
 
 
 def write_part_atomically(path: Path, write) -> None:
@@ -145,7 +151,7 @@ def predict_shard(job: ShardJob) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from protloc.data.pixel_size import pixel_size_of, scale_factor
+    from protloc.data.pixel_size import scale_factor
     from protloc.inference.maps import write_maps
 
     with _ONE_SHARD_AT_A_TIME:
@@ -153,40 +159,39 @@ def predict_shard(job: ShardJob) -> dict:
         worker = _prepare(job)
         options = job.options
         if options.get("compile_selu"):
-            from protloc.models.gapnet_pl_fast import use_compiled_selu
+            from protloc.inference.gapnet_pl_fast import use_compiled_selu
 
             use_compiled_selu()
-        predictor = cached_model(job.model, worker_device(job.device))
+        predictor = cached_model(job.model, worker_device(job.device), options.get("precision", "fp32"))
+        precision = predictor.resolved_precision  # auto resolved on this worker's device: its rows say it
         if options.get("patch_size"):
             predictor.patch_size = int(options["patch_size"])
-        rows = {"id": [], "probs": [], "pixel_size_um": [], "scale": [], "predicted": [], "failure": []}
+        rows = {name: [] for name in part_schema().names}
         first_size = None
         for entry in job.entries:
-            readable, image, failure = read_entry(entry, worker)
+            sample, failure = read_entry(entry, worker, options.get("pixel_size"))
             if failure is not None:
-                for key, value in (("probs", None), ("pixel_size_um", None), ("scale", None), ("predicted", None)):
-                    rows[key].append(value)
-                rows["id"].append(entry.id)
-                rows["failure"].append(failure)
+                for name in rows:
+                    rows[name].append(None)
+                rows["id"][-1], rows["failure"][-1] = entry.id, failure
                 continue
-            size = pixel_size_of(readable.sources, *image.shape[-2:], override=options.get("pixel_size"))
+            image, size = sample.image, sample.pixel_size
             first_size = first_size or size
             probs = predictor.predict_proba(image, whole_image=options.get("whole_image", False),
                                             tta=options.get("tta", False), batch_size=options.get("batch_size", 4),
-                                            precision=options.get("precision", "fp32"), pixel_size_um=size.um)
+                                            pixel_size_um=size.um)
             predicted = predictor.predicted(probs)
             if options.get("maps_dir"):
                 write_maps(predictor, entry.id, image, probs, predicted, Path(options["maps_dir"]),
                            sources=entry.sources)
-            rows["id"].append(entry.id)
-            rows["probs"].append([float(p) for p in probs])
-            rows["pixel_size_um"].append(size.um)
-            rows["scale"].append(float(scale_factor(size.um, predictor.pixel_size_um)))
-            rows["predicted"].append(list(predicted))
-            rows["failure"].append(None)
+            for name, value in (("id", entry.id), ("probs", [float(p) for p in probs]), ("pixel_size_um", size.um),
+                                ("scale", float(scale_factor(size.um, predictor.pixel_size_um))),
+                                ("precision", precision), ("predicted", list(predicted)), ("failure", None)):
+                rows[name].append(value)
         table = pa.table(rows, schema=part_schema())
         write_part_atomically(Path(job.part), lambda tmp: pq.write_table(table, tmp))
-        return {"shard": job.shard, "images": len(job.entries), "worker": worker, "size": first_size,
+        return {"shard": job.shard, "images": len(job.entries), "worker": worker,
+                "size": None if first_size is None else [first_size.um, first_size.source],
                 "seconds": time.perf_counter() - start}
 
 
@@ -196,4 +201,5 @@ def part_schema():
     import pyarrow as pa
 
     return pa.schema([("id", pa.string()), ("probs", pa.list_(pa.float64())), ("pixel_size_um", pa.float64()),
-                      ("scale", pa.float64()), ("predicted", pa.list_(pa.string())), ("failure", pa.string())])
+                      ("scale", pa.float64()), ("precision", pa.string()), ("predicted", pa.list_(pa.string())),
+                      ("failure", pa.string())])

@@ -29,7 +29,7 @@ import numpy as np
 
 from protloc.errors import ProtlocError
 from protloc.evaluation.metrics import format_value
-from protloc.evaluation.report import load_metrics, markdown_table, write_json, write_text_atomic, _figure
+from protloc.evaluation.report import load_metrics, markdown_table, write_json, write_text_atomic, new_figure
 
 FORMAT = "protloc-comparison/1"
 WILCOXON_METHODS = ("approx", "exact", "auto")
@@ -136,7 +136,7 @@ def count_parameters(payload: dict) -> int:
     """Trainable parameters of the network a model file describes (built on the meta device: no memory)."""
     import torch
 
-    from protloc.checkpoint import build_network
+    from protloc.model_file import network_from_model_file
     from protloc.models import create_model
 
     try:
@@ -148,7 +148,7 @@ def count_parameters(payload: dict) -> int:
     except ProtlocError:
         raise
     except Exception:  # a model whose constructor cannot run on meta tensors: build it for real
-        network = build_network(payload)
+        network = network_from_model_file(payload)
     return int(sum(p.numel() for p in network.parameters()))
 
 
@@ -163,7 +163,7 @@ def _method_labels(models: list[str], runs: list[Path]) -> list[str]:
 
 def compare_runs(run_dirs: Sequence, split: str = "test", wilcoxon_method: str = "approx") -> dict:
     """Tables 1, 2 and 7 for the given runs (the first run is tested against each other)."""
-    from protloc.checkpoint import read_model_file
+    from protloc.model_file import read_model_file
 
     if not run_dirs:
         raise ProtlocError("compare needs at least one run directory")
@@ -307,7 +307,7 @@ def plot_f1_comparison(path: Path, tables: dict) -> None:
     rows = tables["table2"]["rows"]
     x = np.arange(len(classes))
     width = 0.8 / len(rows)
-    figure = _figure(max(7.0, 0.25 * len(classes) * len(rows) + 3), 4.8)
+    figure = new_figure(max(7.0, 0.25 * len(classes) * len(rows) + 3), 4.8)
     ax = figure.subplots()
     for i, row in enumerate(rows):
         values = [row["f1"][name] if row["f1"][name] is not None else 0.0 for name in classes]

@@ -64,14 +64,14 @@ def _labels(index, ids: list[str], split: str) -> np.ndarray:
 
 
 def store_thresholds(run: Path, payload: dict, thresholds: np.ndarray, info: dict) -> None:
-    """Thresholds into model.pt (atomically, all else kept as loaded) and thresholds.json."""
-    from protloc.checkpoint import atomic_torch_save
+    """Thresholds into model.pt (atomically, all else kept as it is) and thresholds.json."""
+    from protloc.model_file import atomic_torch_save, read_model_file
 
     values = [float(t) for t in thresholds]
     if payload.get("thresholds") != values:
-        # Rewrite the loaded payload itself rather than rebuilding it with save_model_file, so keys
+        # Rewrite the file's own contents rather than rebuilding it with save_model_file, so keys
         # and tensors this version does not know about survive unchanged.
-        atomic_torch_save({**payload, "thresholds": values}, run / "model.pt")
+        atomic_torch_save({**read_model_file(run / "model.pt"), "thresholds": values}, run / "model.pt")
     write_json(run / "thresholds.json", {"classes": list(payload["classes"]), "thresholds": values, **info})
 
 
@@ -85,22 +85,22 @@ def evaluate_run(
 ) -> dict:
     """Tune thresholds on val, predict ``split``, write RUN_DIR/evaluation/<split>/; returns the metrics.
 
-    ``device``: a torch device string (default: CUDA when available, else CPU). ``batch_size``:
+    ``device``: see ``protloc.devices.resolve_device`` (default: CUDA when available, else CPU). ``batch_size``:
     patches per forward pass.
     """
-    import torch
-
-    from protloc.checkpoint import build_network, read_model_file
     from protloc.data.index import DatasetIndex
+    from protloc.data.index import data_pixel_size
     from protloc.data.splits import load_splits
-    from protloc.inference.inferer import Inferer, predict_dataset
+    from protloc.inference.inferer import predict_dataset
+    from protloc.inference.predictor import load_model
 
     if split not in SPLITS:
         raise ProtlocError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     if batch_size < 1:
         raise ProtlocError(f"batch size must be at least 1, got {batch_size}")
     run = check_run_dir(run_dir)
-    payload = read_model_file(run / "model.pt")
+    predictor = load_model(run / "model.pt", device=device)
+    payload = predictor.model_file
     config = _read_config(run)
     index = DatasetIndex.load(run / "index.json")
     splits = load_splits(run / "splits.json")
@@ -112,16 +112,16 @@ def evaluate_run(
     val_ids = list(splits.get("val") or [])
     y_val = _labels(index, val_ids, "val") if val_ids else None
 
-    try:
-        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        network = build_network(payload).to(device)
-    except (RuntimeError, ValueError) as exc:
-        raise ProtlocError(f"cannot use device {device!r}: {str(exc).splitlines()[0]}") from None
-    patch_size = int(payload.get("crop_size") or config.get("crop_size") or getattr(network, "input_size", 1024))
+    device = predictor.device
+    patch_size = predictor.patch_size
     if progress is None:
         progress = sys.stderr.isatty()
 
-    inferer = Inferer(network, None if whole_image else patch_size, batch_size=batch_size, device=device)
+    # The images are brought to the model's pixel size, as training brought them (the run's
+    # --pixel-size, else the data's own); precision None: the plain forward, as validation ran it.
+    data_um = data_pixel_size(index, config.get("pixel_size")).um
+    inferer = predictor.inferer(whole_image=whole_image, batch_size=batch_size, plain=True,
+                                pixel_size_um=data_um)
 
     def predict(ids: list[str], name: str) -> np.ndarray:
         probs = predict_dataset(inferer, ids, index.load_image, progress=progress, description=f"predicting {name}")

@@ -86,15 +86,18 @@ def model_predictions(predictor, index, ids, *, pixel_size=None, whole_image=Fal
     """
     from tqdm.auto import tqdm
 
-    from protloc.data.pixel_size import (
-        PixelSize, check_pixel_size, describe, sample_pixel_size, scale_factor, warn_unknown,
-    )
+    from protloc.data.pixel_size import PixelSize, check_pixel_size, describe, scale_factor, warn_unknown
 
     model_um = predictor.pixel_size_um
     override = None if pixel_size is None else PixelSize(check_pixel_size(pixel_size), "--pixel-size")
     rows, results, statement, warned = [], [], None, False
     for sample_id in tqdm(ids, desc=description, unit="image", disable=not progress, leave=False):
-        data = override or sample_pixel_size(index, sample_id)
+        sample = None
+        if given is None:  # image and pixel size read together (protloc.data.formats.read)
+            sample = index.read(sample_id, pixel_size=pixel_size)
+            data = sample.pixel_size
+        else:
+            data = override or index.pixel_size(sample_id)
         if statement is None:
             statement = describe(data, model_um)
         if not data.known and not warned:
@@ -106,7 +109,7 @@ def model_predictions(predictor, index, ids, *, pixel_size=None, whole_image=Fal
             shape = (entry.height, entry.width)
             results.append(np.asarray(given[sample_id], dtype=np.float32))
         else:
-            image = index.load_image(sample_id)
+            image = sample.image
             shape = image.shape[-2:]
             # the one inferer brings the image to the model's pixel size (Inferer.model_input)
             results.append(predictor.predict_proba(image, whole_image=whole_image, batch_size=batch_size,
@@ -138,8 +141,6 @@ def evaluate_model(
     given: dict | None = None,
 ) -> dict:
     """Score ``model`` on the labelled data set ``data``; write the report to ``out``; return the metrics."""
-    import torch
-
     from protloc.data.index import DatasetIndex, open_dataset
     from protloc.labels import LabelSet
     from protloc.inference.predictor import load_model
@@ -150,14 +151,11 @@ def evaluate_model(
         raise ProtlocError(f"batch size must be at least 1, got {batch_size}")
     index = data if isinstance(data, DatasetIndex) else open_dataset(data)
     if predictor is None:
-        try:
-            predictor = load_model(model, device=device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        except (RuntimeError, ValueError) as exc:
-            raise ProtlocError(f"cannot use device {device!r}: {str(exc).splitlines()[0]}") from None
+        predictor = load_model(model, device=device)
     if whole_image and not predictor.fully_convolutional:
         raise ProtlocError(f"{predictor.model_name} has fixed-size dense layers: --whole-image needs a fully "
                            "convolutional model")
-    from protloc.checkpoint import read_model_file
+    from protloc.model_file import read_model_file
 
     classes = list(predictor.classes)
     model_label_set = read_model_file(predictor.source["file"]).get("label_set") or "model"

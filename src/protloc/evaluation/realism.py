@@ -25,11 +25,9 @@ import numpy as np
 from protloc.errors import ProtlocError
 from protloc.labels import HPA13
 
-# The pixel sizes and the resampler are the data layer's (protloc.data.pixel_size), the same ones
-# prediction uses: HPA confocal fields ~0.08 µm/px, Kaggle 2018's 512² PNGs 0.32 µm/px.
-from protloc.data.pixel_size import HPA_CONFOCAL_PIXEL_SIZE_UM as PUBLISHED_PIXEL_SIZE_UM  # noqa: E402
-from protloc.data.pixel_size import KAGGLE2018_PIXEL_SIZE_UM as KAGGLE_PNG_PIXEL_SIZE_UM  # noqa: E402
-from protloc.data.pixel_size import rescale  # noqa: E402,F401  (also used by tools/realism_figures.py)
+# The pixel sizes and the resampler are the data layer's, the same ones prediction uses: HPA
+# confocal fields ~0.08 µm/px (the published weights'), Kaggle 2018's 512² PNGs 0.32 µm/px.
+from protloc.data.pixel_size import HPA_CONFOCAL_PIXEL_SIZE_UM, KAGGLE2018_PIXEL_SIZE_UM, rescale  # noqa: E402
 
 MIN_POSITIVES = 5  # classes with fewer positive real fields are listed but left out of the headline mean
 
@@ -138,10 +136,10 @@ def published_on_synthetic(predictor, fields: int, size: int, seed: int, network
 def on_real(predictor, real: RealSet, real_pixel_size: float, network_pixel_size: float,
             progress: bool = False, desc: str = "real fields") -> tuple[dict, np.ndarray]:
     """A network on the real fields, rescaled from their pixel size to the network's."""
-    from protloc.data.readers import read_sample
+    from protloc.data.formats import read
 
     factor = real_pixel_size / network_pixel_size
-    probs = _predict_all(predictor, lambda i: rescale(read_sample(real.sources[i]), factor), len(real.ids), desc,
+    probs = _predict_all(predictor, lambda i: rescale(read(real.sources[i]).image, factor), len(real.ids), desc,
                          progress, False)
     result = per_class_auc(real.labels, probs, MIN_POSITIVES)
     result.update(real_pixel_size_um=real_pixel_size, network_pixel_size_um=network_pixel_size,
@@ -217,7 +215,7 @@ def plot(path: Path, results: dict) -> None:
 
 def run_realism(out: str | Path, *, published=None, trained=None, real: str | Path | None = None,
                 fields: int = 200, size: int = 256, seed: int = 1000,
-                network_pixel_size: float = PUBLISHED_PIXEL_SIZE_UM, real_pixel_size: float = KAGGLE_PNG_PIXEL_SIZE_UM,
+                network_pixel_size: float = HPA_CONFOCAL_PIXEL_SIZE_UM, real_pixel_size: float = KAGGLE2018_PIXEL_SIZE_UM,
                 progress: bool = False, log=print) -> dict:
     """Run the measurements whose inputs are given; write ``realism.json``, ``realism.md`` and a PNG."""
     from protloc.data.synth import PIXEL_SIZE_UM

@@ -150,7 +150,7 @@ def render_markdown(metrics: dict) -> str:
     return "\n".join(parts)
 
 
-def _figure(width: float, height: float):
+def new_figure(width: float, height: float):
     # A Figure with its own Agg canvas: no pyplot global state, works without a display.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -167,7 +167,7 @@ def plot_roc_curves(path: Path, y_true: np.ndarray, probs: np.ndarray, metrics: 
     classes = metrics["classes"]
     columns = min(4, len(classes))
     rows = int(np.ceil(len(classes) / columns))
-    figure = _figure(3.0 * columns, 3.0 * rows)
+    figure = new_figure(3.0 * columns, 3.0 * rows)
     axes = figure.subplots(rows, columns, squeeze=False)
     for c, name in enumerate(classes):
         ax = axes[c // columns][c % columns]
@@ -202,7 +202,7 @@ def plot_f1_per_class(path: Path, metrics: dict) -> None:
     per_class = metrics["per_class"]
     x = np.arange(len(classes))
     width = 0.4
-    figure = _figure(max(6.0, 0.7 * len(classes) + 2), 4.5)
+    figure = new_figure(max(6.0, 0.7 * len(classes) + 2), 4.5)
     ax = figure.subplots()
     at_half = [per_class[n]["f1"] if per_class[n]["f1"] is not None else 0.0 for n in classes]
     tuned = [per_class[n]["f1_tuned"] if per_class[n]["f1_tuned"] is not None else 0.0 for n in classes]

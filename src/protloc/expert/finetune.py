@@ -35,15 +35,18 @@ def final_linear(network: nn.Module) -> tuple[str, nn.Linear]:
 
 
 @torch.no_grad()
-def penultimate_features(network: nn.Module, image: np.ndarray, patch_size: int | None, batch_size: int = 8) -> np.ndarray:
+def penultimate_features(predictor, image: np.ndarray, *, whole_image: bool = False, batch_size: int = 8,
+                         pixel_size_um: float | None = None) -> np.ndarray:
     """The final layer's input for one raw canonical sample [4, H, W], averaged over covering patches
-    (the one ``Inferer``, its forward the normalised patches up to the last linear layer).
+    (the model's one ``Inferer``, at its pixel size, its forward the normalised patches up to the
+    last linear layer).
 
-    ``patch_size`` None runs the whole normalised image at once.
+    ``predictor``: a loaded model (``protloc.inference.predictor.load_model``); ``whole_image`` runs
+    the whole normalised image at once; ``pixel_size_um``: the sample's µm per pixel, if known.
     """
-    from protloc.inference.inferer import Inferer
     from protloc.inference.normalization import normalize
 
+    network = predictor.network
     _, layer = final_linear(network)
 
     def features(batch: torch.Tensor) -> torch.Tensor:
@@ -55,7 +58,8 @@ def penultimate_features(network: nn.Module, image: np.ndarray, patch_size: int 
             hook.remove()
         return captured[0]
 
-    return Inferer(network, patch_size, batch_size=batch_size, forward=features)(image)
+    inferer = predictor.inferer(whole_image=whole_image, batch_size=batch_size, plain=True, forward=features)
+    return inferer(image, pixel_size_um)
 
 
 def _progress(iterable, total: int, desc: str):
@@ -64,11 +68,15 @@ def _progress(iterable, total: int, desc: str):
     return tqdm(iterable, total=total, desc=desc, unit="sample", disable=not sys.stderr.isatty(), file=sys.stderr)
 
 
-def features_for(network: nn.Module, index, ids: list[str], patch_size: int | None, desc: str) -> np.ndarray:
-    network.eval()
-    rows = [penultimate_features(network, index.load_image(sample_id), patch_size)
+def features_for(predictor, index, ids: list[str], whole_image: bool, desc: str) -> np.ndarray:
+    """Penultimate features of the samples ``ids`` of a data set, brought to the model's pixel size
+    from the data set's (as training did)."""
+    from protloc.data.index import data_pixel_size
+
+    data_um = data_pixel_size(index).um
+    rows = [penultimate_features(predictor, index.load_image(sample_id), whole_image=whole_image, pixel_size_um=data_um)
             for sample_id in _progress(ids, len(ids), desc)]
-    return np.stack(rows) if rows else np.zeros((0, final_linear(network)[1].in_features), np.float32)
+    return np.stack(rows) if rows else np.zeros((0, final_linear(predictor.network)[1].in_features), np.float32)
 
 
 @dataclass
@@ -113,15 +121,16 @@ def finetune_multiclass(run_dir: str | Path, data: str | Path | None = None, *, 
                         steps: int = 300, lr: float = 0.05, weight_decay: float = 1e-4, seed: int = 0,
                         out: str | Path | None = None) -> FinetuneResult:
     """Fine-tune the run's model for single-label samples; writes RUN_DIR/multiclass/model.pt."""
-    from protloc.checkpoint import atomic_torch_save, build_network, read_model_file
+    from protloc.model_file import atomic_torch_save
     from protloc.data.index import default_splits_path, open_dataset
     from protloc.data.splits import load_splits, make_splits, single_label_ids
-    from protloc.inference.predictor import resolve_model_file
+    from protloc.inference.predictor import load_model, resolve_model_file
 
     started = time.perf_counter()
     run_dir = Path(run_dir)
     model_path = resolve_model_file(run_dir)
-    payload = read_model_file(model_path)
+    predictor = load_model(model_path)
+    payload = predictor.model_file
     if payload.get("task") == TASK:
         raise ProtlocError(f"{model_path} is already a single-label (multiclass) model; give the multi-task run")
     # A training run keeps the index and splits it used: fine-tune on exactly its training samples.
@@ -144,20 +153,21 @@ def finetune_multiclass(run_dir: str | Path, data: str | Path | None = None, *, 
     val_ids = single_label_ids(index, splits.get("val", []))
     if not train_ids:
         raise ProtlocError(f"no single-label training samples in {data}")
-    network = build_network(payload)
-    patch_size = None if whole_image else (payload.get("crop_size") or getattr(network, "input_size", None))
+    network = predictor.network
+    patch_size = None if whole_image else predictor.patch_size
     layer_name, layer = final_linear(network)
-    train_x = features_for(network, index, train_ids, patch_size, "features (train)")
+    train_x = features_for(predictor, index, train_ids, whole_image, "features (train)")
     train_y = np.array([index.entry(i).labels[0] for i in train_ids])
     new_layer = fit_softmax_layer(layer, train_x, train_y, steps=steps, lr=lr, weight_decay=weight_decay, seed=seed)
     with torch.no_grad():
         train_acc = float((new_layer(torch.from_numpy(train_x)).argmax(1).numpy() == train_y).mean())
         val_acc = None
         if val_ids:
-            val_x = features_for(network, index, val_ids, patch_size, "features (val)")
+            val_x = features_for(predictor, index, val_ids, whole_image, "features (val)")
             val_y = np.array([index.entry(i).labels[0] for i in val_ids])
             val_acc = float((new_layer(torch.from_numpy(val_x)).argmax(1).numpy() == val_y).mean())
-    state = dict(payload["state_dict"])
+    # The loaded network's weights are the file's (load_state_dict is strict); only the layer changes.
+    state = {key: value.detach().cpu().clone() for key, value in network.state_dict().items()}
     state[f"{layer_name}.weight"] = new_layer.weight.detach().clone()
     state[f"{layer_name}.bias"] = new_layer.bias.detach().clone()
     out_path = Path(out) if out else run_dir / "multiclass" / "model.pt" if run_dir.is_dir() else model_path.parent / "multiclass" / "model.pt"
@@ -202,18 +212,16 @@ def _run_data(run_dir: Path) -> str:
     raise ProtlocError(f"cannot tell which data set {run_dir} was trained on; give it with --data DIR")
 
 
-def load_multiclass_network(spec: str | Path):
-    """(network, payload, path) for ``expert predict --model``: a run folder prefers its multiclass/model.pt."""
-    from protloc.checkpoint import build_network, read_model_file
-    from protloc.inference.predictor import resolve_model_file
+def load_multiclass_model(spec: str | Path):
+    """(predictor, path) for ``expert predict --model``: a run folder prefers its multiclass/model.pt."""
+    from protloc.inference.predictor import load_model, resolve_model_file
 
     path = Path(spec)
     if path.is_dir() and (path / "multiclass" / "model.pt").is_file():
         path = path / "multiclass" / "model.pt"
     else:
         path = resolve_model_file(spec)
-    payload = read_model_file(path)
-    return build_network(payload), payload, path
+    return load_model(path), path
 
 
 def predict_study(study, spec: str | Path, whole_image: bool = False) -> dict:
@@ -223,16 +231,17 @@ def predict_study(study, spec: str | Path, whole_image: bool = False) -> dict:
 
     from protloc.files import atomic_write_text
 
-    network, payload, path = load_multiclass_network(spec)
+    predictor, path = load_multiclass_model(spec)
+    payload = predictor.model_file
     if list(payload["classes"]) != study.classes:
         raise ProtlocError(f"the model's classes differ from the study's label set {study.label_set.name!r}")
     task = payload.get("task", "multitask")
-    patch_size = None if whole_image else (payload.get("crop_size") or getattr(network, "input_size", None))
-    _, layer = final_linear(network)
+    patch_size = None if whole_image else predictor.patch_size
+    _, layer = final_linear(predictor.network)
     predictions = {}
     with torch.no_grad():
         for sample_id in _progress(study.sample_ids, len(study.samples), "predict"):
-            features = penultimate_features(network, study.load_image(sample_id), patch_size)
+            features = penultimate_features(predictor, study.load_image(sample_id), whole_image=whole_image)
             logits = layer(torch.from_numpy(features)[None])[0]
             probs = (torch.softmax(logits, 0) if task == TASK else torch.sigmoid(logits)).numpy()
             predictions[sample_id] = {"label": study.classes[int(np.argmax(probs))],

@@ -7,12 +7,11 @@ the annotation pages render each sample once.
 
 from __future__ import annotations
 
-import os
-import re
 import sys
 import threading
-import uuid
 from pathlib import Path
+
+from protloc.files import sample_file_stem
 
 VIEWS = ("protein", "protein+nucleus", "protein+microtubules", "protein+er")
 VIEW_TITLES = {
@@ -23,18 +22,8 @@ VIEW_TITLES = {
 }
 
 
-def safe_name(sample_id: str) -> str:
-    """A file-system-safe, still readable name for a sample id (ids may contain '/' and spaces)."""
-    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", sample_id).strip("._") or "sample"
-    if cleaned != sample_id:
-        import hashlib
-
-        cleaned = f"{cleaned}-{hashlib.sha1(sample_id.encode()).hexdigest()[:8]}"
-    return cleaned
-
-
 def view_file(folder: Path, sample_id: str, view: str) -> Path:
-    return Path(folder) / safe_name(sample_id) / f"{view}.png"
+    return Path(folder) / sample_file_stem(sample_id) / f"{view}.png"
 
 
 _render_locks: dict[str, threading.Lock] = {}
@@ -56,41 +45,23 @@ def render_views(study, sample_id: str, folder: Path | None = None, overwrite: b
         if overwrite or not all(p.is_file() for p in paths.values()):
             images = expert_views(study.load_image(sample_id))
             for view, path in paths.items():
-                tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-                save_png(images[view], tmp)
-                os.replace(tmp, path)  # atomic: a concurrent reader never sees half a PNG
+                save_png(path, images[view])  # atomic: a concurrent reader never sees half a PNG
     return paths
 
 
 def cells_missing() -> str | None:
     """Why cell outlines cannot be drawn here (scikit-image, the cells extra, is missing), or None:
-    the platform's own check (``protloc.web.cells.missing_extra``)."""
-    from protloc.web.cells import missing_extra
+    the platform's own check (``protloc.cells.extra.missing_extra``)."""
+    from protloc.cells.extra import missing_extra
 
     return missing_extra()
-
-
-def outline_picture(cells, thickness: int | None = None):
-    """uint8 RGBA [H, W, 4]: the cells' outlines in white, transparent elsewhere (laid over a view)."""
-    import numpy as np
-    from skimage.segmentation import find_boundaries
-
-    thickness = thickness or max(1, int(round(max(cells.shape) / 700)))
-    edges = find_boundaries(cells, mode="inner")
-    if thickness > 1:
-        from scipy import ndimage as ndi
-
-        edges = ndi.binary_dilation(edges, iterations=thickness - 1) & (cells > 0)
-    picture = np.zeros((*cells.shape, 4), dtype=np.uint8)
-    picture[edges] = (255, 255, 255, 230)
-    return picture
 
 
 def render_cells(study, sample_id: str, folder: Path | None = None) -> Path:
     """The cell outlines of one sample (``protloc.cells.segment``), at the views' full resolution, cached
     beside them. ProtlocError when they cannot be drawn (scikit-image missing, an unreadable image)."""
     from protloc.errors import ProtlocError
-    from protloc.visualization import save_png
+    from protloc.visualization import outline_picture, save_png
 
     missing = cells_missing()
     if missing:
@@ -105,10 +76,7 @@ def render_cells(study, sample_id: str, folder: Path | None = None) -> Path:
         if not path.is_file():
             from protloc.cells.segmentation import segment
 
-            picture = outline_picture(segment(study.load_image(sample_id)).cells)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-            save_png(picture, tmp)
-            os.replace(tmp, path)
+            save_png(path, outline_picture(segment(study.load_image(sample_id)).cells))
     return path
 
 

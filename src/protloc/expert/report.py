@@ -17,7 +17,7 @@ import numpy as np
 from protloc.errors import ProtlocError
 from protloc.expert import stats
 from protloc.expert.db import AnswerStore
-from protloc.expert.render import safe_name
+from protloc.files import sample_file_stem
 from protloc.expert.study import Study
 from protloc.files import atomic_write_text
 
@@ -70,7 +70,7 @@ def build_report(study: Study, db_url: str | None = None, out: Path | None = Non
         a = [answers[s] for s in ids]
         metrics = stats.rater_metrics(t, a, present)
         matrix = stats.confusion_matrix(t, a, len(classes))
-        figure = figures_dir / f"confusion-{safe_name(name)}.png"
+        figure = figures_dir / f"confusion-{sample_file_stem(name)}.png"
         title = f"{'GapNet-PL (model)' if name == MODEL else name}: accuracy {_fmt(metrics.accuracy)} (n={len(ids)})"
         # Classes neither in the truth nor answered by this rater would be empty rows and columns.
         shown = sorted(set(present) | set(a))

@@ -8,10 +8,10 @@ the exported file on test inputs and states the largest difference from protloc'
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from protloc.errors import ProtlocError
+from protloc.export.metadata import ExportResult, model_metadata
 
 FORMATS: tuple[str, ...] = ("onnx", "torchscript", "bioimageio")
 # bioimage.io packages carry the architecture of their pytorch_state_dict weights as one self-contained
@@ -19,25 +19,17 @@ FORMATS: tuple[str, ...] = ("onnx", "torchscript", "bioimageio")
 BIOIMAGEIO_MODELS: tuple[str, ...] = ("gapnet-pl",)
 
 
-@dataclass
-class ExportResult:
-    out: Path
-    format: str
-    checks: list[str] = field(default_factory=list)  # one line per check made on the exported file
-
-
 def load_exportable(spec: str | Path) -> dict:
     """The model file behind ``spec`` (pretrained, file, run folder) with its network built."""
-    from protloc.checkpoint import build_network, read_model_file
-    from protloc.inference.predictor import resolve_model_file
+    from protloc.inference.predictor import load_model, resolve_model_file
 
     if str(spec).lower().endswith((".onnx", ".zip")):
         raise ProtlocError(
             f"{Path(str(spec)).name} is an exported model: export from the protloc model file (.pt) it came from"
         )
     path = resolve_model_file(spec)
-    payload = read_model_file(path)
-    return {"payload": payload, "network": build_network(payload), "path": path}
+    predictor = load_model(path)
+    return {"payload": predictor.model_file, "network": predictor.network, "path": path}
 
 
 def export_model(spec: str | Path, format: str, out: str | Path, **options) -> ExportResult:
@@ -62,28 +54,3 @@ def export_model(spec: str | Path, format: str, out: str | Path, **options) -> E
     from protloc.export.bioimageio import export_bioimageio
 
     return export_bioimageio(model, out, **options)
-
-
-def model_metadata(model: dict) -> dict:
-    """What a user of an exported file needs beside the weights (stored inside ONNX and TorchScript)."""
-    from protloc.checkpoint import model_pixel_size
-
-    payload = model["payload"]
-    classes = list(payload["classes"])
-    pixel_size, pixel_size_source = model_pixel_size(payload)
-    return {
-        "format": "protloc-export/1",
-        "model": payload["model"],
-        "classes": classes,
-        "label_set": payload.get("label_set"),
-        "channels": list(payload["channels"]),
-        "normalization": dict(payload.get("normalization") or {}),
-        "input": "float32 [batch, 4, height, width], each channel of each image normalised to zero mean "
-                 "and unit variance ((x - mean) / (std + 1e-7), population std)",
-        "output": "float32 [batch, classes] logits; sigmoid gives the class probabilities",
-        "thresholds": list(payload.get("thresholds") or [0.5] * len(classes)),
-        "crop_size": payload.get("crop_size"),
-        "pixel_size_um": pixel_size,
-        "pixel_size_source": pixel_size_source,
-        "source": {k: v for k, v in (payload.get("source") or {}).items() if k != "files"},
-    }

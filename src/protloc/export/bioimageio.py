@@ -20,10 +20,10 @@ import numpy as np
 import torch
 import yaml
 
-import protloc
+from protloc.version import __version__ as protloc_version
 from protloc.errors import ProtlocError
 from protloc.inference.normalization import EPSILON, normalize
-from protloc.export import ExportResult, model_metadata
+from protloc.export.metadata import ExportResult, model_metadata
 
 FORMAT_VERSION = "0.5.4"
 PAPER = ("Rumetshofer E, Hofmarcher M, Röhrl C, Hochreiter S, Klambauer G. Human-level protein localization "
@@ -112,7 +112,7 @@ def documentation(meta: dict, pixel_size: float, published: bool) -> str:
 
 GapNet-PL (Rumetshofer et al., ICLR 2019) tells where in a human cell a protein sits, from one
 field of view in four channels, as thirteen independent class probabilities. This package holds
-{weights}; it was written by protloc {protloc.__version__}.
+{weights}; it was written by protloc {protloc_version}.
 
 ## Input
 `image`: float32 [batch, channel, y, x], channels in this order: **nucleus** (DAPI/Hoechst),
@@ -232,7 +232,7 @@ def export_bioimageio(model: dict, out: str | Path, *, pixel_size_um: float | No
             },
             "config": {"protloc": {"model": payload["model"], "label_set": payload.get("label_set"),
                                    "thresholds": meta["thresholds"], "crop_size": payload.get("crop_size"),
-                                   "version": protloc.__version__}},
+                                   "version": protloc_version}},
         }
         if attachments:
             rdf["attachments"] = attachments

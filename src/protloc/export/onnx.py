@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from protloc.errors import ProtlocError
-from protloc.export import ExportResult
+from protloc.export.metadata import ExportResult
 
 OPSET = 17
 # Float32 accuracy: the exported graph computes the same operations in another order.

@@ -64,12 +64,14 @@ def read_metadata(path: Path) -> dict:
 
 def load_onnx_predictor(path: str | Path, device: str | torch.device = "cpu"):
     """A Predictor that runs an exported ONNX file through onnxruntime (CPU)."""
+    from protloc.devices import resolve_device
     from protloc.inference.predictor import DEFAULT_PATCH_SIZE, Predictor
 
     path = Path(path)
     if not path.is_file():
         raise ProtlocError(f"no model file {path}")
-    if torch.device(device).type != "cpu":
+    # --device auto means "the best there is": for an ONNX file that is the CPU, even beside a GPU.
+    if str(device).strip().lower() not in ("auto", "none") and resolve_device(device).type != "cpu":
         raise ProtlocError("ONNX models run on the CPU through onnxruntime; use --device cpu or the .pt model")
     metadata = read_metadata(path)
     network = OnnxNetwork(path, metadata)

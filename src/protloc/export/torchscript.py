@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from protloc.errors import ProtlocError
-from protloc.export import ExportResult
+from protloc.export.metadata import ExportResult
 from protloc.export.onnx import example_input, export_shapes, fully_convolutional, traced_and_checked
 
 METADATA_FILE = "protloc.json"

@@ -7,8 +7,10 @@
 - ``load_model`` / ``Predictor`` (``predictor.py``): a model file and its inferer, ready to use.
 - ``run_batch_prediction`` (``batch.py``): many images to a resumable CSV/JSONL/Parquet file.
 - ``class_activation_maps`` / ``sliding_window_maps`` / ``write_maps`` (``maps.py``).
+- ``resolve_precision`` (``precision.py``): the one place ``--precision`` (auto included) is decided;
+  ``int8.py``: GapNet-PL's int8 graph through ONNX Runtime (docs/precision.md).
 
-GapNet-PL's fast path lives beside the model, in ``protloc.models.gapnet_pl_fast``. Names are
+GapNet-PL's fast path lives beside the model, in ``protloc.inference.gapnet_pl_fast``. Names are
 imported lazily so that ``protloc.inference.normalization`` stays a light import.
 """
 
@@ -23,6 +25,8 @@ _EXPORTS = {
     "PRECISIONS": "precision",
     "check_precision": "precision",
     "bf16_supported": "precision",
+    "resolve_precision": "precision",
+    "detect_capabilities": "precision",
     "Inferer": "inferer",
     "sigmoid_forward": "inferer",
     "dihedral_views": "inferer",
@@ -35,7 +39,6 @@ _EXPORTS = {
     "class_activation_maps": "maps",
     "sliding_window_maps": "maps",
     "write_maps": "maps",
-    "map_file_stem": "maps",
     "window_grid": "maps",
 }
 

@@ -2,8 +2,10 @@
 
 Images are decoded by DataLoader workers while the network runs; results are appended to the output
 file row by row and flushed, so an interrupted run resumes by skipping the ids already written.
-CSV and JSON Lines are appended in place; Parquet cannot be appended, so rows go to a JSON Lines
-journal beside it that is converted when the run finishes.
+Rows go to a journal beside the output (``protloc.inference.journal``: CSV, or JSON Lines for JSON
+Lines and Parquet) that becomes the output only when every image is done; the journal is then gone.
+Inputs that could not be read are listed with their reason in ``<out stem>.errors.csv``; a run where
+every input was skipped is an error.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from protloc.errors import ProtlocError
+from protloc.inference import journal
+from protloc.files import atomic_write_text, spreadsheet_safe
 
 OUTPUT_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".parquet": "parquet"}
 
@@ -41,33 +45,60 @@ def output_format(path: Path) -> str:
         ) from None
 
 
-class _RowWriter:
-    """Appends prediction rows to CSV or JSON Lines, flushed per row; knows the ids already written."""
+def prediction_columns(classes) -> list[str]:
+    """The columns of a prediction row, in order (CSV header, JSON keys, Parquet columns)."""
+    return ["id", *classes, "pixel_size_um", "scale", "precision", "predicted"]
 
-    def __init__(self, path: Path, fmt: str, columns: list[str]):
+
+def open_journal(out: Path, columns: list[str]) -> tuple["_RowWriter", str]:
+    """(the row writer of ``out``'s journal, the output's format) for a single writer of the whole
+    output (the distributed merge): locked, holding a finished ``out``'s rows and knowing their ids
+    (CSV ids as written: ``spreadsheet_safe``). ``journal.finish`` turns it into ``out``."""
+    fmt = output_format(out)
+    row_format = "csv" if fmt == "csv" else "jsonl"
+    return _RowWriter(journal.journal_path(out, fmt), row_format, columns, out=out, out_format=fmt), fmt
+
+
+class _RowWriter:
+    """Appends prediction rows to the run's journal (CSV or JSON Lines), fsynced per row; knows the ids
+    already written. ``out``: the finished output whose rows a new journal starts from."""
+
+    def __init__(self, path: Path, fmt: str, columns: list[str], out: Path | None = None,
+                 out_format: str | None = None):
         self.path, self.fmt, self.columns = path, fmt, columns
-        if path.is_dir():
-            raise ProtlocError(f"{path} is a folder: --out takes a file name (.csv, .jsonl or .parquet)")
+        for target in (path, out):
+            if target is not None and target.is_dir():
+                raise ProtlocError(f"{target} is a folder: --out takes a file name (.csv, .jsonl or .parquet)")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ProtlocError(f"cannot create the folder of {path}: {exc.strerror}") from None
+        existed = path.exists()
+        self._cut_at: int | None = None  # where a failed write started
         self._lock = self._lock_against_a_second_run()
         try:
-            self._refuse_foreign_file()
-            # First drop a partial last line (a crash mid-write), then read the ids: a row cut inside its
-            # last field, or missing only its newline, must not count as done and then be deleted.
-            self._truncate_partial_last_line()
-            self.done: set[str] = self._read_ids() if path.stat().st_size > 0 else set()
-        except BaseException:
+            # Checked from its first line, then read line by line: never whole into memory.
+            journal.check_header(path, fmt, columns)
+            if out is not None and out != path:
+                journal.adopt_finished_output(out, path, out_format or fmt, columns)
+            # Read the ids of the complete rows first (refusing a line that is not text before any
+            # change), then drop a partial last line: a row cut inside its last field, or missing only
+            # its newline, must not count as done.
+            self.done: set[str] = journal.read_ids(path, fmt, columns)
+            journal.truncate_partial_last_line(path)
+            self.handle = open(path, "a", newline="", encoding="utf-8")
+            if fmt == "csv":
+                self.csv = csv.writer(self.handle)
+                if path.stat().st_size == 0:
+                    self.csv.writerow(columns)
+                    self._sync()
+        except BaseException as exc:
             self._lock.close()
+            if not existed and path.exists() and not journal.has_rows(path, fmt):
+                path.unlink()  # no empty journal (or one holding only its header) left behind
+            if isinstance(exc, OSError):
+                raise ProtlocError(f"cannot write {path}: {exc.strerror or exc}") from None
             raise
-        self.handle = open(path, "a", newline="", encoding="utf-8")
-        if fmt == "csv":
-            self.csv = csv.writer(self.handle)
-            if path.stat().st_size == 0:
-                self.csv.writerow(columns)
-                self.handle.flush()
 
     def _lock_against_a_second_run(self):
         """Two runs appending to one file would each predict every image once: duplicated rows. The
@@ -85,77 +116,36 @@ class _RowWriter:
                                "(it resumes where it stopped if killed), or choose another --out") from None
         return lock
 
-    def _refuse_foreign_file(self) -> None:
-        """A file we wrote is UTF-8 up to its last newline (after it, a crash may have cut a character);
-        refuse anything else before the cut below changes a byte of it."""
-        if not self.path.exists():
-            return
-        data = self.path.read_bytes()
-        try:
-            data[: data.rfind(b"\n") + 1].decode("utf-8")
-        except UnicodeDecodeError:
-            raise ProtlocError(f"{self.path} exists and is not a protloc prediction file (not UTF-8 text): "
-                               "choose another --out") from None
+    def _sync(self) -> None:
+        self.handle.flush()
+        os.fsync(self.handle.fileno())
 
-    def _read_ids(self) -> set[str]:
-        ids: set[str] = set()
-        with open(self.path, newline="", encoding="utf-8") as handle:
-            if self.fmt == "csv":
-                reader = csv.reader(handle)
-                header = next(reader, None)
-                if header != self.columns:
-                    raise ProtlocError(
-                        f"{self.path} exists with other columns (another model or label set): choose another --out"
-                    )
-                for row in reader:
-                    if len(row) == len(self.columns):
-                        ids.add(row[0])
-            else:
-                for line in handle:
-                    try:
-                        ids.add(json.loads(line)["id"])
-                    except (ValueError, KeyError, TypeError):
-                        continue
-        return ids
-
-    def _truncate_partial_last_line(self) -> None:
-        """Cut the file after its last newline: every row is written with its newline and fsynced,
-        so anything after the last one is a row a crash interrupted."""
-        if not self.path.exists():
-            return
-        with open(self.path, "r+b") as handle:
-            size = handle.seek(0, os.SEEK_END)
-            if size == 0:
-                return
-            handle.seek(size - 1)
-            if handle.read(1) == b"\n":
-                return
-            # Look back in blocks for the last newline (files of millions of rows are not read whole).
-            end = size
-            while end > 0:
-                start = max(0, end - (1 << 16))
-                handle.seek(start)
-                found = handle.read(end - start).rfind(b"\n")
-                if found >= 0:
-                    handle.truncate(start + found + 1)
-                    return
-                end = start
-            handle.truncate(0)
+    def sync(self) -> None:
+        """On disk: what rows written with ``sync=False`` are (the distributed merge's one fsync)."""
+        self._sync()
 
     def write(self, sample_id: str, probs: np.ndarray, predicted: list[str], classes: list[str],
-              pixel_size_um: float | None = None, scale: float = 1.0, sync: bool = True) -> None:
+              pixel_size_um: float | None = None, scale: float = 1.0, precision: str = "fp32",
+              sync: bool = True) -> None:
         """One row, flushed; ``sync``: on disk before returning (False: the caller syncs once, as the
-        distributed merge does after its last row, its parts being kept until then)."""
-        if self.fmt == "csv":
-            self.csv.writerow([sample_id, *(f"{p:.6f}" for p in probs), "" if pixel_size_um is None else
-                               f"{pixel_size_um:g}", f"{scale:g}", ";".join(predicted)])
-        else:
-            row = {"id": sample_id, **{c: round(float(p), 6) for c, p in zip(classes, probs)},
-                   "pixel_size_um": pixel_size_um, "scale": round(float(scale), 6), "predicted": predicted}
-            self.handle.write(json.dumps(row) + "\n")
-        self.handle.flush()
-        if sync:
-            os.fsync(self.handle.fileno())
+        distributed merge does after its last row, its parts being kept until the output is finished)."""
+        start = os.fstat(self.handle.fileno()).st_size  # every row before is flushed
+        try:
+            if self.fmt == "csv":
+                self.csv.writerow([spreadsheet_safe(sample_id), *(f"{p:.6f}" for p in probs),
+                                   "" if pixel_size_um is None else f"{pixel_size_um:g}", f"{scale:g}", precision,
+                                   ";".join(predicted)])
+            else:
+                row = {"id": sample_id, **{c: round(float(p), 6) for c, p in zip(classes, probs)},
+                       "pixel_size_um": pixel_size_um, "scale": round(float(scale), 6), "precision": precision,
+                       "predicted": predicted}
+                self.handle.write(json.dumps(row) + "\n")
+            self._sync() if sync else self.handle.flush()
+        except OSError as exc:  # a full disk, an I/O error: the rows before are kept, this one is not
+            self._cut_at = start  # on close, after whatever of the row is still buffered went out
+            kept = (f"the {len(self.done)} finished row(s) are kept there: free space and rerun the same command "
+                    "to resume" if self.done else "nothing was finished")
+            raise ProtlocError(f"cannot write {self.path}: {exc.strerror or exc}; {kept}") from None
         self.done.add(sample_id)
 
     @property
@@ -163,25 +153,38 @@ class _RowWriter:
         return self._lock.fileno()
 
     def close(self) -> None:
-        self.handle.close()
+        """Close the journal; one with no row (only a CSV header, or nothing) is removed, not left behind."""
+        try:
+            self.handle.close()
+        except OSError:
+            pass  # the write that failed already said why
+        if self._cut_at is not None:
+            try:
+                os.truncate(self.path, self._cut_at)
+            except OSError:
+                pass  # the resume drops a cut last row all the same
+        if not journal.has_rows(self.path, self.fmt):
+            self.path.unlink(missing_ok=True)
         self._lock.close()
 
 
 class _ImageDataset:
-    """Decodes one input per item; a failure is returned as its reason instead of raising."""
+    """Reads one input per item (image, pixel size, channel names: ``protloc.data.formats.read``); a
+    failure is returned as its reason instead of raising."""
 
-    def __init__(self, entries):
+    def __init__(self, entries, pixel_size: float | None = None):
         self.entries = entries
+        self.pixel_size = pixel_size
 
     def __len__(self) -> int:
         return len(self.entries)
 
     def __getitem__(self, i):
-        from protloc.data.inputs import load_entry
+        from protloc.data.formats import read
 
         entry = self.entries[i]
         try:
-            return entry.id, load_entry(entry), None
+            return entry.id, read(entry, pixel_size=self.pixel_size), None
         except ProtlocError as exc:
             return entry.id, None, str(exc)
         except Exception as exc:  # a decoder's own exception type: report it, keep going
@@ -235,56 +238,58 @@ def run_batch_prediction(
     import torch
     from tqdm import tqdm
 
-    from protloc.data.inputs import discover_inputs
-    from protloc.data.pixel_size import check_pixel_size, describe, pixel_size_of, scale_factor, warn_unknown
+    from protloc.data.formats import discover
+    from protloc.data.pixel_size import check_pixel_size, describe, scale_factor, warn_unknown
     from protloc.inference.maps import write_maps
     from protloc.inference.predictor import load_model
 
     out = Path(out)
     fmt = output_format(out)
-    predictor = load_model(model, device=device)
+    predictor = load_model(model, device=device, precision=precision)
+    precision = predictor.resolved_precision  # auto resolved once; every row records what ran
     if patch_size:
         predictor.patch_size = int(patch_size)
     if whole_image and not predictor.fully_convolutional:
         raise ProtlocError(f"{predictor.model_name} has fixed-size dense layers: --whole-image needs GapNet-PL")
-    entries = discover_inputs(list(inputs), format=input_format, reader_options=reader_options)
+    entries = discover(list(inputs), format=input_format, reader_options=reader_options)
     if not entries:
         raise ProtlocError("no images found in the inputs")
 
     rank, world = _rank_and_world()
     final_out = out
-    journal = out.with_name(out.name + ".journal.jsonl") if fmt == "parquet" else out
-    if world > 1:
-        journal = journal.with_name(f"{journal.name}.rank{rank}")
-    columns = ["id", *predictor.classes, "pixel_size_um", "scale", "predicted"]
+    base = journal.journal_path(out, fmt)  # nothing under --out until the run is complete
+    part = base.with_name(f"{base.name}.rank{rank}") if world > 1 else base
+    columns = prediction_columns(predictor.classes)
     if pixel_size is not None:
         check_pixel_size(pixel_size)
-    entry_of = {e.id: e for e in entries}
     said = warned = False
     row_format = "csv" if fmt == "csv" else "jsonl"
     sync = None
     if world > 1:
         from protloc.inference.ranks import RankSync
 
-        sync = RankSync(journal, rank, world)
-    writer = _RowWriter(journal, row_format, columns)
+        sync = RankSync(part, rank, world)
+    # Under torchrun each rank keeps its own part; a finished output is adopted by a single run only.
+    writer = _RowWriter(part, row_format, columns, out=None if world > 1 else out, out_format=fmt)
     my_entries = [e for i, e in enumerate(entries) if i % world == rank]
-    todo = [e for e in my_entries if e.id not in writer.done]
+    written_as = spreadsheet_safe if row_format == "csv" else str  # a CSV holds its ids defused
+    todo = [e for e in my_entries if written_as(e.id) not in writer.done]
     result = BatchResult(already_done=len(my_entries) - len(todo), out=final_out)
+    predictor.fields = len(todo)  # a long run compiles GapNet-PL's SELU (compile_selu_worth)
     sources_by_id = {e.id: e.sources for e in todo}  # hook (issue 14): maps of OME-Zarr inputs go back as labels
 
     loader = torch.utils.data.DataLoader(
-        _ImageDataset(todo), batch_size=1, collate_fn=_first, num_workers=workers if len(todo) > 1 else 0,
+        _ImageDataset(todo, pixel_size), batch_size=1, collate_fn=_first, num_workers=workers if len(todo) > 1 else 0,
         worker_init_fn=partial(_close_in_worker, writer.lock_fd, os.getpid()),
         prefetch_factor=2 if workers and len(todo) > 1 else None,
     )
     bar = tqdm(loader, total=len(todo), desc="predict", unit="img", disable=not progress, file=sys.stderr)
     try:
-        for sample_id, image, failure in bar:
+        for sample_id, sample, failure in bar:
             if failure is not None:
                 result.failures.append({"id": sample_id, "reason": failure})
                 continue
-            size = pixel_size_of(entry_of[sample_id].sources, *image.shape[-2:], override=pixel_size)
+            image, size = sample.image, sample.pixel_size
             if not said:  # one line per run; an unknown pixel size is the warning below instead
                 if size.known or predictor.pixel_size_um is None:
                     print(describe(size, predictor.pixel_size_um), file=sys.stderr)
@@ -293,52 +298,79 @@ def run_batch_prediction(
                 warn_unknown(predictor.pixel_size_um)
                 warned = True
             probs = predictor.predict_proba(image, whole_image=whole_image, tta=tta, batch_size=batch_size,
-                                            precision=precision, pixel_size_um=size.um)
+                                            pixel_size_um=size.um)
             predicted = predictor.predicted(probs)
             if maps_dir is not None:
                 write_maps(predictor, sample_id, image, probs, predicted, Path(maps_dir),
                            sources=sources_by_id.get(sample_id))  # hook (issue 14): OME-Zarr labels
             writer.write(sample_id, probs, predicted, predictor.classes, size.um,
-                         scale_factor(size.um, predictor.pixel_size_um))
+                         scale_factor(size.um, predictor.pixel_size_um), precision)
             result.predicted += 1
     finally:
         writer.close()
         if sync is not None:
             sync.close()
+    errors_file = final_out.with_name(final_out.stem + ".errors.csv" + (f".rank{rank}" if world > 1 else ""))
     if result.failures:
-        result.errors_file = final_out.with_name(final_out.stem + ".errors.csv" + (f".rank{rank}" if world > 1 else ""))
-        with open(result.errors_file, "w", newline="") as handle:
-            csv.writer(handle).writerows([["id", "reason"], *[[f["id"], f["reason"]] for f in result.failures]])
+        result.errors_file = errors_file
+        write_skipped(errors_file, result.failures)
+    else:  # an earlier run's list: its inputs were tried again and read this time
+        errors_file.unlink(missing_ok=True)
+    if world == 1 and not result.predicted and not result.already_done:
+        raise ProtlocError(nothing_predicted(result))
     if sync is not None:
         sync.finish()
         if rank == 0:
-            _merge_parts(sync.wait_for_all(), sync.base, final_out, fmt, columns)
+            parts = sync.wait_for_all()
+            _merge_parts(parts, base, fmt, columns)
+            journal.finish(base, final_out, fmt, columns)
+            for done_part in parts:
+                done_part.unlink(missing_ok=True)
             sync.cleanup()
-    elif fmt == "parquet":
-        _journal_to_parquet(journal, final_out, columns)
+    else:
+        journal.finish(base, final_out, fmt, columns)
     return result
 
 
-def _merge_parts(parts: list[Path], merged: Path, out: Path, fmt: str, columns: list[str]) -> None:
-    """Rank 0: the ranks' rows in one file (the Parquet journal converted), written atomically."""
+def write_skipped(path: Path, failures: list[dict]) -> None:
+    """The skipped inputs and why, one CSV row each (id, reason), written whole or not at all."""
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["id", "reason"])
+    writer.writerows([spreadsheet_safe(f["id"]), f["reason"]] for f in failures)
+    try:
+        atomic_write_text(path, buffer.getvalue())
+    except OSError as exc:
+        raise ProtlocError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def nothing_predicted(result: BatchResult) -> str:
+    first = result.failures[0] if result.failures else None
+    why = f" (first: {first['id']}: {first['reason']})" if first else ""
+    where = f"; every reason in {result.errors_file}" if result.errors_file else ""
+    return f"nothing was predicted: all {len(result.failures)} input(s) were skipped{why}{where}"
+
+
+def _merge_parts(parts: list[Path], merged: Path, fmt: str, columns: list[str]) -> None:
+    """Rank 0: the ranks' rows in one journal, written atomically."""
     tmp = merged.with_name(merged.name + ".tmp")
-    with open(tmp, "w", newline="") as target:
-        if fmt == "csv":
-            target.write(",".join(columns) + "\n")
-        for part in parts:
-            lines = part.read_text().splitlines(keepends=True)
-            target.writelines(lines[1:] if fmt == "csv" else lines)
-    os.replace(tmp, merged)
-    if fmt == "parquet":
-        _journal_to_parquet(merged, out, columns)
-
-
-def _journal_to_parquet(journal: Path, out: Path, columns: list[str]) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    rows = [json.loads(line) for line in journal.read_text().splitlines() if line.strip()]
-    table = pa.table({c: [r[c] for r in rows] for c in columns[:-1]} | {"predicted": [";".join(r["predicted"]) for r in rows]})
-    tmp = out.with_name(out.name + ".tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, out)
+    try:
+        with open(tmp, "w", newline="", encoding="utf-8") as target:
+            if fmt == "csv":
+                target.write(",".join(columns) + "\n")
+            for part in parts:
+                if not part.exists():  # a rank with nothing to write removed its empty part
+                    continue
+                lines = journal.complete_lines(part)
+                if fmt == "csv":
+                    next(lines, None)
+                target.writelines(lines)
+            target.flush()
+            os.fsync(target.fileno())
+        os.replace(tmp, merged)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise ProtlocError(f"cannot write {merged}: {exc.strerror or exc}; the ranks' rows are kept: "
+                           "free space and rerun the same command") from None

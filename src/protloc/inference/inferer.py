@@ -16,7 +16,9 @@ default), by ``protloc.data.pixel_size.rescale``; unknown either way, the image 
 
 The inferer puts the network in eval mode for the call and restores its previous mode afterwards;
 it runs under ``torch.no_grad`` and inherits any autocast context of the caller (Lightning's
-bf16-mixed validation) when ``precision`` is None.
+bf16-mixed validation) when ``precision`` is None. Any other ``precision`` (``auto`` included) is
+resolved here, by ``protloc.inference.precision.resolve_precision``: ``Inferer.precision`` is what
+runs, ``Inferer.resolved`` says why.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import torch
 
 from protloc.errors import ProtlocError
 from protloc.inference.normalization import normalize
-from protloc.inference.precision import check_precision, warn_if_bf16_emulated
+from protloc.inference.precision import Resolved, announce, resolve_precision, warn_if_bf16_emulated
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 
@@ -43,18 +45,31 @@ def dihedral_views(image: np.ndarray) -> list[np.ndarray]:
     return views
 
 
-def sigmoid_forward(network: torch.nn.Module, precision: str | None = None) -> Forward:
+def sigmoid_forward(network: torch.nn.Module, precision: str | None = None, *, compile_selu: bool = False,
+                    model_file=None, model_pixel_size_um: float | None = None) -> Forward:
     """Raw batch [N, C, h, w] -> sigmoid outputs [N, classes] (float32).
 
     ``precision`` None: the plain forward on normalised input (inheriting the caller's autocast);
-    "fp32"/"bf16": GapNet-PL's fast path (``protloc.models.gapnet_pl_fast``, which normalises itself),
-    other networks the plain forward, under bf16 autocast for "bf16".
+    "fp32"/"bf16"/"fp16": GapNet-PL's fast path (``protloc.inference.gapnet_pl_fast``, which normalises
+    itself; ``compile_selu``: its compiled SELU), other networks the plain forward, under autocast for
+    bf16/fp16; "int8": GapNet-PL's quantised ONNX Runtime graph (``protloc.inference.int8``, made
+    once from ``model_file`` and cached beside it). Give resolved precisions (not "auto").
     """
     fast = None
-    if precision is not None:
-        from protloc.models.gapnet_pl_fast import fast_network
+    if precision == "int8":
+        from protloc.inference.int8 import int8_forward
+        from protloc.models.gapnet_pl import GapNetPL
 
-        fast = fast_network(network, precision=check_precision(precision))
+        if not isinstance(network, GapNetPL):
+            raise ProtlocError(f"--precision int8 is for GapNet-PL, not {getattr(network, 'name', 'this network')}")
+        logits_of = int8_forward(network, model_file, model_pixel_size_um)
+        return lambda batch: torch.sigmoid(logits_of(batch)).to(batch.device)
+    if precision is not None:
+        from protloc.inference.gapnet_pl_fast import fast_network
+
+        options = {"compile_selu": True} if compile_selu else {}
+        fast = fast_network(network, precision=precision, **options)
+    autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision or "")
 
     def forward(batch: torch.Tensor) -> torch.Tensor:
         if fast is not None:
@@ -62,8 +77,8 @@ def sigmoid_forward(network: torch.nn.Module, precision: str | None = None) -> F
         if batch.device.type == "cuda":
             # Training on CUDA runs channels-last; feeding the same layout avoids a conversion per layer.
             batch = batch.contiguous(memory_format=torch.channels_last)
-        if precision == "bf16":
-            with torch.autocast(batch.device.type, dtype=torch.bfloat16):
+        if autocast is not None:
+            with torch.autocast(batch.device.type, dtype=autocast):
                 logits = network(normalize(batch))
         else:
             logits = network(normalize(batch))
@@ -96,6 +111,10 @@ class Inferer:
     the whole image (fully convolutional networks only). ``batch_size``: patches per forward pass.
     ``forward``: raw batch -> outputs [N, K] (default: ``sigmoid_forward(network, precision)``).
     ``on_pass(patches, images)``: called after each forward pass (the web worker's statistics).
+    ``precision``: None (the caller's autocast), fp32, bf16, fp16, int8 or auto (resolved here, said
+    once on stderr); ``fields``: how many fields the run holds (``math.inf``: a server), which decides
+    whether GapNet-PL's SELU is compiled (``compile_selu_worth``); ``model_file``: the network's file,
+    the key of int8's cached quantised graph.
     """
 
     def __init__(
@@ -111,6 +130,8 @@ class Inferer:
         on_pass: Callable[[int, int], None] | None = None,
         model_pixel_size_um: float | None = None,
         pixel_size_um: float | None = None,
+        fields: float | None = None,
+        model_file=None,
     ) -> None:
         if patch_size is None:
             paper = getattr(network, "paper", None)
@@ -128,9 +149,19 @@ class Inferer:
         self.batch_size = int(batch_size)
         self.tta = tta
         self.device = torch.device(device) if device is not None else network_device(network)
+        self.resolved: Resolved | None = None
         if precision is not None:
-            warn_if_bf16_emulated(check_precision(precision), self.device)
-        self.forward = forward or sigmoid_forward(network, precision)
+            self.resolved = resolve_precision(precision, self.device)
+            announce(self.resolved)
+            precision = self.resolved.precision
+            warn_if_bf16_emulated(precision, self.device)
+        self.precision = precision
+        if forward is None:
+            from protloc.inference.precision import compile_selu_worth
+
+            forward = sigmoid_forward(network, precision, compile_selu=compile_selu_worth(fields),
+                                      model_file=model_file, model_pixel_size_um=model_pixel_size_um)
+        self.forward = forward
         self.on_pass = on_pass
         self.model_pixel_size_um = model_pixel_size_um
         self.pixel_size_um = pixel_size_um  # the inputs' µm per pixel when a call does not say
@@ -177,9 +208,20 @@ class Inferer:
         """Mean output of each view: its covering patches, several views' patches in one pass."""
         if self.patch_size is None:  # whole images of different sizes cannot share a batch
             return [self._run(view[None], np.zeros(1, int)).mean(dim=0).numpy() for view in views]
-        patch_sets = [self.patches(view) for view in views]
-        owners = np.concatenate([np.full(len(p), i) for i, p in enumerate(patch_sets)])
-        outputs = self._run(np.concatenate(patch_sets), owners).numpy()
+        from protloc.data.patches import pad_to, patch_grid
+
+        # The patches are cut batch by batch, each padded on its own: stacking all of them (and padding
+        # the whole image first) held a 1x100000 image as 98 patches of 1024² and a 1024x100000 copy,
+        # 3.6 GB; now memory is one batch of patches whatever the image's size or shape.
+        size = self.patch_size
+        corners = [(i, y, x) for i, view in enumerate(views) for y, x in patch_grid(*view.shape[-2:], size)]
+        owners = np.array([i for i, _, _ in corners])
+        outputs = []
+        for start in range(0, len(corners), self.batch_size):
+            batch = np.stack([pad_to(views[i][:, y : y + size, x : x + size], size, size)
+                              for i, y, x in corners[start : start + self.batch_size]])
+            outputs.append(self._run(batch, owners[start : start + self.batch_size]).numpy())
+        outputs = np.concatenate(outputs)
         return [outputs[owners == i].mean(axis=0) for i in range(len(views))]
 
     def predict_many(self, images: Iterable, pixel_sizes: Sequence[float | None] | None = None) -> list[np.ndarray]:

@@ -32,12 +32,12 @@ def class_activation_maps(network, image: np.ndarray, class_indices: list[int], 
     d(logit)/d(mean feature) times each feature map, summed over channels, is a per-location
     first-order share of the logit; the three blocks' maps are upsampled to the image and summed.
 
-    The block maps come from GapNet-PL's fast path (``protloc.cells.features.block_maps``: the
+    The block maps come from GapNet-PL's fast path (``protloc.inference.gapnet_pl_fast``: the
     normalisation folded into the first convolution, channels-last; equal to ``network.blocks`` of
     the normalised image within float rounding, about twice as fast on a CPU), or from the caller
     (``blocks``: the maps of this image, e.g. ``network.blocks(normalize(image))``).
     """
-    from protloc.cells.features import block_maps
+    from protloc.inference.gapnet_pl_fast import block_maps
 
     device = device or torch.device("cpu")
     height, width = image.shape[-2:]
@@ -98,46 +98,23 @@ def _safe_name(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
 
 
-_MAX_STEM_BYTES = 200
-
-
-def map_file_stem(sample_id: str) -> str:
-    """The file-name stem of a sample's maps: distinct ids give distinct stems, and
-    ``urllib.parse.unquote(stem)`` gives the id back (``a/b`` -> ``a%2Fb``, ``a_b`` stays ``a_b``).
-
-    Every byte outside ASCII letters, digits, ``-``, ``_`` and ``.`` is percent-encoded (ids that are
-    not UTF-8 keep their raw bytes through surrogate escapes). An id whose stem would pass 200 bytes
-    keeps the first 150 and a hash of the whole id: still distinct and stable, no longer reversible.
-    """
-    import hashlib
-    from urllib.parse import quote
-
-    raw = sample_id.encode("utf-8", "surrogateescape")
-    stem = quote(raw, safe="-_.")
-    if stem in {".", ".."}:
-        stem = stem.replace(".", "%2E")
-    if len(stem) > _MAX_STEM_BYTES:
-        stem = f"{stem[:150].rstrip('%0123456789ABCDEF')}~{hashlib.sha256(raw).hexdigest()[:32]}"
-    return stem
-
-
 def write_maps(predictor, sample_id: str, image: np.ndarray, probs: np.ndarray, predicted: list[str], folder: Path,
                sources: dict | None = None) -> list[Path]:
     """Composite plus one overlay per predicted class (the most probable one when none passes its threshold):
-    ``{stem}__composite.png`` and ``{stem}__{class}.png``, ``stem = map_file_stem(sample_id)``."""
+    ``{stem}__composite.png`` and ``{stem}__{class}.png``, ``stem = protloc.files.sample_file_stem(sample_id)``."""
     from protloc import visualization as render
+    from protloc.files import sample_file_stem
 
     classes = predicted or [predictor.classes[int(np.argmax(probs))]]
     maps = predictor.localization_maps(image, classes)
-    stem = map_file_stem(sample_id)
+    stem = sample_file_stem(sample_id)
     composite = render.composite(image)
-    written = [render.save_png(composite, folder / f"{stem}__composite.png")]
+    written = [render.save_png(folder / f"{stem}__composite.png", composite)]
     for cls, heat in maps.items():
-        written.append(render.save_png(render.overlay_map(image, heat, base=composite),
-                                       folder / f"{stem}__{_safe_name(cls)}.png"))
-    # --- hook (issue 14): an OME-Zarr input gets the maps as an NGFF label image beside its pixels ---
-    from protloc.data.ome_zarr import write_localisation_labels
-    if (ngff := write_localisation_labels(sources or {}, maps, predictor.classes)) is not None:
-        written.append(ngff)
-    # --- end hook ---
+        written.append(render.save_png(folder / f"{stem}__{_safe_name(cls)}.png",
+                                       render.overlay_map(image, heat, base=composite)))
+    # The input's format keeps the maps beside its pixels where it has a place for labels (OME-Zarr).
+    from protloc.data.formats import write_localisation_labels
+    if (labels := write_localisation_labels(sources or {}, maps, predictor.classes)) is not None:
+        written.append(labels)
     return written

@@ -1,7 +1,7 @@
 """The one per-channel normalisation of protloc, as in the paper: ``(x - mean) / (std + EPSILON)``.
 
 Training crops, covering patches, whole images, the maps and the expert study's features all go
-through ``normalize``; GapNet-PL's fast path (``protloc.models.gapnet_pl_fast``) computes the same
+through ``normalize``; GapNet-PL's fast path (``protloc.inference.gapnet_pl_fast``) computes the same
 rule in its first convolution with the same ``EPSILON``. A model file records it as
 ``NORMALIZATION`` and ``protloc.inference.predictor.load_model`` refuses a file that asks for another.
 """

@@ -1,7 +1,7 @@
 """napari reader: HPA channel sets and the authors' NPZ as one image layer per channel.
 
-What it opens is what ``protloc predict`` opens (``protloc.data.inputs.discover_inputs`` finds the
-sample, ``load_entry`` decodes it into the canonical float32 [4, H, W]): a channel file
+What it opens is what ``protloc predict`` opens (``protloc.data.formats.discover`` finds the
+sample, ``read`` decodes it into the canonical float32 [4, H, W]): a channel file
 ``<id>_<blue|red|yellow|green>.<ext>`` or ``<id>_<nucleus|microtubules|er|protein>.<ext>`` (its three
 siblings are found beside it), the four channel
 files selected together, a folder holding one sample's channel files, the authors' ``.npz`` with
@@ -22,7 +22,7 @@ import numpy as np
 
 from protloc.data.channels import CHANNELS, COLOUR_OF_CHANNEL
 from protloc.data.filenames import TIFF_EXTENSIONS, channel_file_id
-from protloc.data.inputs import discover_inputs, load_entry
+from protloc.data.formats import discover, read
 from protloc.errors import ProtlocError
 
 METADATA_KEY = "protloc"
@@ -111,11 +111,11 @@ def _is_ours(paths: list[str]) -> bool:
             continue
         return False
     try:
-        entries = discover_inputs(paths)
+        entries = discover(paths)
     except (ProtlocError, OSError):
         return False
     channel_sets = [e for e in entries if set(e.sources) <= set(CHANNELS)]
-    # discover_inputs lists every plain TIFF of a folder as a 4-channel candidate: one is a sample, many
+    # discover lists every plain TIFF of a folder as a 4-channel candidate: one is a sample, many
     # are somebody else's image series.
     return len(channel_sets) == len(entries) or len(entries) == 1
 
@@ -130,7 +130,7 @@ def get_reader(path: str | Sequence[str]) -> Callable | None:
 
 def read_samples(path: str | Sequence[str]) -> list[LayerDataTuple]:
     """Read the sample(s) at ``path`` as layer data tuples; ProtlocError (one line) for bad input."""
-    entries = discover_inputs(_as_paths(path))
+    entries = discover(_as_paths(path))
     if len(entries) > 1 and any(Path(p).is_dir() for p in _as_paths(path)):
         shown = ", ".join(e.id for e in entries[:3]) + (", ..." if len(entries) > 3 else "")
         raise ProtlocError(
@@ -138,7 +138,7 @@ def read_samples(path: str | Sequence[str]) -> list[LayerDataTuple]:
         )
     layers: list[LayerDataTuple] = []
     for entry in entries:
-        image = load_entry(entry)
+        image = read(entry).image
         source = next(iter(entry.sources.values())) if len(entry.sources) == 1 else str(
             Path(next(iter(entry.sources.values()))).parent)
         layers.extend(channel_layers(image, entry.id, source))

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from protloc.data.inputs import discover_inputs, load_entry
+from protloc.data.formats import discover, read
 from protloc.napari.reader import channel_layers
 
 DATA_DIR = Path(__file__).parent / "data"
@@ -24,8 +24,8 @@ SYNTHETIC_SEED, SYNTHETIC_INDEX, SYNTHETIC_SIZE = 0, 1, 512
 
 def real_hpa_field() -> list[tuple]:
     """The real HPA field shipped with the plugin, one layer per channel, credit in the metadata."""
-    (entry,) = discover_inputs([DATA_DIR])
-    return channel_layers(load_entry(entry), "HPA 57639_1283_B2_10", source=str(DATA_DIR),
+    (entry,) = discover([DATA_DIR])
+    return channel_layers(read(entry).image, "HPA 57639_1283_B2_10", source=str(DATA_DIR),
                           extra={"credit": HPA_CREDIT})
 
 

@@ -50,7 +50,8 @@ MODEL_KINDS = {
     "run": "training run folder",
 }
 MODES = {"whole": "whole image", "patches": "patches (the paper's protocol)"}
-PRECISIONS = ("fp32", "bf16")
+# fp32 first (the default, exact); auto: the fastest native one (protloc.inference.precision); no fp16 (CUDA only)
+PRECISIONS = ("fp32", "auto", "bf16", "int8")
 MAP_COLORMAP = "inferno"
 
 
@@ -120,7 +121,9 @@ class PredictionWidget(QWidget):
         path_row.addWidget(self.browse_button)
         self.precision = QComboBox()
         self.precision.addItems(PRECISIONS)
-        self.precision.setToolTip("bf16: faster on CPUs with AVX512-BF16, probabilities within a few hundredths")
+        self.precision.setToolTip("auto: the fastest precision this CPU runs natively that holds the accuracy margins; "
+                                  "bf16: faster on CPUs with AVX512-BF16, probabilities within a few hundredths; "
+                                  "int8: ONNX Runtime, outside the margins (docs/precision.md)")
         self.mode = QComboBox()
         for key, label in MODES.items():
             self.mode.addItem(label, key)
@@ -249,7 +252,7 @@ class PredictionWidget(QWidget):
         return self._worker
 
     def _predictor(self, spec: str):
-        from protloc.inference import load_model
+        from protloc.inference.predictor import load_model
 
         if spec not in self._predictors:  # loading takes seconds; a second run reuses it
             self._predictors[spec] = load_model(spec)
@@ -261,6 +264,9 @@ class PredictionWidget(QWidget):
         predictor = self._predictor(spec)
         yield f"model {predictor.name} loaded"
         probabilities = predictor.predict_proba(image, **options)
+        from protloc.inference.precision import resolve_precision
+
+        ran = resolve_precision(options["precision"], predictor.device).precision  # what answered, shown
         predicted = predictor.predicted(probabilities)
         yield "probabilities: " + (", ".join(predicted) or "no class above its threshold")
         maps = {}
@@ -274,7 +280,7 @@ class PredictionWidget(QWidget):
             cells = cell_predictor(predictor, image)
             yield "per-cell results"
         return PredictionResult(sample_id, list(predictor.classes), probabilities, predictor.thresholds,
-                                predicted, maps, predictor.name, time.perf_counter() - started, cells)
+                                predicted, maps, f"{predictor.name}, {ran}", time.perf_counter() - started, cells)
 
     def _on_step(self, message: str):
         self.progress.setValue(self.progress.value() + 1)

@@ -123,8 +123,8 @@ def import_checkpoint(
     Returns a summary (output path, parameter count, training step, whether the inputs are the
     published release, seconds taken). ``ProtlocError`` for a missing, truncated or corrupt checkpoint.
     """
-    import protloc
-    from protloc.checkpoint import save_model_file
+    from protloc.version import __version__ as protloc_version
+    from protloc.model_file import save_model_file
     from protloc.labels import load_label_set
     from protloc.models import create_model
 
@@ -160,7 +160,7 @@ def import_checkpoint(
         "checkpoint_channel_order_reason": CHANNEL_ORDER_REASON,
         "first_conv_input_l2_norms": [round(float(v), 4) for v in first_conv_channel_norms(bundle)],
         "training_step": step,
-        "imported_by": f"protloc {protloc.__version__}",
+        "imported_by": f"protloc {protloc_version}",
     }
     save_model_file(
         out, network, model_name=MODEL_NAME, classes=label_set.classes, label_set=label_set.name,

@@ -3,13 +3,3 @@
 ``train(config) -> RunResult`` (run.py) is the entry point; ``TrainConfig`` (config.py) holds every
 option with the paper's defaults per model. Lightning is imported lazily by the modules that need it.
 """
-
-from protloc.training.config import TrainConfig, load_config
-
-__all__ = ["TrainConfig", "load_config", "train"]
-
-
-def train(config, resume: bool = False):
-    from protloc.training.run import train as _train
-
-    return _train(config, resume=resume)

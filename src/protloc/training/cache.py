@@ -44,7 +44,12 @@ class SampleCache:
     def fingerprint(self, sample_id: str) -> str:
         entry = self.index.entry(sample_id)
         stats = {}
+        from protloc.data.formats.listing import PATH_KEYS
+
         for key, source in sorted(entry.sources.items()):
+            if key not in PATH_KEYS:  # a reader option or a store's inner image path, not a file
+                stats[key] = source
+                continue
             path = self.index.resolve(source)
             try:
                 stat = path.stat()

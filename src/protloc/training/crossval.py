@@ -277,22 +277,22 @@ def _mapping_to(index, predictor):
 def _head_probabilities(fold_dir: Path, features: dict, ids) -> dict:
     """Test-fold probabilities of the fold's model from the cached encoder features: the same patches,
     normaliser and network as its default patch prediction, without running the encoder again."""
-    from protloc.checkpoint import build_network, read_model_file
+    from protloc.inference.predictor import load_model
     from protloc.training.head_features import image_probs
 
-    network = build_network(read_model_file(fold_dir / "model.pt"))
+    network = load_model(fold_dir / "model.pt").network
     return dict(zip(ids, image_probs(network, features, ids)))
 
 
 def _train_head_fold(config, index, splits, fold_dir: Path, features, progress: bool):
-    from protloc.checkpoint import save_model_file
+    from protloc.model_file import save_model_file
     from protloc.training.head_features import compute_features, train_head
-    from protloc.training.run import build_network
+    from protloc.training.run import new_training_network
     from protloc.training.transfer import prepare_transfer
 
     from protloc.training.head_features import check_separable
 
-    network, options, _ = build_network(config, len(index.label_set))
+    network, options, _ = new_training_network(config, len(index.label_set))
     check_separable(network)
     scale = prepare_transfer(network, config, index, announce=features is None)
     if features is None:  # the frozen encoder is the same for every fold: one pass over every image

@@ -37,7 +37,7 @@ import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from protloc.checkpoint import atomic_torch_save
+from protloc.model_file import atomic_torch_save
 from protloc.errors import ProtlocError
 
 METRIC_COLUMNS = ("epoch", "train_loss", "val_loss", "val_mean_f1", "val_mean_auc", "lr", "epoch_seconds",

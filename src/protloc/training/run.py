@@ -75,7 +75,8 @@ def model_options(model: str, config: TrainConfig, paper) -> dict:
     return options if takes_kwargs else {k: v for k, v in options.items() if k in accepted}
 
 
-def build_network(config: TrainConfig, num_classes: int):
+def new_training_network(config: TrainConfig, num_classes: int):
+    """(network freshly initialised from the config's seed, its model options, its paper settings)."""
     import torch
 
     from protloc.models import create_model
@@ -138,7 +139,7 @@ def environment(config: TrainConfig, world: int) -> dict:
     import numpy
     import torch
 
-    import protloc
+    from protloc.version import __version__ as protloc_version
 
     cuda = torch.cuda.is_available() and config.device == "cuda"
     return {
@@ -147,7 +148,7 @@ def environment(config: TrainConfig, world: int) -> dict:
         "host": socket.gethostname(),
         "platform": platform.platform(),
         "python": platform.python_version(),
-        "versions": {"protloc": protloc.__version__, "torch": torch.__version__, "lightning": lightning.__version__,
+        "versions": {"protloc": protloc_version, "torch": torch.__version__, "lightning": lightning.__version__,
                      "numpy": numpy.__version__},
         "device": config.device,
         "device_name": torch.cuda.get_device_name(0) if cuda else platform.processor() or platform.machine(),
@@ -180,12 +181,12 @@ def _cache_dir(config: TrainConfig, index, run_dir: Path) -> Path | None:
     return default if folder_is_writable(default) else run_dir / "cache"
 
 
-def export_model(run_dir: Path, config: TrainConfig, network, options: dict, index, scale=None) -> Path | None:
+def write_run_model(run_dir: Path, config: TrainConfig, network, options: dict, index, scale=None) -> Path | None:
     """model.pt from checkpoints/best.ckpt, with thresholds tuned on that epoch's validation predictions."""
     import numpy as np
     import torch
 
-    from protloc.checkpoint import save_model_file
+    from protloc.model_file import save_model_file
 
     best = run_dir / "checkpoints" / "best.ckpt"
     if not best.is_file():
@@ -267,7 +268,7 @@ def train(config: TrainConfig, resume: bool = False) -> RunResult:
     if not val_ids:
         raise ProtlocError(f"the validation split of {index.root} is empty ({len(labelled)} labelled samples); "
                            "add samples or change split_fractions in a --config file")
-    network, options, paper = build_network(config, len(index.label_set))
+    network, options, paper = new_training_network(config, len(index.label_set))
     check_crop(config, paper, index, train_ids + val_ids)
     from protloc.training.transfer import prepare_transfer
 
@@ -357,7 +358,7 @@ def train(config: TrainConfig, resume: bool = False) -> RunResult:
         status, message = "nan-loss", str(exc)
     model_path = None
     if rank == 0:
-        model_path = export_model(run_dir, config, network, options, index, scale=scale)
+        model_path = write_run_model(run_dir, config, network, options, index, scale=scale)
     epochs_done = trainer.current_epoch if status == "completed" else module.current_epoch
     if status == "completed":
         message = (f"trained {config.model} for {epochs_done} epochs; best val mean F1 "

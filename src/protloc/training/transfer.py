@@ -56,7 +56,7 @@ class InitInfo:
 
 
 def read_init(spec: str) -> tuple[dict, str]:
-    from protloc.checkpoint import read_model_file
+    from protloc.model_file import read_model_file
     from protloc.inference.predictor import resolve_model_file
 
     path = resolve_model_file(spec)
@@ -65,7 +65,7 @@ def read_init(spec: str) -> tuple[dict, str]:
 
 def initialise(network: nn.Module, model_name: str, classes, spec: str) -> InitInfo:
     """Load the weights named by ``spec`` into ``network``; replace the output layer if the classes differ."""
-    from protloc.checkpoint import model_pixel_size
+    from protloc.model_file import model_pixel_size
 
     payload, path = read_init(spec)
     if payload["model"] != model_name:
@@ -144,7 +144,8 @@ def prepare_transfer(network: nn.Module, config, index, announce: bool = True) -
     """
     import sys
 
-    from protloc.data.pixel_size import data_pixel_size, describe, scale_factor
+    from protloc.data.index import data_pixel_size
+    from protloc.data.pixel_size import describe, scale_factor
 
     info = None
     if config.init:

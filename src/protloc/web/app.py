@@ -16,9 +16,10 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
-from protloc import __version__
+from protloc.version import __version__
 from protloc.errors import ProtlocError
 from protloc.web.auth import TokenAuth
+from protloc.web.methods import AllowedMethods
 from protloc.web.pictures import ActivityMiddleware
 from protloc.web.routers.api import api_router
 from protloc.web.routers.pages import pages_router
@@ -70,6 +71,7 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.state.platform = platform
+    app.add_middleware(AllowedMethods)
     app.add_middleware(TokenAuth, settings=settings, sessions=platform.sessions, required=platform.auth_required)
     app.add_middleware(ActivityMiddleware, activity=platform.activity)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")

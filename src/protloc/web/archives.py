@@ -9,7 +9,7 @@ from pathlib import Path, PurePosixPath
 
 from protloc.data.channels import CHANNELS
 from protloc.web.store import CHUNK_SIZE
-from protloc.web.storage import IMAGE_SUFFIXES, UploadError, channel_from_filename
+from protloc.web.storage import UploadError
 
 
 # Below this many bytes a zip may unpack to anything (within the total limit): a few blank test
@@ -97,41 +97,68 @@ def shared_sample_id(filenames: list[str]) -> str | None:
     return ids.pop() if len(ids) == 1 and None not in ids else None
 
 
+def _zarr_store_of(path: Path, root: Path) -> Path | None:
+    from protloc.data.formats.ome_zarr import is_zarr_group
+
+    stores = [parent for parent in path.parents if root in parent.parents and is_zarr_group(parent)]
+    return stores[-1] if stores else None  # the outermost group: the store itself, not its arrays
+
+
 def group_samples(files: list[Path], root: Path) -> tuple[list[dict], list[dict]]:
-    """Samples in an extracted batch: HPA-style channel files sharing a prefix, or multi-channel files.
+    """Samples in an extracted batch, listed by the input layer (``protloc.data.formats.discover``)
+    folder by folder, so a zip holds the samples the command line finds in the same files.
 
     Returns (samples, skipped); a sample is {"name", "kind": "channels"|"multichannel", "files":
-    {channel: Path} or {"image": Path}}.
+    {channel: Path} or {"image": Path}}; its name is its folder and its id (``plate1/a``), the folder
+    alone for bare ``blue.png`` files.
     """
+    from protloc.data.filenames import IMAGE_EXTENSIONS, is_label_image_name, parse_channel_filename
+    from protloc.data.formats import discover
+    from protloc.data.formats.listing import PATH_KEYS
+    from protloc.errors import ProtlocError
+
     samples: list[dict] = []
     skipped: list[dict] = []
-    groups: dict[str, dict[str, Path]] = {}
+    folders: dict[Path, list[Path]] = {}
+    stores: set[Path] = set()
     for file in sorted(files):
         relative = file.relative_to(root).as_posix()
         if any(part.startswith(".") or part == "__MACOSX" for part in PurePosixPath(relative).parts):
             continue
-        lower = file.name.lower()
-        if not lower.endswith(IMAGE_SUFFIXES):
+        store = _zarr_store_of(file, root)
+        if store is not None:
+            if store not in stores:
+                stores.add(store)
+                skipped.append({"name": store.relative_to(root).as_posix(), "reason": "an OME-Zarr store: the "
+                                "platform takes files; send the image as OME-TIFF, or run protloc predict on it"})
+            continue
+        if not file.name.lower().endswith(IMAGE_EXTENSIONS + (".npz",)):
             skipped.append({"name": relative, "reason": "not an image file"})
             continue
-        channel = channel_from_filename(file.name)
-        if channel is None:
-            samples.append({"name": relative, "kind": "multichannel", "files": {"image": file}})
-            continue
-        # ``blue.png`` without an id: the folder holds one sample and names it
-        stem = sample_id_of(file.name)
-        folder = PurePosixPath(relative).parent
-        key = (folder / stem).as_posix() if stem else (folder.as_posix() if folder.parts else "sample")
-        group = groups.setdefault(key, {})
-        if channel in group:
-            skipped.append({"name": relative, "reason": f"second {channel} file for sample {key}"})
-            continue
-        group[channel] = file
-    for key, group in groups.items():
-        missing = [c for c in CHANNELS if c not in group]
-        if missing:
-            skipped.append({"name": key, "reason": f"missing channel(s): {', '.join(missing)}"})
-            continue
-        samples.append({"name": key, "kind": "channels", "files": group})
+        if not is_label_image_name(file.name):
+            folders.setdefault(file.parent, []).append(file)
+    for folder, images in folders.items():
+        prefix = folder.relative_to(root)
+        entries = []
+        channel_files = [f for f in images if parse_channel_filename(f.name) is not None]
+        # channel files together (they make samples with their siblings), every other file on its own
+        for group in ([channel_files] if channel_files else []) + [[f] for f in images if f not in channel_files]:
+            try:
+                entries += discover(group)
+            except ProtlocError as exc:  # a file that is none of the formats, an OME-TIFF without usable channels
+                skipped.append({"name": group[0].relative_to(root).as_posix(), "reason": str(exc)})
+        for entry in entries:
+            bare = entry.id == folder.name and all(sample_id_of(Path(v).name) is None
+                                                   for k, v in entry.sources.items() if k in CHANNELS)
+            name = (prefix if bare else prefix / entry.id).as_posix()
+            name = "sample" if name == "." else name
+            if entry.problem is not None:
+                skipped.append({"name": name, "reason": entry.problem})
+            elif set(entry.sources) <= set(CHANNELS):
+                samples.append({"name": name, "kind": "channels",
+                                "files": {c: Path(entry.sources[c]) for c in CHANNELS}})
+            else:
+                path = next(v for k, v in entry.sources.items() if k in PATH_KEYS)
+                samples.append({"name": name, "kind": "multichannel", "files": {"image": Path(path)}})
     samples.sort(key=lambda s: s["name"])
     return samples, skipped

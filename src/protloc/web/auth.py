@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse
 
 from protloc.web import db
-from protloc.web.service import Viewer
+from protloc.web.access import Viewer
 
 COOKIE = "protloc_token"
 VIEWER_KEY = "protloc.viewer"  # where the middleware leaves who is asking, in the request's scope

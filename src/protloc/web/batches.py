@@ -105,8 +105,10 @@ class Batches:
         for batch_id in ids:
             self._start_extraction(batch_id)
 
-    def get(self, batch_id: str, viewer=None) -> dict:
-        from protloc.web.service import NotFound, visible
+    def get(self, batch_id: str, viewer=None, limit: int = 100, offset: int = 0) -> dict:
+        """The batch's counts and a page (``offset``, ``limit``) of its submissions and of its skipped
+        entries: a zip with thousands of members is not listed in one answer."""
+        from protloc.web.access import NotFound, visible
 
         with self.sessions() as session:
             batch = session.get(db.BatchJob, batch_id)
@@ -117,7 +119,9 @@ class Batches:
                     select(db.Submission.status, func.count()).where(db.Submission.batch_id == batch_id).group_by(db.Submission.status)
                 ).all()
             )
-            rows = session.scalars(select(db.Submission).where(db.Submission.batch_id == batch_id).order_by(db.Submission.filenames)).all()
+            rows = session.scalars(select(db.Submission).where(db.Submission.batch_id == batch_id)
+                                   .order_by(db.Submission.filenames, db.Submission.id).offset(offset).limit(limit)).all()
+            skipped = list(batch.skipped or [])
             submitted = sum(counts.values())
             finished = counts.get(db.DONE, 0) + counts.get(db.FAILED, 0)
             state = batch.status
@@ -134,7 +138,13 @@ class Batches:
                 "done": counts.get(db.DONE, 0),
                 "failed": counts.get(db.FAILED, 0),
                 "pending": counts.get(db.QUEUED, 0) + counts.get(db.RUNNING, 0),
-                "skipped": list(batch.skipped or []),
+                "skipped": skipped[offset : offset + limit],
+                "skipped_total": len(skipped),
+                "submissions_total": submitted,
+                "offset": offset,
+                "limit": limit,
+                "next": (f"/api/v1/batches/{batch.id}?offset={offset + limit}&limit={limit}"
+                         if offset + limit < max(submitted, len(skipped)) else None),
                 "error": batch.error,
                 "submissions": [
                     {"id": r.id, "name": r.filenames, "status": r.status,

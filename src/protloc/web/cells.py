@@ -14,7 +14,6 @@ cells never cost a submission its probabilities.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from protloc.cells.extra import missing_extra
 from protloc.web import db
 
 log = logging.getLogger("protloc.web.cells")
@@ -40,16 +40,6 @@ PROBABILITIES_FROM = {
 }
 
 
-def missing_extra() -> str | None:
-    """Why cells cannot be computed here, or None: segmentation needs scikit-image (the ``cells``
-    extra; its anndata is for ``protloc cells``' files, not needed here, and not imported)."""
-    try:
-        import skimage  # noqa: F401
-    except ImportError:
-        return "cells need scikit-image: pip install 'protloc[cells]'"
-    return None
-
-
 def labels_path(store, submission_id: str) -> Path | None:
     """The stored label image of a submission (16-bit PNG; 32-bit TIFF past 65535 cells), or None.
     It lies with the submission's pictures (``UploadStore.render_dir``), so any store keeps it."""
@@ -62,15 +52,10 @@ def labels_path(store, submission_id: str) -> Path | None:
 
 
 def save_labels(store, submission_id: str, labels: np.ndarray) -> Path:
-    """Written under a staging name and moved into place: a reader never sees half a file."""
+    """The submission's label image (written atomically by the one writer: a reader never sees half a file)."""
     from protloc.cells.masks import write_label_image
 
-    folder = store.render_dir(submission_id)
-    staging = folder / f".cellmask.{os.getpid()}.{threading.get_ident()}.png"
-    written = write_label_image(staging, labels)
-    target = folder / f"cellmask{written.suffix}"
-    os.replace(written, target)
-    return target
+    return write_label_image(store.render_dir(submission_id) / "cellmask.png", labels)
 
 
 def load_labels(store, submission_id: str) -> np.ndarray | None:
@@ -159,7 +144,7 @@ class CellsStage:
         a failing network raises."""
         probabilities, record = self._analyse(predictor, submission_id, image, pixel_size_um)
         if probabilities is None:
-            probabilities = predictor.inferer(whole_image=True, precision="fp32")(image, pixel_size_um)
+            probabilities = predictor.inferer(whole_image=True)(image, pixel_size_um)
         return probabilities, record
 
     def compute(self, predictor, submission_id: str, image: np.ndarray,
@@ -186,7 +171,7 @@ class CellsStage:
         probabilities = None
         try:
             from protloc.cells.pipeline import analyse_image, cell_rows
-            from protloc.web.renders import display_factor
+            from protloc.visualization import display_factor
 
             analysed = analyse_image(predictor, image, submission_id, pixel_size_um=pixel_size_um,
                                      segment_beside=self.segment_beside())
@@ -243,6 +228,15 @@ def summary(result: db.Result | None, status: str, base: str) -> dict:
     return {"count": count, "computed": computed, "note": note, "links": links}
 
 
+def answering_precision(predictor, method: str | None) -> str:
+    """The precision a submission's probabilities come from: the whole-image pass of the cells runs
+    the predictor's precision resolved for feature maps, the covering patches its image-level one."""
+    from protloc.inference.precision import resolve_precision
+
+    return resolve_precision(getattr(predictor, "precision", "fp32"), getattr(predictor, "device", "cpu"),
+                             maps=method == WHOLE_IMAGE).precision
+
+
 def probabilities_view(method: str | None) -> dict:
     """How a submission's (or a model's) image probabilities are computed, as the API and page say it."""
     method = method or PATCHES
@@ -284,12 +278,11 @@ def render_overlay(image: np.ndarray, labels: np.ndarray, record: db.CellResult,
                    factor: int, path: Path) -> None:
     """The cell outlines over the composite at display size, coloured by class (the page gives the
     legend: drawn into a small picture it would hide the cells)."""
-    from protloc.cells.overlay import NO_CLASS, class_colours, outline_overlay
-    from protloc.web.renders import _save_atomically, shrink
+    from protloc.visualization import NO_CLASS, class_colours, outline_overlay, save_png, shrink
 
     small = shrink(image, factor).astype(np.float32, copy=False)
     grid = labels[factor // 2 :: factor, factor // 2 :: factor][: small.shape[1], : small.shape[2]]
     by_id = colour_classes(record.cells, classes)
     colour_of = class_colours(classes)
     colours = [colour_of.get(by_id.get(i), NO_CLASS) for i in range(1, int(grid.max(initial=0)) + 1)]
-    _save_atomically(outline_overlay(small, grid, None, colours, thickness=max(1, round(max(grid.shape) / 500))), path)
+    save_png(path, outline_overlay(small, grid, None, colours, thickness=max(1, round(max(grid.shape) / 500))))

@@ -115,6 +115,8 @@ class Result(Base):
     cells_note: Mapped[str | None] = mapped_column(Text, nullable=True)
     # "whole-image" (the pass that gives the cells) or "patches"; NULL: a row from before, patches.
     probabilities_from: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    # The arithmetic that answered (fp32, bf16, fp16, int8; protloc.inference.precision); NULL: before, fp32.
+    precision: Mapped[str | None] = mapped_column(String(8), nullable=True)
     submission: Mapped[Submission] = relationship(back_populates="result")
 
 
@@ -154,7 +156,8 @@ ADDED_COLUMNS = {
     "tokens": {"user_id": "INTEGER REFERENCES users(id)", "revoked_at": "TIMESTAMP"},
     "submissions": {"owner_id": "INTEGER REFERENCES users(id)", "worker": "VARCHAR(100)", "lease_until": "TIMESTAMP"},
     "batch_jobs": {"owner_id": "INTEGER REFERENCES users(id)"},
-    "results": {"cells_count": "INTEGER", "cells_note": "TEXT", "probabilities_from": "VARCHAR(16)"},
+    "results": {"cells_count": "INTEGER", "cells_note": "TEXT", "probabilities_from": "VARCHAR(16)",
+                "precision": "VARCHAR(8)"},
 }
 
 

@@ -11,14 +11,9 @@ import io
 import zipfile
 from pathlib import PurePosixPath
 
-# A spreadsheet runs a cell that starts with one of these as a formula (OWASP "CSV injection").
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+from protloc.files import FORMULA_STARTS, spreadsheet_safe  # noqa: F401  (one function for the CLI and the platform)
+
 CELL_COLUMNS = ["level", "cell_id", "centroid_y", "centroid_x", "area", "border", "top_class"]
-
-
-def spreadsheet_safe(text: str) -> str:
-    """A text cell a spreadsheet shows as text: a leading quote defuses a formula."""
-    return "'" + text if text.startswith(FORMULA_STARTS) else text
 
 
 def results_csv(items: list[dict]) -> str:

@@ -17,6 +17,8 @@ import threading
 import time
 from typing import Callable
 
+from protloc.web.memory import release_memory
+
 log = logging.getLogger("protloc.web.pictures")
 # Pictures wait until the server has been quiet this long.
 IDLE_SECONDS = 0.25
@@ -136,8 +138,6 @@ class IdlePictures:
                 self._current = None
 
     def draw(self, submission_id: str) -> None:
-        from protloc.web.worker import release_memory
-
         finished = True
         try:
             # A request or a prediction that arrives meanwhile goes first: the rest waits for quiet again.

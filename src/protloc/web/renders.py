@@ -13,8 +13,6 @@ half-written file; within one process a lock per group makes the second caller w
 from __future__ import annotations
 
 import collections
-import math
-import os
 import threading
 from pathlib import Path
 from typing import Callable
@@ -22,11 +20,13 @@ from typing import Callable
 import numpy as np
 from sqlalchemy import select
 
+from protloc import visualization
 from protloc.data.channels import CHANNELS
+from protloc.visualization import display_factor, save_png, shrink
 from protloc.web import db
-from protloc.web.storage import BlobStore, load_stored_sample
+from protloc.web.storage import load_stored_sample
+from protloc.web.store import BlobStore
 
-DISPLAY_SIZE = 1024
 # Decoded samples kept for their pictures after their probabilities (a 2048² field is 64 MB): the
 # newest few, so that the pictures of what was just predicted are not decoded again.
 REMEMBERED_SAMPLES = 2
@@ -38,47 +38,20 @@ def is_image_name(name: str) -> bool:
     return name in VIEW_NAMES or name == CELLS_NAME or (name.startswith("map-") and name.endswith(".png") and name[4:-4].isdigit())
 
 
-def display_factor(height: int, width: int, full: bool) -> int:
-    return 1 if full else max(1, math.ceil(max(height, width) / DISPLAY_SIZE))
-
-
-def shrink(array: np.ndarray, factor: int) -> np.ndarray:
-    """Block means over ``factor``² pixels of the last two axes (edges cropped to whole blocks)."""
-    if factor == 1:
-        return array
-    h, w = array.shape[-2] // factor * factor, array.shape[-1] // factor * factor
-    cropped = array[..., :h, :w]
-    return cropped.reshape(*array.shape[:-2], h // factor, factor, w // factor, factor).mean(axis=(-3, -1))
-
-
-def _save_atomically(picture: np.ndarray, path: Path) -> None:
-    from protloc import visualization
-
-    staging = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    visualization.save_png(picture, staging)
-    os.replace(staging, path)
-
-
 def render_views(image: np.ndarray, folder: Path, factor: int) -> None:
-    from protloc import visualization
-
     small = shrink(image, factor).astype(np.float32, copy=False)
-    folder.mkdir(parents=True, exist_ok=True)
     for channel in CHANNELS:
-        _save_atomically(visualization.channel_image(small, channel), folder / f"channel-{channel}.png")
-    _save_atomically(visualization.composite(small), folder / "composite.png")  # last: it marks the group done
+        save_png(folder / f"channel-{channel}.png", visualization.channel_image(small, channel))
+    save_png(folder / "composite.png", visualization.composite(small))  # last: it marks the group done
 
 
 def render_maps(predictor, image: np.ndarray, map_classes: list[str], folder: Path, factor: int) -> None:
-    from protloc import visualization
-
     maps = predictor.localization_maps(image, map_classes)  # at full resolution: where the network looked
     small = shrink(image, factor).astype(np.float32, copy=False)
     base = visualization.composite(small)
-    folder.mkdir(parents=True, exist_ok=True)
     for cls in map_classes:
         index = predictor.classes.index(cls)
-        _save_atomically(visualization.overlay_map(small, shrink(maps[cls], factor), base=base), folder / f"map-{index}.png")
+        save_png(folder / f"map-{index}.png", visualization.overlay_map(small, shrink(maps[cls], factor), base=base))
 
 
 class Renderer:

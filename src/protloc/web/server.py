@@ -24,6 +24,11 @@ KEEP_ALIVE_SECONDS = 5
 CLIENT_TIMEOUT_SECONDS = 30.0
 MAX_HEADER_BYTES = 64 * 1024
 DRAIN_SECONDS = 5.0
+# A body must average at least this many bytes per second once its first seconds are over: a client
+# trickling a byte every two seconds never falls silent long enough for the read timeout, and would
+# hold a connection (and an upload's temporary file) for as long as it likes.
+MIN_BODY_BYTES_PER_SECOND = 1024
+BODY_RATE_GRACE_SECONDS = 10.0
 TOKEN_IN_TEXT = re.compile(r"(?i)(token=)[^&\s\"']*")
 
 
@@ -42,11 +47,14 @@ class GuardedH11Protocol(H11Protocol):
     """H11Protocol with a timeout on a client's silence mid-request and a 431 for oversized headers."""
 
     client_timeout = CLIENT_TIMEOUT_SECONDS
+    min_body_rate = MIN_BODY_BYTES_PER_SECOND
+    body_rate_grace = BODY_RATE_GRACE_SECONDS
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._read_timer = None
         self._draining = False
+        self._body_since = None  # (start time, bytes since) of the body being received
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
@@ -72,11 +80,34 @@ class GuardedH11Protocol(H11Protocol):
         state = self.conn.their_state
         if state is h11.SEND_BODY:
             self._arm()  # a body may take long; silence may not
+            if self._too_slow(len(data)):
+                return
         elif state is h11.IDLE and self.conn.trailing_data[0]:
             if self._read_timer is None:
                 self._arm()  # headers must be complete within the timeout of their first byte
         else:
             self._disarm()
+        if state is not h11.SEND_BODY:
+            self._body_since = None
+
+    def _too_slow(self, received: int) -> bool:
+        """Cut a body that arrives slower than ``min_body_rate`` on average after ``body_rate_grace``
+        seconds. A pause of ours (the application not reading) starts the measure again."""
+        now = self.loop.time()
+        if self._body_since is None or self.flow.read_paused:
+            self._body_since = (now, 0)
+            return False
+        start, count = self._body_since
+        count += received
+        self._body_since = (start, count)
+        elapsed = now - start
+        if elapsed < self.body_rate_grace or count >= self.min_body_rate * elapsed:
+            return False
+        self.logger.warning("%s sent its body at %.0f bytes/s (under %d for %.0f s); connection closed",
+                            self._client_name(), count / elapsed, self.min_body_rate, elapsed)
+        self._disarm()
+        self.transport.close()
+        return True
 
     def _arm(self) -> None:
         self._disarm()

@@ -8,7 +8,6 @@ an HTTP answer with that status and reason.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import func, select
@@ -18,8 +17,6 @@ from protloc.data.channels import CHANNELS
 from protloc.errors import ProtlocError
 from protloc.web import db
 from protloc.web.storage import (
-    BlobStore,
-    ReceivedFile,
     ReceivedForm,
     UploadError,
     assemble_sample,
@@ -28,10 +25,11 @@ from protloc.web.storage import (
     decode_multichannel,
     normalise_channel_name,
 )
+from protloc.web.access import NotFound, Viewer, owner_of, visible
 from protloc.web.archives import shared_sample_id
-from protloc.web.cells import probabilities_view
+from protloc.web.store import BlobStore, ReceivedFile
+from protloc.web.cells import answering_precision, probabilities_view
 from protloc.web.cells import summary as cells_summary
-from protloc.web.exports import results_csv, spreadsheet_safe  # noqa: F401  (their home before exports.py)
 from protloc.web.completion import RECHECK_SECONDS, Completions
 from protloc.web.jobs import DatabaseJobs
 from protloc.web.listing import Coalesced, FinishedItems, filtered, list_json, submission_json
@@ -45,34 +43,6 @@ DECODERS = ThreadPoolExecutor(len(CHANNELS), thread_name_prefix="protloc-decode"
 MAX_OFFSET = 2**63 - 1
 
 
-class NotFound(UploadError):
-    def __init__(self, reason: str) -> None:
-        super().__init__(404, reason)
-
-
-@dataclass(frozen=True)
-class Viewer:
-    """Who is asking: a user sees their own submissions and batches, an admin everyone's.
-
-    No viewer at all (``None``) is a server without tokens: one user, who sees everything.
-    """
-
-    user_id: int | None
-    name: str
-    admin: bool = False
-
-    def sees(self, owner_id: int | None) -> bool:
-        return self.admin or (owner_id is not None and owner_id == self.user_id)
-
-
-def visible(owner_id: int | None, viewer: Viewer | None) -> bool:
-    return viewer is None or viewer.sees(owner_id)
-
-
-def owner_of(viewer: Viewer | None) -> int | None:
-    return viewer.user_id if viewer is not None else None
-
-
 class Platform:
     """The state behind one application: settings, database, file store, models and worker."""
 
@@ -84,7 +54,7 @@ class Platform:
         self.store = settings.store if settings.store is not None else BlobStore(settings.data_dir)
         self.store.clean_tmp()
         self.sessions = db.open_database(settings.resolved_database_url())
-        self.predictors = settings.predictors if settings.predictors is not None else load_predictors(settings.models, settings.device)
+        self.predictors = settings.predictors if settings.predictors is not None else load_predictors(settings.models, settings.device, settings.precision)
         if not self.predictors:
             raise ProtlocError("no model loaded")
         self.default_model = next(iter(self.predictors))
@@ -132,11 +102,13 @@ class Platform:
             "thresholds": [float(t) for t in predictor.thresholds],
             "patch_size": int(predictor.patch_size),
             "image_probabilities": probabilities_view(self.worker.cells.probabilities_from(predictor)),
+            "precision": answering_precision(predictor, self.worker.cells.probabilities_from(predictor)),
             "default": key == self.default_model,
         }
 
     def model_key(self, form: ReceivedForm) -> str:
-        model_key = (form.value("model") or self.default_model).strip()
+        given = form.value("model")
+        model_key = self.default_model if given is None else given  # exactly a key (the schema's enum)
         if model_key not in self.predictors:
             raise UploadError(422, f"unknown model {model_key!r}; choose one of {', '.join(self.predictors)}")
         return model_key
@@ -249,6 +221,7 @@ class Platform:
                 thresholds={c: t for c, t in zip(result.classes, result.thresholds)},
                 predicted=list(result.predicted),
                 image_probabilities=probabilities_view(result.probabilities_from),
+                precision=result.precision or "fp32",  # NULL: a row from before precisions, fp32
                 seconds=round(result.seconds, 4),
                 images={
                     "composite": f"{base}/images/composite.png",

@@ -37,6 +37,7 @@ class WebSettings:
     expert_db_url: str | None = None  # its answer database (default: the study's own)
     cells: bool = True  # this server's worker segments each sample and predicts its cells (protloc.web.cells)
     lanes: int = 2  # worker threads taking jobs side by side (protloc.web.worker)
+    precision: str = "auto"  # of the loaded models' passes (protloc.inference.precision); pages and API say which ran
 
     @property
     def auth_enabled(self) -> bool:
@@ -57,15 +58,19 @@ def model_key_for(spec: str, taken: set[str]) -> str:
     return key
 
 
-def load_predictors(specs: list[str], device: str = "cpu") -> dict:
-    from protloc import load_model
+def load_predictors(specs: list[str], device: str = "cpu", precision: str = "auto") -> dict:
+    """The platform's models by key, at ``precision`` (auto: the fastest native one, said once)."""
+    import math
+
+    from protloc.inference.predictor import load_model
 
     if not specs:
         raise ProtlocError("give at least one --model")
     predictors: dict = {}
     for spec in specs:
         key = model_key_for(str(spec), set(predictors))
-        predictor = load_model(spec, device=device)
+        predictor = load_model(spec, device=device, precision=precision)
+        predictor.fields = math.inf  # a server: compiling GapNet-PL's SELU always repays
         predictor.web_source = str(spec)
         predictors[key] = predictor
     return predictors

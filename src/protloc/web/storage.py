@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import hashlib
 import os
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import AsyncIterator
 
 import numpy as np
 
-from protloc.data.channels import CHANNELS, HPA_COLOURS
-from protloc.web.store import KIND_SUFFIX, BlobStore, UploadStore
+from protloc.data.channels import CHANNELS, COLOUR_OF_CHANNEL, HPA_COLOURS, canonical_channel
+from protloc.errors import ProtlocError
+from protloc.web.store import KIND_SUFFIX, BlobStore, ReceivedFile, UploadStore
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".npz")
 
@@ -31,27 +33,6 @@ class UploadError(Exception):
         super().__init__(reason)
         self.status = status
         self.reason = reason
-
-
-@dataclass
-class ReceivedFile:
-    field: str
-    filename: str
-    path: Path  # temporary file until ``BlobStore.keep`` moves it
-    sha256: str
-    size: int
-    kind: str = ""  # tiff | png | jpeg | npz | zip, from the file's content once inspected
-
-    @property
-    def suffix(self) -> str:
-        return KIND_SUFFIX.get(self.kind, "")
-
-    def take_suffix(self) -> None:
-        """Give the temporary file the suffix of its content: decoders go by the suffix."""
-        target = self.path.with_suffix(self.suffix)
-        if target != self.path:
-            os.replace(self.path, target)
-            self.path = target
 
 
 @dataclass
@@ -215,10 +196,8 @@ def channel_from_filename(filename: str) -> str | None:
 
 
 def normalise_channel_name(value: str) -> str | None:
-    value = value.strip().lower()
-    if value in CHANNELS:
-        return value
-    return HPA_COLOURS.get(value)
+    """A form field's channel name or HPA colour as protloc's channel (the one alias table)."""
+    return canonical_channel(value)
 
 
 def _check_pixels(shape: tuple[int, ...], max_pixels: int, name: str) -> None:
@@ -252,8 +231,7 @@ def inspect_image(path: Path, name: str, max_pixels: int) -> str:
 
 def decode_channel(received: ReceivedFile, channel: str, max_pixels: int) -> np.ndarray:
     """One channel file as a 2-D float32 array, after the header checks."""
-    from protloc.data.channels import COLOUR_OF_CHANNEL
-    from protloc.data.readers import read_channel_file
+    from protloc.data.formats.channel_files import read_channel_file
 
     name = received.filename
     received.kind = inspect_image(received.path, name, max_pixels)
@@ -274,7 +252,7 @@ def decode_channel(received: ReceivedFile, channel: str, max_pixels: int) -> np.
 
 def decode_multichannel(received: ReceivedFile, max_pixels: int) -> np.ndarray:
     """One multi-channel TIFF/NPZ as float32 [4, H, W], after the header checks."""
-    from protloc.data.readers import read_multichannel_file
+    from protloc.data.formats import read_file
 
     name = received.filename
     received.kind = inspect_image(received.path, name, max_pixels)
@@ -282,7 +260,7 @@ def decode_multichannel(received: ReceivedFile, max_pixels: int) -> np.ndarray:
         raise UploadError(422, f"{name}: a single file must be a four-channel TIFF or NPZ, or send four channel files")
     received.take_suffix()
     try:
-        image = read_multichannel_file(received.path)
+        image = read_file(received.path).image
     except Exception as exc:
         raise UploadError(422, f"{name}: {_one_line(exc).replace(received.path.name, name)}") from None
     image = np.asarray(image, dtype=np.float32)
@@ -293,14 +271,14 @@ def decode_multichannel(received: ReceivedFile, max_pixels: int) -> np.ndarray:
 
 def load_stored_sample(store: BlobStore, input_kind: str, files: list[dict]) -> np.ndarray:
     """A submission's sample, decoded again from its stored files (the worker's view)."""
-    from protloc.data.channels import COLOUR_OF_CHANNEL
-    from protloc.data.readers import read_channel_file, read_multichannel_file
+    from protloc.data.formats import read_file
+    from protloc.data.formats.channel_files import read_channel_file
 
     def path(entry: dict) -> Path:
         return store.path_of(entry["sha256"], KIND_SUFFIX.get(entry["kind"], ""))
 
     if input_kind == "multichannel":
-        return np.asarray(read_multichannel_file(path(files[0])), dtype=np.float32)
+        return np.asarray(read_file(path(files[0])).image, dtype=np.float32)
     by_channel = {entry["channel"]: entry for entry in files}
     planes = [
         np.asarray(read_channel_file(path(by_channel[c]), colour=COLOUR_OF_CHANNEL[c]), dtype=np.float32)
@@ -309,9 +287,18 @@ def load_stored_sample(store: BlobStore, input_kind: str, files: list[dict]) -> 
     return np.stack(planes)
 
 
+# A decoder's own bug-like failure (tifffile's IndexError on a damaged file, ...) means nothing to a
+# user: the answer says what protloc knows, in its own words.
+_DECODER_INTERNALS = (IndexError, KeyError, TypeError, AttributeError, AssertionError, ZeroDivisionError,
+                      RecursionError, struct.error)
+
+
 def _one_line(exc: BaseException) -> str:
+    cause = exc.__context__ if isinstance(exc, ProtlocError) else exc
+    if isinstance(exc, _DECODER_INTERNALS) or isinstance(cause, _DECODER_INTERNALS):
+        return "damaged or unsupported image data"
     text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    return text.splitlines()[0] if text else "damaged or unsupported image data"
 
 
 def assemble_sample(planes: dict[str, np.ndarray], names: dict[str, str]) -> np.ndarray:
@@ -328,7 +315,7 @@ def assemble_sample(planes: dict[str, np.ndarray], names: dict[str, str]) -> np.
 
 
 __all__ = [
-    "BlobStore", "KIND_SUFFIX", "ReceivedFile", "UploadStore", "ReceivedForm", "UploadError", "assemble_sample",
+    "ReceivedForm", "UploadError", "assemble_sample",
     "channel_from_filename", "decode_channel", "decode_multichannel",
     "inspect_image", "load_stored_sample", "normalise_channel_name", "stream_multipart",
 ]

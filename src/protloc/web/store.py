@@ -13,14 +13,33 @@ import hashlib
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
-
-if TYPE_CHECKING:
-    from protloc.web.storage import ReceivedFile
+from typing import Protocol
 
 CHUNK_SIZE = 1 << 20
 KIND_SUFFIX = {"tiff": ".tif", "png": ".png", "jpeg": ".jpg", "npz": ".npz", "zip": ".zip"}
+
+
+@dataclass
+class ReceivedFile:
+    field: str
+    filename: str
+    path: Path  # temporary file until ``BlobStore.keep`` moves it
+    sha256: str
+    size: int
+    kind: str = ""  # tiff | png | jpeg | npz | zip, from the file's content once inspected
+
+    @property
+    def suffix(self) -> str:
+        return KIND_SUFFIX.get(self.kind, "")
+
+    def take_suffix(self) -> None:
+        """Give the temporary file the suffix of its content: decoders go by the suffix."""
+        target = self.path.with_suffix(self.suffix)
+        if target != self.path:
+            os.replace(self.path, target)
+            self.path = target
 
 
 class UploadStore(Protocol):
@@ -91,8 +110,6 @@ class BlobStore:
             while chunk := src.read(CHUNK_SIZE):
                 digest.update(chunk)
                 out.write(chunk)
-        from protloc.web.storage import ReceivedFile
-
         return ReceivedFile("", source.name, tmp, digest.hexdigest(), source.stat().st_size)
 
     def render_dir(self, submission_id: str) -> Path:

@@ -28,7 +28,6 @@ drawn before ``done`` (kept as the benchmark's baseline). A row whose batch rais
 from __future__ import annotations
 
 import collections
-import ctypes
 import logging
 import threading
 import time
@@ -41,10 +40,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from protloc.web import db
 from protloc.web.jobs import DatabaseJobs, MemoryJobs, worker_name
 from protloc.web.lanes import DEFAULT_LANES, Lanes
-from protloc.web.cells import PATCHES, WHOLE_IMAGE, CellsStage
+from protloc.web.cells import PATCHES, WHOLE_IMAGE, CellsStage, answering_precision
+from protloc.web.memory import release_memory
 from protloc.web.pictures import Activity, IdlePictures
 from protloc.web.renders import Renderer
-from protloc.web.storage import BlobStore, load_stored_sample
+from protloc.web.storage import load_stored_sample
+from protloc.web.store import BlobStore
 
 log = logging.getLogger("protloc.web.worker")
 # Decoded samples the web server hands to the worker of its own process, so it need not decode the
@@ -92,30 +93,22 @@ def batched_probabilities(predictor, images: list[np.ndarray], max_batch_patches
         if stats is not None:
             stats.add(forward_passes=1, patches=patches, max_samples_per_pass=samples)
 
-    inferer = predictor.inferer(batch_size=max(1, max_batch_patches), precision="fp32", on_pass=count)
+    inferer = predictor.inferer(batch_size=max(1, max_batch_patches), on_pass=count)  # the predictor's precision
     return inferer.predict_many(images, pixel_sizes)  # each image rescaled to the model's pixel size
 
 
 def stored_pixel_size(store: BlobStore, files: list[dict], image: np.ndarray) -> float | None:
     """A submission's µm per pixel from its stored files' metadata or its original names' layout."""
-    from protloc.data.pixel_size import pixel_size_of
-    from protloc.web.storage import KIND_SUFFIX
+    from protloc.data.formats.channel_files import pixel_size
+    from protloc.web.store import KIND_SUFFIX
 
     paths = [store.path_of(entry["sha256"], KIND_SUFFIX.get(entry["kind"], "")) for entry in files]
-    return pixel_size_of(paths, *image.shape[-2:], names=[entry.get("filename") or "" for entry in files]).um
+    return pixel_size(paths, *image.shape[-2:], names=[entry.get("filename") or "" for entry in files]).um
 
 
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
-
-
-def release_memory() -> None:
-    """Hand freed heap back to the system (glibc keeps it otherwise, and the server's size creeps up)."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
 
 
 class PredictionWorker:
@@ -402,6 +395,7 @@ class PredictionWorker:
                     cells_count=cells.count if cells is not None else None,
                     cells_note=cells.note if cells is not None else None,
                     probabilities_from=probabilities_from,
+                    precision=answering_precision(predictor, probabilities_from),
                 )
             )
         self.stats.add(samples=1)

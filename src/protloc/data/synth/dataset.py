@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from protloc.data.channels import CHANNELS, COLOUR_OF_CHANNEL
+from protloc.data.synth.field import PIXEL_SIZE_UM
 from protloc.data.synth.labels import sample_labels
 from protloc.data.synth.render import RenderedField, _check_size, render_field
 from protloc.errors import ProtlocError
@@ -60,10 +61,15 @@ def draw_sample(seed: int, index: int, height: int, width: int,
 
 
 def write_tiff(path: Path, image: np.ndarray) -> None:
-    """A plain, reproducible grayscale TIFF (no date, software or description tags)."""
+    """A plain, reproducible grayscale TIFF (no date, software or description tags) that states its
+    pixel size: ``PIXEL_SIZE_UM`` as XResolution/YResolution in pixels per centimetre, the tags every
+    reader (protloc's, Fiji's, tifffile's) takes the physical size from. Without them a user's run
+    would not know the fields are 0.5 µm/px and would feed them to a 0.08 µm/px model unscaled."""
     import tifffile
 
-    tifffile.imwrite(path, image, photometric="minisblack", metadata=None, software=False, datetime=None)
+    per_cm = 1e4 / PIXEL_SIZE_UM
+    tifffile.imwrite(path, image, photometric="minisblack", metadata=None, software=False, datetime=None,
+                     resolution=(per_cm, per_cm), resolutionunit="CENTIMETER")
 
 
 def write_label_image(path_stem: Path, labels: np.ndarray) -> Path:

@@ -15,12 +15,14 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
-from protloc import __version__
-from protloc.data.channels import CHANNELS
+from protloc.version import __version__
+from protloc.data.channels import CHANNELS, HPA_COLOURS
 from protloc.web import db
 from protloc.web.auth import viewer_of
 from protloc.web.completion import MAX_WAIT_SECONDS
-from protloc.web.service import MAX_OFFSET, Platform, Viewer, owner_of, results_csv
+from protloc.web.exports import results_csv
+from protloc.web.access import Viewer, owner_of
+from protloc.web.service import MAX_OFFSET, Platform
 from protloc.web.settings import MB
 from protloc.web.storage import ReceivedForm, UploadError, stream_multipart
 
@@ -36,6 +38,7 @@ class ErrorAnswer(BaseModel):
 def errors(*statuses: int) -> dict:
     reasons = {
         401: "no valid API token, or a revoked one (only when the server requires tokens)",
+        403: "for admins only (the operator's --auth-token, or a user made with admin rights)",
         400: "malformed request (not multipart/form-data, too many files, a bad zip member)",
         404: "no such submission, batch or image (or another user's: they are not told apart)",
         413: "over a size limit: bytes per upload, pixels per image, a zip's unpacked size",
@@ -93,23 +96,45 @@ MASK_CONTENT = {200: {"content": {"image/png": {"schema": {"type": "string", "fo
                                   "image/tiff": {"schema": {"type": "string", "format": "binary"}}},
                       "description": "label image: 0 background, cell i has value i (16-bit PNG; 32-bit TIFF past 65535 cells)"}}
 PNG_CONTENT = {200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}, "description": "PNG image"}}
-MULTIPART_SAMPLE = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
-    "type": "object",
-    "properties": {
-        "files": {"type": "array", "items": {"type": "string", "format": "binary"},
-                  "description": "four channel files (HPA names *_blue/_red/_yellow/_green) or one four-channel TIFF/NPZ"},
-        "channels": {"type": "array", "items": {"type": "string"},
-                     "description": "optional, one per file in order: nucleus|microtubules|er|protein (or blue|red|yellow|green)"},
-        "model": {"type": "string", "description": "model key from GET /api/v1/models"},
-    },
-    "required": ["files"],
-}}}}}
-MULTIPART_ZIP = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
-    "type": "object",
-    "properties": {"file": {"type": "string", "format": "binary", "description": "zip of samples"},
-                   "model": {"type": "string"}},
-    "required": ["file"],
-}}}}}
+IMAGE_TYPES = "image/png, image/tiff, image/jpeg, application/octet-stream"
+
+
+def multipart_sample(models: list[str]) -> dict:
+    """The upload of one sample, with every constraint the server enforces: one to four files, a
+    model among the loaded ones (the file's content is checked by decoding it: 415/422 say why)."""
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+        "type": "object",
+        "properties": {
+            "files": {"type": "array", "items": {"type": "string", "format": "binary"}, "minItems": 1,
+                      "maxItems": len(CHANNELS),
+                      "description": "four channel files (HPA names *_blue/_red/_yellow/_green) or one four-channel "
+                                     "TIFF/NPZ; PNG, TIFF or JPEG images (anything else: 415)"},
+            "channels": {"type": "array", "items": {"type": "string", "enum": CHANNEL_NAMES},
+                         "maxItems": len(CHANNELS),
+                         "description": "optional, one per file in order: nucleus|microtubules|er|protein (or blue|red|yellow|green)"},
+            "model": {"type": "string", "enum": models, "description": "model key from GET /api/v1/models"},
+        },
+        "required": ["files"],
+    }, "encoding": {"files": {"contentType": IMAGE_TYPES}}}}}}
+
+
+def multipart_zip(models: list[str]) -> dict:
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+        "type": "object",
+        "properties": {"file": {"type": "string", "format": "binary", "contentMediaType": "application/zip",
+                                "description": "a zip of samples (anything else: 415)"},
+                       "model": {"type": "string", "enum": models, "description": "model key from GET /api/v1/models"}},
+        "required": ["file"],
+    }, "encoding": {"file": {"contentType": "application/zip"}}}}}}
+
+
+def sort_keys(platform: Platform) -> list[str]:
+    """Every key ``sort`` takes: a column or a class of a loaded model, ``-`` first for descending."""
+    from protloc.web.cells import SORT_KEYS
+
+    keys = list(SORT_KEYS) + [c for p in platform.predictors.values() for c in p.classes if c not in SORT_KEYS]
+    keys = list(dict.fromkeys(keys))
+    return keys + ["-" + k for k in keys]
 
 
 async def receive_form(request: Request, platform: Platform, limit: int, max_files: int) -> ReceivedForm:
@@ -133,9 +158,13 @@ def class_query():
     return Query(None, alias="class", description="a predicted class")
 
 
+CHANNEL_NAMES = list(CHANNELS) + [c for c in HPA_COLOURS if c not in CHANNELS]
+
+
 def api_router(platform: Platform) -> APIRouter:
     settings = platform.settings
     router = APIRouter()
+    models = list(platform.predictors)
 
     @router.get("/health", tags=["service"])
     def health() -> dict:
@@ -146,7 +175,7 @@ def api_router(platform: Platform) -> APIRouter:
     def list_models() -> dict:
         return {"models": [platform.model_info(key) for key in platform.predictors], "default": platform.default_model}
 
-    @router.post("/api/v1/predictions", status_code=202, tags=["predictions"], openapi_extra=MULTIPART_SAMPLE,
+    @router.post("/api/v1/predictions", status_code=202, tags=["predictions"], openapi_extra=multipart_sample(models),
                  responses=errors(400, 413, 415, 422))
     async def create_prediction(request: Request, viewer: Viewer | None = Depends(viewer_of)) -> dict:
         """Upload one sample; returns its id at once, the prediction runs in the background."""
@@ -206,7 +235,8 @@ def api_router(platform: Platform) -> APIRouter:
     def prediction_cells(submission_id: str, viewer: Viewer | None = Depends(viewer_of),
                          limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0, le=MAX_OFFSET),
                          sort: str = Query("cell_id", description="cell_id, area, border, centroid_x, centroid_y, "
-                                           "top_class, top_probability or a class name; '-' first: descending")):
+                                           "top_class, top_probability or a class name; '-' first: descending",
+                                           json_schema_extra={"enum": sort_keys(platform)})):
         """The submission's cells, a page at a time: centroid (px), area (px), border flag, probabilities,
         predicted classes, top class and outline polygon ([x, y] in px)."""
         return platform.submission_cells(submission_id, viewer, limit, offset, sort)
@@ -227,7 +257,7 @@ def api_router(platform: Platform) -> APIRouter:
         return Response(batch_zip(platform, batch_id, viewer), media_type="application/zip",
                         headers={"Content-Disposition": f'attachment; filename="protloc-batch-{batch_id}.zip"'})
 
-    @router.post("/api/v1/batches", status_code=202, tags=["batches"], openapi_extra=MULTIPART_ZIP,
+    @router.post("/api/v1/batches", status_code=202, tags=["batches"], openapi_extra=multipart_zip(models),
                  responses=errors(400, 413, 415, 422))
     async def create_batch(request: Request, viewer: Viewer | None = Depends(viewer_of)) -> dict:
         """Upload a zip of many samples (channel files named <id>_<colour>.<ext>, or multi-channel files)."""
@@ -235,12 +265,19 @@ def api_router(platform: Platform) -> APIRouter:
         batch_id = await run_in_threadpool(platform.batches.create, form, owner_of(viewer))
         return {"id": batch_id, "url": f"/api/v1/batches/{batch_id}", "page": f"/batches/{batch_id}"}
 
-    @router.get("/api/v1/batches/{batch_id}", tags=["batches"], responses=errors(404))
-    def get_batch(batch_id: str, viewer: Viewer | None = Depends(viewer_of)) -> dict:
-        return platform.batches.get(batch_id, viewer)
+    @router.get("/api/v1/batches/{batch_id}", tags=["batches"], responses=errors(404, 422))
+    def get_batch(batch_id: str, viewer: Viewer | None = Depends(viewer_of),
+                  limit: int = Query(100, ge=1, le=1000, description="submissions and skipped entries per page"),
+                  offset: int = Query(0, ge=0, le=MAX_OFFSET, description="where the page starts in both lists")) -> dict:
+        """The batch's counts, and a page of its submissions and of its skipped entries (``*_total``:
+        how many there are; ``next``: the next page's address while there is one)."""
+        return platform.batches.get(batch_id, viewer, limit=limit, offset=offset)
 
-    @router.get("/api/v1/worker", tags=["service"], responses=errors())
-    def worker_stats() -> dict:
+    @router.get("/api/v1/worker", tags=["service"], responses=errors(403))
+    def worker_stats(viewer: Viewer | None = Depends(viewer_of)) -> dict:
+        """The worker's counters, across every user: for admins (anyone when the server has no tokens)."""
+        if viewer is not None and not viewer.admin:
+            raise UploadError(403, "the worker's counters cover every user: for admins only")
         return {"alive": platform.worker.alive, "queue": platform.worker.pending(),
                 "pictures_waiting": len(platform.worker.pictures), **platform.worker.stats.to_dict()}
 

@@ -8,10 +8,11 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
-from protloc import __version__
+from protloc.version import __version__
 from protloc.data.channels import CHANNELS, COLOUR_OF_CHANNEL
 from protloc.web.auth import viewer_of
-from protloc.web.service import MAX_OFFSET, Platform, Viewer
+from protloc.web.access import Viewer
+from protloc.web.service import MAX_OFFSET, Platform
 from protloc.web.settings import MB
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
@@ -21,10 +22,8 @@ PER_PAGE = 50
 def cells_context(data: dict) -> dict:
     """What the result page's cell section draws: each cell with its outline colour, and the area of
     the field the display-size overlay covers (its SVG coordinates are the field's pixels)."""
-    from protloc.cells.overlay import NO_CLASS
-    from protloc.cells.overlay import class_colours
+    from protloc.visualization import NO_CLASS, class_colours, display_factor
     from protloc.web.cells import colour_classes
-    from protloc.web.renders import display_factor
 
     classes = data.get("classes", [])
     items = data["cells"].get("items", [])

@@ -183,7 +183,7 @@ const protloc = (() => {
 
   async function pollBatch(id) {
     for (;;) {
-      const response = await fetch("/api/v1/batches/" + id);
+      const response = await fetch("/api/v1/batches/" + id + "?limit=1000");  // the first 1000 of each list
       if (!response.ok) return;
       const b = await response.json();
       const finished = b.done + b.failed;
@@ -191,7 +191,7 @@ const protloc = (() => {
       $("batch-fill").style.width = Math.round((finished / total) * 100) + "%";
       $("batch-summary").textContent =
         `${b.status}: ${b.done} done, ${b.failed} failed, ${b.pending} waiting of ${b.total || b.submitted} samples` +
-        (b.skipped.length ? `, ${b.skipped.length} skipped` : "");
+        (b.skipped_total ? `, ${b.skipped_total} skipped` : "");
       showError($("batch-error"), b.error || "");
       $("batch-rows").innerHTML = b.submissions.map((s) =>
         `<tr><td><a href="/submissions/${s.id}">${escapeHtml(s.name)}</a></td><td class="status ${s.status}">${s.status}</td>` +

@@ -1,7 +1,7 @@
 """OME-TIFF input: a multi-channel image whose OME-XML names its channels and pixel size.
 
 tifffile reads the pixels (the full-resolution level of a pyramid) and hands over the OME-XML; the
-channels are matched by name (``protloc.data.ome.match_channels``), the physical pixel size comes from
+channels are matched by name (``protloc.data.formats.ome.match_channels``), the physical pixel size comes from
 ``Pixels/@PhysicalSizeY|X`` in its unit. One image per file; Z-stacks and time series need
 ``--projection``.
 """
@@ -14,26 +14,27 @@ from pathlib import Path
 
 import numpy as np
 
-from protloc.data.ome import (
+from protloc.data.formats.base import Sample
+from protloc.data.formats.ome import (
     OPTION_CHANNELS,
     OPTION_PROJECTION,
-    OmeImage,
     check_size,
     flatten_extra_axes,
-    length_in_um,
     match_channels,
     to_canonical,
 )
-from protloc.errors import DataError
+from protloc.data.formats.physical import physical_pixel_size
+from protloc.data.pixel_size import UNKNOWN, PixelSize
+from protloc.errors import DataError, ProtlocError
 
-SOURCE_KEY = "ome-tiff"
+KEY = "ome-tiff"
 SUFFIXES: tuple[str, ...] = (".ome.tif", ".ome.tiff", ".ome.tf2", ".ome.tf8", ".ome.btf")
 
 
 @dataclass(frozen=True)
 class OmeTiffHeader:
     channel_names: list[str]
-    pixel_size_um: tuple[float, float] | None
+    physical: tuple[tuple, tuple] | None  # ((PhysicalSizeY, unit), (PhysicalSizeX, unit)) as written
     sizes: dict[str, int]  # SizeT, SizeZ, SizeC as T, Z, C
     images: int
 
@@ -84,13 +85,18 @@ def parse_ome_xml(xml: str, where: str) -> OmeTiffHeader:
     # A channel element may stand for several samples (RGB); then names cannot be matched one to one.
     if len(names) != sizes["C"]:
         names = [f"channel {i}" for i in range(sizes["C"])]
-    pixel_size = None
+    physical = None
     if pixels.get("PhysicalSizeX") and pixels.get("PhysicalSizeY"):
-        pixel_size = (
-            length_in_um(_number(pixels, "PhysicalSizeY", float, where), pixels.get("PhysicalSizeYUnit"), where),
-            length_in_um(_number(pixels, "PhysicalSizeX", float, where), pixels.get("PhysicalSizeXUnit"), where),
-        )
-    return OmeTiffHeader(names, pixel_size, sizes, len(images))
+        physical = ((_number(pixels, "PhysicalSizeY", float, where), pixels.get("PhysicalSizeYUnit")),
+                    (_number(pixels, "PhysicalSizeX", float, where), pixels.get("PhysicalSizeXUnit")))
+    return OmeTiffHeader(names, physical, sizes, len(images))
+
+
+def pixel_size(header: OmeTiffHeader, where: str) -> PixelSize:
+    """The header's PhysicalSizeY/X in µm, checked (DataError naming the file and the attribute)."""
+    if header.physical is None:
+        return UNKNOWN
+    return physical_pixel_size(*header.physical, where, "OME PhysicalSize")
 
 
 def _number(pixels, attribute: str, kind, where: str, default: str | None = None):
@@ -136,11 +142,29 @@ def inspect(path: str | Path, sources: dict[str, str] | None = None) -> tuple[Om
     return header, order
 
 
-def read(sources: dict[str, str], max_pixels: int | None = None) -> OmeImage:
-    """The sample of an OME-TIFF as an ``OmeImage`` (full resolution; channels matched by name)."""
+def list_samples(path: Path, options: dict[str, str] | None = None) -> list[tuple[str, dict[str, str]]]:
+    """The one sample of an OME-TIFF file, its channels checked now: a file protloc cannot use named on
+    the command line stops the run with its reason."""
+    sources = {KEY: str(path), **(options or {})}
+    try:
+        inspect(path, sources)
+    except DataError as exc:
+        raise ProtlocError(str(exc)) from None
+    return [(sample_id(path), sources)]
+
+
+def header_of(sources: dict[str, str]) -> tuple[tuple[str, ...], PixelSize]:
+    """Channel names in CHANNELS order and the pixel size, from metadata only (DataError if unusable)."""
+    path = Path(sources[KEY])
+    header, order = inspect(path, sources)
+    return tuple(header.channel_names[i] for i in order), pixel_size(header, path.name)
+
+
+def read(sources: dict[str, str], max_pixels: int | None = None, given: PixelSize | None = None) -> Sample:
+    """The sample of an OME-TIFF (full resolution; channels matched by name; its stated pixel size)."""
     import tifffile
 
-    path = Path(sources[SOURCE_KEY])
+    path = Path(sources[KEY])
     header, order = inspect(path, sources)
     try:
         with tifffile.TiffFile(path) as tif:
@@ -167,25 +191,28 @@ def read(sources: dict[str, str], max_pixels: int | None = None) -> OmeImage:
             f"{array.shape[axes.index('C')]}"
         )
     image = to_canonical(array, axes, order, path.name)
-    return OmeImage(image, header.pixel_size_um, tuple(header.channel_names[i] for i in order))
+    return Sample(image, given or pixel_size(header, path.name), tuple(header.channel_names[i] for i in order))
 
 
-def read_if_named(path: str | Path, max_pixels: int | None = None) -> OmeImage | None:
+def read_by_names(path: str | Path) -> bool:
+    """Whether a TIFF inside a data folder is read as an OME-TIFF: named so, or naming its channels."""
+    return Path(path).name.lower().endswith(SUFFIXES) or names_its_channels(path)
+
+
+def names_its_channels(path: str | Path) -> bool:
     """A TIFF handed over as "a 4-plane TIFF in canonical order" (an upload, a multichannel file) that
-    turns out to be an OME-TIFF naming its channels is read by those names; None for any other TIFF
-    (no OME-XML, or channels without names), which keeps the canonical-order rule."""
+    turns out to be an OME-TIFF naming its channels is read by those names; any other TIFF (no
+    OME-XML, or channels without names) keeps the canonical-order rule."""
     path = Path(path)
     if not is_ome_tiff(path):
-        return None
+        return False
     try:
         import tifffile
 
         with tifffile.TiffFile(path) as tif:
             header = parse_ome_xml(tif.ome_metadata or "", path.name)
     except DataError:
-        return None
+        return False
     except Exception as exc:
         raise _open_error(path, exc) from None
-    if all(name == f"channel {i}" for i, name in enumerate(header.channel_names)):
-        return None
-    return read({SOURCE_KEY: str(path)}, max_pixels)
+    return not all(name == f"channel {i}" for i, name in enumerate(header.channel_names))

@@ -41,6 +41,15 @@ from torch.nn import functional as F
 from protloc.errors import ProtlocError
 from protloc.inference.normalization import EPSILON
 from protloc.inference.precision import check_precision
+
+# The precisions this path computes in (int8 is ONNX Runtime's graph, ``protloc.inference.int8``).
+FAST_PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _check_fast(precision: str) -> str:
+    if check_precision(precision) not in FAST_PRECISIONS:
+        raise ProtlocError(f"GapNet-PL's fast path runs {', '.join(FAST_PRECISIONS)}, not {precision}")
+    return precision
 from protloc.models.gapnet_pl import GapNetPL
 # Conv-output rows of the first convolution per strip. 64 rows of a 2048-wide image: a 129 x 2048 x 4
 # centred input strip (4 MiB) and a 64 x 1024 x 32 output strip (8 MiB), both reused from strip to
@@ -167,7 +176,7 @@ class FastGapNetPL(nn.Module):
         super().__init__()
         if not isinstance(network, GapNetPL):
             raise ProtlocError(f"the fast inference path is for GapNet-PL, not {getattr(network, 'name', network)}")
-        check_precision(precision)
+        _check_fast(precision)
         if strip_rows is not None and (strip_rows < 2 or strip_rows % 2):
             raise ProtlocError(f"strip_rows must be an even number >= 2, got {strip_rows}")
         self.network = network
@@ -176,7 +185,7 @@ class FastGapNetPL(nn.Module):
         self.pool_first = pool_first
         self.strip_rows = strip_rows
         self.compile_selu = compile_selu
-        self.first_block_fp32 = first_block_fp32 and precision == "bf16"
+        self.first_block_fp32 = first_block_fp32 and precision != "fp32"
         self.num_classes = network.num_classes
         self.in_channels = network.in_channels
         self._weights_key = None
@@ -190,7 +199,7 @@ class FastGapNetPL(nn.Module):
 
     @property
     def _dtype(self) -> torch.dtype:
-        return torch.bfloat16 if self.precision == "bf16" else torch.float32
+        return FAST_PRECISIONS[self.precision]
 
     def _converted(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """conv2..conv8 weights in the working dtype and layout, re-derived when a parameter changes."""
@@ -345,7 +354,7 @@ def fast_network(network: nn.Module, *, precision: str = "fp32", **options) -> n
     in the network's ``__dict__`` (not as a submodule, so ``state_dict`` is unchanged) and goes away
     with the network.
     """
-    check_precision(precision)
+    _check_fast(precision)
     if not isinstance(network, GapNetPL):
         return None
     options = {**DEFAULT_OPTIONS, **options}
@@ -369,3 +378,22 @@ def gflop(height: int, width: int) -> float:
     h3, w3 = math.ceil(h2 / 2), math.ceil(w2 / 2)
     macs = h1 * w1 * 32 * 4 * 9 + h2 * w2 * (64 * 32 + 3 * 64 * 64) * 9 + h3 * w3 * (128 * 64 + 2 * 128 * 128) * 9
     return 2 * macs / 1e9
+
+
+def block_maps(network: nn.Module, raw: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """GapNet-PL's three block feature maps of a raw batch [N, 4, H, W], normalised as the predictor does.
+
+    The same values as ``network.blocks(normalize(raw))`` (``protloc.inference.normalization``), from
+    the fast path: the pass the image-level prediction makes, keeping the maps instead of only their
+    averages (the localisation maps, and the per-cell path ``protloc.cells.features``). Block 1 is the
+    per-thread workspace: use it before the next pass on this thread.
+    """
+    return maps_and_averages(network, raw)[0]
+
+
+def maps_and_averages(network: nn.Module, raw: torch.Tensor, precision: str = "fp32", **options):
+    """(the three block maps, their 224 global averages) of a raw batch; see ``block_maps``."""
+    fast = fast_network(network, precision=precision, **options)
+    if fast is None:
+        raise ProtlocError(f"{getattr(network, 'name', 'this network')} has no block feature maps")
+    return fast.block_maps(raw.float())

@@ -1,13 +1,16 @@
-"""The one listing of inputs: which samples a folder or a list of paths holds, before anything is decoded.
+"""Listing a data folder: which samples it holds, before anything is decoded.
 
-``protloc data scan`` (``list_dataset``, then decoding in index.py) and ``protloc predict``
-(``discover_inputs``) both list through here, so they agree on every sample:
+``protloc.data.formats.discover`` (every command, the napari reader, the platform's batches) and
+``protloc data scan`` (``list_dataset``, then decoding in index.py) list folders through here, so they
+agree on every sample:
 
 - ``<id>_<channel>.<ext>`` channel files side by side, or one folder per sample holding
   ``<channel>.<ext>`` / ``<anything>_<channel>.<ext>`` (names parsed by ``filenames``);
 - a folder whose own files are one sample's channels (``blue.png``, ...) is that sample;
-- multichannel files (4-plane TIFFs not named as channel files, ``.npz``) are samples of their own,
-  in a folder exactly as when named one by one;
+- multichannel files (4-plane TIFFs not named as channel files, ``.npz``, OME-TIFFs: id without
+  ``.ome.tif``) and OME-Zarr stores (one image, a well or an HCS plate) are samples of their own, in a
+  folder exactly as when named one by one;
+- label images (``<id>_cellmask.<ext>``, ``<id>_nucleimask.<ext>``) are never inputs;
 - two files for one channel, an id given twice, a symlink looping back into the folder: the sample is
   excluded with the reason (the paths involved), never built from a guess;
 - ids from file names that are not UTF-8 are written with ``\\xff`` escapes (``filenames.printable_id``).
@@ -22,26 +25,34 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from protloc.data.channels import CHANNELS, COLOUR_OF_CHANNEL
 from protloc.data.filenames import (
     IMAGE_EXTENSIONS,
+    is_label_image_name,
     is_multichannel_candidate,
     parse_channel_filename,
     printable_id,
 )
+from protloc.data.formats import ome_tiff, ome_zarr
 from protloc.data.labelfile import find_labels_file, read_labels_file
-from protloc.errors import DataError, ProtlocError, printable
+from protloc.errors import ProtlocError, printable
 from protloc.labels import LabelSet, load_label_set
 
 FORMATS: tuple[str, ...] = ("channels", "npz", "kaggle-hpa")
+# Keys of a sample's sources that name one file or store holding the whole sample (the others name
+# channel files, or are reader options such as ``channels`` and ``ome-zarr-image``).
+WHOLE_SAMPLE_KEYS: tuple[str, ...] = ("npz", "multichannel", ome_tiff.KEY, ome_zarr.KEY)
+PATH_KEYS: frozenset[str] = frozenset(WHOLE_SAMPLE_KEYS + CHANNELS)
+
+
+def is_whole_sample(sources: dict) -> bool:
+    return any(key in sources for key in WHOLE_SAMPLE_KEYS)
 
 
 @dataclass
 class SampleEntry:
     id: str
-    sources: dict[str, str]  # channel -> file, or {'npz'|'multichannel': file}; relative to the index root or absolute
+    sources: dict[str, str]  # channel -> file, or {'npz'|'multichannel'|'ome-tiff'|'ome-zarr': path, options}
     labels: tuple[int, ...] | None  # class indices in the index's label set; None = unlabeled
     height: int
     width: int
@@ -79,6 +90,7 @@ class _Listing:
     root: Path
     sources: dict[str, dict[str, str]] = field(default_factory=dict)  # id -> sources (relative to root)
     problems: dict[str, str] = field(default_factory=dict)  # id -> reason found while listing
+    options: dict[str, str] = field(default_factory=dict)  # OME reader options (--channels, ...)
 
     def rel(self, path: Path) -> str:
         return path.relative_to(self.root).as_posix()
@@ -87,7 +99,7 @@ class _Listing:
         sample_id = printable_id(sample_id)
         sources = self.sources.setdefault(sample_id, {})
         rel = self.rel(path)
-        if "npz" in sources or "multichannel" in sources:
+        if is_whole_sample(sources):
             self.problems.setdefault(sample_id, printable(
                 f"id {sample_id!r} names both a multichannel file and channel files: "
                 f"{next(iter(sources.values()))}, {rel}"))
@@ -97,15 +109,37 @@ class _Listing:
         else:
             sources[channel] = rel
 
-    def add_multichannel(self, sample_id: str, path: Path) -> None:
+    def add_multichannel(self, prefix: str, path: Path) -> None:
+        """A file holding a whole sample, id ``prefix`` + its stem (an OME-TIFF's id drops ``.ome``)."""
+        if path.suffix.lower() == ".npz":
+            key, stem, extra = "npz", path.stem, {}
+        elif ome_tiff.read_by_names(path):
+            key, stem, extra = ome_tiff.KEY, ome_tiff.sample_id(path), self.options
+        else:
+            key, stem, extra = "multichannel", path.stem, {}
+        self.add_whole(prefix + stem, {key: self.rel(path), **extra})
+
+    def add_whole(self, sample_id: str, sources: dict[str, str]) -> None:
         sample_id = printable_id(sample_id)
-        key = "npz" if path.suffix.lower() == ".npz" else "multichannel"
         if sample_id in self.sources:
-            other = ", ".join(sorted(self.sources[sample_id].values()))
+            other = ", ".join(sorted(v for k, v in self.sources[sample_id].items() if k in PATH_KEYS))
             self.problems.setdefault(sample_id, printable(
-                f"id {sample_id!r} is given twice: {other}, {self.rel(path)}"))
+                f"id {sample_id!r} is given twice: {other}, {next(iter(sources.values()))}"))
             return
-        self.sources[sample_id] = {key: self.rel(path)}
+        self.sources[sample_id] = sources
+
+    def add_zarr(self, path: Path, prefix: str = "") -> None:
+        """An OME-Zarr store's samples (one image, a well, a plate's fields); a store protloc cannot
+        read is listed as a problem under its name, not a reason to stop listing the folder."""
+        try:
+            found = ome_zarr.list_samples(path, self.options)
+        except ProtlocError as exc:
+            sample_id = printable_id(prefix + ome_zarr.store_name(path))
+            self.sources.setdefault(sample_id, {})
+            self.problems.setdefault(sample_id, str(exc))
+            return
+        for sample_id, sources in found:
+            self.add_whole(prefix + sample_id, {**sources, ome_zarr.KEY: self.rel(path)})
 
 
 def _entries(folder: Path) -> tuple[list[Path], list[Path]]:
@@ -125,7 +159,7 @@ def _entries(folder: Path) -> tuple[list[Path], list[Path]]:
 
 
 def _image_names(files: list[Path]) -> list[Path]:
-    return [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS + (".npz",)]
+    return [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS + (".npz",) and not is_label_image_name(p.name)]
 
 
 def _list_root_files(listing: _Listing, files: list[Path]) -> None:
@@ -137,7 +171,7 @@ def _list_root_files(listing: _Listing, files: list[Path]) -> None:
             prefix = parsed.prefix if parsed.prefix is not None else listing.root.name
             listing.add_channel(prefix, parsed.channel, path)
         elif is_multichannel_candidate(path.name):
-            listing.add_multichannel(path.stem, path)
+            listing.add_multichannel("", path)
 
 
 def _loops_back(folder: Path, root: Path) -> bool:
@@ -150,12 +184,17 @@ def _loops_back(folder: Path, root: Path) -> bool:
     return target == root or target in root.parents
 
 
-def _list_channels(root: Path) -> _Listing:
-    listing = _Listing(root)
+def _list_channels(root: Path, options: dict[str, str]) -> _Listing:
+    listing = _Listing(root, options=options)
     files, folders = _entries(root)
     _list_root_files(listing, files)
+    zarr_stores = [folder for folder in folders if ome_zarr.is_zarr_group(folder)]
+    for store in zarr_stores:
+        listing.add_zarr(store)
     top_level_ids = set(listing.sources)
     for folder in folders:
+        if folder in zarr_stores:
+            continue
         sample_id = printable_id(folder.name)
         if folder.is_symlink() and _loops_back(folder, root):
             listing.problems[sample_id] = printable(
@@ -168,13 +207,13 @@ def _list_channels(root: Path) -> _Listing:
             listing.problems[sample_id] = str(exc)
             listing.sources.setdefault(sample_id, {})
             continue
-        sub = _Listing(root)
+        sub = _Listing(root, options=options)
         for path in _image_names(inner):
             parsed = parse_channel_filename(path.name)
             if parsed is not None:
                 sub.add_channel(folder.name, parsed.channel, path)
             elif is_multichannel_candidate(path.name):
-                sub.add_multichannel(f"{folder.name}/{path.stem}", path)
+                sub.add_multichannel(f"{folder.name}/", path)
         for found_id, sources in sub.sources.items():
             if found_id in top_level_ids:
                 listing.problems.setdefault(found_id, f"id {found_id!r} has both a folder and files beside it")
@@ -184,17 +223,17 @@ def _list_channels(root: Path) -> _Listing:
     return listing
 
 
-def _list_npz(root: Path) -> _Listing:
-    listing = _Listing(root)
+def _list_npz(root: Path, options: dict[str, str]) -> _Listing:
+    listing = _Listing(root, options=options)
     files, _ = _entries(root)
     for path in files:
         if path.suffix.lower() == ".npz":
-            listing.add_multichannel(path.stem, path)
+            listing.add_multichannel("", path)
     return listing
 
 
-def _list_kaggle(root: Path) -> _Listing:
-    listing = _Listing(root)
+def _list_kaggle(root: Path, options: dict[str, str]) -> _Listing:
+    listing = _Listing(root, options=options)
     # Kaggle ships train.csv beside a train/ folder of images.
     for folder in (root, root / "train", root / "test"):
         if folder.is_dir() and not (folder != root and folder.is_symlink() and _loops_back(folder, root)):
@@ -251,7 +290,7 @@ _EXPECTED = {
 
 
 def list_dataset(root, format: str | None = None, labels=None, label_set=None,
-                 need_labels: bool = True) -> DatasetListing:
+                 need_labels: bool = True, options: dict[str, str] | None = None) -> DatasetListing:
     """List a data folder and match it with its labels without decoding any image.
 
     ``need_labels`` False (prediction): a labels file that cannot be read is reported in
@@ -271,7 +310,8 @@ def list_dataset(root, format: str | None = None, labels=None, label_set=None,
         label_set = "kaggle28" if format == "kaggle-hpa" else "hpa13"
     labelset = load_label_set(label_set)
 
-    listing = {"channels": _list_channels, "npz": _list_npz, "kaggle-hpa": _list_kaggle}[format](root_path)
+    listing = {"channels": _list_channels, "npz": _list_npz, "kaggle-hpa": _list_kaggle}[format](
+        root_path, dict(options or {}))
 
     labels_path = Path(labels).expanduser() if labels is not None else find_labels_file(root_path, format)
     if labels is not None and not labels_path.is_file():
@@ -295,7 +335,7 @@ def list_dataset(root, format: str | None = None, labels=None, label_set=None,
         sources = listing.sources[sample_id]
         if sample_id in listing.problems:
             problems[sample_id] = listing.problems[sample_id]
-        elif "npz" not in sources and "multichannel" not in sources and len(sources) < len(CHANNELS):
+        elif not is_whole_sample(sources) and len(sources) < len(CHANNELS):
             missing = [c for c in CHANNELS if c not in sources]
             problems[sample_id] = "missing channel " + ", ".join(f"{COLOUR_OF_CHANNEL[c]} ({c})" for c in missing)
     unlabelled: dict[str, str] = {}
@@ -311,11 +351,7 @@ def list_dataset(root, format: str | None = None, labels=None, label_set=None,
                           unlabelled, orphans, labels_error)
 
 
-# ----------------------------------------------------------------------------------------------------
-# Listing prediction inputs
-
-
-def _named_channel_sample(path: Path) -> tuple[str, dict[str, str], str | None]:
+def named_channel_sample(path: Path) -> tuple[str, dict[str, str], str | None]:
     """A channel file named on its own: the sample it belongs to, with its sibling channel files."""
     parsed = parse_channel_filename(path.name)
     folder = path.parent
@@ -328,73 +364,3 @@ def _named_channel_sample(path: Path) -> tuple[str, dict[str, str], str | None]:
     sample_id = printable_id(parsed.prefix if parsed.prefix is not None else folder.name)
     sources = {k: str(folder / v) for k, v in listing.sources.get(sample_id, {}).items()}
     return sample_id, sources, listing.problems.get(sample_id)
-
-
-def discover_inputs(paths, format: str | None = None, label_set=None,
-                    reader_options: dict | None = None) -> list[SampleEntry]:
-    """Prediction inputs as SampleEntry with absolute source paths, in the order given; nothing is decoded.
-
-    Each path may be a channel file (its sibling channel files are found next to it), a multichannel
-    file (4-plane TIFF or ``.npz``), or a folder: one sample's channel files or a whole data set, listed
-    exactly as ``protloc data scan`` lists it (``list_dataset``; its labels are attached when its labels
-    file reads, and a broken labels file is ignored). ``height``/``width`` are 0 (not read yet).
-    A sample the listing already knows to be unusable (missing channel, two files for one channel) has
-    ``problem`` set, and ``load_entry`` raises it as a DataError, so it is reported with the unreadable
-    ones and never hides the rest. A path that does not exist, or inputs without any image, are a
-    ProtlocError. Ids are made unique by appending ``#2``, ``#3``, ... .
-    """
-    entries: list[SampleEntry] = []
-    used_ids: set[str] = set()
-
-    def add(sample_id: str, sources: dict[str, str], labels=None, problem: str | None = None) -> None:
-        candidate, n = sample_id, 1
-        while candidate in used_ids:
-            n += 1
-            candidate = f"{sample_id}#{n}"
-        used_ids.add(candidate)
-        entries.append(SampleEntry(candidate, sources, labels, 0, 0, problem))
-
-    seen_samples: set[tuple[str, str]] = set()
-    for raw in paths:
-        path = Path(raw).expanduser()
-        if not path.exists():
-            raise ProtlocError(f"no such file or folder: {raw}")
-        path = path.absolute()
-        # --- hook (issue 14): OME-TIFF files/folders and OME-Zarr stores; reader_options = --channels/--projection ---
-        from protloc.data.ome import ome_inputs
-        if (ome := ome_inputs(path, reader_options)) is not None:
-            for sample_id, sources in ome:
-                add(sample_id, sources)
-            continue
-        # --- end hook ---
-        if path.is_file():
-            parsed = parse_channel_filename(path.name)
-            if parsed is not None:
-                key = (str(path.parent), parsed.prefix or "")
-                if key not in seen_samples:  # else a sibling channel file of a sample already collected
-                    seen_samples.add(key)
-                    sample_id, sources, problem = _named_channel_sample(path)
-                    add(sample_id, sources, problem=problem)
-            elif is_multichannel_candidate(path.name):
-                add(printable_id(path.stem), {"npz" if path.suffix.lower() == ".npz" else "multichannel": str(path)})
-            else:
-                raise ProtlocError(
-                    f"{raw}: not a channel file (<id>_<blue|red|yellow|green>.<ext>), 4-plane TIFF or .npz")
-            continue
-        listing = list_dataset(path, format=format, label_set=label_set, need_labels=False)
-        for sample_id in sorted(listing.sources):
-            sources = {k: str(listing.root / v) for k, v in listing.sources[sample_id].items()}
-            labels = listing.labels.get(sample_id) if listing.labels is not None else None
-            add(sample_id, sources, labels, listing.problems.get(sample_id))
-    if not entries:
-        raise ProtlocError("no input images found")
-    return entries
-
-
-def load_entry(entry: SampleEntry, max_pixels: int | None = None) -> np.ndarray:
-    """Decode an entry of ``discover_inputs`` (float32 [4, H, W]); DataError when it cannot be used."""
-    from protloc.data.readers import read_sample
-
-    if entry.problem is not None:
-        raise DataError(entry.problem)
-    return read_sample(entry.sources, max_pixels=max_pixels)

@@ -1,4 +1,5 @@
-"""protloc's own model file: the network's weights with everything needed to use them.
+"""The protloc model file (not a Lightning or TensorFlow checkpoint): the network's weights with
+everything needed to use them.
 
 A model file is a ``torch.save`` dict with ``format == "protloc-model/1"``:
 
@@ -116,7 +117,7 @@ def check_inputs(payload: dict, path: str | Path) -> None:
         )
 
 
-def build_network(payload: dict) -> torch.nn.Module:
+def network_from_model_file(payload: dict) -> torch.nn.Module:
     """The network described by a model file, with its weights loaded, in eval mode."""
     from protloc.models import create_model
 

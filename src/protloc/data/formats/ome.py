@@ -5,91 +5,26 @@ them in a fixed order. ``match_channels`` finds protloc's four channels (nucleus
 protein) among those names; a user mapping (``--channels``) settles names it cannot read. Z-stacks and
 time series are refused unless a projection is asked for: protloc never flattens a stack silently.
 
-``ome_inputs`` is the one entry point of the input listing: it recognises an OME-TIFF file, a folder of
-them, or an OME-Zarr store (one image, a well or an HCS plate) and lists its samples as
-``(id, sources)``; ``read_ome_source`` reads one of those samples into an ``OmeImage``.
+The channel names resolve through the one alias table (``protloc.data.channels``); lengths and pixel
+sizes through ``protloc.data.formats.physical``. The formats themselves are ``ome_tiff`` and ``ome_zarr``.
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from protloc.data.channels import CHANNELS
+from protloc.data.channels import CHANNELS, canonical_channel, channel_of_name
 from protloc.errors import DataError, ProtlocError
 
 PROJECTIONS: tuple[str, ...] = ("max", "mean")
 # A Z-stack or time series is read whole before it is projected: at most this many planes at the limit.
 MAX_STACK_PLANES = 64
 
-# Names a channel goes by in microscopy metadata: stains, dyes, targets. One-word entries match a
-# whole word of the name ("anti-Tubulin (Alexa 594)"), several-word entries a phrase in it.
-CHANNEL_SYNONYMS: dict[str, tuple[str, ...]] = {
-    "nucleus": ("nucleus", "nuclei", "nuclear", "dapi", "hoechst", "dna", "draq5", "sytox"),
-    "microtubules": ("microtubules", "microtubule", "tubulin", "tuba", "tubb"),
-    "er": ("er", "endoplasmic reticulum", "endoplasmic", "reticulum", "calreticulin", "calnexin", "kdel"),
-    "protein": ("protein", "antibody", "gfp", "egfp", "poi", "protein of interest", "target"),
-}
-# HPA's colours count only when they are the whole name (a channel named "green" in an HPA export).
-COLOUR_NAMES: dict[str, str] = {"blue": "nucleus", "red": "microtubules", "yellow": "er", "green": "protein"}
-# Accepted spellings of protloc's channels on the command line.
-CANONICAL_ALIASES: dict[str, str] = {
-    "nucleus": "nucleus", "microtubules": "microtubules", "er": "er", "protein": "protein",
-    "nuclei": "nucleus", "dna": "nucleus", "tubulin": "microtubules", "endoplasmic-reticulum": "er",
-}
 # Option keys carried in a sample's ``sources`` next to its file (sources are str -> str).
 OPTION_CHANNELS = "channels"
 OPTION_PROJECTION = "projection"
-
-_LENGTH_IN_UM: dict[str, float] = {
-    "µm": 1.0, "um": 1.0, "μm": 1.0, "micrometer": 1.0, "micron": 1.0,
-    "nm": 1e-3, "nanometer": 1e-3, "pm": 1e-6, "picometer": 1e-6, "å": 1e-4, "angstrom": 1e-4,
-    "mm": 1e3, "millimeter": 1e3, "cm": 1e4, "centimeter": 1e4, "m": 1e6, "meter": 1e6,
-}
-
-
-@dataclass(frozen=True)
-class OmeImage:
-    """One sample read from an OME file, converted once to protloc's canonical form.
-
-    ``image``: float32 [4, H, W] in CHANNELS order (raw intensities). ``pixel_size_um``: the physical
-    pixel size (y, x) in micrometres from the metadata, None where the file does not state it.
-    ``source_channels``: the file's channel names that became nucleus, microtubules, ER, protein.
-    """
-
-    image: np.ndarray
-    pixel_size_um: tuple[float, float] | None
-    source_channels: tuple[str, ...]
-
-
-def length_in_um(value: float, unit: str | None, where: str) -> float:
-    """A physical length in micrometres; OME's default unit is the micrometre."""
-    factor = _LENGTH_IN_UM.get((unit or "µm").strip().lower())
-    if factor is None:
-        raise DataError(f"{where}: pixel size in an unknown unit {unit!r}")
-    return float(value) * factor
-
-
-def _words(name: str) -> list[str]:
-    return [w for w in re.split(r"[^0-9a-z]+", name.lower()) if w]
-
-
-def channel_of_name(name: str) -> set[str]:
-    """protloc channels a metadata channel name points to (empty: unknown, several: ambiguous)."""
-    words = _words(name)
-    joined = " ".join(words)
-    if joined in COLOUR_NAMES:
-        return {COLOUR_NAMES[joined]}
-    found = set()
-    for channel, synonyms in CHANNEL_SYNONYMS.items():
-        for synonym in synonyms:
-            if (" " in synonym and f" {synonym} " in f" {joined} ") or synonym in words:
-                found.add(channel)
-    return found
-
+OPTION_ALLOW_SPARSE = "allow-sparse"  # OME-Zarr: chunks the store never wrote read as its fill value
 
 def parse_channel_mapping(text: str | None) -> dict[str, str] | list[str] | None:
     """``--channels``: ``NAME=channel,...`` (NAME a channel name of the file or its 0-based index) or a
@@ -99,12 +34,12 @@ def parse_channel_mapping(text: str | None) -> dict[str, str] | list[str] | None
     items = [item.strip() for item in text.split(",") if item.strip()]
 
     def canonical(word: str) -> str:
-        key = word.strip().lower()
-        if key not in CANONICAL_ALIASES:
+        channel = canonical_channel(word)
+        if channel is None:
             raise ProtlocError(
                 f"--channels: unknown channel {word!r}; use nucleus, microtubules, er, protein (or - to skip)"
             )
-        return CANONICAL_ALIASES[key]
+        return channel
 
     if all("=" in item for item in items):
         mapping = {}
@@ -230,53 +165,19 @@ def to_canonical(array: np.ndarray, axes: str, order: list[int], where: str) -> 
     return out
 
 
-def reader_options(channels: str | None = None, projection: str | None = None) -> dict[str, str]:
-    """The ``--channels`` / ``--projection`` choices as entries of a sample's sources (checked here)."""
+def reader_options(channels: str | None = None, projection: str | None = None,
+                   allow_sparse: bool = False) -> dict[str, str]:
+    """The ``--channels`` / ``--projection`` / ``--allow-sparse-zarr`` choices as entries of a sample's
+    sources (checked here)."""
     options = {}
+    if allow_sparse:
+        options[OPTION_ALLOW_SPARSE] = "yes"
     if channels:
         parse_channel_mapping(channels)
         options[OPTION_CHANNELS] = channels
     if check_projection(projection):
         options[OPTION_PROJECTION] = projection
     return options
-
-
-def ome_inputs(path: str | Path, options: dict[str, str] | None = None) -> list[tuple[str, dict[str, str]]] | None:
-    """The samples of an OME input as ``(id, sources)``, or None when ``path`` is not an OME input.
-
-    Recognised: an OME-TIFF file, a folder whose images are all OME-TIFFs, and a Zarr store (an NGFF
-    image, a well or an HCS plate; a Zarr store without NGFF metadata is a ProtlocError). A single
-    OME-TIFF's channels are checked here, so a file protloc cannot use stops the run with its reason.
-    """
-    from protloc.data import ome_tiff, ome_zarr
-
-    path = Path(path)
-    options = dict(options or {})
-    if path.is_dir() and ome_zarr.is_zarr_group(path):
-        return ome_zarr.list_samples(path, options)
-    if path.is_file() and ome_tiff.is_ome_tiff(path):
-        sources = {ome_tiff.SOURCE_KEY: str(path), **options}
-        try:
-            ome_tiff.inspect(path, sources)
-        except DataError as exc:
-            raise ProtlocError(str(exc)) from None
-        return [(ome_tiff.sample_id(path), sources)]
-    if path.is_dir():
-        from protloc.data.filenames import is_label_image_name
-
-        files = [p for p in sorted(path.iterdir()) if p.is_file() and not p.name.startswith(".")]
-        # The OME-TIFFs' own label images (``<id>_cellmask.ome.tif``) lie beside them: not samples.
-        images = [p for p in files if p.suffix.lower() in (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".npz")
-                  and not is_label_image_name(p.name)]
-        if images and all(ome_tiff.is_ome_tiff(p) for p in images):
-            return [(ome_tiff.sample_id(p), {ome_tiff.SOURCE_KEY: str(p), **options}) for p in images]
-    return None
-
-
-def is_ome_source(sources: dict) -> bool:
-    from protloc.data import ome_tiff, ome_zarr
-
-    return ome_tiff.SOURCE_KEY in sources or ome_zarr.SOURCE_KEY in sources
 
 
 def check_size(shape: tuple[int, ...], axes: str, where: str, max_pixels: int | None = None) -> None:
@@ -292,57 +193,3 @@ def check_size(shape: tuple[int, ...], axes: str, where: str, max_pixels: int | 
     if total > MAX_STACK_PLANES * limit:
         raise ImageTooLargeError(f"{where}: holds {total} values ({axes} {'x'.join(map(str, shape))}), more than "
                                  f"{MAX_STACK_PLANES} planes at the limit of {limit} pixels ({RAISE_HINT})")
-
-
-def read_ome_source(sources: dict[str, str], max_pixels: int | None = None) -> OmeImage:
-    """Read one sample listed by ``ome_inputs`` (refused from its metadata when over the pixel limit)."""
-    from protloc.data import ome_tiff, ome_zarr
-
-    if ome_tiff.SOURCE_KEY in sources:
-        return ome_tiff.read(sources, max_pixels)
-    if ome_zarr.SOURCE_KEY in sources:
-        return ome_zarr.read(sources, max_pixels)
-    raise ProtlocError("not an OME-TIFF or OME-Zarr sample")
-
-
-def describe_inputs(paths, options: dict[str, str] | None = None, limit: int = 5) -> list[str]:
-    """One line per OME input saying which of its channels became which and its pixel size, so that
-    nothing is assumed silently (e.g. ``cells.ome.tif: DAPI -> nucleus, ...; pixel size 0.08 µm``).
-    A plate is described by its first field (its fields share their channels)."""
-    lines = []
-    for raw in paths:
-        path = Path(raw).expanduser()
-        if not path.exists():
-            continue
-        listed = ome_inputs(path.absolute(), options)
-        if not listed:
-            continue
-        for sample_id, sources in listed[:1] if len(listed) > 1 else listed:
-            sample = read_ome_header(sources)
-            if sample is None:
-                continue
-            names, pixel_size = sample
-            mapping = ", ".join(f"{name} -> {channel}" for name, channel in zip(names, CHANNELS))
-            size = f"pixel size {pixel_size[1]:.4g} µm" if pixel_size else "pixel size not stated in the file"
-            if pixel_size and abs(pixel_size[0] - pixel_size[1]) > 1e-9:
-                size = f"pixel size {pixel_size[0]:.4g} x {pixel_size[1]:.4g} µm (y x)"
-            more = f" (and {len(listed) - 1} more samples like it)" if len(listed) > 1 else ""
-            lines.append(f"{sample_id}{more}: {mapping}; {size}")
-    if len(lines) > limit:
-        lines = lines[:limit] + [f"... and {len(lines) - limit} more OME inputs"]
-    return lines
-
-
-def read_ome_header(sources: dict[str, str]) -> tuple[tuple[str, ...], tuple[float, float] | None] | None:
-    """The file's channel names in CHANNELS order and its pixel size, from metadata only."""
-    from protloc.data import ome_tiff, ome_zarr
-
-    try:
-        if ome_tiff.SOURCE_KEY in sources:
-            header, order = ome_tiff.inspect(sources[ome_tiff.SOURCE_KEY], sources)
-            return tuple(header.channel_names[i] for i in order), header.pixel_size_um
-        if ome_zarr.SOURCE_KEY in sources:
-            return ome_zarr.header_of(sources)
-    except DataError:
-        return None
-    return None

@@ -18,19 +18,21 @@ from pathlib import Path
 
 import numpy as np
 
-from protloc.data.ome import (
+from protloc.data.formats.base import Sample
+from protloc.data.formats.ome import (
+    OPTION_ALLOW_SPARSE,
     OPTION_CHANNELS,
     OPTION_PROJECTION,
-    OmeImage,
     check_size,
     flatten_extra_axes,
-    length_in_um,
     match_channels,
     to_canonical,
 )
+from protloc.data.formats.physical import physical_pixel_size
+from protloc.data.pixel_size import UNKNOWN, PixelSize
 from protloc.errors import DataError, ProtlocError
 
-SOURCE_KEY = "ome-zarr"
+KEY = "ome-zarr"
 IMAGE_KEY = "ome-zarr-image"  # path of the image group inside the store ("" for the root)
 _ZARR_MARKERS: tuple[str, ...] = ("zarr.json", ".zgroup", ".zattrs", ".zarray")
 
@@ -132,15 +134,32 @@ def _read_image_header(group, where: str) -> dict:
     scale = _scale(datasets[0].get("coordinateTransformations"), array.ndim) * _scale(
         multiscale.get("coordinateTransformations"), array.ndim
     )
-    pixel_size = None
+    physical = None  # ((y scale, unit), (x scale, unit)) as written; checked when the pixel size is asked for
     units = {letters[i]: axes[i].get("unit") for i in range(len(axes))}
     if "Y" in letters and "X" in letters and units.get("Y") and units.get("X"):
-        pixel_size = (
-            length_in_um(scale[letters.index("Y")], units["Y"], where),
-            length_in_um(scale[letters.index("X")], units["X"], where),
-        )
+        physical = ((scale[letters.index("Y")], units["Y"]), (scale[letters.index("X")], units["X"]))
     count = array.shape[letters.index("C")] if "C" in letters else 1
-    return {"array": array, "axes": letters, "names": _channel_names(meta, count), "pixel_size": pixel_size}
+    return {"array": array, "axes": letters, "names": _channel_names(meta, count), "physical": physical}
+
+
+def _pixel_size(header: dict, where: str) -> PixelSize:
+    """The NGFF scale of the y and x axes in µm, checked (DataError naming the image and the axes)."""
+    if header["physical"] is None:
+        return UNKNOWN
+    return physical_pixel_size(*header["physical"], where, "NGFF scale ")
+
+
+def _check_chunks(array, where: str) -> None:
+    """Every chunk of the array is in the store. Zarr reads a chunk that was never written as the
+    array's fill value: a store copied in part, or a writer that died, would give silent zeros (issue
+    23) and the blank image's answer. A store written sparse on purpose is read with --allow-sparse-zarr."""
+    try:
+        total, present = int(array.nchunks), int(array.nchunks_initialized)
+    except Exception:  # noqa: BLE001  a store that cannot count its chunks is read as it is
+        return
+    if present < total:
+        raise DataError(f"{where}: {total - present} of {total} chunks are missing from the store (zarr would "
+                        "read them as zeros); restore them, or add --allow-sparse-zarr if the store is sparse on purpose")
 
 
 def _check_header(header: dict, sources: dict[str, str], where: str) -> list[int]:
@@ -194,7 +213,7 @@ def list_samples(path: str | Path, options: dict[str, str] | None = None) -> lis
         _check_header(_image_header(root[first] if first else root, ids[0]), options, ids[0])
     except DataError as exc:
         raise ProtlocError(str(exc)) from None
-    return [(sample_id, {SOURCE_KEY: str(path), IMAGE_KEY: image, **options}) for sample_id, image in zip(ids, images)]
+    return [(sample_id, {KEY: str(path), IMAGE_KEY: image, **options}) for sample_id, image in zip(ids, images)]
 
 
 def _listed_images(root, meta: dict, name: str, path: Path) -> tuple[list[str], list[str]]:
@@ -218,20 +237,21 @@ def _listed_images(root, meta: dict, name: str, path: Path) -> tuple[list[str], 
     return images, ids
 
 
-def header_of(sources: dict[str, str]) -> tuple[tuple[str, ...], tuple[float, float] | None]:
+def header_of(sources: dict[str, str]) -> tuple[tuple[str, ...], PixelSize]:
     """Channel names in CHANNELS order and pixel size of one listed image, from metadata only."""
-    path = Path(sources[SOURCE_KEY])
+    path = Path(sources[KEY])
     image_path = sources.get(IMAGE_KEY, "")
     root = _open_group(path)
     where = f"{store_name(path)}/{image_path}".rstrip("/")
     header = _image_header(root[image_path] if image_path else root, where)
     order = _check_header(header, sources, where)
-    return tuple(header["names"][i] for i in order), header["pixel_size"]
+    return tuple(header["names"][i] for i in order), _pixel_size(header, where)
 
 
-def read(sources: dict[str, str], max_pixels: int | None = None) -> OmeImage:
-    """One image of an OME-Zarr store (full resolution, channels matched by name) as an ``OmeImage``."""
-    path = Path(sources[SOURCE_KEY])
+def read(sources: dict[str, str], max_pixels: int | None = None, given: PixelSize | None = None) -> Sample:
+    """One image of an OME-Zarr store (full resolution, channels matched by name, every chunk present
+    unless the sources allow a sparse store) with its stated pixel size."""
+    path = Path(sources[KEY])
     image_path = sources.get(IMAGE_KEY, "")
     where = f"{store_name(path)}/{image_path}".rstrip("/")
     try:
@@ -242,13 +262,16 @@ def read(sources: dict[str, str], max_pixels: int | None = None) -> OmeImage:
     header = _image_header(group, where)
     order = _check_header(header, sources, where)
     check_size(tuple(header["array"].shape), header["axes"], where, max_pixels)
+    size = given or _pixel_size(header, where)
+    if not sources.get(OPTION_ALLOW_SPARSE):
+        _check_chunks(header["array"], where)
     try:
         array = np.asarray(header["array"][...])
     except Exception as exc:  # a missing or damaged chunk
         raise DataError(f"{where}: unreadable pixels ({type(exc).__name__}: {exc})".splitlines()[0]) from None
     array, axes = flatten_extra_axes(array, header["axes"], sources.get(OPTION_PROJECTION), where)
     image = to_canonical(array, axes, order, where)
-    return OmeImage(image, header["pixel_size"], tuple(header["names"][i] for i in order))
+    return Sample(image, size, tuple(header["names"][i] for i in order))
 
 
 def write_label_image(
@@ -286,10 +309,11 @@ def write_label_image(
     letters = [letter for letter in header["axes"] if letter != "C"]
     data = labels.reshape([1] * (len(letters) - 2) + list(labels.shape))
     scale = {letter.lower(): 1.0 for letter in letters}
-    if header["pixel_size"] is not None:
-        scale["y"], scale["x"] = header["pixel_size"]
     units = {a["name"]: a["unit"] for a in kept if a.get("unit")}
-    if header["pixel_size"] is not None:
+    stated = _pixel_size(header, where) if header["physical"] is not None else UNKNOWN
+    if stated.known:  # the image's own y and x scale, in micrometres
+        scale["y"] = physical_pixel_size(header["physical"][0], header["physical"][0], where, "NGFF scale ").um
+        scale["x"] = stated.um
         units.update({"y": "micrometer", "x": "micrometer"})
     # the names listed by the labels group (not the image group): other label images stay listed
     existing = [n for n in get_metadata(group["labels"]).get("labels", []) if n != name] if "labels" in group else None
@@ -336,9 +360,9 @@ def write_localisation_labels(sources: dict, maps: dict[str, np.ndarray], classe
     """
     import os
 
-    if SOURCE_KEY not in sources:
+    if KEY not in sources:
         return None
-    store = Path(sources[SOURCE_KEY])
+    store = Path(sources[KEY])
     if not os.access(store, os.W_OK):
         raise ProtlocError(f"{store.name} is read-only: the localisation labels cannot be written beside the image")
     labels, properties = class_label_image(maps, classes, threshold)
