@@ -41,6 +41,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("http server", ("protloc.web.server",)),  # uvicorn set-up, nothing of protloc's: the platform's and the study's
     ("applications", ("protloc.expert", "protloc.napari", "protloc.demo")),
     ("platform", ("protloc.web",)),  # mounts the expert study's pages
+    ("distributed", ("protloc.distributed",)),  # prediction and cells over a Dask cluster (the commands' --cluster)
     ("benchmarks", ("protloc.bench",)),  # measures everything below, the platform included
     ("command line", ("protloc.commands", "protloc.cli", "protloc.__main__")),
     ("public facade", ("protloc",)),  # the package root: __version__ and the lazy load_model

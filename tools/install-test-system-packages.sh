@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The Debian packages the test suite drives for real: Chromium (the web pages), Xvfb with Mesa and
 # Qt's X11 libraries (the napari viewer), PostgreSQL (the multi-worker platform tests start a
-# throw-away cluster). Installs only what is missing; where it may not install (no root, no apt), it says so and the tests that need a missing package fail under CI=true.
+# throw-away cluster), SLURM (tests/test_distributed.py starts a single-node slurmctld + slurmd on
+# 127.0.0.1 without munge and runs one real dask-jobqueue job through it). Installs only what is missing; where it may not install (no root, no apt), it says so and the tests that need a missing package fail under CI=true.
 set -u
 packages=(
   chromium
@@ -9,6 +10,7 @@ packages=(
   libxcb-keysyms1 libxcb-randr0 libxcb-render-util0 libxcb-xinerama0 libxcb-xinput0 libxcb-xfixes0
   libxcb-shape0 libxcb-cursor0 libdbus-1-3 libfontconfig1
   postgresql
+  slurm-wlm
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -22,6 +22,8 @@ Run with ``protloc bench`` (installed with the package: ``protloc.bench``); sect
 * ``cells``: segmentation + per-cell prediction of the real 2048² HPA field against the image-level
   prediction of the same field (``protloc.bench.cells``; per-cell accuracy: ``python -m
   protloc.bench.cells --accuracy``).
+* ``cluster``: 64 real-sized fields through the single-process path, ``--cluster local:1`` and ``local:2``
+  and a loopback ``dask scheduler`` + two ``dask worker`` processes (``protloc.bench.cluster``).
 * ``cells-real`` (only when named; ``--data DIR``): per-cell answers on mosaics tiled from real
   labelled fields, each cell's truth its source field's labels (``protloc.bench.cells_real``).
 
@@ -41,7 +43,7 @@ from protloc.bench.report import markdown
 __all__ = ["SECTIONS", "Settings", "markdown", "parse_sections", "run"]
 
 STEPS = {"inference": 40, "training": 30, "data": 12, "platform": 5, "scaling": 20, "onnxruntime": 10, "cells": 8,
-         "cells-real": 1}
+         "cluster": 6, "cells-real": 1}
 
 
 def run(sections: list[str], settings: Settings) -> dict:
@@ -73,6 +75,13 @@ def run(sections: list[str], settings: Settings) -> dict:
         from protloc.bench.cells import cells_section
 
         functions["cells"] = cells_section
+    if "cluster" in sections:  # needs the dask extra
+        from protloc.distributed.clusters import require_dask
+
+        require_dask()
+        from protloc.bench.cluster import cluster_section
+
+        functions["cluster"] = cluster_section
     if "cells-real" in sections:  # needs the cells extra and labelled real fields
         from protloc.bench.cells_real import cells_real_section
 

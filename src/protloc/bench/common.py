@@ -13,7 +13,7 @@ from typing import Callable
 
 import numpy as np
 
-SECTIONS = ("inference", "training", "data", "platform", "scaling", "onnxruntime", "cells", "cells-real")
+SECTIONS = ("inference", "training", "data", "platform", "scaling", "onnxruntime", "cells", "cluster", "cells-real")
 # cells-real needs labelled real fields (--data) and takes half an hour: only when asked for
 DEFAULT_SECTIONS = tuple(s for s in SECTIONS if s != "cells-real")
 CHECKPOINT_CHANNEL_ORDER = ["nucleus", "protein", "microtubules", "er"]
@@ -28,6 +28,8 @@ class Settings:
     compile: bool = False
     progress: bool = True
     threads: int | None = None
+    fields: int | None = None  # cluster section: how many fields (default 64, --quick 8)
+    size: int | None = None  # cluster section: their size (default 2048, --quick 256)
     precision: str | None = None  # --precision: the platform section compares it with fp32 (bench/platform_precision.py)
     data: str | None = None  # labelled real fields for cells-real (default ../shared/real-hpa/kaggle2018-train-101)
     out: str | None = None  # the results file: cells-real writes its figure and arrangement beside it
@@ -158,3 +160,9 @@ def to_patches(image, patch: int):
 
 def relative_difference(a, b) -> float:
     return float((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-12))
+
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join("" if v is None else str(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)

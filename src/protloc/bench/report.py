@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-
-def _table(header: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join("" if v is None else str(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
+from protloc.bench.common import markdown_table as _table
 
 
 def markdown(results: dict) -> str:
@@ -71,6 +67,10 @@ def markdown(results: dict) -> str:
         from protloc.bench.cells import cells_markdown
 
         out += cells_markdown(sections["cells"])
+    if "cluster" in sections:
+        from protloc.bench.cluster import cluster_markdown
+
+        out += cluster_markdown(sections["cluster"])
     if "cells-real" in sections:
         from protloc.bench.cells_real_report import section_markdown
 

@@ -5,7 +5,8 @@ embeddings, its image-level row and embedding; one ``.npz`` written atomically, 
 images), so a run killed at any moment resumes with the finished images kept and the rest redone.
 The table and the AnnData files are written under temporary names and renamed only when all of
 them are written: a full disk leaves no table that looks finished beside a cut ``.h5ad``. The parts
-go when the run is complete.
+go when the run is complete. The columns, the ``uns`` and the writers (``write_outputs``) are the
+single-process run's and the distributed merge's alike (``protloc.distributed``).
 """
 
 from __future__ import annotations
@@ -69,36 +70,12 @@ class CellParts:
 
     def load(self, image_id: str) -> dict | None:
         """The finished image's part, or None (also for a part a crash cut: it is redone)."""
-        path = self._path(image_id)
-        if not path.exists():
-            return None
-        try:
-            import pandas as pd
-
-            with np.load(path, allow_pickle=False) as data:
-                if str(data["id"]) != image_id:
-                    return None
-                names = [str(n) for n in data["columns"]]
-                rows = pd.DataFrame({n: data[f"column{k}"] for k, n in enumerate(names)}, columns=names)
-                return {"rows": rows, "embeddings": data["embeddings"],
-                        "image_row": json.loads(str(data["image_row"])), "image_embedding": data["image_embedding"]}
-        except (OSError, ValueError, KeyError):
-            return None
+        return load_part(self._path(image_id), image_id)
 
     def save(self, image_id: str, rows, embeddings: np.ndarray, image_row: dict,
              image_embedding: np.ndarray) -> None:
-        """``rows``: the image's table rows, a DataFrame (kept column by column: a JSON list of 65,535
-        rows took seconds to write and read back)."""
-        path = self._path(image_id)
-        columns = {}
-        for k, name in enumerate(rows.columns):
-            values = np.asarray(rows[name].to_numpy())
-            # text as a fixed-width string array: an object array would need pickle, refused on load
-            columns[f"column{k}"] = values if values.dtype.kind in "biuf" else values.astype(str)
         try:
-            atomic_save_npz(path, id=np.array(image_id), columns=np.array(list(rows.columns), dtype=str), **columns,
-                            embeddings=np.asarray(embeddings, np.float32), image_row=np.array(json.dumps(image_row)),
-                            image_embedding=np.asarray(image_embedding, np.float32))
+            save_part(self._path(image_id), image_id, rows, embeddings, image_row, image_embedding)
         except OSError as exc:
             raise _disk_error(self.folder, exc, "the images finished before are kept") from None
 
@@ -108,6 +85,38 @@ class CellParts:
 
     def close(self) -> None:
         self._lock.close()
+
+
+def load_part(path: Path, image_id: str) -> dict | None:
+    """An image's part (``save_part``), or None: absent, another image's, or cut by a crash."""
+    if not path.exists():
+        return None
+    try:
+        import pandas as pd
+
+        with np.load(path, allow_pickle=False) as data:
+            if str(data["id"]) != image_id:
+                return None
+            names = [str(n) for n in data["columns"]]
+            rows = pd.DataFrame({n: data[f"column{k}"] for k, n in enumerate(names)}, columns=names)
+            return {"rows": rows, "embeddings": data["embeddings"],
+                    "image_row": json.loads(str(data["image_row"])), "image_embedding": data["image_embedding"]}
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def save_part(path: Path, image_id: str, rows, embeddings: np.ndarray, image_row: dict,
+              image_embedding: np.ndarray) -> None:
+    """One finished image as one ``.npz``, written atomically. ``rows``: its table rows, a DataFrame
+    (kept column by column: a JSON list of 65,535 rows took seconds to write and read back)."""
+    columns = {}
+    for k, name in enumerate(rows.columns):
+        values = np.asarray(rows[name].to_numpy())
+        # text as a fixed-width string array: an object array would need pickle, refused on load
+        columns[f"column{k}"] = values if values.dtype.kind in "biuf" else values.astype(str)
+    atomic_save_npz(path, id=np.array(image_id), columns=np.array(list(rows.columns), dtype=str), **columns,
+                    embeddings=np.asarray(embeddings, np.float32), image_row=np.array(json.dumps(image_row)),
+                    image_embedding=np.asarray(image_embedding, np.float32))
 
 
 def publish(writes: list[tuple[Path, object]]) -> list[Path]:
@@ -222,3 +231,64 @@ def output_paths(out: str | Path) -> dict[str, Path]:
     stem = out.with_suffix("")
     return {"table": out, "h5ad": Path(f"{stem}.h5ad"), "masks": Path(f"{stem}-masks"),
             "images": Path(f"{stem}.images.h5ad")}
+
+
+def remove_stale_pictures(paths: dict, maps_dir) -> None:
+    for folder in (paths["masks"], Path(maps_dir) if maps_dir is not None else None):
+        for stale in folder.glob(".*.tmp") if folder is not None and folder.is_dir() else ():
+            stale.unlink(missing_ok=True)  # a picture a kill -9 interrupted (it was redone)
+
+
+def cell_columns(classes) -> list[str]:
+    """The per-cell table's columns (and the .h5ad's obs), in order."""
+    return ["image_id", "cell_id", "centroid_y", "centroid_x", "area", "nucleus_area", "border", "expression",
+            "signal_to_noise", *classes, "predicted", "top_class"]
+
+
+def image_columns(classes) -> list[str]:
+    """The per-image .h5ad's obs (``embeddings``)."""
+    return ["image_id", "cells", *classes, "predicted"]
+
+
+def cells_uns(predictor, method: str | None, scoring: str, precision: str) -> dict:
+    """The .h5ad's ``uns``."""
+    from protloc.cells.scoring import DESCRIPTIONS
+
+    return {"model": predictor.name, "classes": list(predictor.classes), "method": method,
+            "probabilities": DESCRIPTIONS[scoring], "scoring": scoring,
+            "embedding": "gapnet-pl masked block averages (224)" if method == "masked-features" else "probabilities",
+            "channels": predictor.network_channels, "precision": precision}
+
+
+def write_outputs(result, predictor, paths: dict, scoring: str, precision: str,
+                  embeddings: bool) -> None:
+    """The errors list, then the table and the .h5ad files from the images' parts gathered in
+    ``result`` (a ``protloc.cells.pipeline.CellsResult`` filled by its ``new_result``/``add_part``), all published together. No image analysed: an error."""
+    import pandas as pd
+
+    from protloc.inference.batch import write_skipped
+
+    errors_file = paths["table"].with_name(paths["table"].stem + ".errors.csv")
+    if result.failures:
+        result.errors_file = errors_file
+        write_skipped(errors_file, [{"id": i, "reason": r} for i, r in result.failures])
+    else:
+        errors_file.unlink(missing_ok=True)
+    if result.images == 0:
+        reasons = "; ".join(f"{i}: {r}" for i, r in result.failures[:3])
+        where = f"; every reason in {errors_file}" if result.failures else ""
+        raise ProtlocError(f"no image could be analysed ({reasons}){where}")
+    columns = cell_columns(predictor.classes)
+    frames = [frame for frame in result.rows if len(frame)]
+    rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+    image_rows = result.image_rows
+    dims = next((e.shape[1] for e in result.cell_embeddings if e.ndim == 2 and e.shape[1]), 0)
+    stacked = (np.concatenate([e.reshape(-1, dims) for e in result.cell_embeddings]) if len(rows)
+               else np.zeros((0, dims), np.float32))
+    uns = cells_uns(predictor, result.method, scoring, precision)
+    writes = [(paths["h5ad"], lambda tmp: write_anndata(tmp, rows, columns, stacked, uns))]
+    if embeddings:
+        writes.append((paths["images"], lambda tmp: write_anndata(tmp, image_rows, image_columns(predictor.classes),
+                                                                  np.stack(result.image_embeddings), uns)))
+    writes.append((paths["table"], lambda tmp: write_table(tmp, rows, columns)))  # last: the table says "finished"
+    result.files.extend(publish(writes))

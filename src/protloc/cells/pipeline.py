@@ -2,6 +2,8 @@
 
 ``analyse_image`` is the library call the CLI (``protloc cells``) and any other front end use:
 segmentation (or the user's masks), then every cell's embedding and probabilities.
+``analyse_entry`` is one listed input to its part (read, analyse, label images and picture): the
+single-process loop and a Dask worker's shard (``protloc.distributed``) both call it.
 ``run_cells`` walks the inputs of a command line and writes
 
 - the per-cell table (``.csv`` or ``.parquet``): image id, cell id, centroid (y, x, px of the
@@ -194,10 +196,9 @@ def run_cells(inputs, model, out, *, masks_dir=None, maps_dir=None, embeddings: 
     ``precision``: of GapNet-PL's pass (``protloc.inference.precision``; int8 has no feature maps).
     ``max_pixels``: the readers' pixel limit (None: protloc.data.limits.DEFAULT_MAX_PIXELS)."""
     from protloc.cells.masks import open_masks
-    from protloc.cells.outputs import CellParts, output_paths, publish, write_anndata, write_table
-    from protloc.cells.scoring import DEFAULT_SCORING, DESCRIPTIONS, check_scoring
+    from protloc.cells.outputs import CellParts, output_paths, remove_stale_pictures, write_outputs
+    from protloc.cells.scoring import DEFAULT_SCORING, check_scoring
     from protloc.data.formats import discover
-    from protloc.inference.batch import write_skipped
     from protloc.data.pixel_size import check_pixel_size
     from protloc.inference.predictor import load_model
 
@@ -224,48 +225,89 @@ def run_cells(inputs, model, out, *, masks_dir=None, maps_dir=None, embeddings: 
     except BaseException:
         parts.close()
         raise
-    errors_file = paths["table"].with_name(paths["table"].stem + ".errors.csv")
-    if result.failures:
-        result.errors_file = errors_file
-        write_skipped(errors_file, [{"id": i, "reason": r} for i, r in result.failures])
-    else:
-        errors_file.unlink(missing_ok=True)
-    if result.images == 0:
-        parts.close()
-        reasons = "; ".join(f"{i}: {r}" for i, r in result.failures[:3])
-        where = f"; every reason in {errors_file}" if result.failures else ""
-        raise ProtlocError(f"no image could be analysed ({reasons}){where}")
-    columns = ["image_id", "cell_id", "centroid_y", "centroid_x", "area", "nucleus_area", "border", "expression",
-               "signal_to_noise",
-               *predictor.classes, "predicted", "top_class"]
-    import pandas as pd
-
-    frames = [frame for frame in result.rows if len(frame)]
-    rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
-    image_rows = result.image_rows
-    dims = next((e.shape[1] for e in result.cell_embeddings if e.ndim == 2 and e.shape[1]), 0)
-    stacked = (np.concatenate([e.reshape(-1, dims) for e in result.cell_embeddings]) if len(rows)
-               else np.zeros((0, dims), np.float32))
-    uns = {"model": predictor.name, "classes": list(predictor.classes), "method": result.method,
-           "probabilities": DESCRIPTIONS[scoring], "scoring": scoring,
-           "embedding": "gapnet-pl masked block averages (224)" if result.method == "masked-features" else "probabilities",
-           "channels": predictor.network_channels, "precision": ran_at}
-    writes = [(paths["h5ad"], lambda tmp: write_anndata(tmp, rows, columns, stacked, uns))]
-    if embeddings:
-        image_columns = ["image_id", "cells", *predictor.classes, "predicted"]
-        writes.append((paths["images"], lambda tmp: write_anndata(tmp, image_rows, image_columns,
-                                                                  np.stack(result.image_embeddings), uns)))
-    writes.append((paths["table"], lambda tmp: write_table(tmp, rows, columns)))  # last: the table says "finished"
     try:
-        result.files.extend(publish(writes))
+        write_outputs(result, predictor, paths, scoring, ran_at, embeddings)
     finally:
         parts.close()
     parts.remove()  # complete: the finished images' parts are in the outputs now
-    for folder in (paths["masks"], Path(maps_dir) if maps_dir is not None else None):
-        for stale in folder.glob(".*.tmp") if folder is not None and folder.is_dir() else ():
-            stale.unlink(missing_ok=True)  # a picture a kill -9 interrupted (it was redone)
+    remove_stale_pictures(paths, maps_dir)
     result.rows = result.image_rows = result.cell_embeddings = result.image_embeddings = []
     return result
+
+
+def new_result() -> CellsResult:
+    """An empty result that ``add_part`` fills, image by image, in input order."""
+    result = CellsResult()
+    result.rows, result.cell_embeddings, result.image_rows, result.image_embeddings = [], [], [], []
+    result.method = None
+    return result
+
+
+def add_part(result: CellsResult, image_id: str, part: dict) -> None:
+    """One finished image's part (``analyse_entry``'s, or read back from a parts folder) into the result."""
+    image_row = dict(part["image_row"])
+    result.method = image_row.pop("method", None) or result.method
+    result.images += 1
+    result.cells += len(part["rows"])
+    if not len(part["rows"]):
+        result.no_cells.append(image_id)
+    result.rows.append(part["rows"])
+    result.cell_embeddings.append(part["embeddings"])
+    result.image_rows.append(image_row)
+    result.image_embeddings.append(part["image_embedding"])
+
+
+def analyse_entry(entry, predictor, *, masks=None, masks_out: Path | None = None, maps_dir=None,
+                  scoring: str | None = None, nucleus_diameter: float | None = None,
+                  pixel_size: float | None = None, said: dict | None = None,
+                  max_pixels: int | None = None) -> tuple[dict | str, object, Path | None]:
+    """One listed input to its part: ``(part, pixel size, overlay)``, or ``(reason, None, None)`` when it
+    is skipped (unreadable, a mask that does not fit). The part holds the table rows (a DataFrame), the
+    cells' embeddings, the image-level row and embedding; the label images (into ``masks_out``, without
+    ``masks``) and the overlay (into ``maps_dir``) are written before it is returned, so a saved part
+    means every file of the image is there. ``said``: the pixel-size line is printed once per run."""
+    import pandas as pd
+
+    from protloc.cells.outputs import cell_columns
+    from protloc.data.label_images import write_label_image
+    from protloc.data.formats import read
+    from protloc.visualization import class_overlay, save_png
+
+    try:
+        sample = read(entry, max_pixels=max_pixels, pixel_size=pixel_size)
+        image = sample.image
+    except ProtlocError as exc:
+        return str(exc), None, None
+    except Exception as exc:  # a decoder's own exception type: report it, keep going
+        return f"{type(exc).__name__}: {exc}", None, None
+    try:
+        cells = nuclei = None
+        if masks is not None:
+            cells, nuclei = masks.read(entry, image.shape[1:])
+        analysed = analyse_image(predictor, image, entry.id, cells=cells, nuclei=nuclei,
+                                 nucleus_diameter=nucleus_diameter,
+                                 pixel_size_um=_pixel_size(sample.pixel_size, predictor, {} if said is None else said))
+    except DataError as exc:
+        return str(exc), None, None
+    preds = analysed.predictions
+    image_row = {"image_id": entry.id, "cells": len(preds.cell_ids),
+                 **{c: float(p) for c, p in zip(predictor.classes, preds.image_probabilities)},
+                 "predicted": ";".join(predictor.predicted(preds.image_probabilities)),
+                 "method": preds.method}
+    part = {"rows": pd.DataFrame(cell_rows(analysed, predictor, scoring=scoring),
+                                 columns=cell_columns(predictor.classes)),
+            "embeddings": preds.embeddings, "image_row": image_row, "image_embedding": preds.image_embedding}
+    if masks is None:
+        write_label_image(Path(masks_out) / f"{entry.id}_cellmask.png", analysed.cells)
+        write_label_image(Path(masks_out) / f"{entry.id}_nucleimask.png", analysed.nuclei)
+    overlay = None
+    if maps_dir is not None:
+        scores = analysed.scores(predictor.classes, scoring)
+        by_id = dict(zip(preds.cell_ids.tolist(), [_top_above_threshold(p, predictor) for p in scores]))
+        colours = [by_id.get(i) for i in range(1, int(analysed.cells.max(initial=0)) + 1)]
+        picture = class_overlay(image, analysed.cells, analysed.nuclei, colours, predictor.classes)
+        overlay = save_png(Path(maps_dir) / f"{entry.id}_cells.png", picture)
+    return part, sample.pixel_size, overlay
 
 
 def _analyse_all(entries, predictor, parts, paths, masks, maps_dir, scoring, nucleus_diameter, pixel_size,
@@ -273,69 +315,24 @@ def _analyse_all(entries, predictor, parts, paths, masks, maps_dir, scoring, nuc
     """Every image's cells: a finished image's part read back, the others analysed and saved as parts."""
     from tqdm.auto import tqdm
 
-    import pandas as pd
-
-    from protloc.data.label_images import write_label_image
-    from protloc.data.formats import read
-    from protloc.visualization import class_overlay, save_png
-
-    result = CellsResult()
-    result.rows, result.cell_embeddings, result.image_rows, result.image_embeddings = [], [], [], []
-    result.method = None
+    result = new_result()
     said: dict = {}
     for entry in tqdm(entries, desc="cells", unit="image", disable=not progress):
         part = parts.load(entry.id)
         if part is None:
-            try:
-                sample = read(entry, max_pixels=max_pixels, pixel_size=pixel_size)
-                image = sample.image
-            except ProtlocError as exc:
-                result.failures.append((entry.id, str(exc)))
+            part, _, overlay = analyse_entry(entry, predictor, masks=masks, masks_out=paths["masks"],
+                                             maps_dir=maps_dir, scoring=scoring, nucleus_diameter=nucleus_diameter,
+                                             pixel_size=pixel_size, said=said,
+                                             max_pixels=max_pixels)
+            if isinstance(part, str):
+                result.failures.append((entry.id, part))
                 continue
-            except Exception as exc:  # a decoder's own exception type: report it, keep going
-                result.failures.append((entry.id, f"{type(exc).__name__}: {exc}"))
-                continue
-            try:
-                cells = nuclei = None
-                if masks is not None:
-                    cells, nuclei = masks.read(entry, image.shape[1:])
-                analysed = analyse_image(predictor, image, entry.id, cells=cells, nuclei=nuclei,
-                                         nucleus_diameter=nucleus_diameter,
-                                         pixel_size_um=_pixel_size(sample.pixel_size, predictor, said))
-            except DataError as exc:
-                result.failures.append((entry.id, str(exc)))
-                continue
-            preds = analysed.predictions
-            scores = analysed.scores(predictor.classes, scoring)
-            image_row = {"image_id": entry.id, "cells": len(preds.cell_ids),
-                         **{c: float(p) for c, p in zip(predictor.classes, preds.image_probabilities)},
-                         "predicted": ";".join(predictor.predicted(preds.image_probabilities)),
-                         "method": preds.method}
-            part = {"rows": pd.DataFrame(cell_rows(analysed, predictor, scoring=scoring)), "embeddings": preds.embeddings,
-                    "image_row": image_row, "image_embedding": preds.image_embedding}
-            # the label images and the overlay first: a saved part means the image's every file is there
-            if masks is None:
-                write_label_image(paths["masks"] / f"{entry.id}_cellmask.png", analysed.cells)
-                write_label_image(paths["masks"] / f"{entry.id}_nucleimask.png", analysed.nuclei)
-            if maps_dir is not None:
-                tops = [_top_above_threshold(p, predictor) for p in scores]
-                by_id = dict(zip(preds.cell_ids.tolist(), tops))
-                colours = [by_id.get(i) for i in range(1, int(analysed.cells.max(initial=0)) + 1)]
-                overlay = class_overlay(image, analysed.cells, analysed.nuclei, colours, predictor.classes)
-                result.files.append(save_png(Path(maps_dir) / f"{entry.id}_cells.png", overlay))
+            if overlay is not None:
+                result.files.append(overlay)
             parts.save(entry.id, **part)
         else:
             result.already_done += 1
-        image_row = dict(part["image_row"])
-        result.method = image_row.pop("method", None) or result.method
-        result.images += 1
-        result.cells += len(part["rows"])
-        if not len(part["rows"]):
-            result.no_cells.append(entry.id)
-        result.rows.append(part["rows"])
-        result.cell_embeddings.append(part["embeddings"])
-        result.image_rows.append(image_row)
-        result.image_embeddings.append(part["image_embedding"])
+        add_part(result, entry.id, part)
     return result
 
 

@@ -48,6 +48,8 @@ def register(subparsers) -> None:
     parser.add_argument("--threads", default=None, help="torch threads (default: torch's own choice)")
     parser.add_argument("--compile", action="store_true",
                         help="also time torch.compile variants (minutes of compilation on a small CPU)")
+    parser.add_argument("--fields", default=None, help="cluster section: number of fields (default 64, --quick 8)")
+    parser.add_argument("--size", default=None, help="cluster section: field size in pixels (default 2048, --quick 256)")
     from protloc.inference.precision import CHOICES
 
     parser.add_argument("--precision", choices=CHOICES, default=None,
@@ -100,6 +102,7 @@ def run(args) -> int:
         return run_demo_check(args)
     repeats = _positive_int(args.repeats, "--repeats")
     threads = _positive_int(args.threads, "--threads")
+    fields, size = _positive_int(args.fields, "--fields"), _positive_int(args.size, "--size")
     out = Path(args.out)
     if out.suffix.lower() != ".json":
         raise ProtlocError(f"--out must name a .json file, got {out.name}")
@@ -114,7 +117,7 @@ def run(args) -> int:
     sections = bench.parse_sections(args.sections)
     settings = bench.Settings(quick=args.quick, model=args.model, tf_result=args.tf_result, repeats=repeats,
                               compile=args.compile, progress=sys.stderr.isatty(), threads=threads,
-                              precision=args.precision, data=args.data, out=str(out))
+                              fields=fields, size=size, precision=args.precision, data=args.data, out=str(out))
     results = bench.run(sections, settings)
     # atomic: an interrupted run never leaves a half-written results file over an earlier one
     atomic_write_text(out, json.dumps(results, indent=1) + "\n")

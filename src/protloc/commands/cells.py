@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from functools import partial
 
 from protloc.devices import add_device_argument
 
@@ -39,6 +40,9 @@ def register(subparsers) -> None:
 
     add_max_pixels_argument(parser)
     add_cell_arguments(parser)
+    from protloc.distributed import add_cluster_arguments
+
+    add_cluster_arguments(parser)
     parser.set_defaults(handler=run)
 
 
@@ -75,8 +79,11 @@ def cell_options(args) -> dict:
 
 def run(args) -> int:
     from protloc.cells.pipeline import report, run_cells
+    from protloc.distributed import cells, cluster_spec
 
-    result = run_cells(
+    spec = cluster_spec(args)  # None: this process; else the same outputs from shards on a Dask cluster
+    run_here = run_cells if spec is None else partial(cells, spec, shard_size=args.shard_size)
+    result = run_here(
         args.inputs, args.model, args.out, maps_dir=args.maps, device=args.device, input_format=args.input_format,
         pixel_size=args.pixel_size, progress=sys.stderr.isatty(), precision=args.precision,
         max_pixels=args.max_pixels, **cell_options(args),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 import warnings
+from functools import partial
+from pathlib import Path
 
 from protloc.data.limits import add_max_pixels_argument
 from protloc.commands.options import add_precision_argument, add_strict_argument, skipped_exit
@@ -57,6 +59,9 @@ def register(subparsers) -> None:
                        help="segment cells (or read --masks) and write one row per cell to --out (.csv or .parquet), "
                        "an AnnData file <out>.h5ad and the label images; --maps then draws the cell outlines")
     add_cell_arguments(group)
+    from protloc.distributed import add_cluster_arguments
+
+    add_cluster_arguments(parser)
     parser.set_defaults(handler=run)
 
 
@@ -81,6 +86,7 @@ def run(args) -> int:
 
 
 def _predict(args) -> int:
+    from protloc.distributed import cluster_spec
     from protloc.errors import ProtlocError
     from protloc.inference.batch import run_batch_prediction
     from protloc.inference.precision import check_precision
@@ -95,6 +101,18 @@ def _predict(args) -> int:
         from protloc.inference.gapnet_pl_fast import use_compiled_selu
 
         use_compiled_selu()
+    if (spec := cluster_spec(args)) is not None:  # the same rows, computed in shards on a Dask cluster
+        from protloc.distributed import predict
+
+        result = predict(spec, args.inputs, args.model, args.out, device=args.device, precision=args.precision,
+                         input_format=args.input_format,
+                         reader_options=_ome_reader_options(args), shard_size=args.shard_size,
+                         progress=sys.stderr.isatty(), max_pixels=args.max_pixels, options={
+                             "whole_image": args.whole_image, "tta": args.tta, "patch_size": args.patch_size,
+                             "batch_size": args.batch_size,
+                             "pixel_size": args.pixel_size, "compile_selu": args.compile_selu,
+                             "maps_dir": None if args.maps is None else str(Path(args.maps).absolute())})
+        return _report(args, result)
     result = run_batch_prediction(
         args.inputs, args.model, args.out, whole_image=args.whole_image, tta=args.tta, maps_dir=args.maps,
         patch_size=args.patch_size, batch_size=args.batch_size, workers=args.workers, device=args.device,
@@ -102,6 +120,10 @@ def _predict(args) -> int:
         pixel_size=args.pixel_size, max_pixels=args.max_pixels,
         reader_options=_ome_reader_options(args),
     )
+    return _report(args, result)
+
+
+def _report(args, result) -> int:
     print(f"predicted {result.predicted} image(s), {result.already_done} already done -> {result.out}")
     return skipped_exit(args, [(f["id"], f["reason"]) for f in result.failures], result.errors_file)
 
@@ -116,7 +138,10 @@ def _predict_cells(args) -> int:
     if given:
         raise ProtlocError(f"{given[0]} is an image-level option: the per-cell path (--cells) makes one "
                            "whole-image pass of its own")
-    result = run_cells(
+    from protloc.distributed import cells, cluster_spec
+
+    run = run_cells if (spec := cluster_spec(args)) is None else partial(cells, spec, shard_size=args.shard_size)
+    result = run(
         args.inputs, args.model, args.out, maps_dir=args.maps, device=args.device, input_format=args.input_format,
         pixel_size=args.pixel_size, reader_options=_ome_reader_options(args), progress=sys.stderr.isatty(),
         precision=args.precision, max_pixels=args.max_pixels, **cell_options(args),

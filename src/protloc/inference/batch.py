@@ -45,6 +45,20 @@ def output_format(path: Path) -> str:
         ) from None
 
 
+def prediction_columns(classes) -> list[str]:
+    """The columns of a prediction row, in order (CSV header, JSON keys, Parquet columns)."""
+    return ["id", *classes, "pixel_size_um", "scale", "precision", "predicted"]
+
+
+def open_journal(out: Path, columns: list[str]) -> tuple["RowWriter", str]:
+    """(the row writer of ``out``'s journal, the output's format) for a single writer of the whole
+    output (the distributed merge): locked, holding a finished ``out``'s rows and knowing their ids
+    (CSV ids as written: ``spreadsheet_safe``). ``journal.finish`` turns it into ``out``."""
+    fmt = output_format(out)
+    row_format = "csv" if fmt == "csv" else "jsonl"
+    return RowWriter(journal.journal_path(out, fmt), row_format, columns, out=out, out_format=fmt), fmt
+
+
 class RowWriter:
     """Appends prediction rows to the run's journal (CSV or JSON Lines), fsynced per row; knows the ids
     already written. ``out``: the finished output whose rows a new journal starts from."""
@@ -106,8 +120,15 @@ class RowWriter:
         self.handle.flush()
         os.fsync(self.handle.fileno())
 
+    def sync(self) -> None:
+        """On disk: what rows written with ``sync=False`` are (the distributed merge's one fsync)."""
+        self._sync()
+
     def write(self, sample_id: str, probs: np.ndarray, predicted: list[str], classes: list[str],
-              pixel_size_um: float | None = None, scale: float = 1.0, precision: str = "fp32") -> None:
+              pixel_size_um: float | None = None, scale: float = 1.0, precision: str = "fp32",
+              sync: bool = True) -> None:
+        """One row, flushed; ``sync``: on disk before returning (False: the caller syncs once, as the
+        distributed merge does after its last row, its parts being kept until the output is finished)."""
         start = os.fstat(self.handle.fileno()).st_size  # every row before is flushed
         try:
             if self.fmt == "csv":
@@ -119,7 +140,7 @@ class RowWriter:
                        "pixel_size_um": pixel_size_um, "scale": round(float(scale), 6), "precision": precision,
                        "predicted": predicted}
                 self.handle.write(json.dumps(row) + "\n")
-            self._sync()
+            self._sync() if sync else self.handle.flush()
         except OSError as exc:  # a full disk, an I/O error: the rows before are kept, this one is not
             self._cut_at = start  # on close, after whatever of the row is still buffered went out
             kept = (f"the {len(self.done)} finished row(s) are kept there: free space and rerun the same command "
@@ -241,7 +262,7 @@ def run_batch_prediction(
     final_out = out
     base = journal.journal_path(out, fmt)  # nothing under --out until the run is complete
     part = base.with_name(f"{base.name}.rank{rank}") if world > 1 else base
-    columns = ["id", *predictor.classes, "pixel_size_um", "scale", "precision", "predicted"]
+    columns = prediction_columns(predictor.classes)
     if pixel_size is not None:
         check_pixel_size(pixel_size)
     said = warned = False
@@ -299,7 +320,7 @@ def run_batch_prediction(
     else:  # an earlier run's list: its inputs were tried again and read this time
         errors_file.unlink(missing_ok=True)
     if world == 1 and not result.predicted and not result.already_done:
-        raise ProtlocError(_nothing_predicted(result))
+        raise ProtlocError(nothing_predicted(result))
     if sync is not None:
         sync.finish()
         if rank == 0:
@@ -328,7 +349,7 @@ def write_skipped(path: Path, failures: list[dict]) -> None:
         raise ProtlocError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
-def _nothing_predicted(result: BatchResult) -> str:
+def nothing_predicted(result: BatchResult) -> str:
     first = result.failures[0] if result.failures else None
     why = f" (first: {first['id']}: {first['reason']})" if first else ""
     where = f"; every reason in {result.errors_file}" if result.errors_file else ""
