@@ -29,7 +29,8 @@ def _umask_mode() -> int:
     return 0o666 & ~mask
 
 
-def _fsync(path: str | Path) -> None:
+def fsync_file(path: str | Path) -> None:
+    """Flush a written file to the disk (before it is renamed into place)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -49,7 +50,7 @@ def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
     os.chmod(tmp, _umask_mode())
     try:
         yield Path(tmp)
-        _fsync(tmp)
+        fsync_file(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -73,7 +74,7 @@ def atomic_write(path: str | Path, write) -> None:
 def move_into_place(source: str | Path, target: str | Path) -> Path:
     """Move a finished file (written elsewhere in the same file system) to ``target`` in one step, synced
     first: a reader sees the whole file or none."""
-    _fsync(source)
+    fsync_file(source)
     os.replace(source, target)
     return Path(target)
 

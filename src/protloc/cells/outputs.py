@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from protloc.errors import ProtlocError
-from protloc.files import atomic_save_npz
+from protloc.files import atomic_path, atomic_save_npz, fsync_file
 
 TABLE_FORMATS = (".csv", ".parquet")
 
@@ -132,8 +132,7 @@ def publish(writes: list[tuple[Path, object]]) -> list[Path]:
     try:
         for (path, write), (_, tmp) in zip(writes, temporaries):
             write(tmp)
-            with open(tmp, "rb") as handle:
-                os.fsync(handle.fileno())
+            fsync_file(tmp)
     except Exception as exc:  # h5py reports a full disk as a RuntimeError with the errno in its text
         remove_temporaries()
         if isinstance(exc, OSError) or "errno = " in str(exc):
@@ -143,8 +142,8 @@ def publish(writes: list[tuple[Path, object]]) -> list[Path]:
     except BaseException:
         remove_temporaries()
         raise
-    for path, tmp in temporaries:
-        os.replace(tmp, path)
+    for path, tmp in temporaries:  # all written and synced: now renamed together
+        os.replace(tmp, path)  # noqa: the one multi-file publish (protloc.files renames one file at a time)
     return [path for path, _ in temporaries]
 
 
@@ -178,9 +177,10 @@ def write_table(path: Path, rows: list[dict], columns: list[str]) -> Path:
     from protloc.files import spreadsheet_safe
 
     frame = pd.DataFrame(rows, columns=columns)
-    tmp = path.with_name(path.name + ".partial")
     if path.suffix.lower() == ".parquet":
-        frame.to_parquet(tmp, index=False)
+        with atomic_path(path) as tmp:
+            frame.to_parquet(tmp, index=False)
+        return path
     else:
         # ids a spreadsheet would run as formulas are defused, as in every CSV protloc writes
         for name in ("image_id", "predicted", "top_class"):
@@ -190,8 +190,8 @@ def write_table(path: Path, rows: list[dict], columns: list[str]) -> Path:
         # (5 s of a 65,535-cell table); the shortest repr of the rounded value is the same text.
         for name in frame.columns[frame.dtypes == np.float64]:
             frame[name] = six_digits(frame[name].to_numpy())
-        frame.to_csv(tmp, index=False)
-    tmp.replace(path)  # never a half-written table under the final name
+        with atomic_path(path) as tmp:  # never a half-written table under the final name
+            frame.to_csv(tmp, index=False)
     return path
 
 

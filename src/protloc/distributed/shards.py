@@ -18,6 +18,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from protloc.files import atomic_write_text
+
 # A shard holds about this many pixels: 16 fields of 2048² (~8 s for a 2-core worker, ~1 s for a GPU):
 # the scheduler's few milliseconds per task are lost in it, a lost worker costs one shard of work,
 # and 10⁶ fields make ~6·10⁴ parts, not 10⁶ files.
@@ -79,9 +81,8 @@ def make_plan(out: Path, kind: str, entries, model: str, options: dict, shard_si
             _clear(folder)
         size = shard_size or shard_size_for(*probe())
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = manifest.with_name(".manifest.json.tmp")
-        tmp.write_text(json.dumps({"fingerprint": key, "shard_size": size, "samples": len(entries), "kind": kind}))
-        os.replace(tmp, manifest)
+        atomic_write_text(manifest, json.dumps({"fingerprint": key, "shard_size": size, "samples": len(entries),
+                                                "kind": kind}))
     plan = Plan(folder, size, [entries[i : i + size] for i in range(0, len(entries), size)], suffix)
     return plan, len(plan.finished())
 

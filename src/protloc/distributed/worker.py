@@ -16,7 +16,6 @@ import os
 import re
 import threading
 import time
-import uuid
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -133,13 +132,10 @@ def read_entry(entry, worker: str, pixel_size: float | None = None, max_pixels: 
 
 def write_part_atomically(path: Path, write) -> None:
     """``write(tmp)`` then rename: the part is whole or absent; two runs of one shard never mix."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
+    from protloc.files import atomic_path
+
+    with atomic_path(path) as tmp:
         write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def predict_shard(job: ShardJob) -> dict:

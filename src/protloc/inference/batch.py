@@ -22,7 +22,7 @@ import numpy as np
 
 from protloc.errors import ProtlocError
 from protloc.inference import journal
-from protloc.files import atomic_write_text, spreadsheet_safe
+from protloc.files import atomic_open, atomic_write_text, spreadsheet_safe
 
 OUTPUT_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".parquet": "parquet"}
 
@@ -358,9 +358,8 @@ def nothing_predicted(result: BatchResult) -> str:
 
 def _merge_parts(parts: list[Path], merged: Path, fmt: str, columns: list[str]) -> None:
     """Rank 0: the ranks' rows in one journal, written atomically."""
-    tmp = merged.with_name(merged.name + ".tmp")
     try:
-        with open(tmp, "w", newline="", encoding="utf-8") as target:
+        with atomic_open(merged, "w", newline="", encoding="utf-8") as target:
             if fmt == "csv":
                 target.write(",".join(columns) + "\n")
             for part in parts:
@@ -370,10 +369,6 @@ def _merge_parts(parts: list[Path], merged: Path, fmt: str, columns: list[str]) 
                 if fmt == "csv":
                     next(lines, None)
                 target.writelines(lines)
-            target.flush()
-            os.fsync(target.fileno())
-        os.replace(tmp, merged)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise ProtlocError(f"cannot write {merged}: {exc.strerror or exc}; the ranks' rows are kept: "
                            "free space and rerun the same command") from None

@@ -18,6 +18,7 @@ import shutil
 from pathlib import Path
 
 from protloc.errors import ProtlocError
+from protloc.files import atomic_path, move_into_place
 
 _HEAD_BYTES = 1 << 16  # the longest first line (the CSV header) a prediction file of ours can have
 
@@ -178,21 +179,17 @@ def finish(journal: Path, out: Path, fmt: str, columns: list[str]) -> None:
     """The complete journal to the output: renamed (CSV, JSON Lines) or converted (Parquet, through a
     temporary file); the journal is gone afterwards. A failure leaves the journal, no output."""
     if fmt != "parquet":
-        os.replace(journal, out)
+        move_into_place(journal, out)
         return
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     rows = [json.loads(line) for line in complete_lines(journal) if line.strip()]
     table = pa.table({c: [r[c] for r in rows] for c in columns[:-1]} | {"predicted": [";".join(r["predicted"]) for r in rows]})
-    tmp = out.with_name(out.name + ".tmp")
     try:
-        pq.write_table(table, tmp)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, out)
+        with atomic_path(out) as tmp:
+            pq.write_table(table, tmp)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise ProtlocError(f"cannot write {out.name}: {exc.strerror or exc}; the rows are kept in {journal.name}: "
                            "free space and rerun the same command") from None
     journal.unlink()
