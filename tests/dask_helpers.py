@@ -82,7 +82,7 @@ def cluster(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
-    from protloc.data.synth import generate_dataset
+    from protloc.data.synth.dataset import generate_dataset
 
     out = tmp_path_factory.mktemp("synth")
     generate_dataset(out, samples=10, size=96, seed=3, workers=1)

@@ -224,7 +224,7 @@ def test_http_urls_fetched_by_the_workers(cluster, data_dir, model_file, single,
 def many(tmp_path_factory, model_file) -> tuple:
     """40 fields of 160², so that the kill tests find a run with work left (their shards take longer
     than the tests' reaction) however idle the machine; and their single-process rows."""
-    from protloc.data.synth import generate_dataset
+    from protloc.data.synth.dataset import generate_dataset
 
     folder = tmp_path_factory.mktemp("many")
     generate_dataset(folder / "data", samples=40, size=160, seed=5, workers=1)

@@ -48,7 +48,7 @@ def _fields(folder: Path, count: int, size: int) -> str:
         entry = discover([REAL_FIELD])[0]
         base, what = read(entry).image, f"the real HPA field {entry.id}"
     else:
-        from protloc.data.synth import draw_sample
+        from protloc.data.synth.dataset import draw_sample
 
         base, what = draw_sample(0, 0, size, size)[1].astype(np.float32), f"a synthetic {size}² field"
     scale = 255.0 / max(1.0, float(base.max()))

@@ -263,7 +263,9 @@ def run(before: str | None = None, samples: int = 100, rounds: int = 5, overlays
                           "seconds_2048": seconds[name], "cells_2048": module.segment(big).count}
         if samples:
             versions[name]["synthetic"] = synthetic_figures(module.segment, samples=samples)
-    result = {"versions": versions, "reference": str(Path(reference).relative_to(REPO)) if Path(reference).is_relative_to(REPO) else str(reference),
+    from protloc.bench.common import machine_info
+
+    result = {"machine": machine_info(), "versions": versions, "reference": str(Path(reference).relative_to(REPO)) if Path(reference).is_relative_to(REPO) else str(reference),
               "reference_fields": len(fields), "timing_rounds": rounds, "load": os.getloadavg()[0],
               "command": "python -m protloc.bench.segmentation " + " ".join(sys.argv[1:])}
     if overlays:
