@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
 import json
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from protloc.expert.db import AnswerStore
 from protloc.expert.study import load_study, select_study
 from protloc.expert.web import create_expert_app
 from tests.expert.test_data import build_dataset
+from tests.helpers.web import wait_started
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -92,11 +92,7 @@ class ServerThread:
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
-        deadline = time.time() + 20
-        while not self.server.started:
-            if time.time() > deadline or not self.thread.is_alive():
-                raise RuntimeError("server did not start")
-            time.sleep(0.05)
+        wait_started(self.server, self.thread)
 
     def stop(self) -> None:
         self.server.should_exit = True

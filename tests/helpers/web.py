@@ -75,11 +75,7 @@ class LiveServer:
 
     def __enter__(self) -> "LiveServer":
         self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("server did not start")
-            time.sleep(0.02)
+        wait_started(self.server, self.thread)
         port = self.server.servers[0].sockets[0].getsockname()[1]
         self.url = f"http://127.0.0.1:{port}"
         return self
@@ -92,6 +88,26 @@ class LiveServer:
         self.server.should_exit = True
         self.thread.join(30)
         self.platform.sessions.kw["bind"].dispose()
+
+
+def wait_started(server, thread: threading.Thread, timeout: float = 30.0) -> None:
+    """Return once a uvicorn server running in ``thread`` listens: the suite's one start-up wait."""
+    deadline = time.monotonic() + timeout
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("server did not start")
+        time.sleep(0.02)
+
+
+def wait_batch(client, batch_id: str, until=lambda batch: batch["status"] in ("finished", "failed"),
+               timeout: float = 60.0, interval: float = 0.05) -> dict:
+    """Poll a zip batch until ``until(batch)`` holds and return it; past ``timeout`` the test fails with
+    the batch's last state (the suite's one batch-polling loop)."""
+    deadline = time.monotonic() + timeout
+    while not until(batch := client.get(f"/api/v1/batches/{batch_id}").json()):
+        assert time.monotonic() < deadline, batch
+        time.sleep(interval)
+    return batch
 
 
 def wait_done(client, submission_id: str, timeout: float = 60.0) -> dict:

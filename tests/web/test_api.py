@@ -19,7 +19,8 @@ import protloc
 from protloc.web import db
 from protloc.web.app import WebSettings
 
-from tests.helpers.web import LiveServer, cell_like_sample, make_model_file, upload_channels, wait_done, write_channel_files
+from tests.helpers.web import (LiveServer, cell_like_sample, make_model_file, upload_channels, wait_batch, wait_done,
+                               write_channel_files)
 
 KB = 1024
 
@@ -298,10 +299,7 @@ def test_zip_batch_runs_in_the_background(client, models, tmp_path):
     response = client.post("/api/v1/batches", files={"file": ("batch.zip", archive.read_bytes())}, data={"model": "tiny"})
     assert response.status_code == 202, response.text
     batch_id = response.json()["id"]
-    deadline = time.monotonic() + 60
-    while (batch := client.get(f"/api/v1/batches/{batch_id}").json())["status"] not in ("finished", "failed"):
-        assert time.monotonic() < deadline, batch
-        time.sleep(0.1)
+    batch = wait_batch(client, batch_id)
     assert batch["status"] == "finished", batch
     assert (batch["total"], batch["done"], batch["failed"]) == (3, 3, 0)
     assert {s["name"] for s in batch["skipped"]} == {"plate1/d", "README.txt"}
@@ -443,10 +441,7 @@ def test_restart_keeps_finished_results_and_reruns_unfinished(models, tmp_path):
                 for path in write_channel_files(tmp_path / f"z{index}", f"well{index}", cell_like_sample(64, 64, seed=60 + index)):
                     members[path.name] = path.read_bytes()
             batch_id = client.post("/api/v1/batches", files={"file": ("b.zip", make_zip(tmp_path / "b.zip", members).read_bytes())}).json()["id"]
-            deadline = time.monotonic() + 30
-            while client.get(f"/api/v1/batches/{batch_id}").json()["status"] == "extracting":
-                assert time.monotonic() < deadline
-                time.sleep(0.05)
+            wait_batch(client, batch_id, until=lambda batch: batch["status"] != "extracting", timeout=30)
             time.sleep(0.3)
             assert client.get(f"/api/v1/predictions/{queued_id}").json()["status"] == "queued"
             assert client.get(f"/api/v1/predictions/{finished_id}").json() == finished
@@ -470,10 +465,7 @@ def test_restart_keeps_finished_results_and_reruns_unfinished(models, tmp_path):
             failed = wait_done(client, lost_id)
             assert failed["status"] == "failed" and "cannot read the stored sample" in failed["error"]
             assert "Prediction failed" in client.get(f"/submissions/{lost_id}").text
-            deadline = time.monotonic() + 30
-            while (batch := client.get(f"/api/v1/batches/{batch_id}").json())["status"] != "finished":
-                assert time.monotonic() < deadline, batch
-                time.sleep(0.05)
+            batch = wait_batch(client, batch_id, until=lambda batch: batch["status"] == "finished", timeout=30)
             assert (batch["total"], batch["submitted"], batch["done"]) == (2, 2, 2)  # resumed, nothing twice
             with third.platform.sessions() as session:
                 assert session.get(db.Submission, finished_id).attempts == 1

@@ -21,7 +21,8 @@ from protloc.web import db
 from protloc.web.app import WebSettings
 from protloc.web.cells import OFF_NOTE, PROBABILITIES_FROM, CellsStage
 
-from tests.helpers.web import LiveServer, cell_like_sample, make_model_file, upload_channels, wait_done, write_channel_files
+from tests.helpers.web import (LiveServer, cell_like_sample, make_model_file, upload_channels, wait_batch, wait_done,
+                               write_channel_files)
 
 pytest.importorskip("skimage", reason="cells need scikit-image (the cells extra)")
 
@@ -134,8 +135,6 @@ def test_an_image_without_cells_is_done_and_says_so(client, tmp_path):
 
 
 def test_batch_zip_holds_every_sample_its_cells_and_their_masks(client, tmp_path):
-    import time
-
     archive = io.BytesIO()
     images = {f"well{i}": cell_like_sample(128, 128, seed=20 + i) for i in range(2)}
     with zipfile.ZipFile(archive, "w") as zf:
@@ -143,10 +142,7 @@ def test_batch_zip_holds_every_sample_its_cells_and_their_masks(client, tmp_path
             for path in write_channel_files(tmp_path / name, name, image):
                 zf.write(path, f"plate/{path.name}")
     batch = client.post("/api/v1/batches", files={"file": ("plate.zip", archive.getvalue())}).json()["id"]
-    deadline = time.monotonic() + 60
-    while client.get(f"/api/v1/batches/{batch}").json()["status"] != "finished":
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    wait_batch(client, batch, until=lambda answer: answer["status"] == "finished")
     listed = client.get(f"/api/v1/batches/{batch}").json()["submissions"]
     answer = client.get(f"/api/v1/batches/{batch}/results.zip")
     assert answer.status_code == 200 and answer.headers["content-type"] == "application/zip"

@@ -16,7 +16,8 @@ from protloc.web.app import WebSettings, results_csv
 from protloc.web.archives import check_zip
 from protloc.web.storage import UploadError
 
-from tests.helpers.web import LiveServer, cell_like_sample, make_model_file, upload_channels, wait_done, write_channel_files
+from tests.helpers.web import (LiveServer, cell_like_sample, make_model_file, upload_channels, wait_batch, wait_done,
+                               write_channel_files)
 
 MB = 1 << 20
 
@@ -175,7 +176,6 @@ def test_the_worker_counters_are_for_admins_only(server, client):
 
 def test_a_batch_answer_lists_its_skipped_entries_in_pages(client):
     """A batch answer listed all 2,500 skipped entries at once."""
-    import time
 
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
@@ -184,9 +184,7 @@ def test_a_batch_answer_lists_its_skipped_entries_in_pages(client):
     created = client.post("/api/v1/batches", files={"file": ("many.zip", buffer.getvalue(), "application/zip")})
     assert created.status_code == 202, created.text
     url = created.json()["url"]
-    deadline = time.monotonic() + 60
-    while (answer := client.get(url).json())["status"] == "extracting" and time.monotonic() < deadline:
-        time.sleep(0.2)
+    answer = wait_batch(client, created.json()["id"], until=lambda batch: batch["status"] != "extracting")
     assert answer["skipped_total"] == 2500 and len(answer["skipped"]) == 100 and answer["limit"] == 100
     assert answer["next"] == f"{url}?offset=100&limit=100"
     last = client.get(url, params={"offset": 2400, "limit": 1000}).json()
