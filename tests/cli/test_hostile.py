@@ -1,6 +1,6 @@
 """The command line against what a hostile run tried (issue 23): kill -9 at any moment, full disks and
 write errors, outputs that are not ours, inputs that all fail, formula ids and long thin images
-(``test_hostile_cells.py``: the same for ``--cells``). Each case asserts the exact outcome: what is printed, the exit status and
+(``tests/cells/test_hostile.py``: the same for ``--cells``). Each case asserts the exact outcome: what is printed, the exit status and
 which files exist afterwards.
 """
 

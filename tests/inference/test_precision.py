@@ -301,7 +301,7 @@ def test_platform_result_names_the_precision(tmp_path, cpu_is):
 
 
 # -- CUDA: the same answers as the CPU on a tiny input ----------------------------------------------
-# Under CI=true every skip fails (tests/test_ci_skips.py), and CI has no GPU: this test exists only
+# Under CI=true every skip fails (tests/project/test_ci_skips.py), and CI has no GPU: this test exists only
 # where CUDA does (the GPU sessions of issue 27 run it), instead of skipping everywhere else.
 if torch.cuda.is_available():
     @pytest.mark.parametrize("precision", ["fp32", "auto"])

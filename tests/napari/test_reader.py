@@ -1,7 +1,7 @@
 """The napari reader on real files, without a viewer: what it claims, the layers it makes, bad input.
 
 These need neither napari nor a display (the reader is plain protloc); the viewer tests are in
-test_napari_viewer.py.
+tests/napari/test_viewer.py.
 """
 
 from __future__ import annotations
