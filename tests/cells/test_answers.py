@@ -50,6 +50,7 @@ def _field(seed: int = 0, size: int = 96) -> tuple[np.ndarray, np.ndarray]:
     return image, labels
 
 
+@pytest.mark.slow
 def test_relative_expression_and_the_gate():
     image, labels = _field()
     ids = np.array([1, 5, 9])

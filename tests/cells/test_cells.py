@@ -206,6 +206,7 @@ def test_label_image_round_trip_and_bad_masks(tmp_path):
         read_label_image(tmp_path / "rgb.png")
 
 
+@pytest.mark.slow
 def test_cells_command_writes_table_anndata_masks_and_overlays(model_file, data_dir, tmp_path, capsys):
     out = tmp_path / "cells.parquet"
     code = main(["cells", str(data_dir), "--model", str(model_file), "--out", str(out), "--maps",
@@ -268,6 +269,7 @@ def test_cells_command_bad_input(model_file, data_dir, tmp_path, capsys):
     assert "must be positive" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_bench_cells_section_reports_the_ratio(tmp_path, capsys):
     out = tmp_path / "bench.json"
     assert main(["bench", "--quick", "--sections", "cells", "--out", str(out)]) == 0

@@ -101,6 +101,7 @@ def reference(fields, model_file, tmp_path_factory):
     return _cells_outputs(out)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("parts_before_kill", [0, 2, 5])
 def test_predict_cells_resumes_after_kill_9(fields, model_file, reference, tmp_path, parts_before_kill, capsys):
     """`predict --cells` did not resume after kill -9: no table, the rerun redid every image."""

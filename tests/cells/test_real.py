@@ -150,6 +150,7 @@ REAL_TILES = {
 }
 
 
+@pytest.mark.slow
 def test_default_answer_differs_between_the_tiles_of_a_real_mosaic(pretrained_file):
     from PIL import Image
 

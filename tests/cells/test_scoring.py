@@ -106,6 +106,7 @@ def test_write_constants_replaces_only_the_marked_block(tmp_path):
     assert target.read_text() == "EXPRESSION_FULL = 0.3\n"
 
 
+@pytest.mark.slow
 def test_select_and_accuracy_in_one_command(model_file, tmp_path, monkeypatch, capsys):
     pytest.importorskip("skimage")  # the accuracy half also segments; under CI=true a skip fails
     from protloc.data.synth import generate_dataset

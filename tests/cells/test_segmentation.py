@@ -127,6 +127,7 @@ def test_reference_fixture_is_consistent():
         assert len({tuple(p) for p in field["points"]}) == len(field["points"]), name
 
 
+@pytest.mark.slow
 def test_real_fields_against_the_hand_checked_nuclei():
     """Held-out real fields (not looked at while tuning): at least 95% of the hand-checked nuclei
     matched (one found nucleus each); crowded ones counted within 10%. Measured 0.98 when frozen; the
@@ -157,6 +158,7 @@ def test_the_real_2048_field_finds_its_dim_nuclei():
     assert 180 <= result.nucleus_diameter <= 280
 
 
+@pytest.mark.slow
 def test_bench_writes_its_tables(tmp_path):
     fields, shared = _real_fields()
     small = {name: fields[name] for name in ("458e8142", "57639_1283_B2_10")}

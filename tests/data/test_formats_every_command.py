@@ -33,6 +33,7 @@ def every_format(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_data_scan_lists_and_labels_every_format(every_format):
     from protloc.data.index import scan_dataset
 
@@ -51,6 +52,7 @@ def test_predict_lists_the_same_samples(every_format, model_file, tmp_path):
         assert [row["id"] for row in csv.DictReader(handle)] == IDS
 
 
+@pytest.mark.slow
 def test_cells_lists_the_same_samples(every_format, model_file, tmp_path):
     pytest.importorskip("anndata")
     from protloc.cells.pipeline import run_cells

@@ -124,6 +124,7 @@ def test_a_stack_of_many_small_pages_is_refused_as_a_whole(tmp_path):
     assert check_image_header(path, limit=100_000) == "tiff"
 
 
+@pytest.mark.slow
 def test_bombs_in_scan_predict_and_train_are_excluded_with_the_limit(tmp_path, model_file, capsys):
     data = tmp_path / "data"
     data.mkdir()
@@ -352,6 +353,7 @@ def test_a_data_error_in_a_loader_worker_keeps_its_one_line_reason():
     assert str(info.value) == "x_blue.tif: truncated TIFF (image data ends after the file)"
 
 
+@pytest.mark.slow
 def test_an_index_scanned_with_a_raised_limit_stays_readable(tmp_path, capsys):
     data = tmp_path / "data"
     data.mkdir()

@@ -163,6 +163,7 @@ def test_ome_tiff_unknown_names_then_channels_mapping(tmp_path, capsys, model_fi
     assert "unknown channel 'golgi'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_ome_zarr_plate_predicts_every_field(tmp_path, model_file, capsys):
     """Done-when: an OME-Zarr plate of a few fields predicts with nothing but the input."""
     plate = tmp_path / "plate.zarr"
@@ -275,6 +276,7 @@ def ngff_first_dataset(group) -> str:
     return meta.get("ome", meta)["multiscales"][0]["datasets"][0]["path"]
 
 
+@pytest.mark.slow
 def test_real_hpa_field_as_ome_tiff_with_published_weights(tmp_path):
     """The real HPA field (a nuclear protein) converted to an OME-TIFF with shuffled, named channels."""
     checkpoint = SHARED / "pretrained" / "gapnet-pl"

@@ -147,6 +147,7 @@ def test_user_mapping_file_is_accepted_and_checked(tmp_path):
 
 # ---------------------------------------------------------------------------------- evaluate
 
+@pytest.mark.slow
 def test_evaluate_published_weights_on_real_fields(pretrained_cache, real_few, tmp_path, capsys):
     out = tmp_path / "eval"
     assert main(["evaluate", "--model", "pretrained", "--data", str(real_few), "--out", str(out),
@@ -259,6 +260,7 @@ def test_train_init_freeze_encoder_trains_only_the_head(synth_dir, tiny_model, t
     assert after["pixel_size_um"] == 0.5 and after["source"]["transfer"]["init"] == str(tiny_model)
 
 
+@pytest.mark.slow
 def test_crossval_fixed_folds_baseline_and_head(synth_dir, tiny_model, tmp_path):
     from protloc.training.crossval import make_folds
 
@@ -292,6 +294,7 @@ def test_crossval_fixed_folds_baseline_and_head(synth_dir, tiny_model, tmp_path)
                  "--epochs", "1"]) == 2  # other folds into the same folder: refused
 
 
+@pytest.mark.slow
 def test_predict_says_and_records_the_pixel_size(pretrained_cache, real_few, tmp_path, capsys):
     out = tmp_path / "pred.csv"
     one = sorted((real_few / "train").glob("*_green.png"))[0]

@@ -267,6 +267,7 @@ def test_cli_label_set_and_format_options(tmp_path, capsys):
     assert main(["data", "scan", str(tmp_path), "--labels", str(tmp_path / "absent.csv")]) == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("make_target", ["absent", "empty"])
 def test_cli_exit_code_2_for_wrong_path_or_empty_folder(tmp_path, make_target):
     target = tmp_path / make_target

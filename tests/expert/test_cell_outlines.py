@@ -19,6 +19,8 @@ from protloc.expert.web import create_expert_app
 from tests.expert.test_data import build_dataset
 from tests.expert.test_web import CHROMIUM, CHROMIUM_ARGS, ServerThread, free_port
 
+pytestmark = pytest.mark.slow  # a real browser / server / viewer: left to the full run
+
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 
 pytest.importorskip("skimage", reason="cell outlines need scikit-image (the cells extra)")

@@ -105,6 +105,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path(CHROMIUM).exists(),
                     reason="Debian chromium not installed")
 def test_browser_sign_in_answer_change_reload_resume_restart(study_dir, tmp_path):

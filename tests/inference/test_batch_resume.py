@@ -59,6 +59,7 @@ def ids_in(path: Path) -> list[str]:
     return [json.loads(line)["id"] for line in text.splitlines()]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
 def test_a_cut_at_any_byte_of_the_last_row_loses_and_repeats_nothing(inputs, cheap_model, tmp_path, suffix):
     model, folder, ids = inputs
@@ -151,6 +152,7 @@ def test_a_second_run_on_the_same_output_is_refused_while_the_first_writes(input
         assert sorted(ids_in(out)) == ids
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="Linux: the kernel kills the workers with their parent")
 def test_decoding_workers_die_with_a_main_process_killed_with_sigkill(inputs, tmp_path):
     """Found by tools/attack.py: after kill -9 of `protloc predict`, its two decoding workers lived on,

@@ -74,7 +74,7 @@ def relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @pytest.mark.parametrize(
     "shape",
-    [(1, 4, 64, 64), (2, 4, 301, 457), (3, 4, 97, 130), (1, 4, 130, 45), (2, 4, 5, 7)],
+    [(1, 4, 64, 64), pytest.param((2, 4, 301, 457), marks=pytest.mark.slow), (3, 4, 97, 130), (1, 4, 130, 45), (2, 4, 5, 7)],
     ids=["square", "odd-non-square-batch2", "batch3", "tall", "tiny"],
 )
 def test_fp32_fast_path_equals_plain_forward(shape):
@@ -96,6 +96,7 @@ def assert_selu_compiled() -> None:
     assert fast_path._compiled_selu is not None, "the compiled SELU was never used"
 
 
+@pytest.mark.slow
 def test_compiled_selu_gives_the_same_logits():
     network = random_gapnet(2)
     x = raw_images((2, 4, 75, 62))
@@ -184,6 +185,7 @@ def test_gflop_matches_the_issue():
     assert gflop(2048, 2048) == pytest.approx(31.4, abs=0.05)
 
 
+@pytest.mark.slow
 def test_inference_functions_take_a_precision():
     network = random_gapnet()
     image = raw_images((1, 4, 70, 90))[0].numpy()

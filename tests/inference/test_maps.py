@@ -104,7 +104,8 @@ def test_the_window_networks_are_the_other_four():
     assert set(WINDOW_NETWORKS) == set(list_models()) - {"gapnet-pl"}
 
 
-@pytest.mark.parametrize("name", sorted(WINDOW_NETWORKS))
+@pytest.mark.parametrize("name", [pytest.param(name, marks=pytest.mark.slow) if name == "densenet-121" else name
+                                  for name in sorted(WINDOW_NETWORKS)])
 def test_sliding_window_map_of_each_other_network(name, tmp_path):
     size, options = WINDOW_NETWORKS[name]["size"], WINDOW_NETWORKS[name]["options"]
     torch.manual_seed(0)

@@ -202,6 +202,7 @@ def test_napari_widget_offers_the_precisions():
 
 # -- int8: made once, reused, remade when the model file changes -----------------------------------
 
+@pytest.mark.slow
 def test_int8_cache_is_made_once_reused_and_invalidated(model_file, tmp_path, monkeypatch):
     pytest.importorskip("onnxruntime")
     import shutil

@@ -161,6 +161,7 @@ def test_fixed_size_model_refuses_whole_image(data_dir, tmp_path, capsys):
     assert "fixed-size" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_torchrun_splits_inputs_between_ranks(data_dir, model_file, tmp_path):
     out = tmp_path / "pred.csv"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -190,6 +191,7 @@ def pretrained_cache(tmp_path_factory):
         os.environ["PROTLOC_CACHE"] = old
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("folder", ["hpa-download", "kaggle-png"])
 def test_pretrained_on_real_hpa_field(pretrained_cache, folder, tmp_path):
     """The real HPA field (a nuclear protein, by eye) in both published formats, as the files come."""

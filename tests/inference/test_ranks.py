@@ -37,6 +37,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_a_dead_rank_is_reported_within_the_timeout(data_and_model, tmp_path):
     data, model = data_and_model
     out = tmp_path / "pred.csv"

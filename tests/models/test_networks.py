@@ -17,6 +17,8 @@ from protloc.models.base import count_parameters
 from protloc.models.conv_mil import NoisyAnd, avg_pool_same, max_pool_same
 
 ALL = ["gapnet-pl", "densenet-121", "m-cnn", "deeploc", "conv-mil"]
+# The two large networks take seconds per case on a 2-core CPU: their cases are left to the full run.
+ALL_MARKED = [pytest.param(name, marks=pytest.mark.slow) if name in ("densenet-121", "m-cnn") else name for name in ALL]
 
 
 
@@ -57,6 +59,7 @@ PAPER_COUNTS = {
 }
 
 
+@pytest.mark.slow
 def test_counts_from_layer_shapes_are_the_documented_ones():
     # architectures.md: the authors' code gives 201,715,277 (DeepLoc; the paper prints 201,716,967)
     # and 420,256 (Conv-MIL; the paper prints 593,143 for its class-map variant, tested below).
@@ -88,7 +91,7 @@ def test_registry_lists_the_five_networks():
     assert set(ALL) <= set(list_models())
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", ALL_MARKED)
 def test_parameter_count_matches_the_specification(name):
     assert meta_count(name) == PAPER_COUNTS[name]
 
@@ -125,7 +128,7 @@ def test_densenet_has_121_layers_with_bn_and_no_conv_bias():
     assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == 1 + 2 * 58 + 3 + 1
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", ALL_MARKED)
 def test_paper_defaults_are_attached(name):
     with torch.device("meta"):
         paper = create_model(name).paper
@@ -140,7 +143,7 @@ def test_paper_defaults_are_attached(name):
     assert paper.input_size == 1024
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", ALL_MARKED)
 def test_output_shape_on_small_inputs(name):
     size = 96 if name != "m-cnn" else SMALL
     model = build(name, size=size).eval()
@@ -226,7 +229,7 @@ def test_same_pooling_matches_tensorflow_alignment():
     torch.testing.assert_close(avg_pool_same(torch.ones(1, 2, 5, 6)), torch.ones(1, 2, 3, 3))
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", ALL_MARKED)
 def test_gradients_reach_every_parameter(name):
     size = 64 if name != "m-cnn" else SMALL
     model = build(name, size=size).train()
@@ -249,7 +252,7 @@ def test_conv_mil_class_map_head_trains_end_to_end():
     assert create_model("conv-mil").paper.fixed_input_size is False  # the instance override does not leak
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", ALL_MARKED)
 def test_same_seed_gives_same_initial_weights(name):
     first, second, other = build(name, seed=7), build(name, seed=7), build(name, seed=8)
     a, b, c = first.state_dict(), second.state_dict(), other.state_dict()
@@ -258,7 +261,7 @@ def test_same_seed_gives_same_initial_weights(name):
     assert any(not torch.equal(a[key], c[key]) for key in a)
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", ALL_MARKED)
 def test_eval_is_deterministic_and_training_uses_dropout(name):
     size = 64 if name != "m-cnn" else SMALL
     model = build(name, size=size)
@@ -293,7 +296,7 @@ def test_fixed_size_networks_default_to_1024():
     assert mcnn.fc1.in_features == 8 * 8 * 1024
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", ALL_MARKED)
 def test_wrong_channel_count_is_a_clear_error(name):
     model = build(name)
     with pytest.raises(ProtlocError, match="4, height, width"):
@@ -311,6 +314,7 @@ def test_bad_options_are_clear_errors():
         create_model("densenet-121").eval()(torch.randn(1, 4, 16, 40))
 
 
+@pytest.mark.slow
 def test_models_command_prints_all_five_with_counts(capsys):
     assert main(["models", "--crop", "64"]) == 0
     out = capsys.readouterr().out

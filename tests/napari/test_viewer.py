@@ -23,6 +23,8 @@ require_napari_and_display()
 from protloc.cli import main as cli_main  # noqa: E402
 from protloc.labels import HPA13  # noqa: E402
 
+pytestmark = pytest.mark.slow  # a real browser / server / viewer: left to the full run
+
 PLUGIN, WIDGET = "protloc", "Predict localisation"
 HPA_ID = "57639_1283_B2_10"
 SAMPLE_ID = "HPA 57639_1283_B2_10"  # the shipped 512x512 copy of the same field

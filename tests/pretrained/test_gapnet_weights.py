@@ -69,6 +69,7 @@ def imported(tmp_path_factory) -> Path:
 # ------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_mask_crc_matches_leveldb_definition():
     crc = 0x12345678
     rotated = ((crc >> 15) | (crc << 17)) & 0xFFFFFFFF
@@ -255,6 +256,7 @@ def reference_input(seed: int, height: int = 1024, width: int = 1024) -> np.ndar
     return ((x - mean) / (std + 1e-7)).astype(np.float32)
 
 
+@pytest.mark.slow
 @needs_checkpoint
 def test_imported_network_gives_tensorflow_logits(imported):
     reference = json.loads((FIXTURES / "gapnet_pl_reference.json").read_text())

@@ -66,6 +66,7 @@ def outcomes(result: subprocess.CompletedProcess) -> dict[str, int]:
     return counts
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ci", ["true"])
 def test_every_skip_fails_under_ci(tmp_path, ci):
     result = run_suite(tmp_path, ci)
@@ -80,6 +81,7 @@ def test_every_skip_fails_under_ci(tmp_path, ci):
     assert "skipped under CI=true" in result.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ci", [None, "false"])
 def test_skips_stay_skips_outside_ci(tmp_path, ci):
     result = run_suite(tmp_path, ci)

@@ -488,6 +488,7 @@ def test_expert_study_pages_are_mounted_behind_the_same_tokens(models, tmp_path)
             assert 'href="/expert/"' in user.get("/").text
 
 
+@pytest.mark.slow
 def test_protloc_serve_command(tmp_path, capsys):
     """The command line as the README shows it: a model file, a data folder, a token; then a clean stop."""
     import os

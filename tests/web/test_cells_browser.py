@@ -12,7 +12,7 @@ import pytest
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 
-pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"browser tests need Debian's chromium at {CHROMIUM}")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"browser tests need Debian's chromium at {CHROMIUM}")]
 sync_api = pytest.importorskip("playwright.sync_api", reason="browser tests need the python playwright package")
 pytest.importorskip("skimage", reason="cells need scikit-image (the cells extra)")
 

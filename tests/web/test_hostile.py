@@ -192,6 +192,7 @@ def test_a_batch_answer_lists_its_skipped_entries_in_pages(client):
     assert client.get(url, params={"limit": 1001}).status_code == 422
 
 
+@pytest.mark.slow
 def test_a_body_trickling_a_byte_every_two_seconds_is_cut(server):
     """Not cut within 50 s before: the read timeout only sees silence, and a byte every 2 s is not silent."""
     import socket

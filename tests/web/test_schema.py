@@ -20,6 +20,8 @@ from schemathesis.checks import (  # noqa: E402
     status_code_conformance,
 )
 
+pytestmark = pytest.mark.slow  # a real browser / server / viewer: left to the full run
+
 # per route and mode: about half a minute on two busy cores; PROTLOC_SCHEMA_EXAMPLES=500 for a long hunt
 EXAMPLES_PER_ROUTE = int(os.environ.get("PROTLOC_SCHEMA_EXAMPLES", "30"))
 

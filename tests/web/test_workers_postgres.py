@@ -27,6 +27,8 @@ import tifffile
 
 from tests.helpers.web import cell_like_sample, make_model_file
 
+pytestmark = pytest.mark.slow  # a real browser / server / viewer: left to the full run
+
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("psycopg", reason="psycopg is not installed (pip install -e '.[dev]')")
 REPO = Path(__file__).resolve().parents[2]
