@@ -63,6 +63,7 @@ def test_demo_bad_options_are_one_line_errors(args, needle, tmp_path, capsys):
     assert not (tmp_path / "demo" / "runs").exists()
 
 
+@pytest.mark.slow
 def test_demo_data_same_seed_same_bytes(tmp_path):
     """The demo's data set is a function of its settings: two preparations give the same files, byte
     for byte (images, masks, labels.csv, cells.csv), and another seed gives other images."""

@@ -114,6 +114,7 @@ def test_a_write_error_before_any_row_leaves_no_empty_file(images, model_file, t
     assert leftovers(tmp_path) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
 def test_a_real_file_size_limit_mid_run_is_one_line_and_resumable(images, model_file, tmp_path, suffix):
     """A real write error from the kernel (RLIMIT_FSIZE: EFBIG once the journal reaches 600 bytes)."""
@@ -275,6 +276,7 @@ def test_formula_ids_are_defused_in_the_csv_as_in_the_platforms_exports(images, 
 
 # -- resources -------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_long_thin_image_costs_memory_in_proportion_to_its_pixels(model_file):
     """Four 1x100000 PNGs took 3.6 GB: the image was padded to a 1024-high copy and all its patches
     stacked at once. Here 1x40000 with 256-px patches: 160 patches of 1 MB, a 164 MB padded copy."""

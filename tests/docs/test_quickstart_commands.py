@@ -20,6 +20,7 @@ from protloc.data.formats import discover
 CHECKPOINT = shared_dir() / "pretrained" / "gapnet-pl"
 
 
+@pytest.mark.slow
 def test_sample_data_writes_the_field_and_its_credit(tmp_path, capsys):
     out = tmp_path / "field"
     assert main(["sample-data", str(out)]) == 0

@@ -52,6 +52,7 @@ def test_readme_is_short_and_has_no_development_paths():
         assert "../shared" not in text
 
 
+@pytest.mark.slow
 def test_site_builds_strictly(tmp_path):
     pytest.importorskip("mkdocs")
     pytest.importorskip("mkdocstrings")
@@ -64,6 +65,7 @@ def test_site_builds_strictly(tmp_path):
     assert "load_model" in api and "discover_inputs" in api  # mkdocstrings rendered the docstrings
 
 
+@pytest.mark.slow
 def test_site_build_fails_on_a_broken_link(tmp_path):
     pytest.importorskip("mkdocs")
     copy = tmp_path / "repo"

@@ -279,6 +279,7 @@ def _make_run(run: Path, data_root: Path, seed: int, epoch_seconds=(2.0, 4.0), w
     return network
 
 
+@pytest.mark.slow
 def test_evaluate_run_tunes_stores_thresholds_and_reports(tmp_path, capsys):
     run = tmp_path / "run"
     _make_run(run, tmp_path / "data", seed=1)
@@ -320,6 +321,7 @@ def test_evaluate_run_tunes_stores_thresholds_and_reports(tmp_path, capsys):
             assert entry["auc"] == pytest.approx(roc_auc_score(y[:, c], probs[:, c]), abs=1e-5)
 
 
+@pytest.mark.slow
 def test_evaluate_whole_image_and_val_split(tmp_path):
     from protloc.evaluation.evaluate import evaluate_run
 
@@ -352,6 +354,7 @@ def _write_evaluation(run: Path, f1_targets: list[float], seed: int):
     return [2 * k / (10 + k) for k in (int(round(t)) for t in f1_targets)]
 
 
+@pytest.mark.slow
 def test_compare_runs_tables_winners_and_cli(tmp_path, capsys):
     runs = [tmp_path / name for name in ("alpha", "beta", "gamma")]
     hits = {
@@ -400,6 +403,7 @@ def test_compare_runs_tables_winners_and_cli(tmp_path, capsys):
     _assert_png(out / "f1_per_class.png")
 
 
+@pytest.mark.slow
 def test_evaluate_then_compare_two_real_runs(tmp_path, capsys):
     runs = [tmp_path / "a", tmp_path / "b"]
     for seed, run in enumerate(runs):

@@ -57,6 +57,7 @@ def one_line_error(capsys) -> str:
     return err
 
 
+@pytest.mark.slow
 def test_standalone_architecture_gives_protloc_logits():
     from protloc.export.gapnet_pl_architecture import GapNetPL
 
@@ -92,6 +93,7 @@ def test_onnx_export_any_size_matches_protloc_logits(model_file, tmp_path, capsy
         assert np.abs(got - expected).max() < 1e-5  # float32 accuracy
 
 
+@pytest.mark.slow
 def test_predict_through_onnxruntime_equals_protloc(model_file, tmp_path):
     onnx_file = tmp_path / "tiny.onnx"
     assert main(["export", str(model_file), "--format", "onnx", "--out", str(onnx_file)]) == 0
@@ -155,6 +157,7 @@ def test_bad_exports_are_one_line_errors(model_file, tmp_path, capsys):
     assert "not a protloc ONNX export" in one_line_error(capsys)
 
 
+@pytest.mark.slow
 def test_bioimageio_package_of_the_published_weights(published_model, tmp_path, capsys):
     """Validated by bioimageio.spec, every weight format reproducing the test output in bioimageio.core."""
     from bioimageio.core import test_model
@@ -197,6 +200,7 @@ def test_bioimageio_package_of_the_published_weights(published_model, tmp_path, 
                                   for w in ("onnx", "pytorch_state_dict", "torchscript")]
 
 
+@pytest.mark.slow
 def test_a_network_whose_trace_bakes_in_its_size_is_exported_at_its_crop_size(tmp_path, capsys):
     """Conv MIL's trace holds only at the size it was traced at: the check finds it, the export falls
     back to the crop size, and prediction through onnxruntime uses patches and equals protloc's."""
@@ -218,6 +222,7 @@ def test_a_network_whose_trace_bakes_in_its_size_is_exported_at_its_crop_size(tm
     assert "input 96x96" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_quick_onnxruntime_benchmark_section(tmp_path, model_file):
     out = tmp_path / "bench.json"
     assert main(["bench", "--quick", "--sections", "onnxruntime", "--model", str(model_file), "--repeats", "1",
@@ -229,6 +234,7 @@ def test_quick_onnxruntime_benchmark_section(tmp_path, model_file):
     assert "max |difference|" in section["export_checks"][-1]
 
 
+@pytest.mark.slow
 def test_bioimageio_package_of_weights_you_trained(model_file, tmp_path, capsys):
     """Your own weights: your name, your licence, your pixel size; no borrowed LICENSE file."""
     from bioimageio.spec import InvalidDescr, load_description
