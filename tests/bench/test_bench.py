@@ -12,6 +12,7 @@ from protloc.cli import main
 REPO = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow
 def test_quick_inference_and_data_write_valid_json(tmp_path, capsys):
     out = tmp_path / "results.json"
     markdown = tmp_path / "tables.md"
@@ -40,6 +41,7 @@ def test_quick_inference_and_data_write_valid_json(tmp_path, capsys):
     assert "### Data path" in markdown.read_text()
 
 
+@pytest.mark.slow
 def test_quick_scaling_child_reports_time_and_memory(tmp_path):
     from protloc.bench.scaling import run_child
 
@@ -48,6 +50,7 @@ def test_quick_scaling_child_reports_time_and_memory(tmp_path):
     assert row["best_s"] > 0 and row["peak_rss_mib"] >= row["rss_before_mib"] * 0.5 > 0
 
 
+@pytest.mark.slow
 def test_tf_result_is_put_beside_the_baseline(tmp_path):
     tf = tmp_path / "tf.json"
     tf.write_text(json.dumps({"tensorflow_version": "x", "modes": {"patches": {
@@ -92,6 +95,7 @@ def test_benchmark_results_in_the_repository_are_valid():
             assert "machine" in results and results["sections"], path.name
 
 
+@pytest.mark.slow
 def test_quick_platform_runs_both_servers_and_measures_every_part(tmp_path, capsys):
     out = tmp_path / "platform.json"
     assert main(["bench", "--quick", "--sections", "platform", "--out", str(out)]) == 0
@@ -124,6 +128,7 @@ def test_quick_platform_runs_both_servers_and_measures_every_part(tmp_path, caps
     assert "Platform: probabilities first" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_bench_runs_from_an_installed_package_without_the_source_tree(tmp_path):
     """The package copied alone (as pip installs it): no benchmarks/ or tools/ beside it."""
     import os
