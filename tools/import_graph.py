@@ -11,7 +11,7 @@ are left out). ``from package import name`` points at ``package.name`` when that
 Circles are the strongly connected components of more than one module. Upward imports are edges
 from a module to one in a higher layer of ``LAYERS`` (lowest first): a module belongs to the first
 layer whose prefixes match it; a module in no layer is reported, so the order covers the package.
-tests/test_architecture.py runs this and fails on any circle or upward import not in its list of
+tests/project/test_import_graph.py runs this and fails on any circle or upward import not in its list of
 known exceptions.
 """
 
