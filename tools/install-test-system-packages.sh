@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The Debian packages the test suite drives for real: Chromium (the web pages), Xvfb with Mesa and
 # Qt's X11 libraries (the napari viewer), PostgreSQL (the multi-worker platform tests start a
-# throw-away cluster), SLURM (tests/test_distributed.py starts a single-node slurmctld + slurmd on
+# throw-away cluster), SLURM (tests/distributed/test_cluster.py starts a single-node slurmctld + slurmd on
 # 127.0.0.1 without munge and runs one real dask-jobqueue job through it). Installs only what is missing; where it may not install (no root, no apt), it says so and the tests that need a missing package fail under CI=true.
 set -u
 packages=(

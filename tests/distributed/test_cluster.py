@@ -1,7 +1,7 @@
 """Prediction and cells over a Dask cluster (``--cluster``, issue 25): a real ``dask scheduler`` and two
 real ``dask worker`` processes on 127.0.0.1; the merged outputs against the single-process path, a worker
 killed with SIGKILL mid-run, a client killed and resumed, inputs the workers read (a plate, URLs, a path
-one cannot see), and the batch-system job script (one real SLURM job: test_distributed_slurm.py)."""
+one cannot see), and the batch-system job script (one real SLURM job: tests/distributed/test_slurm.py)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from protloc.cli import main
 from protloc.errors import ProtlocError
 
 pytest.importorskip("distributed", reason="the dask extra (pip install 'protloc[dask]') is not installed")
-from dask_helpers import (  # noqa: F401 - fixtures
+from tests.helpers.dask import (  # noqa: F401 - fixtures
     LoopbackCluster,
     _env,
     _free_port,
@@ -135,6 +135,7 @@ def test_pbs_and_lsf_job_scripts(kind, expected):
 # --- a real scheduler and two real workers ----------------------------------------------------------
 
 @pytest.mark.parametrize("name", ["pred.csv", "pred.jsonl", "pred.parquet"])
+@pytest.mark.slow  # a real scheduler and worker processes
 def test_merged_output_equals_single_process(cluster, data_dir, model_file, single, tmp_path, name, capsys):
     out = tmp_path / name
     assert main(["predict", str(data_dir), "--model", str(model_file), "--out", str(out),
@@ -146,6 +147,7 @@ def test_merged_output_equals_single_process(cluster, data_dir, model_file, sing
     assert not (tmp_path / f"{name}.shards").exists()  # merged, then removed
 
 
+@pytest.mark.slow  # a real scheduler and worker processes
 def test_local_cluster_and_its_dashboard(data_dir, model_file, single, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", _env()["PYTHONPATH"])  # the LocalCluster's worker processes import this tree
     out = tmp_path / "pred.csv"
@@ -156,6 +158,7 @@ def test_local_cluster_and_its_dashboard(data_dir, model_file, single, tmp_path,
     assert_same_rows(out, single / "pred.csv")
 
 
+@pytest.mark.slow  # a real scheduler and worker processes
 def test_cells_merged_equal_single_process(cluster, data_dir, model_file, single, tmp_path):
     import anndata
 
@@ -171,6 +174,7 @@ def test_cells_merged_equal_single_process(cluster, data_dir, model_file, single
     assert masks == sorted(p.name for p in (single / "cells-masks").iterdir()) and len(masks) == 20
 
 
+@pytest.mark.slow  # a real scheduler and worker processes
 def test_worker_that_cannot_see_an_input(cluster, model_file, tmp_path, monkeypatch, capsys):
     from protloc.data.formats import SampleEntry
 
@@ -183,6 +187,7 @@ def test_worker_that_cannot_see_an_input(cluster, model_file, tmp_path, monkeypa
     assert err.startswith("protloc: error: worker w") and f"cannot see {missing}" in err
 
 
+@pytest.mark.slow  # a real scheduler and worker processes
 def test_hcs_plate_read_by_the_workers(cluster, model_file, tmp_path):
     pytest.importorskip("zarr", reason="the formats extra installs zarr")
     from test_ome_formats import write_plate
@@ -198,6 +203,7 @@ def test_hcs_plate_read_by_the_workers(cluster, model_file, tmp_path):
     assert_same_rows(tmp_path / "many.csv", tmp_path / "one.csv")
 
 
+@pytest.mark.slow  # a real scheduler and worker processes
 def test_http_urls_fetched_by_the_workers(cluster, data_dir, model_file, single, tmp_path):
     pytest.importorskip("aiohttp", reason="fsspec's http protocol needs aiohttp")
     port = _free_port()
@@ -234,6 +240,7 @@ def many(tmp_path_factory, model_file) -> tuple:
     return folder / "data", folder
 
 
+@pytest.mark.slow  # a real scheduler and worker processes
 def test_client_killed_then_resumed(cluster, many, model_file, tmp_path, capsys):
     data, single = many
     out = tmp_path / "pred.csv"
@@ -258,6 +265,7 @@ def test_client_killed_then_resumed(cluster, many, model_file, tmp_path, capsys)
     assert_same_rows(out, single / "pred.csv")
 
 
+@pytest.mark.slow  # a real scheduler and worker processes
 def test_worker_killed_mid_run_loses_and_doubles_nothing(many, model_file, tmp_path):
     from protloc.distributed import parse_cluster, predict
 
@@ -304,6 +312,7 @@ def test_bench_cluster_section_quick(model_file, tmp_path, monkeypatch):
     assert "load average" in section["uptime"] and "### Cluster" in (tmp_path / "bench.md").read_text()
 
 
+@pytest.mark.slow  # a real scheduler and worker processes
 def test_skipped_input_precision_and_strict_as_single_process(cluster, data_dir, model_file, tmp_path, capsys):
     """An unreadable input, --precision and --strict: the same rows (precision column), the same
     errors list and the same exit status as the single-process run; for cells too (signal_to_noise,

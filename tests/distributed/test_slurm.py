@@ -15,7 +15,7 @@ import pytest
 from protloc.cli import main
 
 pytest.importorskip("dask_jobqueue", reason="the dask extra (pip install 'protloc[dask]') is not installed")
-from dask_helpers import _env, _free_port, assert_same_rows, data_dir, single  # noqa: E402,F401 - fixtures
+from tests.helpers.dask import _env, _free_port, assert_same_rows, data_dir, single  # noqa: E402,F401 - fixtures
 
 
 SLURM_CONF = """ClusterName=protloc
