@@ -58,6 +58,31 @@ def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
 
 
 @contextmanager
+def atomic_paths(paths: list[str | Path]) -> Iterator[list[Path]]:
+    """Temporary names (each keeping its target's suffix) for several files that appear together:
+    when the block ends without error every file is synced, then all are renamed; otherwise all are
+    removed and no target is touched (a table never says "finished" beside a missing AnnData file)."""
+    targets = [Path(p) for p in paths]
+    temporaries: list[Path] = []
+    try:
+        for target in targets:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=target.suffix, dir=target.parent)
+            os.close(fd)
+            os.chmod(tmp, _umask_mode())
+            temporaries.append(Path(tmp))
+        yield temporaries
+        for tmp in temporaries:
+            fsync_file(tmp)
+    except BaseException:
+        for tmp in temporaries:
+            tmp.unlink(missing_ok=True)
+        raise
+    for tmp, target in zip(temporaries, targets):
+        os.replace(tmp, target)
+
+
+@contextmanager
 def atomic_open(path: str | Path, mode: str = "w", **options) -> Iterator[IO]:
     """An open handle (text ``w`` or binary ``wb``; ``options`` as ``open`` takes them) whose file
     appears at ``path`` complete, only when the block ends without error."""

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 
 from protloc.errors import ProtlocError
-from protloc.files import atomic_path, atomic_save_npz, fsync_file
+from protloc.files import atomic_path, atomic_paths, atomic_save_npz
 
 TABLE_FORMATS = (".csv", ".parquet")
 
@@ -122,29 +121,18 @@ def save_part(path: Path, image_id: str, rows, embeddings: np.ndarray, image_row
 def publish(writes: list[tuple[Path, object]]) -> list[Path]:
     """Write every output under a temporary name (``write(tmp)`` for each ``(path, write)``), then
     rename them all: on a failure none is renamed and the temporary files are removed."""
-    temporaries = [(path, path.with_name(f".{path.name}.incomplete{path.suffix}")) for path, _ in writes]
-
-    def remove_temporaries() -> None:
-        for _, tmp in temporaries:  # the writers' own ".partial" files too
-            for leftover in (tmp, tmp.with_name(tmp.name + ".partial")):
-                leftover.unlink(missing_ok=True)
-
+    paths = [path for path, _ in writes]
+    path = paths[0] if paths else None
     try:
-        for (path, write), (_, tmp) in zip(writes, temporaries):
-            write(tmp)
-            fsync_file(tmp)
+        with atomic_paths(paths) as temporaries:
+            for (path, write), tmp in zip(writes, temporaries):
+                write(tmp)
     except Exception as exc:  # h5py reports a full disk as a RuntimeError with the errno in its text
-        remove_temporaries()
         if isinstance(exc, OSError) or "errno = " in str(exc):
             raise ProtlocError(f"cannot write {path}: {_reason(exc)}; the finished images are kept in the "
                                ".parts folder: free space and rerun the same command") from None
         raise
-    except BaseException:
-        remove_temporaries()
-        raise
-    for path, tmp in temporaries:  # all written and synced: now renamed together
-        os.replace(tmp, path)  # noqa: the one multi-file publish (protloc.files renames one file at a time)
-    return [path for path, _ in temporaries]
+    return paths
 
 
 def _reason(exc: Exception) -> str:
