@@ -190,7 +190,7 @@ def test_worker_that_cannot_see_an_input(cluster, model_file, tmp_path, monkeypa
 @pytest.mark.slow  # a real scheduler and worker processes
 def test_hcs_plate_read_by_the_workers(cluster, model_file, tmp_path):
     pytest.importorskip("zarr", reason="the formats extra installs zarr")
-    from test_ome_formats import write_plate
+    from tests.data.test_ome import write_plate
 
     plate = tmp_path / "plate.zarr"
     write_plate(plate, fields_per_well=3)

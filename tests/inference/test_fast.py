@@ -170,8 +170,8 @@ def test_normalisation_statistics_are_stable_on_large_offsets():
 def test_other_networks_and_bad_options():
     torch.manual_seed(0)
     assert fast_network(create_model("conv-mil")) is None
-    with pytest.raises(ProtlocError, match="unknown precision 'fp16'"):
-        fast_network(random_gapnet(), precision="fp16")
+    with pytest.raises(ProtlocError, match="unknown precision 'fp8'"):
+        fast_network(random_gapnet(), precision="fp8")
     with pytest.raises(ProtlocError, match="for GapNet-PL"):
         FastGapNetPL(create_model("conv-mil"))
     with pytest.raises(ProtlocError, match="even number"):
@@ -267,7 +267,8 @@ def test_predictor_and_cli_reject_unknown_precision(tmp_path, capsys):
     assert main(["predict", str(folder / "a.npz"), "--model", str(model), "--out", str(tmp_path / "p.csv"),
                  "--precision", "fp16", "--workers", "0"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("protloc: error: unknown precision 'fp16'") and err.count("\n") == 1
+    # fp16 is a precision, but not a CPU's: refused in one line before any work
+    assert err.startswith("protloc: error: --precision fp16 is for CUDA devices") and err.count("\n") == 1
     assert main(["predict", str(folder / "a.npz"), "--model", str(model), "--out", str(tmp_path / "p.csv"),
                  "--precision", "bf16", "--workers", "0", "--whole-image"]) == 0
 

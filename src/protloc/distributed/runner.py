@@ -197,7 +197,8 @@ def cells(spec: ClusterSpec, inputs, model: str, out, *, device: str = "cpu", pr
     """``protloc cells --cluster``: the table, .h5ad, errors list and label images of the single-process
     run (``protloc.cells.pipeline.run_cells``), from the same per-image function and the same writer."""
     from protloc.cells.outputs import remove_stale_pictures, write_outputs
-    from protloc.cells.pipeline import output_paths, require_cells_extra
+    from protloc.cells.outputs import output_paths
+    from protloc.cells.pipeline import require_cells_extra
     from protloc.cells.scoring import DEFAULT_SCORING, check_scoring
     from protloc.data.pixel_size import check_pixel_size
     from protloc.distributed.inputs import list_entries
