@@ -2,7 +2,7 @@
 
     protloc bench --sections cells-real --data ../shared/real-hpa/kaggle2018-train-101 [--model pretrained]
     python -m protloc.bench.cells_real --data DIR [--model pretrained] [--mosaics 48] [--seed 0] \
-        [--masks DIR] [--out benchmarks/results/cells-real]
+        [--masks DIR] [--precision bf16] [--out benchmarks/results/cells-real]
 
 Each mosaic (2x2 and 3x3, fields of pairwise different label sets, seeded) goes through the per-cell
 path as a user's field would: protloc's segmentation (or the reader's masks of each source field,
@@ -192,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=REAL_DATA, help="labelled real fields (Kaggle 2018 layout)")
     parser.add_argument("--model", default="pretrained")
+    parser.add_argument("--precision", default="fp32", help="of GapNet-PL's pass (fp32, bf16, auto)")
     parser.add_argument("--mosaics", type=int, default=48)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--margin", type=int, default=MARGIN, help="px: cells this close to a seam are left out")
@@ -206,8 +207,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.from_evidence:
         collected = merge([load_evidence(path) for path in args.from_evidence])
     else:
+        from protloc.inference import load_model
+
         k, n = (int(v) for v in args.shard.split("/"))
-        collected = collect(args.data, args.model, args.mosaics, args.seed, args.margin, args.masks,
+        model = load_model(args.model, precision=args.precision) if args.precision != "fp32" else args.model
+        collected = collect(args.data, model, args.mosaics, args.seed, args.margin, args.masks,
                             alone=not args.no_alone, progress=sys.stderr.isatty(), shard=(k, n),
                             evidence=args.evidence)
         if n > 1:
