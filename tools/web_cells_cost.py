@@ -32,7 +32,7 @@ def main() -> None:
     import protloc
     from protloc.data.formats import discover, read
     from protloc.web.cells import CellsStage
-    from protloc.web.storage import BlobStore
+    from protloc.web.store import BlobStore
     from protloc.web.worker import batched_probabilities
 
     predictor = protloc.load_model(args.model)

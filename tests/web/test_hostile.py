@@ -14,7 +14,7 @@ import pytest
 import protloc
 from protloc.web.app import WebSettings, results_csv
 from protloc.web.archives import check_zip
-from protloc.web.storage import UploadError
+from protloc.web.errors import UploadError
 
 from tests.helpers.web import (LiveServer, cell_like_sample, make_model_file, upload_channels, wait_batch, wait_done,
                                write_channel_files)

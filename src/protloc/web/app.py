@@ -26,7 +26,7 @@ from protloc.web.routers.pages import pages_router
 from protloc.web.exports import results_csv
 from protloc.web.service import Platform
 from protloc.web.settings import MB, WebSettings, load_predictors, model_key_for
-from protloc.web.storage import UploadError
+from protloc.web.errors import UploadError
 
 HERE = Path(__file__).parent
 

@@ -9,7 +9,7 @@ from pathlib import Path, PurePosixPath
 
 from protloc.data.channels import CHANNELS
 from protloc.web.store import CHUNK_SIZE
-from protloc.web.storage import UploadError
+from protloc.web.errors import UploadError
 
 
 # Below this many bytes a zip may unpack to anything (within the total limit): a few blank test

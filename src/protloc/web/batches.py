@@ -11,7 +11,8 @@ from sqlalchemy import func, select
 from protloc.data.channels import CHANNELS
 from protloc.web import db
 from protloc.web.archives import check_zip, extract_zip, group_samples
-from protloc.web.storage import ReceivedForm, UploadError
+from protloc.web.errors import UploadError
+from protloc.web.storage import ReceivedForm
 
 log = logging.getLogger("protloc.web")
 

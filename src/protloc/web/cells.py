@@ -245,7 +245,7 @@ def probabilities_view(method: str | None) -> dict:
 
 def sort_cells(cells: list[dict], sort: str, classes: list[str]) -> list[dict]:
     """``sort`` is a key of SORT_KEYS or a class name (its probability), ``-`` first for descending."""
-    from protloc.web.storage import UploadError
+    from protloc.web.errors import UploadError
 
     descending = sort.startswith("-")
     key = sort.lstrip("-")

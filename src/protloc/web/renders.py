@@ -24,7 +24,7 @@ from protloc import visualization
 from protloc.data.channels import CHANNELS
 from protloc.visualization import display_factor, save_png, shrink
 from protloc.web import db
-from protloc.web.storage import load_stored_sample
+from protloc.web.samples import load_stored_sample
 from protloc.web.store import BlobStore
 
 # Decoded samples kept for their pictures after their probabilities (a 2048² field is 64 MB): the

@@ -16,15 +16,15 @@ from sqlalchemy.orm import contains_eager
 from protloc.data.channels import CHANNELS
 from protloc.errors import ProtlocError
 from protloc.web import db
-from protloc.web.storage import (
-    ReceivedForm,
-    UploadError,
+from protloc.web.decoding import (
     assemble_sample,
     channel_from_filename,
     decode_channel,
     decode_multichannel,
     normalise_channel_name,
 )
+from protloc.web.errors import UploadError
+from protloc.web.storage import ReceivedForm
 from protloc.web.access import NotFound, Viewer, visible
 from protloc.web.archives import shared_sample_id
 from protloc.web.store import BlobStore, ReceivedFile

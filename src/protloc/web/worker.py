@@ -44,7 +44,7 @@ from protloc.web.cells import PATCHES, WHOLE_IMAGE, CellsStage, answering_precis
 from protloc.web.memory import release_memory
 from protloc.web.pictures import Activity, IdlePictures
 from protloc.web.renders import Renderer
-from protloc.web.storage import load_stored_sample
+from protloc.web.samples import load_stored_sample
 from protloc.web.store import BlobStore
 
 log = logging.getLogger("protloc.web.worker")

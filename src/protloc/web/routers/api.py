@@ -24,7 +24,8 @@ from protloc.web.exports import results_csv
 from protloc.web.access import Viewer, owner_of
 from protloc.web.service import MAX_OFFSET, Platform
 from protloc.web.settings import MB
-from protloc.web.storage import ReceivedForm, UploadError, stream_multipart
+from protloc.web.errors import UploadError
+from protloc.web.storage import ReceivedForm, stream_multipart
 
 log = logging.getLogger("protloc.web")
 
