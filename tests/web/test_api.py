@@ -16,8 +16,8 @@ import tifffile
 from sqlalchemy import func, select, update
 
 import protloc
-from protloc.web import db
-from protloc.web.app import WebSettings
+from protloc.web.storage import db
+from protloc.web.settings import WebSettings
 
 from tests.helpers.web import (LiveServer, cell_like_sample, make_model_file, upload_channels, wait_batch, wait_done,
                                write_channel_files)

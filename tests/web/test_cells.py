@@ -17,9 +17,9 @@ from PIL import Image
 
 import protloc
 from protloc.cli import build_parser
-from protloc.web import db
-from protloc.web.app import WebSettings
-from protloc.web.cells import OFF_NOTE, PROBABILITIES_FROM, CellsStage
+from protloc.web.storage import db
+from protloc.web.settings import WebSettings
+from protloc.web.pictures.cells import OFF_NOTE, PROBABILITIES_FROM, CellsStage
 
 from tests.helpers.web import (LiveServer, cell_like_sample, make_model_file, upload_channels, wait_batch, wait_done,
                                write_channel_files)
@@ -240,7 +240,7 @@ def test_a_database_from_before_cells_opens_and_says_no_cells_were_computed(tmp_
     sessions = db.open_database(f"sqlite:///{path}")
     columns = {c["name"] for c in inspect(sessions.kw["bind"]).get_columns("results")}
     assert {"cells_count", "cells_note"} <= columns
-    from protloc.web.cells import summary
+    from protloc.web.pictures.cells import summary
 
     old = db.Result(submission_id="x", classes=["A"], probabilities=[0.5], thresholds=[0.5], predicted=[], maps=[])
     assert summary(old, db.DONE, "/api/v1/predictions/x")["note"] == OFF_NOTE

@@ -22,7 +22,7 @@ from tests.helpers.web import LiveServer, cell_like_sample, make_model_file, upl
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     import protloc
-    from protloc.web.app import WebSettings
+    from protloc.web.settings import WebSettings
 
     folder = tmp_path_factory.mktemp("cells-browser")
     predictors = {"tiny": protloc.load_model(make_model_file(folder / "tiny.pt", seed=0))}

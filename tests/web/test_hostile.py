@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 import protloc
-from protloc.web.app import WebSettings, results_csv
-from protloc.web.archives import check_zip
+from protloc.web.http.exports import results_csv
+from protloc.web.settings import WebSettings
+from protloc.web.uploads.archives import check_zip
 from protloc.web.errors import UploadError
 
 from tests.helpers.web import (LiveServer, cell_like_sample, make_model_file, upload_channels, wait_batch, wait_done,
@@ -149,7 +150,7 @@ def test_uploads_still_work_for_the_right_client(client, tmp_path):
 
 def test_batch_folders_of_bare_channel_names_are_samples(tmp_path):
     """``well3/blue.png`` ... ``well3/green.png``: the folder is the sample (the readers' rule)."""
-    from protloc.web.archives import group_samples
+    from protloc.web.uploads.archives import group_samples
 
     files = []
     for folder in ("plate/well3", "plate/well4"):
@@ -166,7 +167,7 @@ def test_batch_folders_of_bare_channel_names_are_samples(tmp_path):
 
 def test_the_worker_counters_are_for_admins_only(server, client):
     """GET /api/v1/worker showed counters across all users to any user."""
-    from protloc.web import db
+    from protloc.web.storage import db
 
     token = db.create_user(server.platform.sessions, "not-an-admin")
     answer = httpx.get(server.url + "/api/v1/worker", headers={"Authorization": f"Bearer {token}"})

@@ -11,11 +11,12 @@ import time
 
 import pytest
 
-from protloc.web import db
-from protloc.web.listing import Coalesced, FinishedItems
-from protloc.web.pictures import Activity, IdlePictures
+from protloc.web.storage import db
+from protloc.web.http.listing import Coalesced, FinishedItems
+from protloc.web.pictures.idle import Activity, IdlePictures
 from protloc.web.access import Viewer
-from protloc.web.service import Platform, WebSettings
+from protloc.web.http.service import Platform
+from protloc.web.settings import WebSettings
 
 from tests.helpers.web import make_model_file
 

@@ -15,8 +15,8 @@ from PIL import Image
 
 import protloc
 from protloc import visualization
-from protloc.web import renders
-from protloc.web.app import WebSettings
+from protloc.web.pictures import renders
+from protloc.web.settings import WebSettings
 
 from tests.helpers.web import LiveServer, cell_like_sample, make_model_file, wait_done
 
@@ -133,7 +133,7 @@ def test_shrink_is_a_block_mean():
 def test_a_prediction_arriving_mid_drawing_goes_first_and_the_pictures_resume_when_quiet():
     """Between a submission's pictures the drawing thread asks whether the server is still quiet; if
     not, the rest waits at the head of the queue (and the decoded sample is kept for it)."""
-    from protloc.web.pictures import IdlePictures
+    from protloc.web.pictures.idle import IdlePictures
 
     state = {"busy": False}
     started, finished, forgotten, drawn = [], [], [], []

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, settings
 
 import protloc
-from protloc.web.app import WebSettings
+from protloc.web.settings import WebSettings
 
 from tests.helpers.web import LiveServer, make_model_file
 

@@ -10,8 +10,8 @@ import httpx
 import tifffile
 
 import protloc
-from protloc.web.app import WebSettings
-from protloc.web.store import BlobStore
+from protloc.web.settings import WebSettings
+from protloc.web.storage.store import BlobStore
 
 from tests.helpers.web import LiveServer, cell_like_sample, make_model_file, wait_done
 

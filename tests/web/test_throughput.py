@@ -14,12 +14,12 @@ import pytest
 
 import protloc
 from protloc.cells.pipeline import analyse_image
-from protloc.web import db
-from protloc.web import worker as worker_module
-from protloc.web.app import WebSettings
-from protloc.web.completion import Completions
-from protloc.web.store import BlobStore
-from protloc.web.worker import PredictionWorker
+from protloc.web.storage import db
+from protloc.web.queue import worker as worker_module
+from protloc.web.settings import WebSettings
+from protloc.web.queue.completion import Completions
+from protloc.web.storage.store import BlobStore
+from protloc.web.queue.worker import PredictionWorker
 
 from tests.helpers.web import (LiveServer, add_submissions, cell_like_sample, make_model_file, upload_channels,
                          write_channel_files)
@@ -208,7 +208,7 @@ def test_a_lane_takes_one_when_others_could_start_and_a_fair_share_of_a_backlog(
 
 def test_a_waiting_long_poll_does_not_count_as_server_activity():
     """The picture thread draws once no request is in flight: one that only waits must not hold it back."""
-    from protloc.web.pictures import Activity
+    from protloc.web.pictures.idle import Activity
 
     activity = Activity()
     completions = Completions(activity=activity)
@@ -228,7 +228,7 @@ def test_a_waiting_long_poll_does_not_count_as_server_activity():
 
 
 def test_workers_with_a_database_queue_share_a_backlog_too(predictor, tmp_path):
-    from protloc.web.jobs import DatabaseJobs
+    from protloc.web.queue.jobs import DatabaseJobs
 
     sessions = db.open_database(f"sqlite:///{tmp_path / 'platform.db'}")
     worker = PredictionWorker({"tiny": predictor}, sessions, BlobStore(tmp_path / "store"), lanes=2, max_samples=16,
@@ -246,7 +246,7 @@ def test_blas_stays_at_one_thread_while_any_worker_with_lanes_runs(tmp_path):
     script = tmp_path / "blas.py"
     script.write_text(
         "from threadpoolctl import threadpool_info\n"
-        "from protloc.web.lanes import Lanes\n"
+        "from protloc.web.queue.lanes import Lanes\n"
         "def blas():\n"
         "    return sorted({i['num_threads'] for i in threadpool_info() if i['user_api'] == 'blas'})\n"
         "first, second = Lanes(2), Lanes(2)\n"

@@ -13,7 +13,7 @@ from starlette.routing import Mount, Route
 
 import protloc
 from protloc.cli import main
-from protloc.web.app import WebSettings
+from protloc.web.settings import WebSettings
 
 from tests.helpers.web import LiveServer, cell_like_sample, make_model_file, upload_channels, wait_done, write_channel_files
 
@@ -141,7 +141,7 @@ def test_a_database_from_before_users_opens_and_its_tokens_still_work(world, cap
         " model_key VARCHAR(64), input_kind VARCHAR(16), files JSON, filenames TEXT, height INTEGER, width INTEGER,"
         " attempts INTEGER, error TEXT, batch_id VARCHAR(32));"
     )
-    from protloc.web import db
+    from protloc.web.storage import db
 
     connection.execute("INSERT INTO tokens (name, token_sha256, created_at) VALUES ('old', ?, '2026-01-01')",
                        (db.token_digest("old-token"),))
@@ -163,7 +163,7 @@ def test_the_service_imports_without_fastapi(tmp_path):
     import sys
 
     code = ("import sys; sys.modules.update({m: None for m in ('fastapi', 'starlette', 'uvicorn')}); "
-            "import protloc.web.service, protloc.web.batches, protloc.web.db; print('imported')")
+            "import protloc.web.http.service, protloc.web.uploads.batches, protloc.web.storage.db; print('imported')")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "imported" in done.stdout, done.stderr[-2000:]
 

@@ -11,10 +11,10 @@ import pytest
 
 import protloc
 from protloc.inference.gapnet_pl_fast import FastGapNetPL
-from protloc.web import db
-from protloc.web import worker as worker_module
-from protloc.web.store import BlobStore
-from protloc.web.worker import PredictionWorker
+from protloc.web.storage import db
+from protloc.web.queue import worker as worker_module
+from protloc.web.storage.store import BlobStore
+from protloc.web.queue.worker import PredictionWorker
 
 from tests.helpers.web import add_submissions, cell_like_sample, make_model_file
 

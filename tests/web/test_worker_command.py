@@ -11,10 +11,10 @@ import tifffile
 
 import protloc
 from protloc.cli import main
-from protloc.web import db
-from protloc.web.app import WebSettings
-from protloc.web.jobs import DatabaseJobs
-from protloc.web.worker import PredictionWorker
+from protloc.web.storage import db
+from protloc.web.settings import WebSettings
+from protloc.web.queue.jobs import DatabaseJobs
+from protloc.web.queue.worker import PredictionWorker
 
 from tests.helpers.web import LiveServer, cell_like_sample, make_model_file, wait_done
 

@@ -82,7 +82,7 @@ def postgres_url():
 def clean_db(postgres_url):
     from sqlalchemy import create_engine
 
-    from protloc.web import db
+    from protloc.web.storage import db
 
     for sessions in _SESSIONS.values():
         sessions.kw["bind"].dispose()
@@ -136,7 +136,7 @@ _SESSIONS: dict = {}
 def rows(url: str) -> dict:
     from sqlalchemy import select
 
-    from protloc.web import db
+    from protloc.web.storage import db
 
     if url not in _SESSIONS:  # one engine per database: polling must be quick to catch a job while it runs
         _SESSIONS[url] = db.open_database(url)

@@ -17,7 +17,7 @@ import threading
 from sqlalchemy import Select, func, or_, select
 from sqlalchemy.orm import contains_eager
 
-from protloc.web import db
+from protloc.web.storage import db
 
 FINAL = (db.DONE, db.FAILED)
 # About 2 KB each: a few tens of MB at most, whatever the history's length.

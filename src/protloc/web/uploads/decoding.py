@@ -16,7 +16,7 @@ import numpy as np
 from protloc.data.channels import CHANNELS, COLOUR_OF_CHANNEL, canonical_channel
 from protloc.errors import ProtlocError
 from protloc.web.errors import UploadError
-from protloc.web.store import ReceivedFile
+from protloc.web.storage.store import ReceivedFile
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".npz")
 

@@ -15,8 +15,8 @@ from sqlalchemy.orm import contains_eager
 
 from protloc.data.channels import CHANNELS
 from protloc.errors import ProtlocError
-from protloc.web import db
-from protloc.web.decoding import (
+from protloc.web.storage import db
+from protloc.web.uploads.decoding import (
     assemble_sample,
     channel_from_filename,
     decode_channel,
@@ -24,19 +24,19 @@ from protloc.web.decoding import (
     normalise_channel_name,
 )
 from protloc.web.errors import UploadError
-from protloc.web.storage import ReceivedForm
+from protloc.web.uploads.receiving import ReceivedForm
 from protloc.web.access import NotFound, Viewer, visible
-from protloc.web.archives import shared_sample_id
-from protloc.web.store import BlobStore, ReceivedFile
-from protloc.web.cells import answering_precision, probabilities_view
-from protloc.web.cells import summary as cells_summary
-from protloc.web.completion import RECHECK_SECONDS, Completions
-from protloc.web.jobs import DatabaseJobs
-from protloc.web.listing import Coalesced, FinishedItems, filtered, list_json, submission_json
-from protloc.web.pictures import Activity
-from protloc.web.renders import Renderer, is_image_name
+from protloc.web.uploads.archives import shared_sample_id
+from protloc.web.storage.store import BlobStore, ReceivedFile
+from protloc.web.pictures.cells import answering_precision, probabilities_view
+from protloc.web.pictures.cells import summary as cells_summary
+from protloc.web.queue.completion import RECHECK_SECONDS, Completions
+from protloc.web.queue.jobs import DatabaseJobs
+from protloc.web.http.listing import Coalesced, FinishedItems, filtered, list_json, submission_json
+from protloc.web.pictures.idle import Activity
+from protloc.web.pictures.renders import Renderer, is_image_name
 from protloc.web.settings import WebSettings, load_predictors
-from protloc.web.worker import PredictionWorker
+from protloc.web.queue.worker import PredictionWorker
 
 DECODERS = ThreadPoolExecutor(len(CHANNELS), thread_name_prefix="protloc-decode")
 # SQLite (and PostgreSQL's BIGINT) hold signed 64-bit integers: a larger OFFSET is an overflow, not a query.
@@ -47,7 +47,7 @@ class Platform:
     """The state behind one application: settings, database, file store, models and worker."""
 
     def __init__(self, settings: WebSettings) -> None:
-        from protloc.web.batches import Batches
+        from protloc.web.uploads.batches import Batches
 
         self.settings = settings
         Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
@@ -235,7 +235,7 @@ class Platform:
 
     def get_submission(self, submission_id: str, viewer: Viewer | None = None, cells: bool = False) -> dict:
         """One submission with a summary of its cells; ``cells=True`` lists them all (the downloads)."""
-        from protloc.web.cells import cell_view
+        from protloc.web.pictures.cells import cell_view
 
         with self.sessions() as session:
             row = session.get(db.Submission, submission_id)
@@ -250,7 +250,7 @@ class Platform:
 
     def submission_cells(self, submission_id: str, viewer: Viewer | None, limit: int, offset: int, sort: str) -> dict:
         """A page of a submission's cells, sorted (``protloc.web.cells.sort_cells``)."""
-        from protloc.web.cells import cell_view, sort_cells
+        from protloc.web.pictures.cells import cell_view, sort_cells
 
         with self.sessions() as session:
             row = session.get(db.Submission, submission_id)
@@ -266,7 +266,7 @@ class Platform:
 
     def cell_mask(self, submission_id: str, viewer: Viewer | None) -> tuple[Path, str]:
         """The stored label image of a submission's cells and the name to download it under."""
-        from protloc.web.cells import labels_path
+        from protloc.web.pictures.cells import labels_path
 
         with self.sessions() as session:
             row = session.get(db.Submission, submission_id)

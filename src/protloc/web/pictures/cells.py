@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from protloc.cells.extra import missing_extra
-from protloc.web import db
+from protloc.web.storage import db
 
 log = logging.getLogger("protloc.web.cells")
 OFF_NOTE = ("no cells for this submission: its worker ran with --no-cells (or it was predicted before "

@@ -8,7 +8,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse
 
-from protloc.web import db
+from protloc.web.storage import db
 from protloc.web.access import Viewer
 
 COOKIE = "protloc_token"

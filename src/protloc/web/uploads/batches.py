@@ -9,10 +9,10 @@ import threading
 from sqlalchemy import func, select
 
 from protloc.data.channels import CHANNELS
-from protloc.web import db
-from protloc.web.archives import check_zip, extract_zip, group_samples
+from protloc.web.storage import db
+from protloc.web.uploads.archives import check_zip, extract_zip, group_samples
 from protloc.web.errors import UploadError
-from protloc.web.storage import ReceivedForm
+from protloc.web.uploads.receiving import ReceivedForm
 
 log = logging.getLogger("protloc.web")
 

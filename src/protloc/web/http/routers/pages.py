@@ -10,9 +10,9 @@ from fastapi.templating import Jinja2Templates
 
 from protloc.version import __version__
 from protloc.data.channels import CHANNELS, COLOUR_OF_CHANNEL
-from protloc.web.auth import viewer_of
+from protloc.web.http.auth import viewer_of
 from protloc.web.access import Viewer
-from protloc.web.service import MAX_OFFSET, Platform
+from protloc.web.http.service import MAX_OFFSET, Platform
 from protloc.web.settings import MB
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
@@ -23,7 +23,7 @@ def cells_context(data: dict) -> dict:
     """What the result page's cell section draws: each cell with its outline colour, and the area of
     the field the display-size overlay covers (its SVG coordinates are the field's pixels)."""
     from protloc.visualization import NO_CLASS, class_colours, display_factor
-    from protloc.web.cells import colour_classes
+    from protloc.web.pictures.cells import colour_classes
 
     classes = data.get("classes", [])
     items = data["cells"].get("items", [])

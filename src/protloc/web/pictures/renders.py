@@ -23,9 +23,9 @@ from sqlalchemy import select
 from protloc import visualization
 from protloc.data.channels import CHANNELS
 from protloc.visualization import display_factor, save_png, shrink
-from protloc.web import db
-from protloc.web.samples import load_stored_sample
-from protloc.web.store import BlobStore
+from protloc.web.storage import db
+from protloc.web.storage.samples import load_stored_sample
+from protloc.web.storage.store import BlobStore
 
 # Decoded samples kept for their pictures after their probabilities (a 2048² field is 64 MB): the
 # newest few, so that the pictures of what was just predicted are not decoded again.
@@ -148,7 +148,7 @@ class Renderer:
         if group == "views":
             render_views(image, folder, factor)
         elif group == "cells":
-            from protloc.web.cells import load_labels, render_overlay
+            from protloc.web.pictures.cells import load_labels, render_overlay
 
             labels = load_labels(self.store, submission_id)
             if labels is None or labels.shape != image.shape[1:]:

@@ -16,7 +16,7 @@ from pathlib import Path, PurePosixPath
 from typing import AsyncIterator
 
 from protloc.web.errors import UploadError
-from protloc.web.store import BlobStore, ReceivedFile
+from protloc.web.storage.store import BlobStore, ReceivedFile
 
 
 @dataclass

@@ -23,7 +23,7 @@ from datetime import timedelta
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from protloc.web import db
+from protloc.web.storage import db
 
 STOP = object()
 

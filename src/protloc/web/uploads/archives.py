@@ -8,7 +8,7 @@ import zipfile
 from pathlib import Path, PurePosixPath
 
 from protloc.data.channels import CHANNELS
-from protloc.web.store import CHUNK_SIZE
+from protloc.web.storage.store import CHUNK_SIZE
 from protloc.web.errors import UploadError
 
 

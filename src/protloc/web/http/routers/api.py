@@ -17,15 +17,15 @@ from starlette.requests import ClientDisconnect
 
 from protloc.version import __version__
 from protloc.data.channels import CHANNELS, HPA_COLOURS
-from protloc.web import db
-from protloc.web.auth import viewer_of
-from protloc.web.completion import MAX_WAIT_SECONDS
-from protloc.web.exports import results_csv
+from protloc.web.storage import db
+from protloc.web.http.auth import viewer_of
+from protloc.web.queue.completion import MAX_WAIT_SECONDS
+from protloc.web.http.exports import results_csv
 from protloc.web.access import Viewer, owner_of
-from protloc.web.service import MAX_OFFSET, Platform
+from protloc.web.http.service import MAX_OFFSET, Platform
 from protloc.web.settings import MB
 from protloc.web.errors import UploadError
-from protloc.web.storage import ReceivedForm, stream_multipart
+from protloc.web.uploads.receiving import ReceivedForm, stream_multipart
 
 log = logging.getLogger("protloc.web")
 
@@ -131,7 +131,7 @@ def multipart_zip(models: list[str]) -> dict:
 
 def sort_keys(platform: Platform) -> list[str]:
     """Every key ``sort`` takes: a column or a class of a loaded model, ``-`` first for descending."""
-    from protloc.web.cells import SORT_KEYS
+    from protloc.web.pictures.cells import SORT_KEYS
 
     keys = list(SORT_KEYS) + [c for p in platform.predictors.values() for c in p.classes if c not in SORT_KEYS]
     keys = list(dict.fromkeys(keys))
@@ -253,7 +253,7 @@ def api_router(platform: Platform) -> APIRouter:
                 responses={**ZIP_CONTENT, **errors(404)})
     def download_batch(batch_id: str, viewer: Viewer | None = Depends(viewer_of)):
         """A batch's results: every sample's row and its cells' rows in results.csv, the cells' label images."""
-        from protloc.web.exports import batch_zip
+        from protloc.web.http.exports import batch_zip
 
         return Response(batch_zip(platform, batch_id, viewer), media_type="application/zip",
                         headers={"Content-Disposition": f'attachment; filename="protloc-batch-{batch_id}.zip"'})

@@ -36,16 +36,16 @@ import numpy as np
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from protloc.web import db
-from protloc.web.batching import WorkerStats, batched_probabilities
-from protloc.web.jobs import DatabaseJobs, MemoryJobs, worker_name
-from protloc.web.lanes import DEFAULT_LANES, Lanes
-from protloc.web.cells import PATCHES, WHOLE_IMAGE, CellsStage, answering_precision
+from protloc.web.storage import db
+from protloc.web.queue.batching import WorkerStats, batched_probabilities
+from protloc.web.queue.jobs import DatabaseJobs, MemoryJobs, worker_name
+from protloc.web.queue.lanes import DEFAULT_LANES, Lanes
+from protloc.web.pictures.cells import PATCHES, WHOLE_IMAGE, CellsStage, answering_precision
 from protloc.web.memory import release_memory
-from protloc.web.pictures import Activity, IdlePictures
-from protloc.web.renders import Renderer
-from protloc.web.samples import load_stored_sample
-from protloc.web.store import BlobStore
+from protloc.web.pictures.idle import Activity, IdlePictures
+from protloc.web.pictures.renders import Renderer
+from protloc.web.storage.samples import load_stored_sample
+from protloc.web.storage.store import BlobStore
 
 log = logging.getLogger("protloc.web.worker")
 # Decoded samples the web server hands to the worker of its own process, so it need not decode the
@@ -56,7 +56,7 @@ MAX_HANDED_OVER = 4
 def stored_pixel_size(store: BlobStore, files: list[dict], image: np.ndarray) -> float | None:
     """A submission's µm per pixel from its stored files' metadata or its original names' layout."""
     from protloc.data.formats.channel_files import pixel_size
-    from protloc.web.store import KIND_SUFFIX
+    from protloc.web.storage.store import KIND_SUFFIX
 
     paths = [store.path_of(entry["sha256"], KIND_SUFFIX.get(entry["kind"], "")) for entry in files]
     return pixel_size(paths, *image.shape[-2:], names=[entry.get("filename") or "" for entry in files]).um
@@ -316,7 +316,7 @@ class PredictionWorker:
         # shows where the network looked.
         map_classes = list(predicted) or [predictor.classes[int(np.argmax(probs))]]
         if self.eager_render:  # the old path: full-size pictures before the row says done
-            from protloc.web.renders import render_maps, render_views
+            from protloc.web.pictures.renders import render_maps, render_views
 
             folder = self.renderer.folder(row.id, full=False)
             render_views(image, folder, 1)

@@ -60,7 +60,7 @@ def mask_member(name: str, suffix: str) -> str:
 def batch_zip(platform, batch_id: str, viewer) -> bytes:
     """``results.csv`` (every sample of the batch, its cells after it) and ``masks/``: the label image
     of each sample whose cells were computed."""
-    from protloc.web.cells import labels_path
+    from protloc.web.pictures.cells import labels_path
 
     batch = platform.batches.get(batch_id, viewer)  # NotFound for another's batch
     items = [platform.get_submission(s["id"], viewer, cells=True) for s in batch["submissions"]]

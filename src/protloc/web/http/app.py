@@ -18,19 +18,16 @@ from starlette.concurrency import run_in_threadpool
 
 from protloc.version import __version__
 from protloc.errors import ProtlocError
-from protloc.web.auth import TokenAuth
-from protloc.web.methods import AllowedMethods
-from protloc.web.pictures import ActivityMiddleware
-from protloc.web.routers.api import api_router
-from protloc.web.routers.pages import pages_router
-from protloc.web.exports import results_csv
-from protloc.web.service import Platform
-from protloc.web.settings import MB, WebSettings, load_predictors, model_key_for
+from protloc.web.http.auth import TokenAuth
+from protloc.web.http.methods import AllowedMethods
+from protloc.web.pictures.idle import ActivityMiddleware
+from protloc.web.http.routers.api import api_router
+from protloc.web.http.routers.pages import pages_router
+from protloc.web.http.service import Platform
+from protloc.web.settings import WebSettings
 from protloc.web.errors import UploadError
 
 HERE = Path(__file__).parent
-
-__all__ = ["MB", "Platform", "WebSettings", "create_app", "load_predictors", "model_key_for", "results_csv"]
 
 
 def mount_offline_docs(app: FastAPI) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from protloc.data.channels import CHANNELS, COLOUR_OF_CHANNEL
-from protloc.web.store import KIND_SUFFIX, BlobStore
+from protloc.web.storage.store import KIND_SUFFIX, BlobStore
 
 
 def load_stored_sample(store: BlobStore, input_kind: str, files: list[dict], max_pixels: int | None = None) -> np.ndarray:
