@@ -101,7 +101,7 @@ def test_four_channel_upload_gives_the_predictors_result(client, models, tmp_pat
         assert png.status_code == 200 and png.headers["content-type"] == "image/png"
         assert Image.open(io.BytesIO(png.content)).size == (112, 96)
     rows = list(csv.DictReader(io.StringIO(client.get(data["links"]["csv"]).text)))
-    # the submission's row, then one per cell (tests/web/test_cells.py checks those)
+    # the submission's row, then one per cell (tests/web/pictures/test_cells.py checks those)
     assert rows[0]["level"] == "image" and {r["id"] for r in rows} == {data["id"]}
     assert [r["level"] for r in rows[1:]] == ["cell"] * data["cells"]["count"]
     assert float(rows[0]["Nucleus"]) == pytest.approx(data["probabilities"]["Nucleus"], abs=1e-6)

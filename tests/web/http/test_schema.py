@@ -88,7 +88,7 @@ def test_schemathesis_run_with_all_checks_against_protloc_serve_finds_nothing(tm
 
     import httpx
 
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[3]
     cli = Path(sys.executable).with_name("schemathesis")
     assert cli.exists(), f"no schemathesis command beside {sys.executable}"
     with socket.socket() as probe:

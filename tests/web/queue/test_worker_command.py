@@ -1,4 +1,4 @@
-"""`protloc worker` on one machine (SQLite claims) and its bad input; PostgreSQL: tests/web/test_workers_postgres.py."""
+"""`protloc worker` on one machine (SQLite claims) and its bad input; PostgreSQL: tests/web/queue/test_workers_postgres.py."""
 
 from __future__ import annotations
 

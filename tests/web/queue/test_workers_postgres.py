@@ -31,7 +31,7 @@ pytestmark = pytest.mark.slow  # a real browser / server / viewer: left to the f
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("psycopg", reason="psycopg is not installed (pip install -e '.[dev]')")
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def free_port() -> int:
