@@ -1,5 +1,5 @@
 """The store seam (issue 15, part 2): the platform keeps uploads and pictures in the store it is
-given (``WebSettings(store=...)``, any ``protloc.web.store.UploadStore``), not beside its database."""
+given (``WebSettings(store=...)``, any ``protloc.web.storage.store.UploadStore``), not beside its database."""
 
 from __future__ import annotations
 

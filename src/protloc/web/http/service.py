@@ -249,7 +249,7 @@ class Platform:
             return data
 
     def submission_cells(self, submission_id: str, viewer: Viewer | None, limit: int, offset: int, sort: str) -> dict:
-        """A page of a submission's cells, sorted (``protloc.web.cells.sort_cells``)."""
+        """A page of a submission's cells, sorted (``protloc.web.pictures.cells.sort_cells``)."""
         from protloc.web.pictures.cells import cell_view, sort_cells
 
         with self.sessions() as session:

@@ -25,7 +25,7 @@ class Completions:
 
     def __init__(self, recheck_seconds: float | None = None, activity=None) -> None:
         self.recheck_seconds = recheck_seconds  # None: every finish is announced here
-        # ``protloc.web.pictures.Activity``: a request that only waits is no load, and must not keep
+        # ``protloc.web.pictures.idle.Activity``: a request that only waits is no load, and must not keep
         # the picture thread from drawing.
         self.activity = activity
         self._waiting: dict[str, list[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = {}

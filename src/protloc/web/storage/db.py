@@ -18,7 +18,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
 # Submission states. "queued" and "running" are unfinished: a restart puts them back in the queue, and
-# a "running" row whose worker's lease has run out is taken by another worker (protloc.web.jobs).
+# a "running" row whose worker's lease has run out is taken by another worker (protloc.web.queue.jobs).
 QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
 UNFINISHED = (QUEUED, RUNNING)
 
@@ -123,7 +123,7 @@ class Result(Base):
 class CellResult(Base):
     """A submission's cells (``protloc.cells``), written with its probabilities: the per-cell rows, or
     why there are none (``note``: no cells found, not a GapNet-PL model, scikit-image missing...).
-    The label image lies in the store (``protloc.web.cells.labels_path``): a 16-bit PNG, 32-bit TIFF past 65535 cells."""
+    The label image lies in the store (``protloc.web.pictures.cells.labels_path``): a 16-bit PNG, 32-bit TIFF past 65535 cells."""
 
     __tablename__ = "cell_results"
     submission_id: Mapped[str] = mapped_column(ForeignKey("submissions.id"), primary_key=True)
