@@ -3,7 +3,7 @@
 Two groups, each rendered in one go and cached as PNGs under the store's render folder: the *views*
 (composite and the four channels; cheap) and the *maps* (the localisation map of each class the
 result names; a backward pass through the network), and the *cells* overlay (``cells.png``: the cell
-outlines coloured by class, ``protloc.web.cells``). All are drawn at display size (the longest side
+outlines coloured by class, ``protloc.web.pictures.cells``). All are drawn at display size (the longest side
 at most ``DISPLAY_SIZE``, by block means) unless full resolution is asked for (``full=True``, cached
 in ``full/``). The pictures are written to a staging file and moved into place, so two processes
 that render the same submission at once (a worker and a web server on first view) never show a

@@ -1,25 +1,25 @@
 """The prediction worker: threads ("lanes") that share the networks and batch patches across submissions.
 
 Requests only write a submission row and hand its id over, so the event loop never waits for a
-network. The worker takes jobs from ``protloc.web.jobs`` (an in-memory queue in the web server's own
+network. The worker takes jobs from ``protloc.web.queue.jobs`` (an in-memory queue in the web server's own
 process, or claims with leases in a database that workers on other machines share), lingers a few
 milliseconds for more, cuts every waiting sample of the same model into the paper's covering patches
 and runs them through the network together (``max_batch_patches`` per forward pass); each sample's
 probability is the mean of its own patches' sigmoids, exactly as ``Predictor.predict_proba``.
 
 One network pass per sample: with cells on and a GapNet-PL model, the sample's probabilities are
-the ``image_probabilities`` of the whole-image pass that gives its cells (``protloc.web.cells``,
+the ``image_probabilities`` of the whole-image pass that gives its cells (``protloc.web.pictures.cells``,
 ``CellsStage.compute_with_probabilities``), so no patch pass is made for it; other networks and
 ``cells=False`` keep the batched covering patches. ``Result.probabilities_from`` records which.
 
 Lanes: ``lanes`` threads take jobs side by side (default 2), sharing the cores as
-``protloc.web.lanes`` says.
+``protloc.web.queue.lanes`` says.
 
 Probabilities first: the result and the ``done`` status are committed as soon as the probabilities
-are known, together with the sample's cells (``protloc.web.cells``; off with ``cells=False``). The
+are known, together with the sample's cells (``protloc.web.pictures.cells``; off with ``cells=False``). The
 pictures (composite, channels, localisation maps) come afterwards, drawn by
-``protloc.web.renders`` at display size from the sample still in memory, in a thread of their own
-(``protloc.web.pictures``) once neither predictions nor HTTP requests are waiting, or on first view,
+``protloc.web.pictures.renders`` at display size from the sample still in memory, in a thread of their own
+(``protloc.web.pictures.idle``) once neither predictions nor HTTP requests are waiting, or on first view,
 whichever comes first. ``eager_render=True`` is the platform as it was before: full-size pictures
 drawn before ``done`` (kept as the benchmark's baseline). A row whose batch raises is marked
 ``failed`` with the reason at once, never left ``running``.
