@@ -38,9 +38,16 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("inference", ("protloc.model_file", "protloc.pretrained", "protloc.inference", "protloc.export")),
     ("cells", ("protloc.cells",)),
     ("training and evaluation", ("protloc.training", "protloc.evaluation")),
-    ("http server", ("protloc.web.server",)),  # uvicorn set-up, nothing of protloc's: the platform's and the study's
+    ("http server", ("protloc.web.http.server",)),  # uvicorn set-up, nothing of protloc's: the platform's and the study's
     ("applications", ("protloc.expert", "protloc.napari", "protloc.demo")),
-    ("platform", ("protloc.web",)),  # mounts the expert study's pages
+    # the platform, its parts lowest first (src/protloc/web/__init__.py says what each holds)
+    ("platform: shared", ("protloc.web", "protloc.web.errors", "protloc.web.access", "protloc.web.settings",
+                          "protloc.web.memory")),
+    ("platform: storage", ("protloc.web.storage",)),
+    ("platform: pictures", ("protloc.web.pictures",)),  # the renderer draws the cells; the worker hands pictures over
+    ("platform: queue", ("protloc.web.queue",)),
+    ("platform: uploads", ("protloc.web.uploads",)),  # a batch's samples become submissions through the service
+    ("platform: http", ("protloc.web.http",)),  # the service wires every part; the app mounts the expert study's pages
     ("distributed", ("protloc.distributed",)),  # prediction and cells over a Dask cluster (the commands' --cluster)
     ("benchmarks", ("protloc.bench",)),  # measures everything below, the platform included
     ("command line", ("protloc.commands", "protloc.cli", "protloc.__main__")),
@@ -154,11 +161,16 @@ def circles(found: list[Edge]) -> list[list[str]]:
     return sorted(result)
 
 
+# Packages named in LAYERS for their ``__init__`` alone: the modules under them each belong to a
+# layer of their own, and one that is in none is reported instead of falling into the package's.
+ONLY_ITSELF = {PACKAGE, "protloc.web"}
+
+
 def layer_of(module: str) -> int | None:
     for position, (_, prefixes) in enumerate(LAYERS):
         for prefix in prefixes:
-            if prefix == PACKAGE and module != PACKAGE:
-                continue  # the root layer holds the package's __init__ only
+            if prefix in ONLY_ITSELF and module != prefix:
+                continue  # the package's __init__ only
             if module == prefix or module.startswith(prefix + "."):
                 return position
     return None

@@ -31,9 +31,9 @@ def main() -> None:
 
     import protloc
     from protloc.data.formats import discover, read
-    from protloc.web.cells import CellsStage
-    from protloc.web.storage import BlobStore
-    from protloc.web.worker import batched_probabilities
+    from protloc.web.pictures.cells import CellsStage
+    from protloc.web.storage.store import BlobStore
+    from protloc.web.queue.batching import batched_probabilities
 
     predictor = protloc.load_model(args.model)
     entry = discover(args.inputs)[0]

@@ -255,7 +255,7 @@ FORMULA_IDS = ["=HYPERLINK(1)", "+cmd", "-2+3", "@SUM(A1)"]
 
 
 def test_formula_ids_are_defused_in_the_csv_as_in_the_platforms_exports(images, model_file, tmp_path, capsys):
-    from protloc.web.exports import spreadsheet_safe as platform_one
+    from protloc.web.http.exports import spreadsheet_safe as platform_one
     from protloc.files import spreadsheet_safe
 
     assert platform_one is spreadsheet_safe  # one function for both

@@ -78,7 +78,7 @@ def test_the_napari_reader_opens_each_of_them(every_format):
 def test_the_platform_unpacks_the_same_samples_from_a_zip(every_format, tmp_path):
     import shutil
 
-    from protloc.web.archives import group_samples
+    from protloc.web.uploads.archives import group_samples
 
     unpacked = tmp_path / "unpacked"
     shutil.copytree(every_format, unpacked)

@@ -291,8 +291,8 @@ def test_single_sample_folder_is_the_same_sample_for_scan_and_predict(tmp_path):
     ("x_blue.tif.gz", None),
 ])
 def test_one_file_name_parser_for_the_web_upload_and_the_readers(tmp_path, name, expected):
-    from protloc.web.archives import group_samples
-    from protloc.web.storage import channel_from_filename
+    from protloc.web.uploads.archives import group_samples
+    from protloc.web.uploads.decoding import channel_from_filename
 
     parsed = parse_channel_filename(name)
     assert (None if parsed is None else (parsed.prefix, parsed.channel)) == expected

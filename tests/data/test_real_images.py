@@ -318,7 +318,7 @@ def test_predict_says_and_records_the_pixel_size(pretrained_cache, real_few, tmp
 def test_platform_worker_rescales_through_the_same_inferer(tiny_model, tmp_path):
     from protloc.data.formats.channel_files import pixel_size
     from protloc.inference import load_model
-    from protloc.web.batching import batched_probabilities
+    from protloc.web.queue.batching import batched_probabilities
 
     predictor = load_model(tiny_model)  # trained at 0.5 µm/px, 64² patches
     assert predictor.pixel_size_um == 0.5

@@ -65,8 +65,8 @@ class LiveServer:
     def __init__(self, settings) -> None:
         import uvicorn
 
-        from protloc.web.app import create_app
-        from protloc.web.server import server_config
+        from protloc.web.http.app import create_app
+        from protloc.web.http.server import server_config
 
         self.app = create_app(settings)
         config = server_config(self.app, host="127.0.0.1", port=0, log_level="warning")
@@ -126,7 +126,7 @@ def upload_channels(client, paths: list[Path], **fields):
 
 def add_submissions(sessions, count: int, model_key: str = "tiny") -> list[str]:
     """``count`` queued submission rows of a 48² multichannel sample (the worker tests' stand-ins)."""
-    from protloc.web import db
+    from protloc.web.storage import db
 
     ids = []
     with sessions.begin() as session:

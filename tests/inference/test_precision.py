@@ -284,7 +284,7 @@ def test_platform_result_names_the_precision(tmp_path, cpu_is):
     import tifffile
 
     from tests.helpers.web import LiveServer, make_model_file, wait_done
-    from protloc.web.app import WebSettings
+    from protloc.web.settings import WebSettings
     from protloc.web.settings import load_predictors
 
     cpu_is(BF16_CPU if precision_module._cpu_capabilities().bf16 else PLAIN_CPU)

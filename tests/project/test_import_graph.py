@@ -58,3 +58,18 @@ def test_the_tool_sees_circles_lazy_imports_and_upward_imports(tmp_path):
     assert circles == [["protloc.data.a", "protloc.data.b"]]
     assert [(e.source, e.target) for e in upward] == [("protloc.data.b", "protloc.models.net")]
     assert unlayered == []
+
+
+def test_the_platforms_parts_are_layers_of_their_own():
+    """The platform's sub-packages are ordered (an import from storage up to http is an upward import),
+    and a module added at the platform's top level falls in no layer until it is given one."""
+    graph = _tool()
+    order = ["protloc.web.errors", "protloc.web.storage.db", "protloc.web.pictures.renders",
+             "protloc.web.queue.worker", "protloc.web.uploads.batches", "protloc.web.http.service"]
+    layers = [graph.layer_of(name) for name in order]
+    assert None not in layers and layers == sorted(layers) and len(set(layers)) == len(layers), layers
+    assert graph.layer_of("protloc.web.http.server") < graph.layer_of("protloc.expert.web")  # the study serves with it
+    assert graph.layer_of("protloc.web") is not None
+    assert graph.layer_of("protloc.web.something_new") is None
+    edge = graph.Edge("protloc.web.storage.store", "protloc.web.http.app", 1)
+    assert graph.upward([edge]) == [edge]

@@ -84,7 +84,7 @@ def settings_from_args(args):
     from pathlib import Path
 
     from protloc.errors import ProtlocError
-    from protloc.web.app import MB, WebSettings
+    from protloc.web.settings import MB, WebSettings
 
     from protloc.data.limits import DEFAULT_MAX_PIXELS
 
@@ -119,8 +119,8 @@ def settings_from_args(args):
 
 def run(args) -> int:
     from protloc.errors import ProtlocError
-    from protloc.web import db
-    from protloc.web.app import create_app
+    from protloc.web.storage import db
+    from protloc.web.http.app import create_app
 
     settings = settings_from_args(args)
     if args.admin and not args.create_user:
@@ -154,7 +154,7 @@ def run(args) -> int:
     worker = "no worker: `protloc worker` processes predict" if args.no_worker else "worker in this process"
     print(f"protloc: serving {', '.join(app.state.platform.predictors)} on http://{args.host}:{args.port}/ "
           f"(data in {settings.data_dir}, auth {auth}, {worker})", file=sys.stderr)
-    from protloc.web.server import serve
+    from protloc.web.http.server import serve
 
     serve(app, args.host, args.port, args.log_level, args.client_timeout)
     return 0

@@ -54,11 +54,11 @@ def run(args) -> int:
     from pathlib import Path
 
     from protloc.errors import ProtlocError
-    from protloc.web import db
-    from protloc.web.jobs import DatabaseJobs
+    from protloc.web.storage import db
+    from protloc.web.queue.jobs import DatabaseJobs
     from protloc.web.settings import load_predictors
-    from protloc.web.store import BlobStore
-    from protloc.web.worker import PredictionWorker
+    from protloc.web.storage.store import BlobStore
+    from protloc.web.queue.worker import PredictionWorker
 
     if args.lease <= 0 or args.poll <= 0 or args.max_batch_patches <= 0 or args.lanes <= 0:
         raise ProtlocError("--lease, --poll, --max-batch-patches and --lanes must be positive")

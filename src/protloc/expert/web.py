@@ -183,7 +183,7 @@ def create_expert_app(study: Study | str | Path, db_url: str | None = None) -> F
 
 def serve(study: Study, db_url: str | None, host: str, port: int) -> None:
     # The platform's uvicorn set-up: stalled clients cut off, oversized headers a 431.
-    from protloc.web.server import serve as serve_app
+    from protloc.web.http.server import serve as serve_app
 
     app = create_expert_app(study, db_url)
     print(f"expert study {study.study_id}: {len(study.samples)} samples; answers in {app.state.store.url}")

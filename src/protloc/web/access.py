@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from protloc.web.storage import UploadError
+from protloc.web.errors import UploadError
 
 
 class NotFound(UploadError):

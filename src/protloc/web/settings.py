@@ -19,7 +19,7 @@ class WebSettings:
     models: list[str] = field(default_factory=lambda: ["pretrained"])  # specs for protloc.load_model
     predictors: dict | None = None  # already loaded predictors by key (skips ``models``)
     data_dir: Path = Path("protloc-data")
-    store: object | None = None  # an UploadStore (protloc.web.store); default: the directory store in data_dir
+    store: object | None = None  # an UploadStore (protloc.web.storage.store); default: the directory store in data_dir
     database_url: str | None = None  # default: sqlite file in data_dir
     auth_tokens: list[str] = field(default_factory=list)  # accepted bearer tokens besides the tokens table
     require_auth: bool = False  # tokens table only (no --auth-token given)
@@ -35,8 +35,8 @@ class WebSettings:
     device: str = "cpu"
     expert_study: Path | None = None  # an expert-study folder: its annotation pages are mounted at /expert
     expert_db_url: str | None = None  # its answer database (default: the study's own)
-    cells: bool = True  # this server's worker segments each sample and predicts its cells (protloc.web.cells)
-    lanes: int = 2  # worker threads taking jobs side by side (protloc.web.worker)
+    cells: bool = True  # this server's worker segments each sample and predicts its cells (protloc.web.pictures.cells)
+    lanes: int = 2  # worker threads taking jobs side by side (protloc.web.queue.worker)
     precision: str = "auto"  # of the loaded models' passes (protloc.inference.precision); pages and API say which ran
 
     @property
