@@ -18,9 +18,6 @@ from protloc.errors import ProtlocError
 from protloc.web.errors import UploadError
 from protloc.web.storage.store import ReceivedFile
 
-IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".npz")
-
-
 def channel_from_filename(filename: str) -> str | None:
     """The channel of a channel file's name, by the readers' own parser (protloc.data.filenames):
     ``..._blue.tif`` or ``..._nucleus.tif`` -> nucleus; anything else (``s1-blue.tif``) -> None."""
@@ -33,16 +30,6 @@ def channel_from_filename(filename: str) -> str | None:
 def normalise_channel_name(value: str) -> str | None:
     """A form field's channel name or HPA colour as protloc's channel (the one alias table)."""
     return canonical_channel(value)
-
-
-def _check_pixels(shape: tuple[int, ...], max_pixels: int, name: str) -> None:
-    """The data layer's pixel limit (protloc.data.limits.check_pixels) as a 413."""
-    from protloc.data.limits import ImageTooLargeError, check_pixels
-
-    try:
-        check_pixels(shape, name, max_pixels)
-    except ImageTooLargeError as exc:
-        raise UploadError(413, str(exc)) from None
 
 
 def inspect_image(path: Path, name: str, max_pixels: int) -> str:
