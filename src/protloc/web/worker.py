@@ -231,7 +231,9 @@ class PredictionWorker:
     def _process(self, ids: list[str], lane: int = 0) -> None:
         """Never lets one bad batch kill the worker, and never leaves a claimed row ``running``."""
         self.lanes.hold(lane, ids)
-        self.lanes.share_cores(lane, waiting=bool(self._waiting()))
+        # cells on: the sample's segmentation runs beside its forward pass, on a core of its own
+        beside = 1 if all(self.cells.one_pass(p) for p in self.predictors.values()) else 0
+        self.lanes.share_cores(lane, waiting=bool(self._waiting()), beside=beside)
         try:
             with self.sessions() as session:
                 rows = session.scalars(select(db.Submission).where(db.Submission.id.in_(ids))).all()
