@@ -140,3 +140,18 @@ def test_the_platforms_worker_runs_the_compiled_selu_beside_its_segmentation(mod
     worker.cells.compute_with_probabilities(predictor, "s", image, predictor.pixel_size_um)
     worker.cells.close()
     assert compiled and all(compiled)
+
+
+def test_the_upload_stages_bench_names_every_stage(model_file, tmp_path, capsys):
+    import json
+
+    from protloc.bench import upload_stages
+
+    out = tmp_path / "stages.json"
+    assert upload_stages.main(["--model", str(model_file), "--precision", "fp32", "--rounds", "1", "--json", str(out)]) == 0
+    figures = json.loads(out.read_text())["results"][0]
+    assert [s["stage"] for s in figures["stages"]] == list(upload_stages.STAGES)
+    assert figures["precision"] == "fp32" and figures["total_core_s"] > 0 and all(s["core_s"] >= 0 for s in figures["stages"])
+    assert "| **sum** |" in capsys.readouterr().out
+    assert upload_stages.main(["--model", str(tmp_path / "missing.pt"), "--rounds", "1"]) == 1
+    assert "protloc: no model" in capsys.readouterr().err
