@@ -49,7 +49,8 @@ def test_fill_holes_is_scipys_binary_fill_holes():
 def _sorting_coverage(labels, cell_ids, stride):
     """The coverage matrix as f59f8fb computed it (np.unique over the cells' pixels)."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(pixels, "BINCOUNT_LIMIT", -1)  # the fallback path is the old algorithm
+        patch.setattr(pixels, "BINCOUNT_LIMIT", -1)  # the fallback path is the old algorithm,
+        patch.setattr(pixels, "index_of_ids", lambda labels, cell_ids: None)  # with its searchsorted
         return pixels.coverage_matrix(labels, cell_ids, stride)
 
 
@@ -66,6 +67,21 @@ def test_the_bincount_coverage_is_the_sorting_one_bit_for_bit(shape, cells, monk
             assert fast.shape == sorting.shape and fast.data.dtype == sorting.data.dtype
             assert np.array_equal(fast.indptr, sorting.indptr) and np.array_equal(fast.indices, sorting.indices)
             assert np.array_equal(fast.data, sorting.data)
+
+
+def test_cell_geometry_by_lookup_is_the_searchsorted_one_bit_for_bit(monkeypatch):
+    from protloc.cells.pipeline import cell_geometry
+
+    rng = np.random.default_rng(3)
+    labels = ndi.zoom(rng.integers(0, 60, (90, 70)), 9, order=0)[:800, :610].astype(np.int32)
+    nuclei = np.where(rng.random(labels.shape) < 0.3, labels, 0)
+    ids = np.unique(labels)[1:]
+    for chosen in (ids, ids[::4]):
+        fast = cell_geometry(labels, nuclei, chosen)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(pixels, "index_of_ids", lambda labels, cell_ids: None)  # f59f8fb's searchsorted path
+            sorting = cell_geometry(labels, nuclei, chosen)
+        assert all(np.array_equal(a, b) for a, b in zip(fast, sorting))
 
 
 def test_huge_ids_still_take_the_sorting_path():

@@ -15,6 +15,17 @@ def cell_pixels(labels: np.ndarray, cell_ids: np.ndarray, band: int = 512):
     cell_ids = np.asarray(cell_ids, dtype=np.int64)
     if not len(cell_ids):
         return
+    table = index_of_ids(labels, cell_ids)
+    if table is not None:  # a lookup of each pixel's cell: no 2-D nonzero, no searchsorted
+        width = labels.shape[1]
+        for y0 in range(0, labels.shape[0], band):
+            part = labels[y0 : y0 + band].ravel()
+            flat = np.flatnonzero(part)
+            k = table[part[flat]]
+            keep = k > 0
+            ys, xs = np.divmod(flat[keep], width)
+            yield ys + y0, xs, k[keep] - 1
+        return
     order = np.argsort(cell_ids, kind="stable")
     ordered = cell_ids[order]
     for y0 in range(0, labels.shape[0], band):
