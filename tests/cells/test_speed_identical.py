@@ -90,6 +90,9 @@ def test_huge_ids_still_take_the_sorting_path():
     assert pixels.index_of_ids(labels, np.array([7, 2_000_000_000])) is None
     matrix = pixels.coverage_matrix(labels, np.array([7, 2_000_000_000]), 4)
     assert np.isclose(matrix.sum(axis=1).A1, [15 * 10 / 16, 100 / 16]).all()
+    labels[0, 0] = -1  # a negative id is nobody's (a lookup table would wrap it round to the last id)
+    assert pixels.index_of_ids(labels, np.array([7])) is None
+    assert pixels.coverage_matrix(labels, np.array([7]), 4).sum() == pytest.approx(15 * 10 / 16)
 
 
 def test_the_real_fields_segmentation_is_unchanged():

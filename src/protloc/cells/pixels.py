@@ -39,10 +39,11 @@ def cell_pixels(labels: np.ndarray, cell_ids: np.ndarray, band: int = 512):
 
 def index_of_ids(labels: np.ndarray, cell_ids: np.ndarray) -> np.ndarray | None:
     """A table id -> 1 + the id's index in ``cell_ids`` (0: background or an id not listed), or None
-    when the ids are far above the number of pixels (sparse ids up to 2^31: no such table)."""
+    when the ids are far above the number of pixels (sparse ids up to 2^31: no such table) or
+    negative (a table would wrap them round)."""
     cell_ids = np.asarray(cell_ids, dtype=np.int64)
     top = int(labels.max(initial=0))
-    if top > 4 * labels.size + 65536 or (len(cell_ids) and int(cell_ids.min()) < 0):
+    if top > 4 * labels.size + 65536 or int(labels.min(initial=0)) < 0 or int(cell_ids.min(initial=0)) < 0:
         return None
     table = np.zeros(max(top, int(cell_ids.max(initial=0))) + 1, dtype=np.int64)
     table[cell_ids] = np.arange(1, len(cell_ids) + 1)
