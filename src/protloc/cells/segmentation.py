@@ -144,7 +144,7 @@ def estimate_nucleus_diameter(nucleus: np.ndarray) -> float:
     threshold = _log_otsu(coarse)
     if not np.isfinite(threshold):
         return 0.0
-    labels, n = ndi.label(ndi.binary_fill_holes(coarse > threshold))
+    labels, n = ndi.label(fill_holes(coarse > threshold))
     if n == 0:
         return 0.0
     from skimage.measure import regionprops_table
@@ -165,6 +165,20 @@ def estimate_nucleus_diameter(nucleus: np.ndarray) -> float:
         areas = np.bincount(labels[edged], minlength=n + 1)[usable]
         diameter = _median_diameter(areas[areas >= 4]) or diameter
     return diameter * factor
+
+
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """``ndi.binary_fill_holes(mask)``, the same pixels, from one labelling of the background: a hole is
+    a background component (4-connected, binary_fill_holes' default structure) that does not touch
+    the image's edge. SciPy's version dilates from the edge until nothing changes, several times
+    slower (a fifth of a 1024² upload's segmentation, three calls)."""
+    background, count = ndi.label(~np.asarray(mask, dtype=bool))
+    if count == 0:
+        return mask.astype(bool, copy=True)
+    open_ = np.zeros(count + 1, dtype=bool)
+    open_[np.concatenate([background[0], background[-1], background[:, 0], background[:, -1]])] = True
+    open_[0] = False
+    return ~open_[background]
 
 
 def _median_diameter(areas: np.ndarray) -> float:
@@ -191,7 +205,7 @@ def segment_nuclei(nucleus: np.ndarray, diameter: float) -> np.ndarray:
     # its brightness (a bright nucleus's blur halo is not a nucleus; a dim one is still kept).
     window = max(3, int(HALF_WINDOW * diameter) | 1)
     mask = (smooth > low) & (smooth > EDGE_FRACTION * ndi.maximum_filter(smooth, size=window))
-    mask = ndi.binary_fill_holes(mask)
+    mask = fill_holes(mask)
     min_area = max(4, int(MIN_NUCLEUS_FRACTION * np.pi * (diameter / 2.0) ** 2))
     mask = remove_small(mask, min_area)
     if not mask.any():
@@ -203,7 +217,7 @@ def segment_nuclei(nucleus: np.ndarray, diameter: float) -> np.ndarray:
     # saddle to its neighbour (h-maxima: an elongated nucleus has a long flat ridge, not two peaks).
     fine = ndi.gaussian_filter(nucleus, max(1.0, diameter / 24.0))
     seam_window = max(3, int(SEAM_WINDOW * diameter) | 1)
-    inner = ndi.binary_fill_holes(mask & (fine > GAP_FRACTION * ndi.maximum_filter(fine, size=seam_window)))
+    inner = fill_holes(mask & (fine > GAP_FRACTION * ndi.maximum_filter(fine, size=seam_window)))
     distance = ndi.gaussian_filter(ndi.distance_transform_edt(inner), max(1.0, diameter / 16.0))
     markers, count = ndi.label(_seeds(distance, inner, SEED_DEPTH * diameter, np.pi * (diameter / 2.0) ** 2))
     nuclei = watershed(-distance, markers, mask=mask)
@@ -224,11 +238,13 @@ def _seeds(distance: np.ndarray, inner: np.ndarray, depth: float, nucleus_area: 
     components, _ = ndi.label(inner)
     seeds = np.zeros(inner.shape, dtype=bool)
     sizes = np.bincount(components.ravel())
-    peaks = ndi.maximum(distance, components, np.arange(len(sizes)))
     for index, box in enumerate(ndi.find_objects(components), start=1):
-        if box is None or peaks[index] < depth:
+        if box is None:
             continue
         own = components[box] == index
+        # the component's highest point (ndi.maximum's value; it sorts every pixel of the image to find it)
+        if distance[box][own].max() < depth:
+            continue
         if sizes[index] < 0.5 * nucleus_area:
             seeds[box] |= own
         else:

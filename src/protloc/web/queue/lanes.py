@@ -6,9 +6,11 @@ another lane does the rest of its sample (issue 15's 1024² upload throughput). 
 shared:
 
 * torch counts its threads per calling thread: a lone sample gets every core for its forward pass
-  (its answer comes soonest); while other lanes work or samples wait, each lane gets its share
-  (two forward passes of two threads each on two cores lose more waiting for each other than they
-  gain);
+  (its answer comes soonest) but the ones its segmentation runs on meanwhile (cells on: on two
+  cores, one torch thread beside one segmentation thread; a second torch thread only waits for a
+  core, spinning: 5x the pass's CPU on a busy machine, docs/platform.md); while other lanes work or
+  samples wait, each lane gets its share (two forward passes of two threads each on two cores lose
+  more waiting for each other than they gain);
 * numpy's and SciPy's BLAS (OpenBLAS) would start a thread per core for a cell's small products and
   keep them spinning afterwards: with the lanes on every core that cost 0.04 core-seconds per 1024²
   upload (12% of it), so with several lanes BLAS runs one thread, process-wide, until they stop;
@@ -124,13 +126,15 @@ class Lanes:
             return 1
         return max(1, min(max_samples, -(-waiting // self.count)))
 
-    def share_cores(self, lane: int, waiting: bool) -> None:
+    def share_cores(self, lane: int, waiting: bool, beside: int = 0) -> None:
         """This lane's torch threads for its next sample: every core when it is alone (no other lane
-        holds a submission and none waits), else its share."""
+        holds a submission and none waits), else its share; ``beside``: threads of this sample that
+        run beside its forward pass (the cells' segmentation), whose cores the pass leaves to them."""
         if self.count == 1:
             return
         with self._lock:
             others = any(ids for other, ids in self._held.items() if other != lane)
-        threads = max(1, self._torch_threads // self.count) if others or waiting else self._torch_threads
+        alone = max(1, self._torch_threads - beside)
+        threads = max(1, min(alone, self._torch_threads // self.count)) if others or waiting else alone
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
