@@ -285,7 +285,7 @@ def platform_section(settings: Settings, progress: Progress) -> dict:
                                       reference=lambda: predictor.predict_proba(image))
             del predictor, image
             levels = (1, 2) if quick else (1, 4)
-            requests = 4 if quick else 16
+            requests = 4 if quick else 32  # with 4 clients fewer are mostly ramp-up and drain
             # The baseline takes seconds per upload: half as many keep the section within minutes.
             baseline_requests = 4 if quick else 8
             through = {s.name: {} for s in servers}
