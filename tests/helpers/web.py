@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import threading
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import tifffile
 
 COLOURS = {"nucleus": "blue", "microtubules": "red", "er": "yellow", "protein": "green"}
+KB = 1024
 
 
 def make_model_file(path: Path, seed: int = 0, crop_size: int = 64) -> Path:
@@ -137,3 +139,15 @@ def add_submissions(sessions, count: int, model_key: str = "tiny") -> list[str]:
             session.flush()
             ids.append(row.id)
     return ids
+
+
+def expected_probs(predictor, image: np.ndarray) -> np.ndarray:
+    """These servers compute cells (GapNet-PL): the probabilities come from the cells' whole-image pass."""
+    return predictor.predict_proba(image.astype(np.float32), whole_image=True)
+
+
+def make_zip(path: Path, members: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name, content in members.items():
+            archive.writestr(name, content)
+    return path
