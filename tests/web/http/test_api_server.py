@@ -26,10 +26,20 @@ def no_cells(server):
     server.platform.worker.cells.enabled = True
 
 
-def test_six_concurrent_uploads_are_batched_and_answered_correctly(client, server, models, tmp_path, no_cells):
+def test_six_concurrent_uploads_are_batched_and_answered_correctly(client, server, models, tmp_path, no_cells,
+                                                                   monkeypatch):
     images = [cell_like_sample(96 + 8 * i, 96, seed=30 + i) for i in range(6)]
     payloads = [write_channel_files(tmp_path / str(i), f"conc{i}", image) for i, image in enumerate(images)]
     passes_before = server.platform.worker.stats.max_samples_per_pass
+    # The lanes take nothing until all six wait: on a loaded machine the uploads otherwise trickle in
+    # one by one and each is answered alone, which would test the machine's load, not the batching.
+    worker, queued = server.platform.worker, threading.Event()
+    take = worker.jobs.take
+
+    def take_once_all_queued(most, linger, wait):
+        return take(most, linger, wait) if queued.wait(wait) else []
+
+    monkeypatch.setattr(worker.jobs, "take", take_once_all_queued)
     results: dict[int, dict] = {}
     errors: list[BaseException] = []
     barrier = threading.Barrier(6)
@@ -48,6 +58,10 @@ def test_six_concurrent_uploads_are_batched_and_answered_correctly(client, serve
     threads = [threading.Thread(target=one, args=(i,)) for i in range(6)]
     for thread in threads:
         thread.start()
+    deadline = time.monotonic() + 60
+    while worker.pending() < 6 and not errors and time.monotonic() < deadline:
+        time.sleep(0.01)
+    queued.set()
     for thread in threads:
         thread.join(120)
     elapsed = time.perf_counter() - started
