@@ -67,8 +67,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: top class changed for {v['top_class_changed']} of {result['cells']} cells, "
               f"max |dp| {v['max_abs_difference']:.4f}")
     print("within the margins" if result["within_margins"] else "OUTSIDE the margins")
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=1) + "\n")
+    if args.json:  # the results' layout (tests/bench): the machine, then the section
+        from protloc.bench.common import machine_info
+
+        layout = {"machine": machine_info(), "command": " ".join(["benchmarks/cells_real_precision.py", *(argv or sys.argv[1:])]),
+                  "sections": {"cells-real-precision": result}}
+        args.json.write_text(json.dumps(layout, indent=1) + "\n")
     return 0 if result["within_margins"] else 1
 
 
