@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import http.server
 import json
+import re
 import shutil
 import threading
 from pathlib import Path
@@ -73,7 +74,10 @@ def test_version_has_one_source_of_truth():
 
     project = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())["project"]
     assert "version" not in project and "version" in project["dynamic"]
-    assert protloc.__version__ == "0.2.0"
+    # the bumping rule: every version has its section in the changelog, the newest first
+    changelog = (Path(__file__).resolve().parents[2] / "CHANGELOG.md").read_text()
+    sections = re.findall(r"^## (\d+\.\d+\.\d+) \(", changelog, flags=re.M)
+    assert sections and sections[0] == protloc.__version__, (sections[:2], protloc.__version__)
 
 
 @pytest.fixture
