@@ -101,6 +101,23 @@ def wait_started(server, thread: threading.Thread, timeout: float = 30.0) -> Non
         time.sleep(0.02)
 
 
+def wait_healthy(url: str, process, why=lambda: "", timeout: float = 120.0) -> None:
+    """Until the ``protloc serve`` subprocess at ``url`` answers ``/health``; fails with ``why()`` (its
+    log, say) when the process ends or ``timeout`` passes first."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert process.poll() is None, f"protloc serve ended: {why()}"
+        assert time.monotonic() < deadline, f"protloc serve did not answer in {timeout:.0f} s: {why()}"
+        time.sleep(0.2)
+
+
 def wait_batch(client, batch_id: str, until=lambda batch: batch["status"] in ("finished", "failed"),
                timeout: float = 60.0, interval: float = 0.05) -> dict:
     """Poll a zip batch until ``until(batch)`` holds and return it; past ``timeout`` the test fails with

@@ -192,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=REAL_DATA, help="labelled real fields (Kaggle 2018 layout)")
     parser.add_argument("--model", default="pretrained")
-    parser.add_argument("--precision", default="fp32", help="of GapNet-PL's pass (fp32, bf16, auto)")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "auto"),
+                        help="of GapNet-PL's pass on the CPU (int8 has no feature maps for the cells)")
     parser.add_argument("--mosaics", type=int, default=48)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--margin", type=int, default=MARGIN, help="px: cells this close to a seam are left out")
@@ -210,8 +211,8 @@ def main(argv: list[str] | None = None) -> int:
         from protloc.inference import load_model
 
         k, n = (int(v) for v in args.shard.split("/"))
-        model = load_model(args.model, precision=args.precision) if args.precision != "fp32" else args.model
-        collected = collect(args.data, model, args.mosaics, args.seed, args.margin, args.masks,
+        predictor = load_model(args.model, precision=args.precision)
+        collected = collect(args.data, predictor, args.mosaics, args.seed, args.margin, args.masks,
                             alone=not args.no_alone, progress=sys.stderr.isatty(), shard=(k, n),
                             evidence=args.evidence)
         if n > 1:

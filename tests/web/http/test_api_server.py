@@ -15,7 +15,7 @@ from protloc.web.storage import db
 from protloc.web.settings import WebSettings
 
 from tests.helpers.web import (LiveServer, cell_like_sample, expected_probs, make_model_file, make_zip, upload_channels,
-                               wait_batch, wait_done, write_channel_files)
+                               wait_batch, wait_done, wait_healthy, write_channel_files)
 
 
 @pytest.fixture()
@@ -214,15 +214,7 @@ def test_protloc_serve_command(tmp_path, capsys):
     )
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert process.poll() is None and time.monotonic() < deadline, process.stdout.read() if process.poll() is not None else "timeout"
-            time.sleep(0.2)
+        wait_healthy(url, process, lambda: process.stdout.read() if process.poll() is not None else "")
         assert httpx.get(url + "/").status_code == 401
         headers = {"Authorization": f"Bearer {token}"}
         assert "<form" in httpx.get(url + "/", headers=headers).text

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, Phase, settings
 import protloc
 from protloc.web.settings import WebSettings
 
-from tests.helpers.web import LiveServer, make_model_file
+from tests.helpers.web import LiveServer, make_model_file, wait_healthy
 
 schemathesis = pytest.importorskip("schemathesis", reason="the schema test needs schemathesis (dev extra)")
 from schemathesis.checks import (  # noqa: E402
@@ -83,10 +83,7 @@ def test_schemathesis_run_with_all_checks_against_protloc_serve_finds_nothing(tm
     import socket
     import subprocess
     import sys
-    import time
     from pathlib import Path
-
-    import httpx
 
     root = Path(__file__).resolve().parents[3]
     cli = Path(sys.executable).with_name("schemathesis")
@@ -101,16 +98,7 @@ def test_schemathesis_run_with_all_checks_against_protloc_serve_finds_nothing(tm
          "--log-level", "error"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while True:
-            assert server.poll() is None, server.stderr.read()
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "protloc serve did not start"
-            time.sleep(0.5)
+        wait_healthy(url, server, lambda: server.stderr.read() if server.poll() is not None else "")
         examples = os.environ.get("PROTLOC_SCHEMATHESIS_EXAMPLES", "5")
         run = subprocess.run([str(cli), "run", url + "/openapi.json", "--checks", "all", "-n", examples,
                               "--max-time", "300", "-w", "1", "--no-color"],

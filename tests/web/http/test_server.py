@@ -12,7 +12,7 @@ import time
 import httpx
 import pytest
 
-from tests.helpers.web import make_model_file
+from tests.helpers.web import make_model_file, wait_healthy
 
 TOKEN = "SECRET-TOKEN-4c1d"
 CLIENT_TIMEOUT = 1.5
@@ -33,15 +33,7 @@ def served(tmp_path_factory):
             stdout=log, stderr=subprocess.STDOUT, text=True,
         )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert process.poll() is None and time.monotonic() < deadline, log_path.read_text()
-        time.sleep(0.2)
+    wait_healthy(url, process, log_path.read_text)
     yield {"url": url, "port": port, "log": log_path}
     process.send_signal(signal.SIGINT)
     try:

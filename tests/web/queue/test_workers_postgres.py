@@ -21,11 +21,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import tifffile
 
-from tests.helpers.web import cell_like_sample, make_model_file
+from tests.helpers.web import cell_like_sample, make_model_file, wait_healthy
 
 pytestmark = pytest.mark.slow  # a real browser / server / viewer: left to the full run
 
@@ -104,15 +103,8 @@ def start_server(url: str, model: Path, data: Path, log: Path) -> tuple[subproce
     server = protloc_process(["serve", "--no-worker", "--db", url, "--model", str(model), "--data-dir", str(data),
                               "--port", str(port), "--log-level", "warning"], log)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                return server, base
-        except httpx.TransportError:
-            pass
-        assert server.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
-        time.sleep(0.2)
+    wait_healthy(base, server, lambda: log.read_text()[-2000:])
+    return server, base
 
 
 def start_worker(url: str, model: Path, data: Path, log: Path, lease: float = 30.0) -> subprocess.Popen:
